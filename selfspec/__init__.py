@@ -1,0 +1,8 @@
+"""Baichuan2 FP16 inference with self-speculative decoding (INT4 draft of the same weights)."""
+
+
+class InputError(Exception):
+    """Bad user input (paths, checkpoints, arguments, devices).
+
+    The CLI prints the message as one line on stderr and exits with status 2.
+    """

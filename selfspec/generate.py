@@ -1,0 +1,265 @@
+"""Prefill, plain decoding and the self-speculative draft/verify loop, sampling and statistics.
+
+One speculative round, with `token` the last emitted token at position `pos` (not yet in the cache):
+  1. the INT4 draft proposes d1..dk one token at a time, reading the target's cache for the verified
+     prefix and writing its own entries at pos..pos+k-1;
+  2. the FP16 target runs once over [token, d1..dk] at pos..pos+k, overwriting those entries;
+  3. greedy: keep the longest prefix of drafts equal to the target's argmax, plus the target's next
+     token; sampling: standard speculative sampling (min(1, p/q) acceptance, residual resampling).
+The cache needs no rollback: the next round starts writing right after the accepted tokens, and
+attention never reads past the current query position.
+"""
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+# IPEX-LLM's auto_th_stop_draft: an EMA of the per-round match ratio steers the stop threshold.
+MATCH_EMA = 0.5  # weight of the previous EMA value
+TARGET_MATCH = 0.9  # raise the threshold (draft less) while the EMA is under this
+TH_STEP = 0.01  # size of one nudge
+TH_SMOOTHING = 0.9  # th = 0.9 * th + 0.1 * nudged th
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    tokens_generated: int = 0
+    first_token_latency_s: float = 0.0
+    e2e_time_s: float = 0.0
+    drafted: int = 0  # draft tokens proposed
+    accepted: int = 0  # draft tokens the target accepted
+    verify_steps: int = 0  # target forward passes after the prefill (one per round, or per plain step)
+    final_th_stop_draft: float = 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Tokens emitted per target forward pass after the first token (1.0 for plain decoding)."""
+        return (self.tokens_generated - 1) / self.verify_steps if self.verify_steps else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        decode_time = self.e2e_time_s - self.first_token_latency_s
+        return (self.tokens_generated - 1) / decode_time if decode_time > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "acceptance_rate": self.acceptance_rate,
+            "tokens_per_step": self.tokens_per_step,
+            "tokens_per_s": self.tokens_generated / self.e2e_time_s if self.e2e_time_s else 0.0,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
+        }
+
+
+@dataclass
+class Sampling:
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Temperature, then top-k, then top-p; float32 probabilities over the last dimension."""
+        logits = logits.float() / max(self.temperature, 1e-5)
+        if 0 < self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+            sorted_probs = sorted_logits.softmax(-1)
+            # Drop a token when the tokens ranked above it already hold top_p of the mass.
+            drop_sorted = (sorted_probs.cumsum(-1) - sorted_probs) > self.top_p
+            drop = drop_sorted.scatter(-1, order, drop_sorted)
+            logits = logits.masked_fill(drop, float("-inf"))
+        return logits.softmax(-1)
+
+    def pick(self, logits: torch.Tensor, generator=None) -> int:
+        if not self.do_sample:
+            return int(logits.argmax(-1))
+        return int(torch.multinomial(self.probs(logits), 1, generator=generator))
+
+
+def greedy_accept(target_logits: torch.Tensor, draft_tokens: list[int]) -> tuple[int, int]:
+    """(number of drafts accepted, the target's next token). target_logits is [k+1, vocab]."""
+    target_tokens = target_logits.argmax(-1).tolist()
+    n = 0
+    while n < len(draft_tokens) and draft_tokens[n] == target_tokens[n]:
+        n += 1
+    return n, target_tokens[n]
+
+
+def speculative_accept(p: torch.Tensor, q: torch.Tensor, draft_tokens: list[int], generator=None) -> tuple[int, int]:
+    """Speculative sampling: p [k+1, vocab] target and q [k, vocab] draft probabilities (both after the
+    same temperature/top-k/top-p). Emitted tokens are distributed exactly as sampling from p."""
+    uniforms = torch.rand(len(draft_tokens), generator=generator, device=p.device).tolist()
+    for i, token in enumerate(draft_tokens):
+        if uniforms[i] * float(q[i, token]) < float(p[i, token]):  # u < p/q without dividing by q
+            continue
+        residual = (p[i] - q[i]).clamp(min=0)
+        if float(residual.sum()) <= 0:  # p == q up to rounding: any sample from p is right
+            residual = p[i]
+        return i, int(torch.multinomial(residual, 1, generator=generator))
+    k = len(draft_tokens)
+    return k, int(torch.multinomial(p[k], 1, generator=generator))
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "xpu":
+        torch.xpu.synchronize(device)
+
+
+class TextStreamer:
+    """Prints decoded text as tokens arrive; holds back an incomplete UTF-8 character until it completes."""
+
+    def __init__(self, tokenizer, file=sys.stdout):
+        self.tokenizer, self.file = tokenizer, file
+        self.ids: list[int] = []
+        self.printed = 0
+
+    def put(self, token_ids: list[int]):
+        self.ids.extend(token_ids)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return
+        self.file.write(text[self.printed :])
+        self.file.flush()
+        self.printed = len(text)
+
+    def end(self):
+        text = self.tokenizer.decode(self.ids)
+        self.file.write(text[self.printed :] + "\n")
+        self.file.flush()
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    input_ids: list[int],
+    max_new_tokens: int,
+    *,
+    draft=None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    th_stop_draft: float = 0.6,
+    auto_th_stop_draft: bool = True,
+    max_step_draft: int = 8,
+    min_step_draft: int = 3,
+    eos_token_id: int | None = None,
+    streamer=None,
+    generator: torch.Generator | None = None,
+) -> tuple[list[int], GenerationStats]:
+    """Generate up to `max_new_tokens` after `input_ids`. With `draft` (see quantize.make_draft) decode
+    self-speculatively, else one target step per token. Returns (new token ids, statistics); the ids end
+    with `eos_token_id` if it was produced."""
+    if not input_ids:
+        raise ValueError("the prompt is empty")
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    if len(input_ids) + max_new_tokens > model.max_seq_len:
+        raise ValueError(
+            f"prompt ({len(input_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of {model.max_seq_len}"
+        )
+    if not 0.0 <= th_stop_draft <= 1.0:
+        raise ValueError("th_stop_draft must be in [0, 1]")
+    if max_step_draft < 1:
+        raise ValueError("max_step_draft must be at least 1")
+    if draft is not None and draft.model.layers[0].self_attn.kv_cache is not model.model.layers[0].self_attn.kv_cache:
+        raise ValueError("the draft must share the target's KV cache: build it with make_draft after setup_caches")
+
+    device = model.model.norm.weight.device
+    sampling = Sampling(do_sample, temperature, top_k, top_p)
+    stats = GenerationStats(prompt_tokens=len(input_ids), final_th_stop_draft=th_stop_draft)
+    match_ema = 0.0
+    out: list[int] = []
+
+    def emit(tokens: list[int]) -> bool:
+        """Append tokens, cut at EOS or the budget; True when generation is finished."""
+        finished = False
+        for i, t in enumerate(tokens):
+            if t == eos_token_id or len(out) + i + 1 == max_new_tokens:
+                tokens, finished = tokens[: i + 1], True
+                break
+        out.extend(tokens)
+        if streamer is not None:
+            streamer.put(tokens)
+        return finished
+
+    start = time.perf_counter()
+    prompt = torch.tensor([input_ids], device=device)
+    logits = model(prompt, torch.arange(len(input_ids), device=device))[0, -1]
+    token = sampling.pick(logits, generator)
+    synchronize(device)
+    stats.first_token_latency_s = time.perf_counter() - start
+    pos = len(input_ids)  # position of `token`, which is not in the cache yet
+    done = emit([token])
+
+    while not done:
+        # Drafts beyond the output budget or the cache would be wasted: a round emits accepted + 1 tokens.
+        k_max = min(max_step_draft, max_new_tokens - len(out) - 1, model.max_seq_len - pos - 1)
+        if draft is None or k_max < 1:
+            logits = model(torch.tensor([[token]], device=device), torch.tensor([pos], device=device))[0, -1]
+            new_tokens = [sampling.pick(logits, generator)]
+            stats.verify_steps += 1
+            pos += 1
+            token = new_tokens[-1]
+            done = emit(new_tokens)
+            continue
+
+        draft_tokens, draft_probs = [], []
+        current = token
+        for i in range(k_max):
+            logits = draft(torch.tensor([[current]], device=device), torch.tensor([pos + i], device=device))[0, -1]
+            if do_sample:
+                q = sampling.probs(logits)
+                current = int(torch.multinomial(q, 1, generator=generator))
+                confidence = float(q[current])
+                draft_probs.append(q)
+            else:
+                confidence, current = (float(v) for v in logits.float().softmax(-1).max(-1))
+                current = int(current)
+            draft_tokens.append(current)
+            if i + 1 >= min_step_draft and confidence < th_stop_draft:
+                break
+
+        k = len(draft_tokens)
+        verify_input = torch.tensor([[token] + draft_tokens], device=device)
+        logits = model(verify_input, torch.arange(pos, pos + k + 1, device=device))[0]
+        if do_sample:
+            n, next_token = speculative_accept(sampling.probs(logits), torch.stack(draft_probs), draft_tokens, generator)
+        else:
+            n, next_token = greedy_accept(logits, draft_tokens)
+        new_tokens = draft_tokens[:n] + [next_token]
+        stats.drafted += k
+        stats.accepted += n
+        stats.verify_steps += 1
+        pos += n + 1
+        token = next_token
+        done = emit(new_tokens)
+
+        if auto_th_stop_draft:
+            match_ema = MATCH_EMA * match_ema + (1 - MATCH_EMA) * n / k
+            if match_ema < TARGET_MATCH:
+                nudged = th_stop_draft + TH_STEP
+            elif k == max_step_draft:
+                nudged = th_stop_draft
+            else:
+                nudged = th_stop_draft - TH_STEP
+            th_stop_draft = min(1.0, max(0.0, TH_SMOOTHING * th_stop_draft + (1 - TH_SMOOTHING) * nudged))
+
+    synchronize(device)
+    stats.e2e_time_s = time.perf_counter() - start
+    stats.tokens_generated = len(out)
+    stats.final_th_stop_draft = th_stop_draft
+    if streamer is not None:
+        streamer.end()
+    return out, stats

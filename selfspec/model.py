@@ -1,0 +1,193 @@
+"""Baichuan2 transformer (7B: RoPE, 13B: ALiBi) with a static KV cache.
+
+Module and parameter names follow the hub checkpoints (`model.layers.N.self_attn.W_pack.weight`, ...)
+so weights load without renaming. The KV cache is a preallocated buffer written by position: rolling
+back rejected draft tokens is only a matter of which positions later queries may attend to.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelArgs:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    max_seq_len: int
+    rms_norm_eps: float = 1e-6
+    position_encoding: str = "rope"  # "rope" (Baichuan2-7B) or "alibi" (Baichuan2-13B)
+    rope_theta: float = 10000.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return self.weight * (x.float() * torch.rsqrt(variance + self.eps)).to(x.dtype)
+
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.gate_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class KVCache(nn.Module):
+    def __init__(self, num_kv_heads: int, max_seq_len: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (1, num_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos, k, v, end: int):
+        """Write k/v [1, kv_heads, T, head_dim] at positions `input_pos`; return the cache up to `end`."""
+        self.k.index_copy_(2, input_pos, k)
+        self.v.index_copy_(2, input_pos, v)
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+def apply_rope(x, cos, sin):
+    """NeoX-style rotation (rotate_half) in float32; x is [1, heads, T, head_dim]."""
+    x32 = x.float()
+    half = x32.shape[-1] // 2
+    rotated = torch.cat((-x32[..., half:], x32[..., :half]), dim=-1)
+    return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = args.num_heads, args.num_kv_heads, args.head_dim
+        qkv_rows = (args.num_heads + 2 * args.num_kv_heads) * args.head_dim
+        # Rows [0:h] are Q, then K, then V; heads contiguous inside each block.
+        self.W_pack = nn.Linear(args.hidden_size, qkv_rows, bias=False)
+        self.o_proj = nn.Linear(args.num_heads * args.head_dim, args.hidden_size, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x, input_pos, end: int, mask, rope):
+        T = x.shape[1]
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = self.W_pack(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(1, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        k, v = self.kv_cache.update(input_pos, k, v, end)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, enable_gqa=self.num_kv_heads != self.num_heads
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(1, T, q_size))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.self_attn = Attention(args)
+        self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.mlp = MLP(args)
+
+    def forward(self, x, input_pos, end, mask, rope):
+        h = x + self.self_attn(self.input_layernorm(x), input_pos, end, mask, rope)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Decoder(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(args) for _ in range(args.num_layers))
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """ALiBi head slopes; head counts that are not a power of two (13B has 40) interleave a 2m series."""
+
+    def power_of_2_slopes(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start ** (i + 1) for i in range(n)]
+
+    m = 2 ** math.floor(math.log2(num_heads))
+    slopes = power_of_2_slopes(m)
+    if m < num_heads:
+        slopes += power_of_2_slopes(2 * m)[0::2][: num_heads - m]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+class Baichuan2(nn.Module):
+    """Causal LM. `lm_head.weight` must hold row-normalized weights (NormHead, normalized once at load)."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model = Decoder(args)
+        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self.max_seq_len = 0
+
+    def setup_caches(self, max_seq_len: int | None = None, dtype=None, device=None):
+        """Allocate the KV cache and position tables; the draft model shares them (see quantize.py)."""
+        args = self.args
+        max_seq_len = max_seq_len or args.max_seq_len
+        dtype = dtype or self.lm_head.weight.dtype
+        device = device or self.lm_head.weight.device
+        self.max_seq_len = max_seq_len
+        for layer in self.model.layers:
+            layer.self_attn.kv_cache = KVCache(args.num_kv_heads, max_seq_len, args.head_dim, dtype, device)
+        positions = torch.arange(max_seq_len, device=device, dtype=torch.float32)
+        if args.position_encoding == "rope":
+            inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, args.head_dim, 2, device=device).float() / args.head_dim))
+            angles = torch.outer(positions, inv_freq)
+            angles = torch.cat((angles, angles), dim=-1)
+            self.register_buffer("rope_cos", angles.cos(), persistent=False)
+            self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        elif args.position_encoding == "alibi":
+            self.register_buffer("alibi", alibi_slopes(args.num_heads).to(device), persistent=False)
+        else:
+            raise ValueError(f"unknown position encoding {args.position_encoding!r}")
+
+    def attention_mask(self, input_pos, end: int):
+        """Causal mask (RoPE) or causal ALiBi bias slope*(j-i) (relative: exact near the diagonal in fp16)."""
+        key_pos = torch.arange(end, device=input_pos.device)
+        offset = key_pos[None, :] - input_pos[:, None]  # [T, end], j - i
+        if self.args.position_encoding == "rope":
+            return None if input_pos.numel() == 1 else offset <= 0
+        bias = self.alibi[:, None, None] * offset.float()
+        bias = bias.masked_fill(offset > 0, float("-inf"))
+        return bias.to(self.model.norm.weight.dtype).unsqueeze(0)
+
+    def forward(self, tokens, input_pos):
+        """tokens [1, T] at absolute positions input_pos [T] (consecutive). Returns logits [1, T, vocab].
+
+        Attention reads the cache up to the last query position, so entries written past it by an
+        earlier (rejected) draft are never seen and get overwritten later.
+        """
+        end = int(input_pos[-1]) + 1
+        mask = self.attention_mask(input_pos, end)
+        rope = None
+        if self.args.position_encoding == "rope":
+            rope = (self.rope_cos[input_pos], self.rope_sin[input_pos])
+        x = self.model.embed_tokens(tokens)
+        for layer in self.model.layers:
+            x = layer(x, input_pos, end, mask, rope)
+        return self.lm_head(self.model.norm(x))

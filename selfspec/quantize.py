@@ -1,0 +1,143 @@
+"""INT4 weight-only draft: symmetric group-wise quantization of the target's own linear layers.
+
+The draft is not a second checkpoint. `make_draft` builds a model object that shares the target's
+embeddings, norms, position tables and KV cache, and replaces each nn.Linear (lm_head included) by an
+Int4Linear. No second 16-bit copy of any weight is kept.
+"""
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import Baichuan2
+
+# Clipping ratios tried per group: the scale that minimises the group's squared error wins.
+# Calibration-free; it recovers much of the accuracy that plain absmax scaling loses to outliers.
+CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
+CPU_INT4_GROUP_SIZES = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int, clip_ratios=CLIP_RATIOS, rows_per_chunk: int = 1024):
+    """Symmetric group-wise INT4. Returns (q int8 [N, K] in [-8, 7], scales float32 [N, K // group_size])."""
+    n, k = weight.shape
+    if k % group_size:
+        raise ValueError(f"in_features {k} is not a multiple of group_size {group_size}")
+    q_out = torch.empty(n, k, dtype=torch.int8, device=weight.device)
+    s_out = torch.empty(n, k // group_size, dtype=torch.float32, device=weight.device)
+    for start in range(0, n, rows_per_chunk):  # chunks bound the float32 working memory
+        w = weight[start : start + rows_per_chunk].float().view(-1, k // group_size, group_size)
+        absmax = w.abs().amax(-1, keepdim=True).clamp(min=1e-8)
+        best_err = best_scale = None
+        for ratio in clip_ratios:
+            scale = absmax * ratio / 7
+            err = ((w - (w / scale).round().clamp(-8, 7) * scale) ** 2).sum(-1, keepdim=True)
+            if best_err is None:
+                best_err, best_scale = err, scale
+            else:
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best_scale = torch.where(better, scale, best_scale)
+        q_out[start : start + rows_per_chunk] = (w / best_scale).round().clamp(-8, 7).to(torch.int8).view(-1, k)
+        s_out[start : start + rows_per_chunk] = best_scale.squeeze(-1)
+    return q_out, s_out
+
+
+def dequantize_int4(q: torch.Tensor, scales: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    n, k = q.shape
+    groups = scales.shape[1]
+    return (q.view(n, groups, k // groups).to(dtype) * scales[..., None].to(dtype)).view(n, k)
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """int8 [N, K] in [-8, 7] -> uint8 [N, K/2]; column 2i in the low nibble, 2i+1 in the high one."""
+    u = (q.to(torch.int16) + 8).to(torch.uint8)
+    return u[:, 0::2] | (u[:, 1::2] << 4)
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    low, high = packed & 0xF, packed >> 4
+    return torch.stack((low, high), dim=-1).view(packed.shape[0], -1).to(torch.int8) - 8
+
+
+def choose_group_size(in_features: int, group_size: int) -> int:
+    """The requested group size, halved until it divides in_features (tiny test models need this)."""
+    while in_features % group_size:
+        group_size //= 2
+    return group_size
+
+
+class Int4Linear(nn.Module):
+    """y = x @ (q * scale)^T for symmetric group-wise INT4 weights, through the fastest kernel here.
+
+    Kernels: torch's CPU int4 kernel (bf16 activations: callers in other dtypes are cast, which is
+    fine for a draft whose output is only a proposal), else a dequantize-then-matmul fallback.
+    """
+
+    def __init__(self, weight: torch.Tensor, group_size: int):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.group_size = choose_group_size(self.in_features, group_size)
+        q, scales = quantize_int4(weight, self.group_size)
+        self.kernel = self.pick_kernel(weight.device)
+        if self.kernel == "cpu_int4pack":
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu((q.to(torch.int32) + 8), 1)
+            zeros = torch.zeros_like(scales)  # symmetric: tinygemm computes (q - 8) * scale + zero
+            scales_and_zeros = torch.stack((scales, zeros), dim=-1).transpose(0, 1).contiguous()
+            self.register_buffer("packed", packed)
+            self.register_buffer("scales", scales_and_zeros.to(torch.bfloat16))
+        else:
+            self.register_buffer("packed", pack_nibbles(q))
+            self.register_buffer("scales", scales.to(weight.dtype))
+
+    def pick_kernel(self, device: torch.device) -> str:
+        if (
+            device.type == "cpu"
+            and self.group_size in CPU_INT4_GROUP_SIZES
+            and self.out_features % 16 == 0
+            and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+        ):
+            return "cpu_int4pack"
+        return "dequantize"
+
+    def forward(self, x):
+        if self.kernel == "cpu_int4pack":
+            flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size, self.scales)
+            return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        return F.linear(x, dequantize_int4(unpack_nibbles(self.packed), self.scales, x.dtype))
+
+    def extra_repr(self):
+        return f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}, kernel={self.kernel}"
+
+
+def make_draft(target: Baichuan2, group_size: int = 64, quantize_lm_head: bool = True) -> Baichuan2:
+    """A draft model over the target's own weights: every nn.Linear becomes an Int4Linear, everything
+    else (embeddings, norms, KV cache, RoPE/ALiBi tables) is the same tensor object as the target's.
+
+    Call after `target.setup_caches()`: the draft shares the cache that exists at that moment.
+    """
+
+    def convert(module: nn.Module, name: str) -> nn.Module:
+        if isinstance(module, nn.Linear):
+            if name == "lm_head" and not quantize_lm_head:
+                return module
+            return Int4Linear(module.weight.detach(), group_size)
+        if not module._modules:  # leaf (norm, embedding, KV cache): shared, not copied
+            return module
+        clone = copy.copy(module)  # shallow: parameters and buffers are the target's tensors
+        clone._parameters = dict(module._parameters)
+        clone._buffers = dict(module._buffers)
+        clone._modules = {child: convert(sub, child) for child, sub in module._modules.items()}
+        return clone
+
+    return convert(target, "")
+
+
+def weight_bytes(module: nn.Module, int4_only: bool = False) -> int:
+    """Bytes of the weights a module holds (KV cache and position tables excluded)."""
+    if int4_only:
+        return sum(
+            b.numel() * b.element_size() for m in module.modules() if isinstance(m, Int4Linear) for b in m.buffers()
+        )
+    return sum(p.numel() * p.element_size() for p in module.parameters())
