@@ -1,0 +1,141 @@
+"""Baichuan2-Chat with self-speculative decoding: an INT4 copy of the weights drafts, FP16 verifies.
+
+    python speculative.py --repo-id-or-model-path baichuan-inc/Baichuan2-7B-Chat --prompt "..." --n-predict 128
+"""
+import argparse
+import json
+import sys
+
+import torch
+
+from selfspec import InputError
+from selfspec.checkpoint import build_chat_ids, load_checkpoint
+from selfspec.generate import TextStreamer, generate
+from selfspec.quantize import make_draft
+
+DEFAULT_PROMPT = (
+    "京杭大运河北起北京，南到杭州，全长约一千七百九十七公里，是世界上开凿最早、规模最大的运河之一。"
+    "它的历史可以追溯到春秋时期吴国开凿的邗沟，隋朝以洛阳为中心把各段河道连成体系，"
+    "元朝又截弯取直，使船只不必绕道洛阳便能从杭州直达大都。"
+    "在铁路出现以前，运河是南粮北运的主要通道，沿岸的扬州、淮安、济宁等城市因漕运而兴盛。"
+    "清朝后期，黄河改道和海运的兴起使运河的地位逐渐下降，部分河段淤塞废弃。"
+    "二零一四年，中国大运河被列入世界文化遗产名录；"
+    "如今，江苏和浙江境内的河段仍在通航，每年承担着大量煤炭、建材等货物的运输。"
+    "请根据上面的材料回答：大运河在历史上为什么重要，后来又为什么衰落？"
+)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repo-id-or-model-path", default="baichuan-inc/Baichuan2-7B-Chat",
+                   help="local checkpoint folder, or a hub id resolved through the huggingface_hub cache")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the user's message (default: a Chinese passage and a question)")
+    p.add_argument("--n-predict", type=int, default=128, help="maximum number of tokens to generate")
+    p.add_argument("--th-stop-draft", "--th_stop_draft", type=float, default=0.6,
+                   help="stop drafting when the draft's top probability falls below this (adapts while running)")
+    p.add_argument("--max-step-draft", type=int, default=8, help="most tokens drafted per verification")
+    p.add_argument("--device", choices=["auto", "cuda", "xpu", "cpu"], default="auto",
+                   help="auto picks xpu, then cuda, then cpu")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"],
+                   help="default: float16 on GPUs, bfloat16 on CPU")
+    p.add_argument("--no-speculative", action="store_true", help="plain decoding with the same engine")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 disables top-k")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    p.add_argument("--system", default="", help="system text placed before the chat")
+    p.add_argument("--raw-prompt", action="store_true", help="tokenize the prompt as is, without the chat format")
+    p.add_argument("--warmup", type=int, default=1, help="untimed generations before the timed one")
+    p.add_argument("--group-size", type=int, default=64, choices=[32, 64, 128], help="INT4 draft group size")
+    p.add_argument("--json", action="store_true", help="print one JSON object on the last stdout line instead")
+    return p.parse_args(argv)
+
+
+def check_args(args):
+    if not args.prompt.strip():
+        raise InputError("--prompt is empty")
+    if args.n_predict <= 0:
+        raise InputError(f"--n-predict must be positive, got {args.n_predict}")
+    if not 0.0 <= args.th_stop_draft <= 1.0:
+        raise InputError(f"--th-stop-draft must be in [0, 1], got {args.th_stop_draft}")
+    if args.max_step_draft < 1:
+        raise InputError(f"--max-step-draft must be at least 1, got {args.max_step_draft}")
+    if args.temperature <= 0 or args.top_k < 0 or not 0.0 < args.top_p <= 1.0:
+        raise InputError("need --temperature > 0, --top-k >= 0 and 0 < --top-p <= 1")
+    if args.warmup < 0:
+        raise InputError(f"--warmup must be >= 0, got {args.warmup}")
+
+
+def pick_device(name: str) -> torch.device:
+    available = {
+        "xpu": hasattr(torch, "xpu") and torch.xpu.is_available(),
+        "cuda": torch.cuda.is_available(),
+        "cpu": True,
+    }
+    if name == "auto":
+        name = next(n for n in ("xpu", "cuda", "cpu") if available[n])
+    if not available[name]:
+        raise InputError(f"device {name!r} is not available in this PyTorch build or machine (try --device cpu)")
+    return torch.device(name)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        check_args(args)
+        device = pick_device(args.device)
+        dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cpu" else "float16"))
+        ckpt, model, tokenizer = load_checkpoint(args.repo_id_or_model_path, dtype, device)
+        context = model.max_seq_len
+        if args.n_predict >= context:
+            raise InputError(f"--n-predict {args.n_predict} leaves no room for the prompt in the context of {context}")
+        if args.raw_prompt:
+            input_ids = tokenizer.encode(args.prompt)
+            truncated = len(input_ids) > context - args.n_predict
+            input_ids = input_ids[-(context - args.n_predict):]
+        else:
+            input_ids, truncated = build_chat_ids(
+                tokenizer, args.prompt, system=args.system, user_token_id=ckpt.user_token_id,
+                assistant_token_id=ckpt.assistant_token_id, max_input_tokens=context - args.n_predict,
+            )
+        if truncated:
+            print(f"warning: prompt truncated from the left to {len(input_ids)} tokens to leave room for "
+                  f"{args.n_predict} new tokens", file=sys.stderr)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    draft = None if args.no_speculative else make_draft(model, group_size=args.group_size)
+    generator = torch.Generator(device).manual_seed(args.seed) if args.seed is not None else None
+    options = dict(
+        draft=draft, do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft, eos_token_id=ckpt.eos_token_id,
+        generator=generator,
+    )
+    for _ in range(args.warmup):
+        generate(model, input_ids, args.n_predict, **options)
+    streamer = None if args.json else TextStreamer(tokenizer)
+    output_ids, stats = generate(model, input_ids, args.n_predict, streamer=streamer, **options)
+
+    answer_ids = [t for t in output_ids if t != ckpt.eos_token_id]
+    if args.json:
+        record = {"text": tokenizer.decode(answer_ids), "token_ids": output_ids, **stats.as_dict(),
+                  "speculative": draft is not None, "device": device.type, "dtype": str(dtype).removeprefix("torch.")}
+        print(json.dumps(record, ensure_ascii=False))
+        return 0
+    print(f"Tokens generated {stats.tokens_generated}")
+    print(f"E2E Generation time {stats.e2e_time_s:.4f}s")
+    print(f"First token latency {stats.first_token_latency_s:.4f}s")
+    if draft is not None:
+        print(f"Draft tokens proposed {stats.drafted}")
+        print(f"Draft tokens accepted {stats.accepted}")
+        print(f"Acceptance rate {stats.acceptance_rate:.2%}")
+        print(f"Verification steps {stats.verify_steps}")
+        print(f"Tokens per verification step {stats.tokens_per_step:.2f}")
+    print(f"Decode speed {stats.decode_tokens_per_s:.2f} tokens/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

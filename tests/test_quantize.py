@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from selfspec.quantize import (
+    Int4Linear, dequantize_int4, make_draft, pack_nibbles, quantize_int4, unpack_nibbles, weight_bytes,
+)
+from utils import random_model
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_quantization_error_is_bounded(group_size):
+    w = torch.randn(256, 1024, generator=torch.Generator().manual_seed(0))
+    q, scales = quantize_int4(w, group_size)
+    assert q.dtype == torch.int8 and int(q.min()) >= -8 and int(q.max()) <= 7
+    assert scales.shape == (256, 1024 // group_size)
+    relative = (dequantize_int4(q, scales) - w).norm() / w.norm()
+    # Round-to-nearest INT4 of Gaussian weights: ~0.10-0.12 with absmax scales; the clip search must do better.
+    assert relative < 0.105
+    q_plain, s_plain = quantize_int4(w, group_size, clip_ratios=(1.0,))
+    assert relative < (dequantize_int4(q_plain, s_plain) - w).norm() / w.norm()
+
+
+def test_outlier_only_affects_its_own_group():
+    w = torch.randn(16, 256, generator=torch.Generator().manual_seed(1))
+    w[3, 5] = 100.0
+    q, scales = quantize_int4(w, 64)
+    err = (dequantize_int4(q, scales) - w).abs()
+    assert err[3, 64:].max() < 0.5 and err[:3].max() < 0.5
+
+
+def test_nibble_packing_round_trips():
+    q = torch.randint(-8, 8, (32, 64), dtype=torch.int8)
+    packed = pack_nibbles(q)
+    assert packed.shape == (32, 32) and packed.dtype == torch.uint8
+    assert torch.equal(unpack_nibbles(packed), q)
+
+
+@pytest.mark.parametrize("shape,group_size,kernel", [((64, 256), 64, "cpu_int4pack"), ((40, 80), 64, "dequantize")])
+def test_int4_linear_matches_dequantized_matmul(shape, group_size, kernel):
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    layer = Int4Linear(w, group_size)
+    assert layer.kernel == kernel
+    x = torch.randn(3, 5, shape[1], generator=torch.Generator().manual_seed(3))
+    q, scales = quantize_int4(w, layer.group_size)
+    expected = x @ dequantize_int4(q, scales).T
+    actual = layer(x)
+    assert actual.shape == (3, 5, shape[0]) and actual.dtype == x.dtype
+    # The CPU kernel runs in bfloat16: about 3 significant digits.
+    assert (actual - expected).norm() / expected.norm() < 1e-2
+
+
+def test_draft_shares_everything_but_the_linear_layers():
+    model = random_model("rope", num_heads=4)
+    draft = make_draft(model, group_size=32)
+    assert draft.model.embed_tokens.weight is model.model.embed_tokens.weight
+    assert draft.model.norm.weight is model.model.norm.weight
+    assert draft.rope_cos is model.rope_cos
+    for t, d in zip(model.model.layers, draft.model.layers):
+        assert d.self_attn.kv_cache is t.self_attn.kv_cache
+        assert d.input_layernorm is t.input_layernorm
+        assert isinstance(d.self_attn.W_pack, Int4Linear) and isinstance(d.mlp.down_proj, Int4Linear)
+    assert isinstance(draft.lm_head, Int4Linear)
+    assert isinstance(model.lm_head, torch.nn.Linear) and isinstance(model.model.layers[0].mlp.up_proj, torch.nn.Linear)
+    assert not any(isinstance(m, Int4Linear) for m in model.modules())
+
+
+@pytest.mark.parametrize("group_size", [64, 128])
+def test_draft_memory_is_under_three_tenths_of_the_fp16_linear_weights(group_size):
+    model = random_model("rope", num_heads=8, head_dim=16, intermediate_size=256)  # hidden 128: CPU kernel layout
+    draft = make_draft(model, group_size=group_size)
+    fp16_linear_bytes = sum(m.weight.numel() * 2 for m in model.modules() if isinstance(m, torch.nn.Linear))
+    int4_bytes = weight_bytes(draft, int4_only=True)
+    assert int4_bytes <= 0.3 * fp16_linear_bytes
+    assert int4_bytes >= 0.25 * fp16_linear_bytes  # 4 bits per weight plus scales: the count is honest
+    assert weight_bytes(draft) == weight_bytes(model) - fp16_linear_bytes * 2  # no float copy of a linear left
+
+
+def test_draft_predicts_like_the_target():
+    model = random_model("alibi", num_heads=5)
+    draft = make_draft(model, group_size=64)
+    tokens = torch.randint(0, 320, (1, 64), generator=torch.Generator().manual_seed(4))
+    pos = torch.arange(64)
+    target_logits = model(tokens, pos)[0]
+    draft_logits = draft(tokens, pos)[0]
+    agreement = (target_logits.argmax(-1) == draft_logits.argmax(-1)).float().mean()
+    assert agreement > 0.5
+    assert (draft_logits - target_logits).norm() / target_logits.norm() < 0.3

@@ -1,0 +1,29 @@
+"""Random in-memory models for tests that do not need a checkpoint on disk."""
+import torch
+import torch.nn.functional as F
+
+from selfspec.model import Baichuan2, ModelArgs
+
+
+def random_model(position_encoding="rope", num_heads=4, head_dim=16, num_layers=2, vocab_size=320,
+                 intermediate_size=128, max_seq_len=256, dtype=torch.float32, seed=0) -> Baichuan2:
+    """A tiny Baichuan2 with weights scaled so that logits are peaked enough to be realistic."""
+    args = ModelArgs(
+        vocab_size=vocab_size, hidden_size=num_heads * head_dim, intermediate_size=intermediate_size,
+        num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_heads, max_seq_len=max_seq_len,
+        position_encoding=position_encoding,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    model = Baichuan2(args)
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            p.data = 1 + 0.1 * torch.randn(p.shape, generator=generator)
+        elif "embed" in name:
+            p.data = torch.randn(p.shape, generator=generator)
+        else:
+            p.data = torch.randn(p.shape, generator=generator) * p.shape[1] ** -0.5
+    # NormHead: rows normalized once (as the loader does); the scale gives peaked distributions.
+    model.lm_head.weight.data = F.normalize(model.lm_head.weight.data, dim=1) * 4
+    model = model.to(dtype).eval().requires_grad_(False)
+    model.setup_caches(max_seq_len)
+    return model
