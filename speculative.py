@@ -49,6 +49,12 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed generations before the timed one")
     p.add_argument("--group-size", type=int, default=64, choices=[32, 64, 128], help="INT4 draft group size")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last stdout line instead")
+
+    def one_line_error(message):  # argparse prints usage too; bad input gets one line
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+    p.error = one_line_error
     return p.parse_args(argv)
 
 

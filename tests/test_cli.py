@@ -1,0 +1,142 @@
+"""speculative.py end to end, through a subprocess as a user runs it."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, check_exit=None):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "speculative.py"), *map(str, args)],
+        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    if check_exit is not None:
+        assert result.returncode == check_exit, result.stderr
+    return result
+
+
+def test_human_output(tiny_7b):
+    result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "Tell me about the river.", "--n-predict", 24,
+                     check_exit=0)
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"Tokens generated \d+", lines[-9]), result.stdout
+    n = int(lines[-9].split()[-1])
+    assert 1 <= n <= 24
+    assert re.fullmatch(r"E2E Generation time \d+\.\d{4}s", lines[-8])
+    assert re.fullmatch(r"First token latency \d+\.\d{4}s", lines[-7])
+    assert re.fullmatch(r"Draft tokens proposed \d+", lines[-6])
+    assert re.fullmatch(r"Draft tokens accepted \d+", lines[-5])
+    assert re.fullmatch(r"Acceptance rate \d+\.\d\d%", lines[-4])
+    assert re.fullmatch(r"Verification steps \d+", lines[-3])
+    assert re.fullmatch(r"Tokens per verification step \d+\.\d\d", lines[-2])
+    assert re.fullmatch(r"Decode speed \d+\.\d\d tokens/s", lines[-1])
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("fixture", ["tiny_7b", "tiny_13b_sharded"])
+def test_json_and_lossless_through_the_cli(fixture, request):
+    path = request.getfixturevalue(fixture)
+    common = ["--repo-id-or-model-path", path, "--prompt", "北京是哪个国家的首都？", "--n-predict", 40,
+              "--dtype", "float32", "--warmup", 0, "--json"]
+    spec = json.loads(run_cli(*common, check_exit=0).stdout.splitlines()[-1])
+    plain = json.loads(run_cli(*common, "--no-speculative", check_exit=0).stdout.splitlines()[-1])
+    for key in ("text", "token_ids", "tokens_generated", "e2e_time_s", "first_token_latency_s", "drafted",
+                "accepted", "acceptance_rate", "verify_steps", "tokens_per_s"):
+        assert key in spec, key
+    assert spec["token_ids"] == plain["token_ids"] and spec["text"] == plain["text"]
+    assert spec["tokens_generated"] == len(spec["token_ids"]) <= 40
+    assert spec["speculative"] and not plain["speculative"] and plain["drafted"] == 0
+    assert 0 < spec["drafted"] and 0 <= spec["accepted"] <= spec["drafted"]
+    assert spec["acceptance_rate"] == pytest.approx(spec["accepted"] / spec["drafted"])
+    assert 0 < spec["first_token_latency_s"] <= spec["e2e_time_s"]
+
+
+def test_sampling_options_and_alias(tiny_13b):
+    result = run_cli("--repo-id-or-model-path", tiny_13b, "--prompt", "hi", "--n-predict", 16, "--do-sample",
+                     "--temperature", 0.8, "--top-k", 20, "--top-p", 0.9, "--seed", 3, "--th_stop_draft", 0.4,
+                     "--max-step-draft", 4, "--system", "You are terse.", "--warmup", 0, "--json", check_exit=0)
+    record = json.loads(result.stdout.splitlines()[-1])
+    assert 1 <= record["tokens_generated"] <= 16
+
+
+def test_raw_prompt_and_truncation_warning(tiny_7b):
+    long_prompt = "the river flows to the sea " * 200  # far beyond the tiny 256-token context
+    result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", long_prompt, "--raw-prompt", "--n-predict", 8,
+                     "--warmup", 0, "--json", check_exit=0)
+    assert result.stderr.count("\n") == 1 and "truncated" in result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["prompt_tokens"] == 256 - 8
+
+
+def damage(kind, tiny_copy):
+    if kind == "no config":
+        path = tiny_copy()
+        (path / "config.json").unlink()
+    elif kind == "no weights":
+        path = tiny_copy()
+        (path / "model.safetensors").unlink()
+    elif kind == "not baichuan":
+        path = tiny_copy()
+        config = json.loads((path / "config.json").read_text())
+        config.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
+        (path / "config.json").write_text(json.dumps(config))
+    elif kind == "truncated safetensors":
+        path = tiny_copy()
+        data = (path / "model.safetensors").read_bytes()
+        (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif kind == "corrupted bin":
+        path = tiny_copy(fmt="bin")
+        (path / "pytorch_model.bin").write_bytes(b"not a checkpoint" * 100)
+    elif kind == "shape mismatch":
+        path = tiny_copy()
+        config = json.loads((path / "config.json").read_text())
+        config["intermediate_size"] += 32
+        (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+BAD_CHECKPOINTS = ["no config", "no weights", "not baichuan", "truncated safetensors", "corrupted bin", "shape mismatch"]
+
+
+def assert_clean_error(result, *words):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    for word in words:
+        assert word.lower() in result.stderr.lower(), result.stderr
+
+
+@pytest.mark.parametrize("kind", BAD_CHECKPOINTS)
+def test_bad_checkpoints(kind, tiny_copy):
+    result = run_cli("--repo-id-or-model-path", damage(kind, tiny_copy), "--n-predict", 4, "--warmup", 0)
+    assert_clean_error(result)
+
+
+def test_missing_path_and_uncached_hub_id(tmp_path):
+    assert_clean_error(run_cli("--repo-id-or-model-path", tmp_path / "nope"), "does not exist")
+    assert_clean_error(run_cli("--repo-id-or-model-path", "baichuan-inc/Baichuan2-7B-Chat"), "local folder")
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--prompt", "  "], ["prompt"]),
+    (["--n-predict", 0], ["n-predict"]),
+    (["--n-predict", 256], ["n-predict"]),
+    (["--th-stop-draft", 1.5], ["th-stop-draft"]),
+    (["--max-step-draft", 0], ["max-step-draft"]),
+    (["--top-p", 0], ["top-p"]),
+])
+def test_impossible_arguments(args, words, tiny_7b):
+    assert_clean_error(run_cli("--repo-id-or-model-path", tiny_7b, "--warmup", 0, *args), *words)
+
+
+@pytest.mark.parametrize("device", ["cuda", "xpu"])
+def test_unavailable_device(device, tiny_7b):
+    backend = getattr(torch, device, None)
+    if backend is not None and backend.is_available():
+        pytest.skip(f"{device} is available here")
+    assert_clean_error(run_cli("--repo-id-or-model-path", tiny_7b, "--device", device), device, "not available")
