@@ -79,34 +79,38 @@ class Sampling:
             logits = logits.masked_fill(drop, float("-inf"))
         return logits.softmax(-1)
 
-    def pick(self, logits: torch.Tensor, generator=None) -> int:
+    def pick(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
+        """Next token for logits [vocab], as a 0-d tensor on the logits' device (no host sync)."""
         if not self.do_sample:
-            return int(logits.argmax(-1))
-        return int(torch.multinomial(self.probs(logits), 1, generator=generator))
+            return logits.argmax(-1)
+        return torch.multinomial(self.probs(logits), 1, generator=generator)[0]
 
 
-def greedy_accept(target_logits: torch.Tensor, draft_tokens: list[int]) -> tuple[int, int]:
-    """(number of drafts accepted, the target's next token). target_logits is [k+1, vocab]."""
-    target_tokens = target_logits.argmax(-1).tolist()
+def count_accepted(draft_tokens: list[int], target_tokens: list[int]) -> int:
+    """Greedy acceptance: the length of the longest prefix of drafts equal to the target's argmax."""
     n = 0
     while n < len(draft_tokens) and draft_tokens[n] == target_tokens[n]:
         n += 1
-    return n, target_tokens[n]
+    return n
 
 
-def speculative_accept(p: torch.Tensor, q: torch.Tensor, draft_tokens: list[int], generator=None) -> tuple[int, int]:
-    """Speculative sampling: p [k+1, vocab] target and q [k, vocab] draft probabilities (both after the
-    same temperature/top-k/top-p). Emitted tokens are distributed exactly as sampling from p."""
-    uniforms = torch.rand(len(draft_tokens), generator=generator, device=p.device).tolist()
-    for i, token in enumerate(draft_tokens):
-        if uniforms[i] * float(q[i, token]) < float(p[i, token]):  # u < p/q without dividing by q
-            continue
-        residual = (p[i] - q[i]).clamp(min=0)
-        if float(residual.sum()) <= 0:  # p == q up to rounding: any sample from p is right
-            residual = p[i]
-        return i, int(torch.multinomial(residual, 1, generator=generator))
-    k = len(draft_tokens)
-    return k, int(torch.multinomial(p[k], 1, generator=generator))
+def speculative_accept(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Tensor, generator=None):
+    """Speculative sampling on the device: p [k+1, vocab] target and q [k, vocab] draft probabilities
+    (both after the same temperature/top-k/top-p), draft_tokens [k]. Returns 0-d tensors (number of
+    drafts accepted n, next token): d_i is kept with probability min(1, p/q); the first rejected one is
+    replaced by a sample of normalize(max(0, p - q)), or, if all were kept, a sample of p[k] is added.
+    The emitted tokens are distributed exactly as sampling from p."""
+    k = draft_tokens.numel()
+    rows = torch.arange(k, device=p.device)
+    p_draft, q_draft = p[rows, draft_tokens], q[rows, draft_tokens]
+    uniforms = torch.rand(k, generator=generator, device=p.device)
+    accepted = uniforms * q_draft < p_draft  # u < p/q without dividing by q
+    n = accepted.int().cumprod(0).sum()
+    # index_select with a device index: a 0-d tensor used as p[n] would be read back to the host.
+    residual = torch.cat([(p[:k] - q).clamp(min=0), p[k:]]).index_select(0, n.view(1))[0]
+    target_row = p.index_select(0, n.view(1))[0]
+    residual = torch.where(residual.sum() > 0, residual, target_row)  # p == q up to rounding: sample p
+    return n, torch.multinomial(residual, 1, generator=generator)[0]
 
 
 def synchronize(device: torch.device):
@@ -159,24 +163,34 @@ def generate(
     generator: torch.Generator | None = None,
 ) -> tuple[list[int], GenerationStats]:
     """Generate up to `max_new_tokens` after `input_ids`. With `draft` (see quantize.make_draft) decode
-    self-speculatively, else one target step per token. Returns (new token ids, statistics); the ids end
-    with `eos_token_id` if it was produced."""
+    self-speculatively, else one target step per token. `model` and `draft` may be modules or
+    cuda_graphs.GraphedModel wrappers. Returns (new token ids, statistics); the ids end with
+    `eos_token_id` if it was produced.
+
+    Tokens stay on the device. The host reads back once per verification round (drafts and the
+    target's tokens together), and once per draft step only where the stop threshold is consulted
+    (after `min_step_draft` steps): a read costs a launch gap, a wasted draft step costs far more.
+    """
+    target = getattr(model, "module", model)
+    max_seq_len = target.max_seq_len
     if not input_ids:
         raise ValueError("the prompt is empty")
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
-    if len(input_ids) + max_new_tokens > model.max_seq_len:
+    if len(input_ids) + max_new_tokens > max_seq_len:
         raise ValueError(
-            f"prompt ({len(input_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of {model.max_seq_len}"
+            f"prompt ({len(input_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of {max_seq_len}"
         )
     if not 0.0 <= th_stop_draft <= 1.0:
         raise ValueError("th_stop_draft must be in [0, 1]")
     if max_step_draft < 1:
         raise ValueError("max_step_draft must be at least 1")
-    if draft is not None and draft.model.layers[0].self_attn.kv_cache is not model.model.layers[0].self_attn.kv_cache:
-        raise ValueError("the draft must share the target's KV cache: build it with make_draft after setup_caches")
+    if draft is not None:
+        draft_module = getattr(draft, "module", draft)
+        if draft_module.model.layers[0].self_attn.kv_cache is not target.model.layers[0].self_attn.kv_cache:
+            raise ValueError("the draft must share the target's KV cache: build it with make_draft after setup_caches")
 
-    device = model.model.norm.weight.device
+    device = target.model.norm.weight.device
     sampling = Sampling(do_sample, temperature, top_k, top_p)
     stats = GenerationStats(prompt_tokens=len(input_ids), final_th_stop_draft=th_stop_draft)
     match_ema = 0.0
@@ -195,56 +209,62 @@ def generate(
         return finished
 
     start = time.perf_counter()
-    prompt = torch.tensor([input_ids], device=device)
-    logits = model(prompt, torch.arange(len(input_ids), device=device))[0, -1]
-    token = sampling.pick(logits, generator)
-    synchronize(device)
+    n_prompt = len(input_ids)
+    logits = model(torch.tensor([input_ids], device=device), torch.arange(n_prompt, device=device), n_prompt)
+    # buf holds [last token, d1..dk] for the round in flight, on the device.
+    buf = torch.empty(max_step_draft + 1, dtype=torch.long, device=device)
+    buf[0] = sampling.pick(logits[0, -1], generator)
+    token = int(buf[0])
     stats.first_token_latency_s = time.perf_counter() - start
-    pos = len(input_ids)  # position of `token`, which is not in the cache yet
+    offsets = torch.arange(max_step_draft + 1, device=device)
+    draft_probs = None
+    pos = n_prompt  # position of `token`, which is not in the cache yet
     done = emit([token])
 
     while not done:
         # Drafts beyond the output budget or the cache would be wasted: a round emits accepted + 1 tokens.
-        k_max = min(max_step_draft, max_new_tokens - len(out) - 1, model.max_seq_len - pos - 1)
+        k_max = min(max_step_draft, max_new_tokens - len(out) - 1, max_seq_len - pos - 1)
         if draft is None or k_max < 1:
-            logits = model(torch.tensor([[token]], device=device), torch.tensor([pos], device=device))[0, -1]
-            new_tokens = [sampling.pick(logits, generator)]
+            logits = model(buf[:1].view(1, 1), offsets[:1] + pos, pos + 1)
+            buf[0] = sampling.pick(logits[0, -1], generator)
+            token = int(buf[0])
             stats.verify_steps += 1
             pos += 1
-            token = new_tokens[-1]
-            done = emit(new_tokens)
+            done = emit([token])
             continue
 
-        draft_tokens, draft_probs = [], []
-        current = token
-        for i in range(k_max):
-            logits = draft(torch.tensor([[current]], device=device), torch.tensor([pos + i], device=device))[0, -1]
+        k = 0
+        while k < k_max:
+            logits = draft(buf[k : k + 1].view(1, 1), offsets[k : k + 1] + pos, pos + k + 1)[0, -1]
             if do_sample:
                 q = sampling.probs(logits)
-                current = int(torch.multinomial(q, 1, generator=generator))
-                confidence = float(q[current])
-                draft_probs.append(q)
+                if draft_probs is None:
+                    draft_probs = torch.empty(max_step_draft, q.shape[-1], device=device)
+                draft_probs[k] = q
+                buf[k + 1] = torch.multinomial(q, 1, generator=generator)[0]
+                confidence = q.gather(0, buf[k + 1 : k + 2])
             else:
-                confidence, current = (float(v) for v in logits.float().softmax(-1).max(-1))
-                current = int(current)
-            draft_tokens.append(current)
-            if i + 1 >= min_step_draft and confidence < th_stop_draft:
+                confidence, buf[k + 1] = logits.float().softmax(-1).max(-1)
+            k += 1
+            if min_step_draft <= k < k_max and float(confidence) < th_stop_draft:
                 break
 
-        k = len(draft_tokens)
-        verify_input = torch.tensor([[token] + draft_tokens], device=device)
-        logits = model(verify_input, torch.arange(pos, pos + k + 1, device=device))[0]
+        logits = model(buf[: k + 1].view(1, -1), offsets[: k + 1] + pos, pos + k + 1)[0]
         if do_sample:
-            n, next_token = speculative_accept(sampling.probs(logits), torch.stack(draft_probs), draft_tokens, generator)
+            n, next_token = speculative_accept(sampling.probs(logits), draft_probs[:k], buf[1 : k + 1], generator)
+            host = torch.cat([buf[1 : k + 1], n.view(1), next_token.view(1)]).tolist()
+            draft_tokens, n, token = host[:k], host[k], host[k + 1]
         else:
-            n, next_token = greedy_accept(logits, draft_tokens)
-        new_tokens = draft_tokens[:n] + [next_token]
+            host = torch.cat([buf[1 : k + 1], logits.argmax(-1)]).tolist()
+            draft_tokens, target_tokens = host[:k], host[k:]
+            n = count_accepted(draft_tokens, target_tokens)
+            token = target_tokens[n]
+        buf[0] = token
         stats.drafted += k
         stats.accepted += n
         stats.verify_steps += 1
         pos += n + 1
-        token = next_token
-        done = emit(new_tokens)
+        done = emit(draft_tokens[:n] + [token])
 
         if auto_th_stop_draft:
             match_ema = MATCH_EMA * match_ema + (1 - MATCH_EMA) * n / k

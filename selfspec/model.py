@@ -84,7 +84,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(args.num_heads * args.head_dim, args.hidden_size, bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, input_pos, end: int, mask, rope):
+    def forward(self, x, input_pos, end: int, mask, rope, causal: bool):
         T = x.shape[1]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = self.W_pack(x).split([q_size, kv_size, kv_size], dim=-1)
@@ -95,7 +95,7 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         k, v = self.kv_cache.update(input_pos, k, v, end)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, enable_gqa=self.num_kv_heads != self.num_heads
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.num_kv_heads != self.num_heads
         )
         return self.o_proj(y.transpose(1, 2).reshape(1, T, q_size))
 
@@ -108,8 +108,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.mlp = MLP(args)
 
-    def forward(self, x, input_pos, end, mask, rope):
-        h = x + self.self_attn(self.input_layernorm(x), input_pos, end, mask, rope)
+    def forward(self, x, input_pos, end, mask, rope, causal):
+        h = x + self.self_attn(self.input_layernorm(x), input_pos, end, mask, rope, causal)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -167,27 +167,34 @@ class Baichuan2(nn.Module):
             raise ValueError(f"unknown position encoding {args.position_encoding!r}")
 
     def attention_mask(self, input_pos, end: int):
-        """Causal mask (RoPE) or causal ALiBi bias slope*(j-i) (relative: exact near the diagonal in fp16)."""
+        """Causal mask (RoPE) or causal ALiBi bias slope*(j-i) (relative: exact near the diagonal in fp16).
+
+        Keys run over positions [0, end); `end` may exceed the last query position + 1 (CUDA graphs use
+        fixed-length buckets), so the mask, not the slice, is what keeps queries causal."""
         key_pos = torch.arange(end, device=input_pos.device)
         offset = key_pos[None, :] - input_pos[:, None]  # [T, end], j - i
         if self.args.position_encoding == "rope":
-            return None if input_pos.numel() == 1 else offset <= 0
+            return offset <= 0
         bias = self.alibi[:, None, None] * offset.float()
-        bias = bias.masked_fill(offset > 0, float("-inf"))
-        return bias.to(self.model.norm.weight.dtype).unsqueeze(0)
+        return bias.masked_fill(offset > 0, float("-inf")).to(self.model.norm.weight.dtype).unsqueeze(0)
 
-    def forward(self, tokens, input_pos):
+    def forward(self, tokens, input_pos, end: int | None = None):
         """tokens [1, T] at absolute positions input_pos [T] (consecutive). Returns logits [1, T, vocab].
 
-        Attention reads the cache up to the last query position, so entries written past it by an
-        earlier (rejected) draft are never seen and get overwritten later.
+        Attention reads the cache over [0, end), `end` defaulting to the last query position + 1 (pass it
+        to avoid reading input_pos back from the device). Entries past a query's own position, left by
+        rejected drafts or padding, are masked out and get overwritten later.
         """
-        end = int(input_pos[-1]) + 1
-        mask = self.attention_mask(input_pos, end)
+        T = tokens.shape[1]
+        if end is None:
+            end = int(input_pos[-1]) + 1
+        # A prefill from position 0 of a RoPE model needs no mask: the fused causal kernels apply.
+        causal = T == end and self.args.position_encoding == "rope"
+        mask = None if causal else self.attention_mask(input_pos, end)
         rope = None
         if self.args.position_encoding == "rope":
             rope = (self.rope_cos[input_pos], self.rope_sin[input_pos])
         x = self.model.embed_tokens(tokens)
         for layer in self.model.layers:
-            x = layer(x, input_pos, end, mask, rope)
+            x = layer(x, input_pos, end, mask, rope, causal)
         return self.lm_head(self.model.norm(x))

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import int4_triton
 from .model import Baichuan2
 
 # Clipping ratios tried per group: the scale that minimises the group's squared error wins.
@@ -70,8 +71,9 @@ def choose_group_size(in_features: int, group_size: int) -> int:
 class Int4Linear(nn.Module):
     """y = x @ (q * scale)^T for symmetric group-wise INT4 weights, through the fastest kernel here.
 
-    Kernels: torch's CPU int4 kernel (bf16 activations: callers in other dtypes are cast, which is
-    fine for a draft whose output is only a proposal), else a dequantize-then-matmul fallback.
+    Kernels: on CUDA/XPU a Triton GEMV (int4_triton.py); on CPU torch's int4 kernel (bf16 activations:
+    callers in other dtypes are cast, fine for a draft whose output is only a proposal); else a
+    dequantize-then-matmul fallback that is always correct.
     """
 
     def __init__(self, weight: torch.Tensor, group_size: int):
@@ -91,6 +93,8 @@ class Int4Linear(nn.Module):
             self.register_buffer("scales", scales.to(weight.dtype))
 
     def pick_kernel(self, device: torch.device) -> str:
+        if int4_triton.available(device):
+            return "triton"
         if (
             device.type == "cpu"
             and self.group_size in CPU_INT4_GROUP_SIZES
@@ -105,6 +109,8 @@ class Int4Linear(nn.Module):
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size, self.scales)
             return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        if self.kernel == "triton":
+            return int4_triton.int4_matmul(x, self.packed, self.scales, self.group_size)
         return F.linear(x, dequantize_int4(unpack_nibbles(self.packed), self.scales, x.dtype))
 
     def extra_repr(self):

@@ -3,7 +3,7 @@ import random
 import pytest
 import torch
 
-from selfspec.generate import GenerationStats, Sampling, generate, greedy_accept, speculative_accept
+from selfspec.generate import GenerationStats, Sampling, count_accepted, generate, speculative_accept
 from selfspec.quantize import make_draft
 from utils import random_model
 
@@ -125,11 +125,11 @@ def test_top_k_and_top_p_filters():
     assert cold[0] > 0.99
 
 
-def test_greedy_accept():
-    logits = torch.eye(6)[[1, 2, 3, 4]]  # target argmax at each position: 1, 2, 3, 4
-    assert greedy_accept(logits, [1, 2, 3]) == (3, 4)
-    assert greedy_accept(logits, [1, 5, 3]) == (1, 2)
-    assert greedy_accept(logits, [0, 2, 3]) == (0, 1)
+def test_count_accepted():
+    target = [1, 2, 3, 4]  # the target's argmax after t, d1, d2, d3
+    assert count_accepted([1, 2, 3], target) == 3
+    assert count_accepted([1, 5, 3], target) == 1
+    assert count_accepted([0, 2, 3], target) == 0
 
 
 def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
@@ -157,7 +157,8 @@ def test_speculative_sampling_reproduces_the_target_distribution():
     second_given_d1 = torch.zeros(vocab)
     for _ in range(trials):
         drafts = [int(torch.multinomial(q[0], 1, generator=g)), int(torch.multinomial(q[1], 1, generator=g))]
-        n, nxt = speculative_accept(p, q, drafts, generator=g)
+        n, nxt = speculative_accept(p, q, torch.tensor(drafts), generator=g)
+        n, nxt = int(n), int(nxt)
         emitted = drafts[:n] + [nxt]
         first[emitted[0]] += 1
         # p[1] plays the role of the target's distribution after draft token 0.

@@ -1,0 +1,334 @@
+"""Benchmark on one GPU: this engine (plain FP16 and self-speculative) against Hugging Face transformers.
+
+    python scripts/benchmark.py --shapes 7b 13b --out bench-out
+
+For each shape, with random weights made on the GPU (or a real checkpoint with --model PATH):
+  1. transformers' eager `generate` on a LlamaForCausalLM of the same dimensions, FP16;
+  2. transformers with a static cache and torch.compile (--hf-compile; slow to compile);
+  3. this engine, plain FP16 decoding (CUDA graphs);
+  4. this engine, self-speculative (INT4 draft + FP16 verify).
+It also times the INT4 matmul candidates at M=1, the draft and verify steps alone, and measures the
+device-to-device copy bandwidth that the achieved GB/s are compared with. Writes results.json and
+results.md to --out. Acceptance on random weights is meaningless (the INT4 draft of a random model
+rarely agrees with it): for random weights the speculative row shows the machinery's cost, and a
+projection from the measured step costs shows the speedup at given acceptance rates.
+"""
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from selfspec.generate import generate, synchronize  # noqa: E402
+from selfspec.model import Baichuan2, ModelArgs  # noqa: E402
+from selfspec.quantize import Int4Linear, make_draft, quantize_int4, weight_bytes  # noqa: E402
+
+SHAPES = {
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, position_encoding="rope"),
+    "13b": dict(hidden_size=5120, intermediate_size=13696, num_layers=40, num_heads=40, position_encoding="alibi"),
+}
+VOCAB = 125696
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", nargs="+", default=["7b", "13b"], choices=sorted(SHAPES))
+    p.add_argument("--model", help="a real Baichuan2 checkpoint folder instead of random weights (one shape)")
+    p.add_argument("--prompt-tokens", type=int, default=1024)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--max-step-draft", type=int, default=8)
+    p.add_argument("--th-stop-draft", type=float, default=0.6)
+    p.add_argument("--group-size", type=int, default=64)
+    p.add_argument("--hf-compile", action="store_true", help="also run transformers with static cache + torch.compile")
+    p.add_argument("--skip-hf", action="store_true", help="skip the transformers baselines")
+    p.add_argument("--out", default="bench-out")
+    return p.parse_args()
+
+
+def cuda_ms(fn, iters=30, warmup=3) -> float:
+    """Median milliseconds of fn() by CUDA events."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def copy_bandwidth_gbs() -> float:
+    src = torch.randn(2**30 // 2, dtype=torch.float16, device="cuda")  # 1 GiB
+    dst = torch.empty_like(src)
+    ms = cuda_ms(lambda: dst.copy_(src), iters=20)
+    del src, dst
+    return 2 * 2**30 / (ms / 1e3) / 1e9  # bytes read + written
+
+
+def random_model(shape: str, max_seq_len: int, seed: int = 0) -> Baichuan2:
+    args = ModelArgs(vocab_size=VOCAB, num_kv_heads=SHAPES[shape]["num_heads"], max_seq_len=max_seq_len,
+                     **SHAPES[shape])
+    with torch.device("meta"):
+        model = Baichuan2(args)
+    gen = torch.Generator("cuda").manual_seed(seed)
+    params = {}
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            params[name] = torch.ones(p.shape, dtype=torch.float16, device="cuda")
+        else:
+            t = torch.empty(p.shape, dtype=torch.float16, device="cuda")
+            params[name] = t.normal_(0.0, 0.02 if "embed" in name else p.shape[1] ** -0.5, generator=gen)
+    params["lm_head.weight"] = torch.nn.functional.normalize(params["lm_head.weight"].float(), dim=1).half() * 1
+    model.load_state_dict(params, assign=True)
+    model.setup_caches(max_seq_len, torch.float16, torch.device("cuda"))
+    return model.eval().requires_grad_(False)
+
+
+def kernel_rows(model) -> list[dict]:
+    """INT4 matmul candidates at M=1 on the model's linear shapes: time, GB/s, error vs dequantized."""
+    from selfspec import int4_triton
+    from selfspec.quantize import dequantize_int4, pack_nibbles
+
+    layer = model.model.layers[0]
+    linears = {"W_pack": layer.self_attn.W_pack, "o_proj": layer.self_attn.o_proj, "gate_proj": layer.mlp.gate_proj,
+               "down_proj": layer.mlp.down_proj, "lm_head": model.lm_head}
+    rows = []
+    for name, lin in linears.items():
+        w = lin.weight
+        n, k = w.shape
+        g = 64
+        q, scales = quantize_int4(w, g)
+        packed, s16 = pack_nibbles(q), scales.half()
+        x = torch.randn(1, k, dtype=torch.float16, device="cuda")
+        ref = x.float() @ dequantize_int4(q, scales).T
+        int4_bytes = packed.numel() + s16.numel() * 2
+        candidates = {
+            "fp16 F.linear (reference: 16-bit weights)": (lambda: torch.nn.functional.linear(x, w), 2 * n * k),
+            "dequantize + F.linear": (lambda: torch.nn.functional.linear(x, dequantize_int4(q, s16, torch.float16)), int4_bytes),
+            "triton int4 gemv (fp16)": (lambda: int4_triton.int4_matmul(x, packed, s16, g), int4_bytes),
+        }
+        try:
+            u = (q.to(torch.int32) + 8)
+            tiny_w = torch.ops.aten._convert_weight_to_int4pack((u[:, ::2] << 4 | u[:, 1::2]).to(torch.uint8), 8)
+            sz = torch.stack([scales, torch.zeros_like(scales)], -1).transpose(0, 1).contiguous().bfloat16()
+            xb = x.bfloat16()
+            candidates["tinygemm _weight_int4pack_mm (bf16)"] = (
+                lambda: torch.ops.aten._weight_int4pack_mm(xb, tiny_w, g, sz), int4_bytes)
+        except Exception as e:  # noqa: BLE001 - report, do not fail the benchmark
+            rows.append({"linear": name, "kernel": "tinygemm", "error": str(e)[:200]})
+        for kernel, (fn, nbytes) in candidates.items():
+            out = fn().float()
+            err = float((out - ref).norm() / ref.norm()) if "reference" not in kernel else None
+            ms = cuda_ms(fn, iters=50)
+            rows.append({"linear": name, "shape": [n, k], "kernel": kernel, "ms": ms, "GB/s": nbytes / ms / 1e6,
+                         "rel_error": err})
+        del q, scales, packed, s16
+    return rows
+
+
+def step_costs(model_g, draft_g, pos: int, max_k: int) -> dict:
+    """Median ms of one plain step, one draft step, and verify steps of k+1 tokens, at position pos."""
+    tok = torch.zeros(1, max_k + 1, dtype=torch.long, device="cuda")
+    offs = torch.arange(max_k + 1, device="cuda") + pos
+    costs = {"plain_step_ms": cuda_ms(lambda: model_g(tok[:, :1], offs[:1], pos + 1)),
+             "draft_step_ms": cuda_ms(lambda: draft_g(tok[:, :1], offs[:1], pos + 1))}
+    for k in range(1, max_k + 1):
+        costs[f"verify_{k + 1}_ms"] = cuda_ms(lambda: model_g(tok[:, : k + 1], offs[: k + 1], pos + k + 1))
+    return costs
+
+
+def projected(costs: dict, max_k: int) -> list[dict]:
+    """Speedup over plain decoding at per-token acceptance alpha, drafting a fixed k (best k shown)."""
+    rows = []
+    for alpha in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95):
+        best = max(
+            ((sum(alpha**i for i in range(k + 1)) * costs["plain_step_ms"])
+             / (k * costs["draft_step_ms"] + costs[f"verify_{k + 1}_ms"]), k)
+            for k in range(1, max_k + 1)
+        )
+        rows.append({"acceptance": alpha, "best_k": best[1], "projected_speedup": best[0]})
+    return rows
+
+
+def run_engine(model, draft, prompt, args, speculative: bool) -> dict:
+    from selfspec.cuda_graphs import graph_models
+
+    options = dict(max_step_draft=args.max_step_draft, th_stop_draft=args.th_stop_draft)
+    model_g, draft_g = graph_models(model, draft if speculative else None)
+    generate(model_g, prompt, args.new_tokens, draft=draft_g, **options)  # warm-up: captures the graphs
+    torch.cuda.reset_peak_memory_stats()
+    out, stats = generate(model_g, prompt, args.new_tokens, draft=draft_g, **options)
+    row = stats.as_dict()
+    row["ms_per_token"] = (stats.e2e_time_s - stats.first_token_latency_s) / (stats.tokens_generated - 1) * 1e3
+    row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    row["token_ids"] = out
+    return row, model_g, draft_g
+
+
+def run_transformers(shape: str, prompt, args, compile_: bool) -> dict:
+    import transformers
+
+    s = SHAPES[shape]
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=s["hidden_size"], intermediate_size=s["intermediate_size"],
+        num_hidden_layers=s["num_layers"], num_attention_heads=s["num_heads"], num_key_value_heads=s["num_heads"],
+        max_position_embeddings=4096, torch_dtype=torch.float16,
+    )
+    with torch.device("cuda"):
+        torch.set_default_dtype(torch.float16)
+        model = transformers.LlamaForCausalLM(config).eval()
+        torch.set_default_dtype(torch.float32)
+    ids = torch.tensor([prompt], device="cuda")
+    kwargs = dict(do_sample=False, min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens, pad_token_id=0)
+    if compile_:
+        kwargs["cache_implementation"] = "static"
+        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+    with torch.inference_mode():
+        model.generate(ids, **{**kwargs, "min_new_tokens": 8, "max_new_tokens": 8})  # warm-up / compile
+        synchronize(torch.device("cuda"))
+        t0 = time.perf_counter()
+        model.generate(ids, **{**kwargs, "min_new_tokens": 1, "max_new_tokens": 1})
+        synchronize(torch.device("cuda"))
+        first = time.perf_counter() - t0
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        out = model.generate(ids, **kwargs)
+        synchronize(torch.device("cuda"))
+        e2e = time.perf_counter() - t0
+    n = out.shape[1] - ids.shape[1]
+    row = {"tokens_generated": n, "e2e_time_s": e2e, "first_token_latency_s": first, "tokens_per_s": n / e2e,
+           "ms_per_token": (e2e - first) / (n - 1) * 1e3, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return row
+
+
+def bench_shape(shape: str, args, bandwidth: float) -> dict:
+    max_seq_len = args.prompt_tokens + args.new_tokens + args.max_step_draft + 1
+    if args.model:
+        from selfspec.checkpoint import load_checkpoint
+
+        _, model, _ = load_checkpoint(args.model, torch.float16, torch.device("cuda"), max_seq_len)
+    else:
+        model = random_model(shape, max_seq_len)
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(3, VOCAB, (args.prompt_tokens,), generator=gen).tolist()
+    result = {"shape": shape, "weights": "checkpoint " + args.model if args.model else "random"}
+    t0 = time.perf_counter()
+    draft = make_draft(model, group_size=args.group_size)
+    synchronize(torch.device("cuda"))
+    result["draft_build_s"] = time.perf_counter() - t0
+    fp16_bytes = weight_bytes(model)
+    result["fp16_weight_gib"] = fp16_bytes / 2**30
+    result["draft_extra_gib"] = weight_bytes(draft, int4_only=True) / 2**30
+    kv_bytes = sum(b.numel() * b.element_size() for b in model.buffers() if b.dim() == 4)
+    result["kv_cache_gib"] = kv_bytes / 2**30
+    result["kernels"] = kernel_rows(model)
+
+    plain, model_g, _ = run_engine(model, draft, prompt, args, speculative=False)
+    spec, model_g, draft_g = run_engine(model, draft, prompt, args, speculative=True)
+    result["engine_plain"], result["engine_speculative"] = plain, spec
+    result["outputs_identical"] = plain.pop("token_ids") == spec.pop("token_ids")
+    pos = args.prompt_tokens + args.new_tokens // 2
+    costs = step_costs(model_g, draft_g, pos, args.max_step_draft)
+    result["step_costs"] = costs
+    # Bytes one plain step must read: every weight but the embedding table (one row), plus the live KV.
+    embed_bytes = model.model.embed_tokens.weight.numel() * 2
+    live_kv = 2 * model.args.num_layers * pos * model.args.hidden_size * 2
+    step_bytes = fp16_bytes - embed_bytes + live_kv
+    result["floor_ms_per_token"] = step_bytes / (bandwidth * 1e9) * 1e3
+    result["achieved_gbs"] = step_bytes / (costs["plain_step_ms"] / 1e3) / 1e9
+    result["share_of_copy_bandwidth"] = result["achieved_gbs"] / bandwidth
+    draft_bytes = weight_bytes(draft, int4_only=True) + live_kv
+    result["draft_achieved_gbs"] = draft_bytes / (costs["draft_step_ms"] / 1e3) / 1e9
+    result["draft_over_fp16_step"] = costs["draft_step_ms"] / costs["plain_step_ms"]
+    result["verify9_over_fp16_step"] = costs[f"verify_{args.max_step_draft + 1}_ms"] / costs["plain_step_ms"]
+    result["projection"] = projected(costs, args.max_step_draft)
+    result["peak_over_weights_plus_kv"] = plain["peak_memory_gib"] * 2**30 / (fp16_bytes + kv_bytes)
+    result["spec_peak_over_weights_plus_kv"] = spec["peak_memory_gib"] * 2**30 / (fp16_bytes + kv_bytes)
+    del model, draft, model_g, draft_g
+    gc.collect()
+    torch.cuda.empty_cache()
+
+    if not args.skip_hf:
+        for name, compile_ in [("transformers_eager", False)] + ([("transformers_compile", True)] if args.hf_compile else []):
+            try:
+                result[name] = run_transformers(shape, prompt, args, compile_)
+            except Exception as e:  # noqa: BLE001 - a baseline that does not run is reported, not fatal
+                result[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    return result
+
+
+def markdown(results: list[dict], meta: dict) -> str:
+    lines = [f"Device: {meta['device']}; torch {meta['torch']}; copy bandwidth {meta['copy_bandwidth_gbs']:.0f} GB/s; "
+             f"prompt {meta['prompt_tokens']} tokens, {meta['new_tokens']} new tokens, batch 1, FP16.", ""]
+    for r in results:
+        c = r["step_costs"]
+        lines += [f"### {r['shape']} ({r['weights']} weights)", "",
+                  "| run | tokens/s | ms/token | first token ms | draft step ms | verify step ms (k+1=9) | acceptance | tokens/round | peak GiB | GB/s | share of copy bw |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name in ("transformers_eager", "transformers_compile", "engine_plain", "engine_speculative"):
+            row = r.get(name)
+            if row is None:
+                continue
+            if "error" in row:
+                lines.append(f"| {name} | failed: {row['error'][:80]} | | | | | | | | | |")
+                continue
+            spec = name == "engine_speculative"
+            plain = name == "engine_plain"
+            lines.append(
+                f"| {name} | {row['tokens_per_s']:.1f} | {row['ms_per_token']:.2f} | {row['first_token_latency_s'] * 1e3:.1f} | "
+                f"{c['draft_step_ms']:.2f} | {c['verify_9_ms'] if 'verify_9_ms' in c else float('nan'):.2f} | "
+                + (f"{row['acceptance_rate']:.1%} | {row['tokens_per_step']:.2f} | " if spec else " | | ")
+                + f"{row['peak_memory_gib']:.1f} | "
+                + (f"{r['achieved_gbs']:.0f} | {r['share_of_copy_bandwidth']:.0%} |" if plain else " | |")
+            )
+        lines += ["", f"plain step {c['plain_step_ms']:.2f} ms (floor {r['floor_ms_per_token']:.2f} ms); draft step "
+                  f"{r['draft_over_fp16_step']:.2f}x of it; verify 9 tokens {r['verify9_over_fp16_step']:.2f}x; draft adds "
+                  f"{r['draft_extra_gib']:.2f} GiB to {r['fp16_weight_gib']:.2f} GiB FP16 weights; peak memory "
+                  f"{r['peak_over_weights_plus_kv']:.2f}x (plain) / {r['spec_peak_over_weights_plus_kv']:.2f}x (speculative) of "
+                  f"weights + KV cache; greedy outputs identical: {r['outputs_identical']}.", "",
+                  "| acceptance | best k | projected speedup over plain |", "| --- | --- | --- |"]
+        lines += [f"| {p['acceptance']:.2f} | {p['best_k']} | {p['projected_speedup']:.2f}x |" for p in r["projection"]]
+        lines += ["", "| linear | shape | kernel | ms | GB/s | rel. error |", "| --- | --- | --- | --- | --- | --- |"]
+        for k in r["kernels"]:
+            if "error" in k:
+                lines.append(f"| {k['linear']} | | {k['kernel']} failed: {k['error'][:60]} | | | |")
+            else:
+                err = "" if k["rel_error"] is None else f"{k['rel_error']:.1e}"
+                lines.append(f"| {k['linear']} | {k['shape'][0]}x{k['shape'][1]} | {k['kernel']} | {k['ms']:.3f} | {k['GB/s']:.0f} | {err} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    args = parse_args()
+    if not torch.cuda.is_available():
+        print("error: the benchmark needs a CUDA GPU (see --help)", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "prompt_tokens": args.prompt_tokens,
+            "new_tokens": args.new_tokens, "date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:]}
+    meta["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
+    results = []
+    for shape in ([args.shapes[0]] if args.model else args.shapes):
+        results.append(bench_shape(shape, args, meta["copy_bandwidth_gbs"]))
+        (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        (out / "results.md").write_text(markdown(results, meta))
+        print(markdown(results[-1:], meta), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

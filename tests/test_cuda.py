@@ -1,0 +1,93 @@
+"""GPU paths: the Triton INT4 kernel, CUDA graphs, and lossless decoding through them.
+
+Skipped without CUDA, except the kernel's logic, which also runs under Triton's CPU interpreter when
+Triton is installed (a subprocess, since the interpreter is chosen when Triton is imported)."""
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfspec.generate import generate
+from selfspec.quantize import Int4Linear, dequantize_int4, make_draft, pack_nibbles, quantize_int4
+from utils import random_model
+
+ROOT = Path(__file__).resolve().parents[1]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+INTERPRETER_CHECK = """
+import torch
+from selfspec.int4_triton import int4_matmul
+from selfspec.quantize import dequantize_int4, pack_nibbles, quantize_int4
+torch.manual_seed(0)
+for n, k, m, g, blocks in [(24, 192, 1, 64, (8, 64)), (40, 320, 3, 32, (16, 128)), (16, 1100, 1, 4, (4, 256))]:
+    w = torch.randn(n, k)
+    q, s = quantize_int4(w, g)
+    x = torch.randn(m, k)
+    y = int4_matmul(x, pack_nibbles(q), s, g, blocks)
+    ref = x @ dequantize_int4(q, s).T
+    err = float((y - ref).norm() / ref.norm())
+    assert err < 1e-5, (n, k, m, g, err)
+print("ok")
+"""
+
+
+def test_triton_kernel_logic_in_the_interpreter():
+    pytest.importorskip("triton")
+    result = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+@cuda
+@pytest.mark.parametrize("m", [1, 2, 9])
+@pytest.mark.parametrize("n,k", [(4096, 4096), (11008, 4096), (4096, 11008), (1000, 320)])
+def test_triton_int4_matches_dequantized_matmul(n, k, m):
+    w = torch.randn(n, k, device="cuda", dtype=torch.float16)
+    layer = Int4Linear(w, 64)
+    assert layer.kernel == "triton"
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    q, s = quantize_int4(w, layer.group_size)
+    ref = x.float() @ dequantize_int4(q, s.half().float()).T
+    y = layer(x)
+    assert y.dtype == torch.float16 and y.shape == (m, n)
+    assert float((y.float() - ref).norm() / ref.norm()) < 2e-3
+
+
+@cuda
+@pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
+def test_graphs_replay_the_eager_step(position_encoding, num_heads):
+    from selfspec.cuda_graphs import GraphedModel
+
+    model = random_model(position_encoding, num_heads=num_heads, max_seq_len=600).cuda()
+    model.setup_caches(600)
+    graphed = GraphedModel(model, bucket=128)
+    tokens = torch.randint(0, 320, (1, 300), device="cuda")
+    expected = model(tokens, torch.arange(300, device="cuda"))[0]
+    model(tokens[:, :100], torch.arange(100, device="cuda"))
+    for pos in range(100, 300, 7):  # crosses buckets; mixes 1-token and 3-token steps
+        t = 1 if pos % 2 else 3
+        logits = graphed(tokens[:, pos : pos + t], torch.arange(pos, pos + t, device="cuda"), pos + t)[0]
+        torch.testing.assert_close(logits, expected[pos : pos + t], atol=2e-4, rtol=2e-4)
+        model(tokens[:, pos + t : pos + 7], torch.arange(pos + t, pos + 7, device="cuda"))  # fill the gap eagerly
+    assert len(graphed.graphs) >= 4
+
+
+@cuda
+@pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
+def test_speculative_with_graphs_equals_plain_float32(position_encoding, num_heads):
+    from selfspec.cuda_graphs import graph_models
+
+    model = random_model(position_encoding, num_heads=num_heads, max_seq_len=300).cuda()
+    model.setup_caches(300)
+    draft = make_draft(model, group_size=32)
+    model_g, draft_g = graph_models(model, draft, bucket=64)
+    rng = random.Random(0)
+    for _ in range(6):
+        prompt = [rng.randrange(320) for _ in range(rng.randrange(1, 100))]
+        plain, _ = generate(model, prompt, 80)
+        spec, stats = generate(model_g, prompt, 80, draft=draft_g, th_stop_draft=rng.random())
+        assert spec == plain and stats.drafted > 0
