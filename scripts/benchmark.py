@@ -107,7 +107,7 @@ def kernel_rows(model) -> list[dict]:
         n, k = w.shape
         g = 64
         q, scales = quantize_int4(w, g)
-        packed, s16 = pack_nibbles(q), scales.half()
+        packed, s16 = pack_nibbles(q, g), scales.half()
         x = torch.randn(1, k, dtype=torch.float16, device="cuda")
         ref = x.float() @ dequantize_int4(q, scales).T
         int4_bytes = packed.numel() + s16.numel() * 2
@@ -213,6 +213,7 @@ def run_transformers(shape: str, prompt, args, compile_: bool) -> dict:
     return row
 
 
+@torch.inference_mode()
 def bench_shape(shape: str, args, bandwidth: float) -> dict:
     max_seq_len = args.prompt_tokens + args.new_tokens + args.max_step_draft + 1
     if args.model:

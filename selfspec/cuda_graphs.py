@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .model import fuse_pointwise_ops
+
 
 @dataclass
 class _Graph:
@@ -63,7 +65,9 @@ class GraphedModel:
 
 
 def graph_models(model, draft=None, bucket: int = 256):
-    """Wrap the target (and draft) for CUDA-graph replay, sharing one memory pool."""
+    """Wrap the target (and draft) for CUDA-graph replay, sharing one memory pool; the pointwise ops
+    are compiled into fused kernels first."""
+    fuse_pointwise_ops()
     pool = torch.cuda.graph_pool_handle()
     graphed = GraphedModel(model, bucket, pool=pool)
     return graphed, (GraphedModel(draft, bucket, pool=pool) if draft is not None else None)

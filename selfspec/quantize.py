@@ -50,15 +50,19 @@ def dequantize_int4(q: torch.Tensor, scales: torch.Tensor, dtype=torch.float32) 
     return (q.view(n, groups, k // groups).to(dtype) * scales[..., None].to(dtype)).view(n, k)
 
 
-def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
-    """int8 [N, K] in [-8, 7] -> uint8 [N, K/2]; column 2i in the low nibble, 2i+1 in the high one."""
-    u = (q.to(torch.int16) + 8).to(torch.uint8)
-    return u[:, 0::2] | (u[:, 1::2] << 4)
+def pack_nibbles(q: torch.Tensor, group_size: int) -> torch.Tensor:
+    """int8 [N, K] in [-8, 7] -> uint8 [N, K/2]. Within each group, byte j holds column j in its low
+    nibble and column j + group_size/2 in its high one, so a kernel multiplies the low nibbles by the
+    first half of the group's activations and the high nibbles by the second half: two contiguous loads."""
+    n, k = q.shape
+    u = (q.to(torch.int16) + 8).to(torch.uint8).view(n, k // group_size, 2, group_size // 2)
+    return (u[:, :, 0] | (u[:, :, 1] << 4)).view(n, k // 2)
 
 
-def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
-    low, high = packed & 0xF, packed >> 4
-    return torch.stack((low, high), dim=-1).view(packed.shape[0], -1).to(torch.int8) - 8
+def unpack_nibbles(packed: torch.Tensor, group_size: int) -> torch.Tensor:
+    n = packed.shape[0]
+    p = packed.view(n, -1, group_size // 2)
+    return (torch.stack((p & 0xF, p >> 4), dim=2).view(n, -1).to(torch.int8) - 8)
 
 
 def choose_group_size(in_features: int, group_size: int) -> int:
@@ -89,7 +93,7 @@ class Int4Linear(nn.Module):
             self.register_buffer("packed", packed)
             self.register_buffer("scales", scales_and_zeros.to(torch.bfloat16))
         else:
-            self.register_buffer("packed", pack_nibbles(q))
+            self.register_buffer("packed", pack_nibbles(q, self.group_size))
             self.register_buffer("scales", scales.to(weight.dtype))
 
     def pick_kernel(self, device: torch.device) -> str:
@@ -111,7 +115,7 @@ class Int4Linear(nn.Module):
             return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         if self.kernel == "triton":
             return int4_triton.int4_matmul(x, self.packed, self.scales, self.group_size)
-        return F.linear(x, dequantize_int4(unpack_nibbles(self.packed), self.scales, x.dtype))
+        return F.linear(x, dequantize_int4(unpack_nibbles(self.packed, self.group_size), self.scales, x.dtype))
 
     def extra_repr(self):
         return f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}, kernel={self.kernel}"

@@ -30,9 +30,9 @@ def test_outlier_only_affects_its_own_group():
 
 def test_nibble_packing_round_trips():
     q = torch.randint(-8, 8, (32, 64), dtype=torch.int8)
-    packed = pack_nibbles(q)
+    packed = pack_nibbles(q, 32)
     assert packed.shape == (32, 32) and packed.dtype == torch.uint8
-    assert torch.equal(unpack_nibbles(packed), q)
+    assert torch.equal(unpack_nibbles(packed, 32), q)
 
 
 @pytest.mark.parametrize("shape,group_size,kernel", [((64, 256), 64, "cpu_int4pack"), ((40, 80), 64, "dequantize")])
