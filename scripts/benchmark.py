@@ -47,6 +47,7 @@ def parse_args():
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--hf-compile", action="store_true", help="also run transformers with static cache + torch.compile")
     p.add_argument("--skip-hf", action="store_true", help="skip the transformers baselines")
+    p.add_argument("--skip-engine", action="store_true", help="only the transformers baselines")
     p.add_argument("--out", default="bench-out")
     return p.parse_args()
 
@@ -64,6 +65,17 @@ def cuda_ms(fn, iters=30, warmup=3) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def graph_ms(fn, calls=20) -> float:
+    """Median milliseconds per call of `calls` back-to-back calls replayed as one CUDA graph (no launch gaps)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return cuda_ms(graph.replay, iters=20) / calls
 
 
 def copy_bandwidth_gbs() -> float:
@@ -128,7 +140,7 @@ def kernel_rows(model) -> list[dict]:
         for kernel, (fn, nbytes) in candidates.items():
             out = fn().float()
             err = float((out - ref).norm() / ref.norm()) if "reference" not in kernel else None
-            ms = cuda_ms(fn, iters=50)
+            ms = graph_ms(fn)
             rows.append({"linear": name, "shape": [n, k], "kernel": kernel, "ms": ms, "GB/s": nbytes / ms / 1e6,
                          "rel_error": err})
         del q, scales, packed, s16
@@ -174,6 +186,21 @@ def run_engine(model, draft, prompt, args, speculative: bool) -> dict:
     return row, model_g, draft_g
 
 
+class FirstTokenTimer:
+    """A generate() streamer that notes when the first new token arrives (its first put is the prompt)."""
+
+    def __init__(self):
+        self.start, self.puts, self.first_token_s = 0.0, 0, 0.0
+
+    def put(self, value):
+        self.puts += 1
+        if self.puts == 2:
+            self.first_token_s = time.perf_counter() - self.start  # reading the token synchronised already
+
+    def end(self):
+        pass
+
+
 def run_transformers(shape: str, prompt, args, compile_: bool) -> dict:
     import transformers
 
@@ -189,21 +216,19 @@ def run_transformers(shape: str, prompt, args, compile_: bool) -> dict:
         torch.set_default_dtype(torch.float32)
     ids = torch.tensor([prompt], device="cuda")
     kwargs = dict(do_sample=False, min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens, pad_token_id=0)
-    if compile_:
+    if compile_:  # with a static cache, generate() compiles the forward itself (its compile_config)
         kwargs["cache_implementation"] = "static"
-        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
     with torch.inference_mode():
-        model.generate(ids, **{**kwargs, "min_new_tokens": 8, "max_new_tokens": 8})  # warm-up / compile
+        # Warm-up at full length: a static cache is sized by max_length, and a new size recompiles.
+        model.generate(ids, **(kwargs if compile_ else {**kwargs, "min_new_tokens": 8, "max_new_tokens": 8}))
         synchronize(torch.device("cuda"))
-        t0 = time.perf_counter()
-        model.generate(ids, **{**kwargs, "min_new_tokens": 1, "max_new_tokens": 1})
-        synchronize(torch.device("cuda"))
-        first = time.perf_counter() - t0
+        timer = FirstTokenTimer()
         torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        out = model.generate(ids, **kwargs)
+        t0 = timer.start = time.perf_counter()
+        out = model.generate(ids, streamer=timer, **kwargs)
         synchronize(torch.device("cuda"))
         e2e = time.perf_counter() - t0
+        first = timer.first_token_s
     n = out.shape[1] - ids.shape[1]
     row = {"tokens_generated": n, "e2e_time_s": e2e, "first_token_latency_s": first, "tokens_per_s": n / e2e,
            "ms_per_token": (e2e - first) / (n - 1) * 1e3, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
@@ -213,18 +238,14 @@ def run_transformers(shape: str, prompt, args, compile_: bool) -> dict:
     return row
 
 
-@torch.inference_mode()
-def bench_shape(shape: str, args, bandwidth: float) -> dict:
-    max_seq_len = args.prompt_tokens + args.new_tokens + args.max_step_draft + 1
+def bench_engine(shape: str, args, bandwidth: float, prompt, max_seq_len: int) -> dict:
     if args.model:
         from selfspec.checkpoint import load_checkpoint
 
         _, model, _ = load_checkpoint(args.model, torch.float16, torch.device("cuda"), max_seq_len)
     else:
         model = random_model(shape, max_seq_len)
-    gen = torch.Generator().manual_seed(1)
-    prompt = torch.randint(3, VOCAB, (args.prompt_tokens,), generator=gen).tolist()
-    result = {"shape": shape, "weights": "checkpoint " + args.model if args.model else "random"}
+    result = {}
     t0 = time.perf_counter()
     draft = make_draft(model, group_size=args.group_size)
     synchronize(torch.device("cuda"))
@@ -260,7 +281,18 @@ def bench_shape(shape: str, args, bandwidth: float) -> dict:
     del model, draft, model_g, draft_g
     gc.collect()
     torch.cuda.empty_cache()
+    return result
 
+
+
+@torch.inference_mode()
+def bench_shape(shape: str, args, bandwidth: float) -> dict:
+    max_seq_len = args.prompt_tokens + args.new_tokens + args.max_step_draft + 1
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(3, VOCAB, (args.prompt_tokens,), generator=gen).tolist()
+    result = {"shape": shape, "weights": "checkpoint " + args.model if args.model else "random"}
+    if not args.skip_engine:
+        result.update(bench_engine(shape, args, bandwidth, prompt, max_seq_len))
     if not args.skip_hf:
         for name, compile_ in [("transformers_eager", False)] + ([("transformers_compile", True)] if args.hf_compile else []):
             try:
@@ -274,7 +306,7 @@ def markdown(results: list[dict], meta: dict) -> str:
     lines = [f"Device: {meta['device']}; torch {meta['torch']}; copy bandwidth {meta['copy_bandwidth_gbs']:.0f} GB/s; "
              f"prompt {meta['prompt_tokens']} tokens, {meta['new_tokens']} new tokens, batch 1, FP16.", ""]
     for r in results:
-        c = r["step_costs"]
+        c = r.get("step_costs", {})
         lines += [f"### {r['shape']} ({r['weights']} weights)", "",
                   "| run | tokens/s | ms/token | first token ms | draft step ms | verify step ms (k+1=9) | acceptance | tokens/round | peak GiB | GB/s | share of copy bw |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -289,11 +321,14 @@ def markdown(results: list[dict], meta: dict) -> str:
             plain = name == "engine_plain"
             lines.append(
                 f"| {name} | {row['tokens_per_s']:.1f} | {row['ms_per_token']:.2f} | {row['first_token_latency_s'] * 1e3:.1f} | "
-                f"{c['draft_step_ms']:.2f} | {c['verify_9_ms'] if 'verify_9_ms' in c else float('nan'):.2f} | "
+                f"{c.get('draft_step_ms', float('nan')):.2f} | {c.get('verify_9_ms', float('nan')):.2f} | "
                 + (f"{row['acceptance_rate']:.1%} | {row['tokens_per_step']:.2f} | " if spec else " | | ")
                 + f"{row['peak_memory_gib']:.1f} | "
                 + (f"{r['achieved_gbs']:.0f} | {r['share_of_copy_bandwidth']:.0%} |" if plain else " | |")
             )
+        if not c:
+            lines.append("")
+            continue
         lines += ["", f"plain step {c['plain_step_ms']:.2f} ms (floor {r['floor_ms_per_token']:.2f} ms); draft step "
                   f"{r['draft_over_fp16_step']:.2f}x of it; verify 9 tokens {r['verify9_over_fp16_step']:.2f}x; draft adds "
                   f"{r['draft_extra_gib']:.2f} GiB to {r['fp16_weight_gib']:.2f} GiB FP16 weights; peak memory "

@@ -189,10 +189,12 @@ class Baichuan2(nn.Module):
         fixed-length buckets), so the mask, not the slice, is what keeps queries causal."""
         key_pos = torch.arange(end, device=input_pos.device)
         offset = key_pos[None, :] - input_pos[:, None]  # [T, end], j - i
+        dtype = self.model.norm.weight.dtype
         if self.args.position_encoding == "rope":
-            return offset <= 0
+            # Additive, built once per forward: a boolean mask is converted again in every layer.
+            return torch.zeros(offset.shape, dtype=dtype, device=offset.device).masked_fill(offset > 0, float("-inf"))
         bias = self.alibi[:, None, None] * offset.float()
-        return bias.masked_fill(offset > 0, float("-inf")).to(self.model.norm.weight.dtype).unsqueeze(0)
+        return bias.masked_fill(offset > 0, float("-inf")).to(dtype).unsqueeze(0)
 
     def forward(self, tokens, input_pos, end: int | None = None):
         """tokens [1, T] at absolute positions input_pos [T] (consecutive). Returns logits [1, T, vocab].
