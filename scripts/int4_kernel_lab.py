@@ -4,7 +4,6 @@
 
 Times are CUDA-graph replays of 20 back-to-back calls (no launch gaps), median of 20 replays.
 """
-import statistics
 import sys
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark import graph_ms  # noqa: E402
 from selfspec.int4_triton import _int4_gemv_kernel  # noqa: E402
 from selfspec.quantize import dequantize_int4, pack_nibbles, quantize_int4  # noqa: E402
 
@@ -42,24 +43,6 @@ def gemv_magic(x_ptr, w_ptr, s_ptr, y_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: t
         part = tl.sum(low * x_low[None, :, :] + high * x_high[None, :, :], axis=2)
         acc += part * scale
     tl.store(y_ptr + rows, tl.sum(acc, axis=1).to(y_ptr.dtype.element_ty), mask=row_ok)
-
-
-def graph_ms(fn, calls=20):
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    times = []
-    for _ in range(20):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / calls)
-    return statistics.median(times)
 
 
 def main():
