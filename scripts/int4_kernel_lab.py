@@ -1,4 +1,4 @@
-"""Sweep block configurations of the Triton INT4 GEMV (and a variant) at M=1 on Baichuan2 shapes.
+"""Sweep block configurations of the Triton INT4 GEMV at M=1 on Baichuan2 shapes.
 
     python scripts/int4_kernel_lab.py            # prints GB/s per shape and config, best first
 
@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 import triton
-import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -18,38 +17,11 @@ from selfspec.int4_triton import _int4_gemv_kernel  # noqa: E402
 from selfspec.quantize import dequantize_int4, pack_nibbles, quantize_int4  # noqa: E402
 
 
-@triton.jit
-def gemv_magic(x_ptr, w_ptr, s_ptr, y_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Same tiling; nibbles to float by bit tricks (0x4B000000 | n is 2^23 + n), sums per group then scale."""
-    HALF: tl.constexpr = GROUP // 2
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    n_groups = K // GROUP
-    g = tl.arange(0, BLOCK_G)
-    j = tl.arange(0, HALF)
-    acc = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)
-    for g0 in range(0, n_groups, BLOCK_G):
-        groups = g0 + g
-        g_ok = groups < n_groups
-        ok = row_ok[:, None] & g_ok[None, :]
-        w = tl.load(w_ptr + rows[:, None, None] * (K // 2) + groups[None, :, None] * HALF + j[None, None, :],
-                    mask=ok[:, :, None], other=0x88).to(tl.int32)
-        scale = tl.load(s_ptr + rows[:, None] * n_groups + groups[None, :], mask=ok, other=0.0).to(tl.float32)
-        xp = x_ptr + groups[:, None] * GROUP + j[None, :]
-        x_low = tl.load(xp, mask=g_ok[:, None], other=0.0).to(tl.float32)
-        x_high = tl.load(xp + HALF, mask=g_ok[:, None], other=0.0).to(tl.float32)
-        low = ((w & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
-        high = (((w >> 4) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
-        part = tl.sum(low * x_low[None, :, :] + high * x_high[None, :, :], axis=2)
-        acc += part * scale
-    tl.store(y_ptr + rows, tl.sum(acc, axis=1).to(y_ptr.dtype.element_ty), mask=row_ok)
-
-
 def main():
     shapes = {"o_proj": (4096, 4096), "W_pack": (12288, 4096), "gate": (11008, 4096), "down": (4096, 11008),
               "lm_head": (125696, 4096)}
     group = 64
-    configs = [(bn, bg, w, s) for bn in (1, 2, 4, 8) for bg in (16, 32, 64) for w in (2, 4, 8) for s in (2, 3, 4)]
+    configs = [(bn, bg, w, s) for bn in (1, 2, 4, 8) for bg in (8, 16, 32) for w in (2, 4, 8) for s in (2, 3, 4)]
     summary = {}
     for name, (n, k) in shapes.items():
         w = torch.randn(n, k, device="cuda", dtype=torch.float16)
@@ -64,12 +36,8 @@ def main():
         for kernel_name, kernel in (("current", _int4_gemv_kernel),):
             for bn, bg, nw, ns in configs:
                 grid = (triton.cdiv(n, bn), 1)
-                if kernel is gemv_magic:
-                    call = lambda: kernel[grid](x, packed, s16, y, n, k, GROUP=group, BLOCK_N=bn, BLOCK_G=bg,  # noqa: E731
-                                                num_warps=nw, num_stages=ns)
-                else:
-                    call = lambda: kernel[grid](x, packed, s16, y, n, k, k, n, GROUP=group, BLOCK_N=bn,  # noqa: E731
-                                                BLOCK_G=bg, num_warps=nw, num_stages=ns)
+                call = lambda: kernel[grid](x, packed, s16, y, n, k, k, n, GROUP=group, BLOCK_N=bn,  # noqa: E731
+                                            BLOCK_G=bg, num_warps=nw, num_stages=ns)
                 try:
                     call()
                     err = float((y.float() - ref).norm() / ref.norm())

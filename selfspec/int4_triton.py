@@ -59,8 +59,8 @@ if triton is not None:
         configs=[
             triton.Config({"BLOCK_N": bn, "BLOCK_G": bg}, num_warps=w, num_stages=s)
             for bn, bg, w, s in [  # the best of a sweep on an H100 (scripts/int4_kernel_lab.py), plus wider tiles
-                (4, 16, 4, 3), (8, 16, 4, 3), (16, 8, 4, 3), (16, 4, 8, 3), (8, 8, 4, 3),
-                (4, 32, 4, 3), (2, 32, 4, 3), (8, 32, 8, 3),
+                (1, 16, 2, 2), (1, 16, 2, 3), (4, 16, 4, 3), (8, 16, 4, 3), (16, 8, 4, 3), (8, 8, 4, 3),
+                (2, 32, 4, 3), (8, 32, 8, 3),
             ]
         ],
         key=["N", "K"],
