@@ -40,6 +40,9 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", nargs="+", default=["7b", "13b"], choices=sorted(SHAPES))
     p.add_argument("--model", help="a real Baichuan2 checkpoint folder instead of random weights (one shape)")
+    p.add_argument("--proxy", help="a Llama checkpoint folder (e.g. SmolLM2 from scripts/convert_gguf.py) embedded "
+                   "exactly into the 7B shape on the GPU (scripts/make_proxy.py): real acceptance at 7B cost, on the "
+                   "chat prompts of scripts/measure_acceptance.py")
     p.add_argument("--prompt-tokens", type=int, default=1024)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--max-step-draft", type=int, default=8)
@@ -302,6 +305,77 @@ def bench_shape(shape: str, args, bandwidth: float) -> dict:
     return result
 
 
+@torch.inference_mode()
+def bench_proxy(args) -> dict:
+    """Plain vs self-speculative on a real model embedded into the 7B shape, per chat prompt; and
+    transformers' eager generate on a same-sized Llama (its cost does not depend on the weights)."""
+    from make_proxy import BAICHUAN2_7B_SHAPE, embed_llama, read_llama
+    from measure_acceptance import PROMPTS
+
+    from selfspec.checkpoint import load_tokenizer, model_from_state_dict, open_checkpoint
+    from selfspec.cuda_graphs import graph_models
+
+    ckpt = open_checkpoint(args.proxy)
+    tokenizer = load_tokenizer(ckpt)
+    state, config = read_llama(args.proxy, device="cuda")
+    state, config = embed_llama(state, config, BAICHUAN2_7B_SHAPE, dtype=torch.float16)
+    max_seq_len = args.prompt_tokens + args.new_tokens + args.max_step_draft + 1
+    model = model_from_state_dict(config, state, torch.float16, "cuda", max_seq_len)
+    del state
+    draft = make_draft(model, group_size=args.group_size)
+    model_g, draft_g = graph_models(model, draft)
+    options = dict(max_step_draft=args.max_step_draft, th_stop_draft=args.th_stop_draft, eos_token_id=ckpt.eos_token_id)
+    rows = []
+    for prompt in PROMPTS:
+        ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=args.prompt_tokens)
+        row = {"prompt": prompt[:60], "prompt_tokens": len(ids)}
+        for name, d in (("plain", None), ("speculative", draft_g)):
+            generate(model_g, ids, args.new_tokens, draft=d, **options)  # warm-up: captures graphs
+            out, stats = generate(model_g, ids, args.new_tokens, draft=d, **options)
+            row[name] = {**stats.as_dict(), "token_ids": out}
+        row["identical"] = row["plain"]["token_ids"] == row["speculative"]["token_ids"]
+        rows.append(row)
+    decode = {n: sum(r[n]["e2e_time_s"] - r[n]["first_token_latency_s"] for r in rows) for n in ("plain", "speculative")}
+    tokens = sum(r["plain"]["tokens_generated"] - 1 for r in rows)
+    spec_tokens = sum(r["speculative"]["tokens_generated"] - 1 for r in rows)
+    drafted = sum(r["speculative"]["drafted"] for r in rows)
+    result = {
+        "shape": "7b proxy of " + str(config.get("proxy_of", args.proxy)), "weights": "real (embedded)", "prompts": rows,
+        "plain_decode_tokens_per_s": tokens / decode["plain"],
+        "speculative_decode_tokens_per_s": spec_tokens / decode["speculative"],
+        "acceptance_rate": sum(r["speculative"]["accepted"] for r in rows) / drafted if drafted else 0.0,
+        "all_identical": all(r["identical"] for r in rows),
+    }
+    result["speedup"] = result["speculative_decode_tokens_per_s"] / result["plain_decode_tokens_per_s"]
+    del model, draft, model_g, draft_g
+    gc.collect()
+    torch.cuda.empty_cache()
+    if not args.skip_hf:
+        gen = torch.Generator().manual_seed(1)
+        prompt = torch.randint(3, VOCAB, (256,), generator=gen).tolist()
+        result["transformers_eager"] = run_transformers("7b", prompt, args, compile_=False)
+        hf_decode = 1e3 / result["transformers_eager"]["ms_per_token"]
+        result["speculative_over_transformers_eager"] = result["speculative_decode_tokens_per_s"] / hf_decode
+    return result
+
+
+def proxy_markdown(r: dict, meta: dict) -> str:
+    lines = [f"Device: {meta['device']}; torch {meta['torch']}; {r['shape']}; greedy, up to {meta['new_tokens']} new tokens.",
+             "", "| prompt | prompt tokens | tokens | plain tok/s | speculative tok/s | acceptance | tokens/round | identical |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for p in r["prompts"]:
+        a, b = p["plain"], p["speculative"]
+        lines.append(f"| {' '.join(p['prompt'].split())[:40]} | {p['prompt_tokens']} | {b['tokens_generated']} | "
+                     f"{a['decode_tokens_per_s']:.1f} | {b['decode_tokens_per_s']:.1f} | {b['acceptance_rate']:.1%} | "
+                     f"{b['tokens_per_step']:.2f} | {'yes' if p['identical'] else 'no'} |")
+    lines += ["", f"Decode tokens/s over all prompts: plain {r['plain_decode_tokens_per_s']:.1f}, speculative "
+              f"{r['speculative_decode_tokens_per_s']:.1f} ({r['speedup']:.2f}x); acceptance {r['acceptance_rate']:.1%}."]
+    if "transformers_eager" in r:
+        lines.append(f"transformers eager generate, same dims: {1e3 / r['transformers_eager']['ms_per_token']:.1f} tokens/s "
+                     f"(speculative is {r['speculative_over_transformers_eager']:.1f}x that).")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results: list[dict], meta: dict) -> str:
     lines = [f"Device: {meta['device']}; torch {meta['torch']}; copy bandwidth {meta['copy_bandwidth_gbs']:.0f} GB/s; "
              f"prompt {meta['prompt_tokens']} tokens, {meta['new_tokens']} new tokens, batch 1, FP16.", ""]
@@ -358,6 +432,12 @@ def main():
             "new_tokens": args.new_tokens, "date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:]}
     meta["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
     results = []
+    if args.proxy:
+        results.append(bench_proxy(args))
+        (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        (out / "results.md").write_text(proxy_markdown(results[0], meta))
+        print(proxy_markdown(results[0], meta), flush=True)
+        return 0
     for shape in ([args.shapes[0]] if args.model else args.shapes):
         results.append(bench_shape(shape, args, meta["copy_bandwidth_gbs"]))
         (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))

@@ -1,7 +1,9 @@
-"""Baichuan2 hub checkpoints: locate, validate, load weights and tokenizer, build chat prompts.
+"""Hub checkpoints: locate, validate, load weights and tokenizer, build chat prompts.
 
-Only data files are read (json, tokenizer.model, weights); the .py files that hub checkpoints ship
-for trust_remote_code are never imported or downloaded.
+Two families share one model class (selfspec.model): Baichuan2 (fused W_pack, NormHead, SentencePiece,
+user/assistant marker tokens) and Llama (q/k/v fused into W_pack at load, grouped-query attention, plain
+or tied lm_head, tokenizer.json, Jinja chat template). Only data files are read (json, tokenizer files,
+weights); the .py files that hub checkpoints ship for trust_remote_code are never imported or downloaded.
 """
 import json
 import pickle
@@ -9,6 +11,7 @@ import re
 import sys
 import zipfile
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import sentencepiece as spm
@@ -23,12 +26,12 @@ from selfspec.model import Baichuan2, ModelArgs
 SAFETENSORS_INDEX, SAFETENSORS_FILE = "model.safetensors.index.json", "model.safetensors"
 BIN_INDEX, BIN_FILE = "pytorch_model.bin.index.json", "pytorch_model.bin"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "org/name": no leading / or ., one slash
-HUB_PATTERNS = ["*.json", "*.model", "*.safetensors", "*.bin"]  # never *.py
+HUB_PATTERNS = ["*.json", "*.jinja", "*.model", "*.safetensors", "*.bin"]  # never *.py
 PROGRESS_MIN_BYTES = 1 << 30  # progress bars only for real checkpoints, so tests stay quiet
 
 
 class CheckpointError(InputError):
-    """A checkpoint folder or hub id that cannot be used (missing, incomplete, corrupted, not Baichuan)."""
+    """A checkpoint folder or hub id that cannot be used (missing, incomplete, corrupted, unsupported)."""
 
 
 def _one_line(err: Exception) -> str:
@@ -72,21 +75,31 @@ def read_json(path: Path) -> dict:
     return data
 
 
+def checkpoint_arch(config: dict) -> str | None:
+    """"baichuan", "llama", or None for anything else."""
+    architectures = [str(a) for a in config.get("architectures") or []]
+    if config.get("model_type") == "baichuan" or any("Baichuan" in a for a in architectures):
+        return "baichuan"
+    if config.get("model_type") == "llama" or "LlamaForCausalLM" in architectures:
+        return "llama"
+    return None
+
+
 def load_config(folder: Path) -> dict:
-    """config.json, checked to describe a Baichuan model."""
+    """config.json, checked to describe a Baichuan or Llama model."""
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{folder} has no config.json (not a Hugging Face checkpoint folder?)")
     config = read_json(path)
-    architectures = config.get("architectures") or []
-    if config.get("model_type") != "baichuan" and not any("Baichuan" in str(a) for a in architectures):
-        found = config.get("model_type") or architectures or "unknown"
-        raise CheckpointError(f"{path} describes a {found} model, not Baichuan2")
+    if checkpoint_arch(config) is None:
+        found = config.get("model_type") or config.get("architectures") or "unknown"
+        raise CheckpointError(f"{path} describes a {found} model, not Baichuan2 or Llama")
     return config
 
 
 def model_args_from_config(config: dict, max_seq_len: int | None = None) -> ModelArgs:
-    """7B configs have max_position_embeddings (RoPE); 13B configs only model_max_length (ALiBi)."""
+    """Baichuan2-7B configs have max_position_embeddings (RoPE), 13B ones only model_max_length (ALiBi);
+    Llama configs always use RoPE and may group query heads (num_key_value_heads)."""
 
     def positive_int(key):
         value = config.get(key)
@@ -94,28 +107,85 @@ def model_args_from_config(config: dict, max_seq_len: int | None = None) -> Mode
             raise CheckpointError(f"config.json: {key} must be a positive integer, got {value!r}")
         return value
 
+    llama = checkpoint_arch(config) == "llama"
     hidden, heads = positive_int("hidden_size"), positive_int("num_attention_heads")
     if hidden % heads:
         raise CheckpointError(f"config.json: hidden_size {hidden} is not divisible by num_attention_heads {heads}")
-    rope = "max_position_embeddings" in config
+    kv_heads = positive_int("num_key_value_heads") if llama and "num_key_value_heads" in config else heads
+    if heads % kv_heads:
+        raise CheckpointError(
+            f"config.json: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+        )
+    if llama:
+        _check_llama_features(config, hidden // heads)
+    rope = llama or "max_position_embeddings" in config
     context = positive_int("max_position_embeddings" if rope else "model_max_length")
     if max_seq_len is not None and not 0 < max_seq_len <= context:
         raise InputError(f"max sequence length {max_seq_len} must be between 1 and the model's context {context}")
     eps = config.get("rms_norm_eps", 1e-6)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
         raise CheckpointError(f"config.json: rms_norm_eps must be a positive number, got {eps!r}")
+    # transformers 5 writes rope_parameters: {"rope_theta": ...}; older configs a top-level rope_theta.
+    theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0))
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 0:
+        raise CheckpointError(f"config.json: rope_theta must be a positive number, got {theta!r}")
     return ModelArgs(
         vocab_size=positive_int("vocab_size"),
         hidden_size=hidden,
         intermediate_size=positive_int("intermediate_size"),
         num_layers=positive_int("num_hidden_layers"),
         num_heads=heads,
-        num_kv_heads=heads,  # Baichuan2 has no grouped-query attention
+        num_kv_heads=kv_heads,
         max_seq_len=max_seq_len or context,
         rms_norm_eps=float(eps),
         position_encoding="rope" if rope else "alibi",
-        rope_theta=float(config.get("rope_theta", 10000.0)),
+        rope_theta=float(theta),
     )
+
+
+def _check_llama_features(config: dict, head_dim: int) -> None:
+    """Refuse Llama variants the model does not implement, rather than compute something else."""
+    if config.get("head_dim") not in (None, head_dim):
+        raise CheckpointError(
+            f"config.json: head_dim {config['head_dim']} != hidden_size / num_attention_heads ({head_dim})"
+        )
+    for key in ("attention_bias", "mlp_bias"):
+        if config.get(key):
+            raise CheckpointError(f"config.json: {key} is not supported")
+    if config.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"config.json: hidden_act {config['hidden_act']!r} is not supported (only silu)")
+    scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default")) if isinstance(scaling, dict) else scaling
+    if kind != "default":
+        raise CheckpointError(f"config.json: RoPE scaling {kind!r} is not supported")
+
+
+def is_tied(config: dict) -> bool:
+    """Llama's default ties lm_head to the embeddings; Baichuan2's head is always its own (NormHead)."""
+    return checkpoint_arch(config) == "llama" and bool(config.get("tie_word_embeddings", True))
+
+
+def checkpoint_weight_shapes(config: dict, args: ModelArgs) -> dict[str, tuple]:
+    """Key -> shape of every tensor the checkpoint must hold, in its own naming (Llama: q/k/v apart)."""
+    with torch.device("meta"):
+        shapes = {key: tuple(t.shape) for key, t in Baichuan2(args).state_dict().items()}
+    if checkpoint_arch(config) == "llama":
+        q_rows, kv_rows = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
+        for i in range(args.num_layers):
+            p = f"model.layers.{i}.self_attn."
+            del shapes[p + "W_pack.weight"]
+            for name, rows in (("q", q_rows), ("k", kv_rows), ("v", kv_rows)):
+                shapes[p + f"{name}_proj.weight"] = (rows, args.hidden_size)
+        if is_tied(config):
+            del shapes["lm_head.weight"]
+    return shapes
+
+
+def _ignored(config: dict, key: str) -> bool:
+    """Llama checkpoints may carry RoPE tables (recomputed here) or a copy of a tied head."""
+    if checkpoint_arch(config) != "llama":
+        return False
+    return key.endswith("rotary_emb.inv_freq") or (key == "lm_head.weight" and is_tied(config))
 
 
 def find_weight_files(folder: Path) -> list[Path]:
@@ -153,17 +223,18 @@ def _read_weight_file(path: Path):
 
 
 def load_model(folder: Path, dtype: torch.dtype, device: torch.device | str, max_seq_len: int | None = None) -> Baichuan2:
-    """Build the model on meta, fill it shard by shard (converted as read), normalize lm_head, set up caches."""
+    """Read the weights shard by shard (converted as read, shapes checked), then build the model."""
     folder = Path(folder)
-    args = model_args_from_config(load_config(folder), max_seq_len)
+    config = load_config(folder)
+    args = model_args_from_config(config, max_seq_len)
     files = find_weight_files(folder)
-    with torch.device("meta"):
-        model = Baichuan2(args)
-    expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    expected = checkpoint_weight_shapes(config, args)
     show_progress = sum(f.stat().st_size for f in files) > PROGRESS_MIN_BYTES
     tensors = {}
     for path in files:
         for key, tensor in tqdm(_read_weight_file(path), desc=path.name, file=sys.stderr, disable=not show_progress):
+            if _ignored(config, key):
+                continue
             if key not in expected:
                 raise CheckpointError(f"{path}: unexpected weight {key} for the model described by config.json")
             if tuple(tensor.shape) != expected[key]:
@@ -171,13 +242,53 @@ def load_model(folder: Path, dtype: torch.dtype, device: torch.device | str, max
                     f"{path}: {key} has shape {tuple(tensor.shape)}, config.json implies {expected[key]}"
                 )
             tensors[key] = tensor.to(device=device, dtype=dtype)
+    _check_complete(folder, expected, tensors)
+    return _assemble(config, args, tensors, dtype, device)
+
+
+def model_from_state_dict(config: dict, state_dict: dict, dtype: torch.dtype, device: torch.device | str,
+                          max_seq_len: int | None = None) -> Baichuan2:
+    """The model for an in-memory checkpoint (hub key names, e.g. scripts/make_proxy.py's output).
+    Tensors already in `dtype` on `device` are used without a copy (Baichuan2's head is normalized in a copy)."""
+    if checkpoint_arch(config) is None:
+        raise CheckpointError(f"config describes a {config.get('model_type')} model, not Baichuan2 or Llama")
+    args = model_args_from_config(config, max_seq_len)
+    expected = checkpoint_weight_shapes(config, args)
+    tensors = {}
+    for key, tensor in state_dict.items():
+        if _ignored(config, key):
+            continue
+        if key not in expected or tuple(tensor.shape) != expected[key]:
+            raise CheckpointError(f"state dict: {key} {tuple(tensor.shape)} does not fit the config")
+        tensors[key] = tensor.to(device=device, dtype=dtype)
+    _check_complete("state dict", expected, tensors)
+    if checkpoint_arch(config) == "baichuan":  # normalized in place below: leave the caller's tensor alone
+        tensors["lm_head.weight"] = tensors["lm_head.weight"].clone()
+    return _assemble(config, args, tensors, dtype, device)
+
+
+def _check_complete(source, expected: dict, tensors: dict) -> None:
     missing = [key for key in expected if key not in tensors]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise CheckpointError(f"{folder}: weights missing from the checkpoint: {', '.join(missing[:3])}{more}")
+        raise CheckpointError(f"{source}: weights missing from the checkpoint: {', '.join(missing[:3])}{more}")
+
+
+def _assemble(config: dict, args: ModelArgs, tensors: dict, dtype, device) -> Baichuan2:
+    """Checkpoint tensors -> ready model: fuse Llama's q/k/v, tie or normalize the head, set up caches."""
+    if checkpoint_arch(config) == "llama":
+        for i in range(args.num_layers):  # one layer at a time: the concatenation costs one layer extra
+            p = f"model.layers.{i}.self_attn."
+            qkv = [tensors.pop(p + f"{name}_proj.weight") for name in "qkv"]
+            tensors[p + "W_pack.weight"] = torch.cat(qkv)
+        if is_tied(config):
+            tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]  # shared, not copied
+    with torch.device("meta"):
+        model = Baichuan2(args)
     model.load_state_dict(tensors, strict=True, assign=True)
     del tensors
-    _normalize_rows_(model.lm_head.weight.data)
+    if checkpoint_arch(config) == "baichuan":
+        _normalize_rows_(model.lm_head.weight.data)  # NormHead; Llama's head is a plain linear layer
     model.setup_caches(args.max_seq_len, dtype, device)
     model.eval().requires_grad_(False)
     on_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
@@ -195,7 +306,7 @@ def _normalize_rows_(weight: torch.Tensor, chunk: int = 16384) -> None:
 
 
 class Tokenizer:
-    """SentencePiece tokenizer.model; encode adds no BOS/EOS, as Baichuan2's tokenizer."""
+    """SentencePiece tokenizer.model (Baichuan2); encode adds no BOS/EOS, as Baichuan2's tokenizer."""
 
     def __init__(self, model_file: Path):
         model_file = Path(model_file)
@@ -215,6 +326,122 @@ class Tokenizer:
         return self.sp.decode([int(i) for i in ids])
 
 
+class HFTokenizer:
+    """tokenizer.json through the `tokenizers` library (what transformers' fast tokenizers run), with
+    the special tokens and chat template of tokenizer_config.json (or chat_template.jinja).
+
+    encode(text) gives what the checkpoint's tokenizer gives for tokenizer(text): its post-processor
+    decides about BOS. Rendered chat templates are encoded without it, as apply_chat_template does.
+    """
+
+    SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+    def __init__(self, folder: Path):
+        folder = Path(folder)
+        from tokenizers import Tokenizer as FastTokenizer  # imported late: only Llama checkpoints need it
+
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise CheckpointError(f"tokenizer file {path} not found")
+        try:
+            self.tok = FastTokenizer.from_file(str(path))
+        except Exception as err:  # the Rust side raises plain Exceptions
+            raise CheckpointError(f"tokenizer file {path} is not a tokenizers JSON file: {_one_line(err)}") from None
+        config_path = folder / "tokenizer_config.json"
+        config = read_json(config_path) if config_path.is_file() else {}
+        # Tokens are strings or serialized AddedTokens ({"content": ...}).
+        self.special_tokens = {}
+        for name in self.SPECIAL_NAMES:
+            value = config.get(name)
+            value = value.get("content") if isinstance(value, dict) else value
+            if isinstance(value, str):
+                self.special_tokens[name] = value
+        self.chat_template = _chat_template(folder, config)
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+        self.bos_token_id, self.eos_token_id = (
+            self.tok.token_to_id(self.special_tokens.get(name, "")) for name in ("bos_token", "eos_token")
+        )
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The checkpoint's chat template, rendered as transformers' apply_chat_template does."""
+        if self.chat_template is None:
+            raise InputError("the checkpoint has no chat template (tokenizer_config.json); use --raw-prompt")
+        import jinja2  # imported late: only Llama checkpoints need it
+
+        try:
+            return _compile_template(self.chat_template).render(
+                messages=messages, add_generation_prompt=add_generation_prompt, **self.special_tokens
+            )
+        except jinja2.TemplateError as err:
+            raise InputError(f"the chat template rejected the conversation: {_one_line(err)}") from None
+
+
+def _chat_template(folder: Path, config: dict) -> str | None:
+    """tokenizer_config.json's chat_template (a string, or named templates: "default"), else the
+    chat_template.jinja file newer transformers versions write."""
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if isinstance(template, str):
+        return template
+    jinja_file = folder / "chat_template.jinja"
+    return jinja_file.read_text(encoding="utf-8") if jinja_file.is_file() else None
+
+
+_templates: dict = {}
+
+
+def _compile_template(source: str):
+    """A sandboxed Jinja environment configured like transformers' (templates come from the hub)."""
+    if source not in _templates:
+        import jinja2
+        import jinja2.ext
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise jinja2.TemplateError(message)
+
+        def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+            return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+        )
+        env.filters["tojson"] = tojson
+        env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+        _templates[source] = env.from_string(source)
+    return _templates[source]
+
+
+def _chat_rounds(messages_or_prompt, system: str) -> tuple[str, list[list[dict]]]:
+    """(system text, rounds): a round is a user message and the replies after it. A leading system
+    message replaces `system`."""
+    if isinstance(messages_or_prompt, str):
+        messages = [{"role": "user", "content": messages_or_prompt}]
+    else:
+        messages = list(messages_or_prompt)
+    if messages and messages[0].get("role") == "system":
+        system = messages.pop(0)["content"]
+    rounds = []
+    for message in messages:
+        role = message.get("role")
+        if role not in ("user", "assistant"):
+            raise InputError(f"chat message role must be user or assistant (system only first), got {role!r}")
+        if not isinstance(message.get("content"), str):
+            raise InputError(f"chat message content must be a string, got {message.get('content')!r}")
+        if role == "user" or not rounds:
+            rounds.append([])
+        rounds[-1].append({"role": role, "content": message["content"]})
+    return system, rounds
+
+
 def build_chat_ids(
     tokenizer: Tokenizer,
     messages_or_prompt,
@@ -232,37 +459,53 @@ def build_chat_ids(
     """
     if max_input_tokens <= 0:
         raise InputError(f"no room for the prompt: max input tokens is {max_input_tokens}")
-    if isinstance(messages_or_prompt, str):
-        messages = [{"role": "user", "content": messages_or_prompt}]
-    else:
-        messages = list(messages_or_prompt)
-    if messages and messages[0].get("role") == "system":
-        system = messages.pop(0)["content"]
-    rounds = []
-    for message in messages:
-        role = message.get("role")
-        if role not in ("user", "assistant"):
-            raise InputError(f"chat message role must be user or assistant (system only first), got {role!r}")
-        if not isinstance(message.get("content"), str):
-            raise InputError(f"chat message content must be a string, got {message.get('content')!r}")
-        if role == "user" or not rounds:
-            rounds.append([])
-        marker = user_token_id if role == "user" else assistant_token_id
-        rounds[-1] += [marker] + tokenizer.encode(message["content"])
+    system, rounds = _chat_rounds(messages_or_prompt, system)
+    round_ids = []
+    for messages in rounds:
+        round_ids.append([])
+        for message in messages:
+            marker = user_token_id if message["role"] == "user" else assistant_token_id
+            round_ids[-1] += [marker] + tokenizer.encode(message["content"])
     system_ids = tokenizer.encode(system) if system else []
     # Like the reference, the final assistant token is not budgeted here: a history that fills the
     # budget exactly loses its first token to the left cut below (kept so prompts match the reference).
     max_history = max_input_tokens - len(system_ids)
     history, kept = [], 0
-    for round_ids in reversed(rounds):
-        if history and len(history) + len(round_ids) > max_history:
+    for ids in reversed(round_ids):
+        if history and len(history) + len(ids) > max_history:
             break
-        history, kept = round_ids + history, kept + 1
+        history, kept = ids + history, kept + 1
         if len(history) >= max_history:
             break
     ids = system_ids + history
-    if not messages or messages[-1]["role"] != "assistant":
+    if not rounds or rounds[-1][-1]["role"] != "assistant":
         ids.append(assistant_token_id)
+    truncated = kept < len(rounds) or len(ids) > max_input_tokens
+    return ids[-max_input_tokens:], truncated
+
+
+def build_template_chat_ids(
+    tokenizer: HFTokenizer, messages_or_prompt, *, system: str = "", max_input_tokens: int
+) -> tuple[list[int], bool]:
+    """Token ids of the checkpoint's chat template (generation prompt added unless the conversation
+    ends with the assistant); returns (ids, truncated). As for Baichuan2, the newest rounds that fit are
+    kept (the newest always), then the ids are cut from the left to max_input_tokens."""
+    if max_input_tokens <= 0:
+        raise InputError(f"no room for the prompt: max input tokens is {max_input_tokens}")
+    system, rounds = _chat_rounds(messages_or_prompt, system)
+    head = [{"role": "system", "content": system}] if system else []
+    open_turn = not rounds or rounds[-1][-1]["role"] != "assistant"
+
+    def ids_keeping(n):
+        messages = head + [m for r in rounds[len(rounds) - n :] for m in r]
+        return tokenizer.encode(tokenizer.render_chat(messages, open_turn), add_special_tokens=False)
+
+    for kept in range(len(rounds), 0, -1):
+        ids = ids_keeping(kept)
+        if len(ids) <= max_input_tokens or kept == 1:
+            break
+    else:
+        ids, kept = ids_keeping(0), 0
     truncated = kept < len(rounds) or len(ids) > max_input_tokens
     return ids[-max_input_tokens:], truncated
 
@@ -275,9 +518,11 @@ class Checkpoint:
     config: dict
     args: ModelArgs
     weight_files: list[Path]
+    arch: str = "baichuan"
     user_token_id: int = 195
     assistant_token_id: int = 196
-    eos_token_id: int = 2
+    eos_token_id: int = 2  # the one generate() stops at: the first of eos_token_ids
+    eos_token_ids: tuple[int, ...] = ()  # every end-of-sequence id the checkpoint declares
     do_sample: bool = True
     temperature: float = 0.3
     top_k: int = 5
@@ -285,13 +530,34 @@ class Checkpoint:
     repetition_penalty: float = 1.05
     max_new_tokens: int = 2048
 
+    def __post_init__(self):
+        # Baichuan2 falls back to its EOS, 2; a Llama checkpoint without one takes its tokenizer's
+        # (load_tokenizer).
+        if not self.eos_token_ids and self.arch == "baichuan":
+            self.eos_token_ids = (self.eos_token_id,)
+        self.eos_token_ids = tuple(self.eos_token_ids)
+        if self.eos_token_ids:
+            self.eos_token_id = self.eos_token_ids[0]
+
     @property
     def context_length(self) -> int:
         return self.config.get("max_position_embeddings") or self.config["model_max_length"]
 
+    def chat_ids(self, tokenizer, messages_or_prompt, *, system: str = "", max_input_tokens: int):
+        """(ids, truncated) in the checkpoint's chat format: Baichuan2's marker tokens or the chat template.
+        `messages_or_prompt`: one user prompt or a list of {"role", "content"} messages."""
+        if self.arch == "baichuan":
+            return build_chat_ids(
+                tokenizer, messages_or_prompt, system=system, user_token_id=self.user_token_id,
+                assistant_token_id=self.assistant_token_id, max_input_tokens=max_input_tokens,
+            )
+        return build_template_chat_ids(
+            tokenizer, messages_or_prompt, system=system, max_input_tokens=max_input_tokens
+        )
+
 
 GENERATION_FIELDS = {
-    "user_token_id": int, "assistant_token_id": int, "eos_token_id": int, "do_sample": bool,
+    "user_token_id": int, "assistant_token_id": int, "do_sample": bool,
     "temperature": float, "top_k": int, "top_p": float, "repetition_penalty": float, "max_new_tokens": int,
 }
 
@@ -302,43 +568,79 @@ def _is_kind(value, kind) -> bool:
     return isinstance(value, int) or (kind is float and isinstance(value, float))
 
 
+def _eos_ids(value) -> tuple[int, ...] | None:
+    """eos_token_id as a tuple (Hugging Face allows one id or a list); None if malformed or absent."""
+    values = value if isinstance(value, list) else [value]
+    if values and all(_is_kind(v, int) for v in values):
+        return tuple(values)
+    return None
+
+
 def open_checkpoint(path_or_id: str, max_seq_len: int | None = None) -> Checkpoint:
     """Cheap validation (config, generation config, weight files, tokenizer file) without reading weights."""
     folder = resolve_model_path(str(path_or_id))
     config = load_config(folder)
+    arch = checkpoint_arch(config)
     args = model_args_from_config(config, max_seq_len)
     weight_files = find_weight_files(folder)
-    if not (folder / "tokenizer.model").is_file():
-        raise CheckpointError(f"{folder} has no tokenizer.model")
-    values = {"eos_token_id": config["eos_token_id"]} if _is_kind(config.get("eos_token_id"), int) else {}
+    tokenizer_file = "tokenizer.model" if arch == "baichuan" else "tokenizer.json"
+    if not (folder / tokenizer_file).is_file():
+        raise CheckpointError(f"{folder} has no {tokenizer_file}")
+    values = {"eos_token_ids": _eos_ids(config.get("eos_token_id")) or ()}
     generation_path = folder / "generation_config.json"
     if generation_path.is_file():
         generation = read_json(generation_path)
-        if isinstance(generation.get("eos_token_id"), list) and generation["eos_token_id"]:
-            generation["eos_token_id"] = generation["eos_token_id"][0]  # HF allows several; Baichuan2 has one
+        if generation.get("eos_token_id") is not None:
+            values["eos_token_ids"] = _eos_ids(generation["eos_token_id"])
+            if not values["eos_token_ids"]:
+                raise CheckpointError(
+                    f"{generation_path}: eos_token_id has invalid value {generation['eos_token_id']!r}"
+                )
         for key, kind in GENERATION_FIELDS.items():
             if key in generation:
                 if not _is_kind(generation[key], kind):
                     raise CheckpointError(f"{generation_path}: {key} has invalid value {generation[key]!r}")
                 values[key] = kind(generation[key])
-    ckpt = Checkpoint(folder=folder, config=config, args=args, weight_files=weight_files, **values)
-    for key in ("user_token_id", "assistant_token_id", "eos_token_id"):
-        if not 0 <= getattr(ckpt, key) < args.vocab_size:
-            raise CheckpointError(f"{folder}: {key} {getattr(ckpt, key)} is outside the vocabulary ({args.vocab_size})")
+    ckpt = Checkpoint(folder=folder, config=config, args=args, weight_files=weight_files, arch=arch, **values)
+    ids = {"eos_token_id": ckpt.eos_token_ids}
+    if arch == "baichuan":  # Llama chat formats need no marker tokens
+        ids.update(user_token_id=[ckpt.user_token_id], assistant_token_id=[ckpt.assistant_token_id])
+    for key, found in ids.items():
+        for value in found:
+            if not 0 <= value < args.vocab_size:
+                raise CheckpointError(f"{folder}: {key} {value} is outside the vocabulary ({args.vocab_size})")
     return ckpt
+
+
+def load_tokenizer(ckpt: Checkpoint) -> Tokenizer | HFTokenizer:
+    """The checkpoint's tokenizer, its eos_token_id set to the one generation stops at."""
+    tokenizer = Tokenizer(ckpt.folder / "tokenizer.model") if ckpt.arch == "baichuan" else HFTokenizer(ckpt.folder)
+    if tokenizer.vocab_size > ckpt.args.vocab_size:
+        name = "tokenizer.model" if ckpt.arch == "baichuan" else "tokenizer.json"
+        raise CheckpointError(
+            f"{ckpt.folder}: {name} has {tokenizer.vocab_size} tokens, more than vocab_size "
+            f"{ckpt.args.vocab_size} in config.json"
+        )
+    if ckpt.arch == "llama":
+        if not ckpt.eos_token_ids:
+            if tokenizer.eos_token_id is None:
+                raise CheckpointError(f"{ckpt.folder}: no eos_token_id in the configs or the tokenizer")
+            ckpt.eos_token_ids = (tokenizer.eos_token_id,)
+        # With several EOS ids (Llama 3 lists <|end_of_text|>, <|eom_id|>, <|eot_id|>), the tokenizer's own
+        # EOS (what chat turns end with) goes first: generate() stops at one id, the first.
+        own = tokenizer.eos_token_id
+        if own in ckpt.eos_token_ids:
+            ckpt.eos_token_ids = (own, *(i for i in ckpt.eos_token_ids if i != own))
+        ckpt.eos_token_id = ckpt.eos_token_ids[0]
+    tokenizer.eos_token_id = ckpt.eos_token_id
+    return tokenizer
 
 
 def load_checkpoint(
     path_or_id: str, dtype: torch.dtype, device: torch.device | str, max_seq_len: int | None = None
-) -> tuple[Checkpoint, Baichuan2, Tokenizer]:
+) -> tuple[Checkpoint, Baichuan2, Tokenizer | HFTokenizer]:
     """Resolve -> validate -> tokenizer -> model; everything cheap fails before weights are read."""
     ckpt = open_checkpoint(path_or_id, max_seq_len)
-    tokenizer = Tokenizer(ckpt.folder / "tokenizer.model")
-    if tokenizer.vocab_size > ckpt.args.vocab_size:
-        raise CheckpointError(
-            f"{ckpt.folder}: tokenizer.model has {tokenizer.vocab_size} tokens, more than vocab_size "
-            f"{ckpt.args.vocab_size} in config.json"
-        )
-    tokenizer.eos_token_id = ckpt.eos_token_id
+    tokenizer = load_tokenizer(ckpt)
     model = load_model(ckpt.folder, dtype, device, max_seq_len)
     return ckpt, model, tokenizer

