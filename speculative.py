@@ -9,7 +9,8 @@ import sys
 import torch
 
 from selfspec import InputError
-from selfspec.checkpoint import build_chat_ids, load_checkpoint
+from selfspec.checkpoint import load_checkpoint
+from selfspec.cuda_graphs import graph_models
 from selfspec.generate import TextStreamer, generate
 from selfspec.quantize import make_draft
 
@@ -49,6 +50,10 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed generations before the timed one")
     p.add_argument("--group-size", type=int, default=64, choices=[32, 64, 128], help="INT4 draft group size")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last stdout line instead")
+    p.add_argument("--backend", choices=["native", "ipex-llm"], default="native",
+                   help="native: this engine, which never runs code from the checkpoint; ipex-llm: the original "
+                        "IPEX-LLM example on Intel GPUs (pip install -r requirements-xpu.txt), which loads the "
+                        "checkpoint with trust_remote_code=True, i.e. runs the checkpoint's own Python code")
 
     def one_line_error(message):  # argparse prints usage too; bad input gets one line
         print(f"error: {message} (see --help)", file=sys.stderr)
@@ -81,6 +86,13 @@ def pick_device(name: str) -> torch.device:
     }
     if name == "auto":
         name = next(n for n in ("xpu", "cuda", "cpu") if available[n])
+    if name == "xpu" and not available["xpu"]:
+        # Two different fixes: a wheel without XPU support needs another PyTorch, an XPU build needs the driver.
+        if not (hasattr(torch, "xpu") and torch.xpu._is_compiled()):
+            raise InputError(f"device 'xpu' is not available: this PyTorch build ({torch.__version__}) has no XPU "
+                             "support; install one from https://download.pytorch.org/whl/xpu, or try --device cpu")
+        raise InputError("device 'xpu' is not available: PyTorch has XPU support but finds no Intel GPU; check the "
+                         "GPU driver (Level Zero runtime) and access to /dev/dri (render group), or try --device cpu")
     if not available[name]:
         raise InputError(f"device {name!r} is not available in this PyTorch build or machine (try --device cpu)")
     return torch.device(name)
@@ -90,6 +102,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         check_args(args)
+        if args.backend == "ipex-llm":  # imported here: only this path needs the ipex_llm package
+            from selfspec.ipex_llm_backend import print_record, run_ipex_llm
+            print_record(run_ipex_llm(args, defaults=parse_args([])), args.json)
+            return 0
         device = pick_device(args.device)
         dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cpu" else "float16"))
         ckpt, model, tokenizer = load_checkpoint(args.repo_id_or_model_path, dtype, device)
@@ -101,9 +117,8 @@ def main(argv=None) -> int:
             truncated = len(input_ids) > context - args.n_predict
             input_ids = input_ids[-(context - args.n_predict):]
         else:
-            input_ids, truncated = build_chat_ids(
-                tokenizer, args.prompt, system=args.system, user_token_id=ckpt.user_token_id,
-                assistant_token_id=ckpt.assistant_token_id, max_input_tokens=context - args.n_predict,
+            input_ids, truncated = ckpt.chat_ids(
+                tokenizer, args.prompt, system=args.system, max_input_tokens=context - args.n_predict
             )
         if truncated:
             print(f"warning: prompt truncated from the left to {len(input_ids)} tokens to leave room for "
@@ -113,6 +128,8 @@ def main(argv=None) -> int:
         return 2
 
     draft = None if args.no_speculative else make_draft(model, group_size=args.group_size)
+    if device.type == "cuda":  # replay decode steps as CUDA graphs (captured during the warm-up)
+        model, draft = graph_models(model, draft)
     generator = torch.Generator(device).manual_seed(args.seed) if args.seed is not None else None
     options = dict(
         draft=draft, do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
