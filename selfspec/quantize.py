@@ -19,8 +19,9 @@ CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
 CPU_INT4_GROUP_SIZES = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
 
 
-def quantize_int4(weight: torch.Tensor, group_size: int, clip_ratios=CLIP_RATIOS, rows_per_chunk: int = 1024):
-    """Symmetric group-wise INT4. Returns (q int8 [N, K] in [-8, 7], scales float32 [N, K // group_size])."""
+def quantize_int4(weight: torch.Tensor, group_size: int, clip_ratios=None, rows_per_chunk: int = 1024):
+    """Symmetric group-wise INT4. Returns (q int8 [N, K] in [-8, 7], scales float32 [N, K // group_size]).
+    clip_ratios=None uses CLIP_RATIOS as it is at call time (scripts/measure_acceptance.py sets it)."""
     n, k = weight.shape
     if k % group_size:
         raise ValueError(f"in_features {k} is not a multiple of group_size {group_size}")
@@ -30,7 +31,7 @@ def quantize_int4(weight: torch.Tensor, group_size: int, clip_ratios=CLIP_RATIOS
         w = weight[start : start + rows_per_chunk].float().view(-1, k // group_size, group_size)
         absmax = w.abs().amax(-1, keepdim=True).clamp(min=1e-8)
         best_err = best_scale = None
-        for ratio in clip_ratios:
+        for ratio in clip_ratios or CLIP_RATIOS:
             scale = absmax * ratio / 7
             err = ((w - (w / scale).round().clamp(-8, 7) * scale) ** 2).sum(-1, keepdim=True)
             if best_err is None:
