@@ -46,6 +46,7 @@ def parse_args():
     p.add_argument("--prompt-tokens", type=int, default=1024)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--max-step-draft", type=int, default=8)
+    p.add_argument("--min-step-draft", type=int, default=1, help="draft steps before the stop threshold is consulted")
     p.add_argument("--th-stop-draft", type=float, default=0.6)
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--hf-compile", action="store_true", help="also run transformers with static cache + torch.compile")
@@ -177,7 +178,7 @@ def projected(costs: dict, max_k: int) -> list[dict]:
 def run_engine(model, draft, prompt, args, speculative: bool) -> dict:
     from selfspec.cuda_graphs import graph_models
 
-    options = dict(max_step_draft=args.max_step_draft, th_stop_draft=args.th_stop_draft)
+    options = dict(max_step_draft=args.max_step_draft, min_step_draft=args.min_step_draft, th_stop_draft=args.th_stop_draft)
     model_g, draft_g = graph_models(model, draft if speculative else None)
     generate(model_g, prompt, args.new_tokens, draft=draft_g, **options)  # warm-up: captures the graphs
     torch.cuda.reset_peak_memory_stats()
@@ -324,7 +325,8 @@ def bench_proxy(args) -> dict:
     del state
     draft = make_draft(model, group_size=args.group_size)
     model_g, draft_g = graph_models(model, draft)
-    options = dict(max_step_draft=args.max_step_draft, th_stop_draft=args.th_stop_draft, eos_token_id=ckpt.eos_token_id)
+    options = dict(max_step_draft=args.max_step_draft, min_step_draft=args.min_step_draft, th_stop_draft=args.th_stop_draft,
+                   eos_token_id=ckpt.eos_token_id)
     rows = []
     for prompt in PROMPTS:
         ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=args.prompt_tokens)
