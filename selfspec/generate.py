@@ -211,7 +211,8 @@ def generate(
 
     start = time.perf_counter()
     n_prompt = len(input_ids)
-    logits = model(torch.tensor([input_ids], device=device), torch.arange(n_prompt, device=device), n_prompt)
+    logits = model(torch.tensor([input_ids], device=device), torch.arange(n_prompt, device=device), n_prompt,
+                   last_only=True)
     # buf holds [last token, d1..dk] for the round in flight, on the device.
     buf = torch.empty(max_step_draft + 1, dtype=torch.long, device=device)
     buf[0] = sampling.pick(logits[0, -1], generator)

@@ -196,13 +196,19 @@ class Baichuan2(nn.Module):
         bias = self.alibi[:, None, None] * offset.float()
         return bias.masked_fill(offset > 0, float("-inf")).to(dtype).unsqueeze(0)
 
-    def forward(self, tokens, input_pos, end: int | None = None):
-        """tokens [1, T] at absolute positions input_pos [T] (consecutive). Returns logits [1, T, vocab].
+    def forward(self, tokens, input_pos, end: int | None = None, last_only: bool = False):
+        """tokens [1, T] at absolute positions input_pos [T] (consecutive). Returns logits [1, T, vocab],
+        or [1, 1, vocab] for the last position only (`last_only`: a prefill needs no more).
 
         Attention reads the cache over [0, end), `end` defaulting to the last query position + 1 (pass it
         to avoid reading input_pos back from the device). Entries past a query's own position, left by
         rejected drafts or padding, are masked out and get overwritten later.
         """
+        x = self.hidden_states(tokens, input_pos, end)
+        return self.lm_head(x[:, -1:] if last_only else x)
+
+    def hidden_states(self, tokens, input_pos, end: int | None = None):
+        """The final-normed hidden states [1, T, hidden] that the head turns into logits."""
         T = tokens.shape[1]
         if end is None:
             end = int(input_pos[-1]) + 1
@@ -215,4 +221,4 @@ class Baichuan2(nn.Module):
         x = self.model.embed_tokens(tokens)
         for layer in self.model.layers:
             x = layer(x, input_pos, end, mask, rope, causal)
-        return self.lm_head(self.model.norm(x))
+        return self.model.norm(x)

@@ -79,6 +79,24 @@ def test_graphs_replay_the_eager_step(position_encoding, num_heads):
 
 @cuda
 @pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
+def test_graphed_prefill_matches_eager(position_encoding, num_heads):
+    from selfspec.cuda_graphs import GraphedModel
+
+    model = random_model(position_encoding, num_heads=num_heads, max_seq_len=600).cuda()
+    model.setup_caches(600)
+    graphed = GraphedModel(model, bucket=128, prefill_bucket=128)
+    for n in (40, 200, 17, 590):  # padded to 128, 256, 128 again, and capped at the context (600)
+        tokens = torch.randint(0, 320, (1, n), device="cuda")
+        positions = torch.arange(n, device="cuda")
+        expected = model(tokens, positions, n)[0, -1]
+        logits = graphed(tokens, positions, n, last_only=True)
+        assert logits.shape == (1, 1, expected.shape[-1])
+        torch.testing.assert_close(logits[0, 0], expected, atol=2e-4, rtol=2e-4)
+    assert sorted(graphed.prefill_graphs) == [128, 256, 600]
+
+
+@cuda
+@pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
 def test_speculative_with_graphs_equals_plain_float32(position_encoding, num_heads):
     from selfspec.cuda_graphs import graph_models
 

@@ -96,6 +96,9 @@ def test_incremental_decoding_matches_full_forward(position_encoding, num_heads)
     pieces = [(0, 11)] + [(i, i + 1) for i in range(11, 16)] + [(16, 30)]
     actual = torch.cat([model(torch.tensor([tokens[a:b]]), torch.arange(a, b))[0] for a, b in pieces])
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+    last = model(torch.tensor([tokens[:11]]), torch.arange(11), last_only=True)
+    assert last.shape == (1, 1, model.args.vocab_size)
+    torch.testing.assert_close(last[0, 0], expected[10], atol=1e-5, rtol=1e-5)
 
 
 def test_stale_cache_entries_past_the_query_are_ignored():
