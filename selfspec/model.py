@@ -35,12 +35,25 @@ def rms_norm(x, weight, eps: float):
     return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-def apply_rope(x, cos, sin):
-    """NeoX-style rotation (rotate_half) in float32; x is [1, heads, T, head_dim]."""
-    x32 = x.float()
-    half = x32.shape[-1] // 2
-    rotated = torch.cat((-x32[..., half:], x32[..., :half]), dim=-1)
-    return (x32 * cos + rotated * sin).to(x.dtype)
+def add_rms_norm(x, delta, weight, eps: float):
+    """(x + delta, RMS norm of it): a residual add and the norm after it, one fused kernel on GPUs."""
+    h = x + delta
+    return h, _eager_rms_norm(h, weight, eps)
+
+
+_eager_rms_norm = rms_norm  # fuse_pointwise_ops rebinds rms_norm; add_rms_norm is compiled as a whole
+
+
+def apply_rope(q, k, cos, sin):
+    """NeoX-style rotation (rotate_half) of q and k in float32; both [1, heads, T, head_dim]."""
+
+    def rotate(x):
+        x32 = x.float()
+        half = x32.shape[-1] // 2
+        rotated = torch.cat((-x32[..., half:], x32[..., :half]), dim=-1)
+        return (x32 * cos + rotated * sin).to(x.dtype)
+
+    return rotate(q), rotate(k)
 
 
 def silu_mul(gate, up):
@@ -50,9 +63,11 @@ def silu_mul(gate, up):
 def fuse_pointwise_ops():
     """Compile the pointwise pieces above into single fused kernels (GPU decode: each saves a handful of
     tiny launches per layer). Same arithmetic; the CPU path keeps the eager versions. Idempotent."""
-    global rms_norm, apply_rope, silu_mul
+    global rms_norm, add_rms_norm, apply_rope, silu_mul
     if not hasattr(rms_norm, "_torchdynamo_orig_callable"):
-        rms_norm, apply_rope, silu_mul = (torch.compile(f, dynamic=True) for f in (rms_norm, apply_rope, silu_mul))
+        rms_norm, add_rms_norm, apply_rope, silu_mul = (
+            torch.compile(f, dynamic=True) for f in (rms_norm, add_rms_norm, apply_rope, silu_mul)
+        )
 
 
 class RMSNorm(nn.Module):
@@ -108,7 +123,7 @@ class Attention(nn.Module):
         k = k.view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = apply_rope(q, k, *rope)
         k, v = self.kv_cache.update(input_pos, k, v, end)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.num_kv_heads != self.num_heads
@@ -124,9 +139,17 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.mlp = MLP(args)
 
-    def forward(self, x, input_pos, end, mask, rope, causal):
-        h = x + self.self_attn(self.input_layernorm(x), input_pos, end, mask, rope, causal)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(self, x, delta, input_pos, end, mask, rope, causal):
+        """x: the residual stream; delta: the previous layer's MLP output, not yet added (None in the first
+        layer), so that each residual add shares a kernel with the norm after it. Returns (residual stream,
+        this layer's MLP output)."""
+        if delta is None:
+            normed = self.input_layernorm(x)
+        else:
+            x, normed = add_rms_norm(x, delta, self.input_layernorm.weight, self.input_layernorm.eps)
+        attn = self.self_attn(normed, input_pos, end, mask, rope, causal)
+        x, normed = add_rms_norm(x, attn, self.post_attention_layernorm.weight, self.post_attention_layernorm.eps)
+        return x, self.mlp(normed)
 
 
 class Decoder(nn.Module):
@@ -219,6 +242,7 @@ class Baichuan2(nn.Module):
         if self.args.position_encoding == "rope":
             rope = (self.rope_cos[input_pos], self.rope_sin[input_pos])
         x = self.model.embed_tokens(tokens)
+        delta = None
         for layer in self.model.layers:
-            x = layer(x, input_pos, end, mask, rope, causal)
-        return self.model.norm(x)
+            x, delta = layer(x, delta, input_pos, end, mask, rope, causal)
+        return add_rms_norm(x, delta, self.model.norm.weight, self.model.norm.eps)[1]
