@@ -35,13 +35,13 @@ def rms_norm(x, weight, eps: float):
     return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
+_eager_rms_norm = rms_norm  # fuse_pointwise_ops rebinds rms_norm; add_rms_norm is compiled as a whole
+
+
 def add_rms_norm(x, delta, weight, eps: float):
     """(x + delta, RMS norm of it): a residual add and the norm after it, one fused kernel on GPUs."""
     h = x + delta
     return h, _eager_rms_norm(h, weight, eps)
-
-
-_eager_rms_norm = rms_norm  # fuse_pointwise_ops rebinds rms_norm; add_rms_norm is compiled as a whole
 
 
 def apply_rope(q, k, cos, sin):
