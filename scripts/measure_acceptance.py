@@ -28,8 +28,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from selfspec.checkpoint import load_checkpoint, load_tokenizer, model_from_state_dict, open_checkpoint  # noqa: E402
 from selfspec.generate import generate  # noqa: E402
-from selfspec import quantize  # noqa: E402
-from selfspec.quantize import make_draft  # noqa: E402
+from selfspec.quantize import CLIP_RATIOS, make_draft  # noqa: E402
 
 PASSAGE_EN = (
     "The Grand Canal of China runs from Beijing in the north to Hangzhou in the south, about 1,800 kilometres. "
@@ -134,11 +133,10 @@ def main():
     p.add_argument("--th-stop-draft", type=float, default=0.6)
     p.add_argument("--max-step-draft", type=int, default=8)
     p.add_argument("--max-seq-len", type=int, default=2048)
-    p.add_argument("--clip-ratios", type=float, nargs="+", default=quantize.CLIP_RATIOS,
+    p.add_argument("--clip-ratios", type=float, nargs="+", default=CLIP_RATIOS,
                    help="scale clipping ratios the draft's quantizer chooses from per group (1.0 alone: plain absmax "
                         "round-to-nearest)")
     args = p.parse_args()
-    quantize.CLIP_RATIOS = tuple(args.clip_ratios)
     dtype, device = getattr(torch, args.dtype), torch.device(args.device)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,14 +156,14 @@ def main():
             del state
         else:
             ckpt, model, tokenizer = load_checkpoint(str(folder), dtype, device, args.max_seq_len)
-        draft = make_draft(model, group_size=args.group_size)
+        draft = make_draft(model, group_size=args.group_size, clip_ratios=tuple(args.clip_ratios))
         records = measure(model, draft, ckpt, tokenizer, n_predict=args.n_predict,
                           th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft)
     print(markdown(records))
     setup = {"model": "proxy of " + folder.name if args.proxy else folder.name, "device": str(device),
              "dtype": args.dtype, "n_predict": args.n_predict, "group_size": args.group_size,
              "th_stop_draft": args.th_stop_draft, "max_step_draft": args.max_step_draft,
-             "clip_ratios": list(quantize.CLIP_RATIOS)}
+             "clip_ratios": list(args.clip_ratios)}
     print(json.dumps({**setup, "summary": summary(records), "prompts": records}, ensure_ascii=False))
 
 

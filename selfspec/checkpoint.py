@@ -232,16 +232,8 @@ def load_model(folder: Path, dtype: torch.dtype, device: torch.device | str, max
     show_progress = sum(f.stat().st_size for f in files) > PROGRESS_MIN_BYTES
     tensors = {}
     for path in files:
-        for key, tensor in tqdm(_read_weight_file(path), desc=path.name, file=sys.stderr, disable=not show_progress):
-            if _ignored(config, key):
-                continue
-            if key not in expected:
-                raise CheckpointError(f"{path}: unexpected weight {key} for the model described by config.json")
-            if tuple(tensor.shape) != expected[key]:
-                raise CheckpointError(
-                    f"{path}: {key} has shape {tuple(tensor.shape)}, config.json implies {expected[key]}"
-                )
-            tensors[key] = tensor.to(device=device, dtype=dtype)
+        shard = tqdm(_read_weight_file(path), desc=path.name, file=sys.stderr, disable=not show_progress)
+        tensors.update(_checked_tensors(path, config, expected, shard, dtype, device))
     _check_complete(folder, expected, tensors)
     return _assemble(config, args, tensors, dtype, device)
 
@@ -254,17 +246,25 @@ def model_from_state_dict(config: dict, state_dict: dict, dtype: torch.dtype, de
         raise CheckpointError(f"config describes a {config.get('model_type')} model, not Baichuan2 or Llama")
     args = model_args_from_config(config, max_seq_len)
     expected = checkpoint_weight_shapes(config, args)
-    tensors = {}
-    for key, tensor in state_dict.items():
-        if _ignored(config, key):
-            continue
-        if key not in expected or tuple(tensor.shape) != expected[key]:
-            raise CheckpointError(f"state dict: {key} {tuple(tensor.shape)} does not fit the config")
-        tensors[key] = tensor.to(device=device, dtype=dtype)
+    tensors = _checked_tensors("state dict", config, expected, state_dict.items(), dtype, device)
     _check_complete("state dict", expected, tensors)
     if checkpoint_arch(config) == "baichuan":  # normalized in place below: leave the caller's tensor alone
         tensors["lm_head.weight"] = tensors["lm_head.weight"].clone()
     return _assemble(config, args, tensors, dtype, device)
+
+
+def _checked_tensors(source, config: dict, expected: dict, items, dtype, device) -> dict:
+    """(key, tensor) pairs -> {key: tensor in dtype on device}, refusing unknown keys and wrong shapes."""
+    tensors = {}
+    for key, tensor in items:
+        if _ignored(config, key):
+            continue
+        if key not in expected:
+            raise CheckpointError(f"{source}: unexpected weight {key} for the model described by config.json")
+        if tuple(tensor.shape) != expected[key]:
+            raise CheckpointError(f"{source}: {key} has shape {tuple(tensor.shape)}, config.json implies {expected[key]}")
+        tensors[key] = tensor.to(device=device, dtype=dtype)
+    return tensors
 
 
 def _check_complete(source, expected: dict, tensors: dict) -> None:

@@ -19,9 +19,8 @@ CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
 CPU_INT4_GROUP_SIZES = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
 
 
-def quantize_int4(weight: torch.Tensor, group_size: int, clip_ratios=None, rows_per_chunk: int = 1024):
-    """Symmetric group-wise INT4. Returns (q int8 [N, K] in [-8, 7], scales float32 [N, K // group_size]).
-    clip_ratios=None uses CLIP_RATIOS as it is at call time (scripts/measure_acceptance.py sets it)."""
+def quantize_int4(weight: torch.Tensor, group_size: int, clip_ratios=CLIP_RATIOS, rows_per_chunk: int = 1024):
+    """Symmetric group-wise INT4. Returns (q int8 [N, K] in [-8, 7], scales float32 [N, K // group_size])."""
     n, k = weight.shape
     if k % group_size:
         raise ValueError(f"in_features {k} is not a multiple of group_size {group_size}")
@@ -31,7 +30,7 @@ def quantize_int4(weight: torch.Tensor, group_size: int, clip_ratios=None, rows_
         w = weight[start : start + rows_per_chunk].float().view(-1, k // group_size, group_size)
         absmax = w.abs().amax(-1, keepdim=True).clamp(min=1e-8)
         best_err = best_scale = None
-        for ratio in clip_ratios or CLIP_RATIOS:
+        for ratio in clip_ratios:
             scale = absmax * ratio / 7
             err = ((w - (w / scale).round().clamp(-8, 7) * scale) ** 2).sum(-1, keepdim=True)
             if best_err is None:
@@ -81,11 +80,11 @@ class Int4Linear(nn.Module):
     dequantize-then-matmul fallback that is always correct.
     """
 
-    def __init__(self, weight: torch.Tensor, group_size: int):
+    def __init__(self, weight: torch.Tensor, group_size: int, clip_ratios=CLIP_RATIOS):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.group_size = choose_group_size(self.in_features, group_size)
-        q, scales = quantize_int4(weight, self.group_size)
+        q, scales = quantize_int4(weight, self.group_size, clip_ratios)
         self.kernel = self.pick_kernel(weight.device)
         if self.kernel == "cpu_int4pack":
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu((q.to(torch.int32) + 8), 1)
@@ -122,7 +121,8 @@ class Int4Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}, kernel={self.kernel}"
 
 
-def make_draft(target: Baichuan2, group_size: int = 64, quantize_lm_head: bool = True) -> Baichuan2:
+def make_draft(target: Baichuan2, group_size: int = 64, quantize_lm_head: bool = True,
+               clip_ratios=CLIP_RATIOS) -> Baichuan2:
     """A draft model over the target's own weights: every nn.Linear becomes an Int4Linear, everything
     else (embeddings, norms, KV cache, RoPE/ALiBi tables) is the same tensor object as the target's.
 
@@ -133,7 +133,7 @@ def make_draft(target: Baichuan2, group_size: int = 64, quantize_lm_head: bool =
         if isinstance(module, nn.Linear):
             if name == "lm_head" and not quantize_lm_head:
                 return module
-            return Int4Linear(module.weight.detach(), group_size)
+            return Int4Linear(module.weight.detach(), group_size, clip_ratios)
         if not module._modules:  # leaf (norm, embedding, KV cache): shared, not copied
             return module
         clone = copy.copy(module)  # shallow: parameters and buffers are the target's tensors

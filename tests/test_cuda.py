@@ -11,12 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from selfspec.cuda_graphs import GraphedModel, graph_models
 from selfspec.generate import generate
 from selfspec.quantize import Int4Linear, dequantize_int4, make_draft, pack_nibbles, quantize_int4
 from utils import random_model
 
 ROOT = Path(__file__).resolve().parents[1]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def cuda_model(position_encoding: str, num_heads: int, max_seq_len: int):
+    model = random_model(position_encoding, num_heads=num_heads, max_seq_len=max_seq_len).cuda()
+    model.setup_caches(max_seq_len)
+    return model
 
 INTERPRETER_CHECK = """
 import torch
@@ -61,10 +68,7 @@ def test_triton_int4_matches_dequantized_matmul(n, k, m):
 @cuda
 @pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
 def test_graphs_replay_the_eager_step(position_encoding, num_heads):
-    from selfspec.cuda_graphs import GraphedModel
-
-    model = random_model(position_encoding, num_heads=num_heads, max_seq_len=600).cuda()
-    model.setup_caches(600)
+    model = cuda_model(position_encoding, num_heads, max_seq_len=600)
     graphed = GraphedModel(model, bucket=128)
     tokens = torch.randint(0, 320, (1, 300), device="cuda")
     expected = model(tokens, torch.arange(300, device="cuda"))[0]
@@ -80,10 +84,7 @@ def test_graphs_replay_the_eager_step(position_encoding, num_heads):
 @cuda
 @pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
 def test_graphed_prefill_matches_eager(position_encoding, num_heads):
-    from selfspec.cuda_graphs import GraphedModel
-
-    model = random_model(position_encoding, num_heads=num_heads, max_seq_len=600).cuda()
-    model.setup_caches(600)
+    model = cuda_model(position_encoding, num_heads, max_seq_len=600)
     graphed = GraphedModel(model, bucket=128, prefill_bucket=128)
     for n in (40, 200, 17, 590):  # padded to 128, 256, 128 again, and capped at the context (600)
         tokens = torch.randint(0, 320, (1, n), device="cuda")
@@ -98,10 +99,7 @@ def test_graphed_prefill_matches_eager(position_encoding, num_heads):
 @cuda
 @pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
 def test_speculative_with_graphs_equals_plain_float32(position_encoding, num_heads):
-    from selfspec.cuda_graphs import graph_models
-
-    model = random_model(position_encoding, num_heads=num_heads, max_seq_len=300).cuda()
-    model.setup_caches(300)
+    model = cuda_model(position_encoding, num_heads, max_seq_len=300)
     draft = make_draft(model, group_size=32)
     model_g, draft_g = graph_models(model, draft, bucket=64)
     rng = random.Random(0)

@@ -64,6 +64,17 @@ def test_draft_shares_everything_but_the_linear_layers():
     assert not any(isinstance(m, Int4Linear) for m in model.modules())
 
 
+def test_draft_quantizes_with_the_given_clip_ratios():
+    model = random_model("rope", num_heads=4)
+    w = model.model.layers[0].mlp.down_proj.weight
+    drafts = {ratios: make_draft(model, group_size=32, clip_ratios=ratios).model.layers[0].mlp.down_proj
+              for ratios in [(1.0,), (1.0, 0.9, 0.8)]}
+    for ratios, layer in drafts.items():
+        expected = Int4Linear(w, 32, ratios)
+        assert torch.equal(layer.packed, expected.packed) and torch.equal(layer.scales, expected.scales)
+    assert not torch.equal(drafts[(1.0,)].scales, drafts[(1.0, 0.9, 0.8)].scales)
+
+
 @pytest.mark.parametrize("group_size", [64, 128])
 def test_draft_memory_is_under_three_tenths_of_the_fp16_linear_weights(group_size):
     model = random_model("rope", num_heads=8, head_dim=16, intermediate_size=256)  # hidden 128: CPU kernel layout
