@@ -1,9 +1,9 @@
 """CUDA graphs for the decode-sized forward passes (plain step, draft step, verify step).
 
 At batch 1 a step launches hundreds of small kernels; replaying them as one graph removes the launch
-gaps. A graph has fixed shapes, so there is one per (number of tokens, KV length bucket): attention
-reads the cache up to the bucket (a multiple of `bucket` positions), i.e. only about the live part,
-and the causal mask hides the rest.
+gaps. A graph has fixed shapes, so there is one per (number of tokens, KV length bucket): the bucket (a
+multiple of `bucket` positions) bounds the attention's grid, and the decode attention kernel reads the
+live length from the positions on the device, skipping the blocks past it.
 
 The prefill is graphed too, per prompt length rounded up to `prefill_bucket`: eagerly, its ~600 launches
 can take longer on the host than its kernels take on the GPU. The padding tokens after the prompt write

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import attention_triton
+
 
 @dataclass
 class ModelArgs:
@@ -70,6 +72,22 @@ def fuse_pointwise_ops():
         )
 
 
+@dataclass
+class AttentionInputs:
+    """What every layer's attention needs in one forward pass, built once by the model.
+
+    Eager path (SDPA): `mask`, `causal`, and `rope` as the (cos, sin) rows of the query positions.
+    Kernel path (`kernel`, decode-sized passes on CUDA, attention_triton.py): `rope` as the whole
+    (cos, sin) tables, `alibi_slopes`; causality and the live length come from the positions."""
+
+    end: int
+    mask: torch.Tensor | None = None
+    causal: bool = False
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    alibi_slopes: torch.Tensor | None = None
+    kernel: bool = False
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -115,18 +133,25 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(args.num_heads * args.head_dim, args.hidden_size, bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, input_pos, end: int, mask, rope, causal: bool):
+    def forward(self, x, input_pos, inputs: AttentionInputs):
         T = x.shape[1]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        q, k, v = self.W_pack(x).split([q_size, kv_size, kv_size], dim=-1)
+        qkv = self.W_pack(x)
+        if inputs.kernel:
+            cache = self.kv_cache
+            q = attention_triton.rope_and_store(qkv.view(T, -1), input_pos, inputs.rope, cache.k, cache.v,
+                                                self.num_heads, self.num_kv_heads)
+            y = attention_triton.decode_attention(q, cache.k, cache.v, input_pos, inputs.end, inputs.alibi_slopes)
+            return self.o_proj(y.view(1, T, q_size))
+        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(1, T, self.num_heads, self.head_dim).transpose(1, 2)
         k = k.view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, k, *rope)
-        k, v = self.kv_cache.update(input_pos, k, v, end)
+        if inputs.rope is not None:
+            q, k = apply_rope(q, k, *inputs.rope)
+        k, v = self.kv_cache.update(input_pos, k, v, inputs.end)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.num_kv_heads != self.num_heads
+            q, k, v, attn_mask=inputs.mask, is_causal=inputs.causal, enable_gqa=self.num_kv_heads != self.num_heads
         )
         return self.o_proj(y.transpose(1, 2).reshape(1, T, q_size))
 
@@ -139,7 +164,7 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.mlp = MLP(args)
 
-    def forward(self, x, delta, input_pos, end, mask, rope, causal):
+    def forward(self, x, delta, input_pos, inputs: AttentionInputs):
         """x: the residual stream; delta: the previous layer's MLP output, not yet added (None in the first
         layer), so that each residual add shares a kernel with the norm after it. Returns (residual stream,
         this layer's MLP output)."""
@@ -147,7 +172,7 @@ class DecoderLayer(nn.Module):
             normed = self.input_layernorm(x)
         else:
             x, normed = add_rms_norm(x, delta, self.input_layernorm.weight, self.input_layernorm.eps)
-        attn = self.self_attn(normed, input_pos, end, mask, rope, causal)
+        attn = self.self_attn(normed, input_pos, inputs)
         x, normed = add_rms_norm(x, attn, self.post_attention_layernorm.weight, self.post_attention_layernorm.eps)
         return x, self.mlp(normed)
 
@@ -183,6 +208,7 @@ class Baichuan2(nn.Module):
         self.model = Decoder(args)
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         self.max_seq_len = 0
+        self.use_attention_kernels = True  # the Triton decode attention where supported (tests compare both)
 
     def setup_caches(self, max_seq_len: int | None = None, dtype=None, device=None):
         """Allocate the KV cache and position tables; the draft model shares them (see quantize.py)."""
@@ -235,14 +261,17 @@ class Baichuan2(nn.Module):
         T = tokens.shape[1]
         if end is None:
             end = int(input_pos[-1]) + 1
-        # A prefill from position 0 of a RoPE model needs no mask: the fused causal kernels apply.
-        causal = T == end and self.args.position_encoding == "rope"
-        mask = None if causal else self.attention_mask(input_pos, end)
-        rope = None
-        if self.args.position_encoding == "rope":
-            rope = (self.rope_cos[input_pos], self.rope_sin[input_pos])
+        rope_model = self.args.position_encoding == "rope"
+        if attention_triton.supported(tokens.device, T, self.args.head_dim) and self.use_attention_kernels:
+            inputs = AttentionInputs(end, rope=(self.rope_cos, self.rope_sin) if rope_model else None,
+                                     alibi_slopes=None if rope_model else self.alibi, kernel=True)
+        else:
+            # A prefill from position 0 of a RoPE model needs no mask: the fused causal kernels apply.
+            causal = T == end and rope_model
+            inputs = AttentionInputs(end, mask=None if causal else self.attention_mask(input_pos, end), causal=causal,
+                                     rope=(self.rope_cos[input_pos], self.rope_sin[input_pos]) if rope_model else None)
         x = self.model.embed_tokens(tokens)
         delta = None
         for layer in self.model.layers:
-            x, delta = layer(x, delta, input_pos, end, mask, rope, causal)
+            x, delta = layer(x, delta, input_pos, inputs)
         return add_rms_norm(x, delta, self.model.norm.weight, self.model.norm.eps)[1]

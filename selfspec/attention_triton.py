@@ -1,0 +1,174 @@
+"""Triton kernels for decode-sized attention (1..16 new tokens): the plain step, the draft step, verify.
+
+Per layer, two jobs replace RoPE + two cache writes + a mask + SDPA + a transpose:
+  1. `rope_and_store`: rotate q and k (RoPE models), write k and v into the cache at their positions,
+     return q as [T, heads, head_dim];
+  2. `decode_attention`: split-KV ("flash-decoding") attention over the live cache only. One program per
+     (head, block of BLOCK_KV keys) computes a partial softmax for all new tokens; a second kernel merges
+     the blocks. The live length is read from `input_pos` on the device, so a CUDA graph captured for a
+     longer cache bucket skips the blocks past it instead of masking them.
+Queries see keys at positions <= their own (causal); ALiBi adds slope * (j - i). Each query row is
+computed the same way whatever the number of tokens in the call, so a verify pass gives the rows a
+one-token step would give (exactly so in float32: tl.dot runs in IEEE float32 there).
+"""
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs
+    triton = None
+
+MAX_TOKENS = 16  # query rows per program (tl.dot needs >= 16)
+BLOCK_KV = 64
+
+
+def supported(device: torch.device, num_tokens: int, head_dim: int) -> bool:
+    return (
+        triton is not None and device.type == "cuda" and num_tokens <= MAX_TOKENS
+        and head_dim >= 16 and head_dim & (head_dim - 1) == 0
+    )
+
+
+if triton is not None:
+
+    @triton.jit
+    def _rope_and_store_kernel(
+        qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, max_seq_len,
+        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, ROPE: tl.constexpr,
+    ):
+        # One program per (token, head slot); slots are the q heads, then k heads, then v heads, as in W_pack.
+        t = tl.program_id(0)
+        slot = tl.program_id(1)
+        HALF: tl.constexpr = HEAD_DIM // 2
+        d = tl.arange(0, HALF)
+        row = qkv_ptr + t * (HEADS + 2 * KV_HEADS) * HEAD_DIM + slot * HEAD_DIM
+        x1 = tl.load(row + d)
+        x2 = tl.load(row + HALF + d)
+        pos = tl.load(pos_ptr + t)
+        if ROPE:
+            if slot < HEADS + KV_HEADS:  # NeoX rotate_half in float32; cos/sin rows repeat per half
+                cos = tl.load(cos_ptr + pos * HEAD_DIM + d)
+                sin = tl.load(sin_ptr + pos * HEAD_DIM + d)
+                a, b = x1.to(tl.float32), x2.to(tl.float32)
+                x1 = (a * cos - b * sin).to(x1.dtype)
+                x2 = (b * cos + a * sin).to(x2.dtype)
+        if slot < HEADS:
+            out = q_out_ptr + (t * HEADS + slot) * HEAD_DIM + d
+            tl.store(out, x1)
+            tl.store(out + HALF, x2)
+        elif slot < HEADS + KV_HEADS:
+            out = k_cache_ptr + ((slot - HEADS) * max_seq_len + pos) * HEAD_DIM + d
+            tl.store(out, x1)
+            tl.store(out + HALF, x2)
+        else:
+            out = v_cache_ptr + ((slot - HEADS - KV_HEADS) * max_seq_len + pos) * HEAD_DIM + d
+            tl.store(out, x1)
+            tl.store(out + HALF, x2)
+
+    @triton.jit
+    def _attention_blocks_kernel(
+        q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, slopes_ptr, o_ptr, m_ptr, l_ptr,
+        T, max_seq_len, num_blocks, sm_scale,
+        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr,
+        BLOCK_KV: tl.constexpr, ALIBI: tl.constexpr, IEEE: tl.constexpr,
+    ):
+        h = tl.program_id(0)
+        block = tl.program_id(1)
+        live_len = tl.load(pos_ptr + T - 1) + 1
+        if block * BLOCK_KV < live_len:  # blocks past the live cache do nothing; the merge skips them
+            t = tl.arange(0, BLOCK_T)
+            t_ok = t < T
+            d = tl.arange(0, HEAD_DIM)
+            j = block * BLOCK_KV + tl.arange(0, BLOCK_KV)
+            q_pos = tl.load(pos_ptr + t, mask=t_ok, other=-1)
+            q = tl.load(q_ptr + (t[:, None] * HEADS + h) * HEAD_DIM + d[None, :], mask=t_ok[:, None], other=0.0)
+            kv_base = (h // (HEADS // KV_HEADS)) * max_seq_len * HEAD_DIM
+            kv_offsets = kv_base + j[:, None] * HEAD_DIM + d[None, :]
+            j_ok = j < live_len
+            k = tl.load(k_cache_ptr + kv_offsets, mask=j_ok[:, None], other=0.0)
+            v = tl.load(v_cache_ptr + kv_offsets, mask=j_ok[:, None], other=0.0)
+            if IEEE:
+                scores = tl.dot(q, tl.trans(k), input_precision="ieee") * sm_scale
+            else:
+                scores = tl.dot(q, tl.trans(k)) * sm_scale
+            offset = (j[None, :] - q_pos[:, None]).to(tl.float32)
+            if ALIBI:
+                scores += tl.load(slopes_ptr + h) * offset
+            scores = tl.where(offset <= 0, scores, float("-inf"))
+            m = tl.max(scores, axis=1)
+            m_safe = tl.where(m == float("-inf"), 0.0, m)  # a row with no visible key here: p = 0
+            p = tl.exp(scores - m_safe[:, None])
+            if IEEE:
+                acc = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+            else:
+                acc = tl.dot(p.to(v.dtype), v)
+            part = (h * num_blocks + block) * T + t
+            tl.store(o_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=t_ok[:, None])
+            tl.store(m_ptr + part, m, mask=t_ok)
+            tl.store(l_ptr + part, tl.sum(p, axis=1), mask=t_ok)
+
+    @triton.jit
+    def _merge_blocks_kernel(
+        o_ptr, m_ptr, l_ptr, pos_ptr, y_ptr, T, num_blocks,
+        HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_B: tl.constexpr,
+    ):
+        # Block 0 always holds a visible key (position 0), so the running max is finite from the first chunk.
+        h = tl.program_id(0)
+        t = tl.program_id(1)
+        live_blocks = (tl.load(pos_ptr + T - 1) + BLOCK_KV) // BLOCK_KV
+        d = tl.arange(0, HEAD_DIM)
+        running_max = tl.full((1,), float("-inf"), tl.float32)
+        total = tl.zeros((1,), dtype=tl.float32)
+        acc = tl.zeros((HEAD_DIM,), dtype=tl.float32)
+        for b0 in range(0, live_blocks, BLOCK_B):
+            b = b0 + tl.arange(0, BLOCK_B)
+            ok = b < live_blocks
+            part = (h * num_blocks + b) * T + t
+            m = tl.load(m_ptr + part, mask=ok, other=float("-inf"))
+            new_max = tl.maximum(running_max, tl.max(m, axis=0, keep_dims=True))
+            weight = tl.where(m == float("-inf"), 0.0, tl.exp(m - new_max))
+            rescale = tl.exp(running_max - new_max)
+            o = tl.load(o_ptr + part[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
+            acc = acc * rescale + tl.sum(weight[:, None] * o, axis=0)
+            total = total * rescale + tl.sum(weight * tl.load(l_ptr + part, mask=ok, other=0.0), axis=0, keep_dims=True)
+            running_max = new_max
+        tl.store(y_ptr + (t * HEADS + h) * HEAD_DIM + d, (acc / total).to(y_ptr.dtype.element_ty))
+
+
+def rope_and_store(qkv, input_pos, rope, k_cache, v_cache, num_heads: int, num_kv_heads: int) -> torch.Tensor:
+    """qkv [T, (heads + 2 kv_heads) * head_dim] (W_pack's output); rope the (cos, sin) tables [max_seq_len,
+    head_dim] or None. Writes k, v at `input_pos` into the caches [1, kv_heads, max_seq_len, head_dim];
+    returns q [T, heads, head_dim]."""
+    T = qkv.shape[0]
+    max_seq_len, head_dim = k_cache.shape[2], k_cache.shape[3]
+    q = torch.empty(T, num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    cos, sin = rope if rope is not None else (qkv, qkv)  # unused without RoPE
+    _rope_and_store_kernel[(T, num_heads + 2 * num_kv_heads)](
+        qkv, input_pos, cos, sin, q, k_cache, v_cache, max_seq_len,
+        HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, ROPE=rope is not None,
+    )
+    return q
+
+
+def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None) -> torch.Tensor:
+    """q [T, heads, head_dim] at positions input_pos [T] (consecutive) over the cache; keys beyond
+    input_pos[-1] are never read, `end` only bounds the grid. Returns [T, heads * head_dim]."""
+    T, num_heads, head_dim = q.shape
+    num_kv_heads, max_seq_len = k_cache.shape[1], k_cache.shape[2]
+    num_blocks = triton.cdiv(end, BLOCK_KV)
+    o = torch.empty(num_heads, num_blocks, T, head_dim, dtype=torch.float32, device=q.device)
+    m = torch.empty(num_heads, num_blocks, T, dtype=torch.float32, device=q.device)
+    l = torch.empty_like(m)  # noqa: E741
+    _attention_blocks_kernel[(num_heads, num_blocks)](
+        q, k_cache, v_cache, input_pos, alibi_slopes if alibi_slopes is not None else m, o, m, l,
+        T, max_seq_len, num_blocks, head_dim ** -0.5,
+        HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_T=MAX_TOKENS, BLOCK_KV=BLOCK_KV,
+        ALIBI=alibi_slopes is not None, IEEE=q.dtype == torch.float32,
+    )
+    y = torch.empty(T, num_heads * head_dim, dtype=q.dtype, device=q.device)
+    _merge_blocks_kernel[(num_heads, T)](
+        o, m, l, input_pos, y, T, num_blocks,
+        HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_KV=BLOCK_KV, BLOCK_B=16,
+    )
+    return y
