@@ -1,14 +1,21 @@
-"""Sweep block configurations of the Triton INT4 GEMV at M=1 on Baichuan2 shapes.
+"""Compare the Triton INT4 GEMV layouts at M=1 on Baichuan2-7B shapes, sweeping block configurations.
 
-    python scripts/int4_kernel_lab.py            # prints GB/s per shape and config, best first
+    python scripts/int4_kernel_lab.py [--json OUT.json]   # GB/s per shape, layout and config, best first
 
+"bytes" is the kernel in use (selfspec/int4_triton.py: uint8 pairs, integer-to-float conversions);
+"words" a variant kept here for the comparison: int32 words laid out so that each nibble position meets
+one contiguous slice of the activations, nibbles turned into floats by bit tricks instead of conversions
+(about half the instructions per weight). It was no faster on an H100 (docs/performance.md).
 Times are CUDA-graph replays of 20 back-to-back calls (no launch gaps), median of 20 replays.
 """
+import argparse
+import json
 import sys
 from pathlib import Path
 
 import torch
 import triton
+import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -17,41 +24,105 @@ from selfspec.int4_triton import _int4_gemv_kernel  # noqa: E402
 from selfspec.quantize import dequantize_int4, pack_nibbles, quantize_int4  # noqa: E402
 
 
+@triton.jit
+def nibble_times_x(words, x_ptrs, x_mask, SHIFT: tl.constexpr):
+    # (n - 8) * 2^SHIFT, exactly, for the nibble n at bits SHIFT..SHIFT+3; x scaled by 2^-SHIFT to match.
+    value = ((words & (15 << SHIFT)) | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + 8.0 * (1 << SHIFT))
+    x = tl.load(x_ptrs, mask=x_mask, other=0.0).to(tl.float32) * (1.0 / (1 << SHIFT))
+    return value * x[None, :, :]
+
+
+@triton.jit
+def words_gemv_kernel(
+    x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stride_ym,
+    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+):
+    # Weights as int32 words (pack_int4_words below): word i of a group holds, in nibble t, column
+    # t * GROUP/8 + i, so for each t the activations are one contiguous slice. A nibble becomes a float
+    # without an int-to-float conversion: (word & (0xF << s)) | 0x4B000000 is the float 2^23 + n * 2^s
+    # exactly (s = 4t); subtracting 2^23 + 8 * 2^s leaves (n - 8) * 2^s, and the activations of nibble t
+    # are pre-scaled by 2^-s. Nibbles 4..7 are shifted down once per word (s = 4(t - 4) for them).
+    W: tl.constexpr = GROUP // 8
+    pid_n = tl.program_id(0)
+    m = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    n_groups = K // GROUP
+    g = tl.arange(0, BLOCK_G)
+    i = tl.arange(0, W)
+    total = tl.zeros((BLOCK_N, BLOCK_G, W), dtype=tl.float32)
+    for g0 in range(0, n_groups, BLOCK_G):
+        groups = g0 + g
+        g_ok = groups < n_groups
+        ok = row_ok[:, None] & g_ok[None, :]
+        words = tl.load(w_ptr + rows[:, None, None] * (K // 8) + groups[None, :, None] * W + i[None, None, :],
+                        mask=ok[:, :, None], other=0)
+        high = words >> 16
+        x_base = x_ptr + m * stride_xm + groups[:, None] * GROUP + i[None, :]
+        part = tl.zeros((BLOCK_N, BLOCK_G, W), dtype=tl.float32)
+        for t in tl.static_range(8):
+            part += nibble_times_x(words if t < 4 else high, x_base + t * W, g_ok[:, None], 4 * (t % 4))
+        scale = tl.load(s_ptr + rows[:, None] * n_groups + groups[None, :], mask=ok, other=0.0).to(tl.float32)
+        total += part * scale[:, :, None]
+    y = tl.sum(tl.sum(total, axis=2), axis=1)
+    tl.store(y_ptr + m * stride_ym + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+
+
+def pack_int4_words(q: torch.Tensor, group_size: int) -> torch.Tensor:
+    """int8 [N, K] in [-8, 7] -> int32 [N, K/8]. Within each group, word i holds column t * group_size/8 + i
+    in bits 4t..4t+3 (t = 0..7), so a kernel multiplies nibble t of consecutive words by one contiguous
+    slice of the activations."""
+    n, k = q.shape
+    u = (q.to(torch.int64) + 8).view(n, k // group_size, 8, group_size // 8)
+    words = (u << (4 * torch.arange(8, device=q.device)).view(1, 1, 8, 1)).sum(2)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).view(n, k // 8)
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", help="write all results here")
+    args = parser.parse_args()
     shapes = {"o_proj": (4096, 4096), "W_pack": (12288, 4096), "gate": (11008, 4096), "down": (4096, 11008),
               "lm_head": (125696, 4096)}
     group = 64
-    configs = [(bn, bg, w, s) for bn in (1, 2, 4, 8) for bg in (8, 16, 32) for w in (2, 4, 8) for s in (2, 3, 4)]
-    summary = {}
+    sweeps = {
+        "words": [(bn, bg, w, s) for bn in (1, 2, 4, 8) for bg in (4, 8, 16) for w in (2, 4, 8) for s in (2, 3)],
+        "bytes": [(1, 16, 2, 2), (1, 16, 2, 3), (4, 16, 4, 3), (8, 16, 4, 3), (16, 8, 4, 3), (8, 8, 4, 3),
+                  (2, 32, 4, 3), (8, 32, 8, 3)],  # its autotune list
+    }
+    kernels = {"words": (words_gemv_kernel, pack_int4_words), "bytes": (_int4_gemv_kernel, pack_nibbles)}
+    results = []
     for name, (n, k) in shapes.items():
         w = torch.randn(n, k, device="cuda", dtype=torch.float16)
         q, scales = quantize_int4(w, group)
-        packed, s16 = pack_nibbles(q, group), scales.half()
+        s16 = scales.half()
         x = torch.randn(1, k, device="cuda", dtype=torch.float16)
         ref = x.float() @ dequantize_int4(q, scales).T
         y = torch.empty(1, n, device="cuda", dtype=torch.float16)
-        nbytes = packed.numel() + s16.numel() * 2
         fp16_ms = graph_ms(lambda: torch.nn.functional.linear(x, w))
-        results = []
-        for kernel_name, kernel in (("current", _int4_gemv_kernel),):
-            for bn, bg, nw, ns in configs:
-                grid = (triton.cdiv(n, bn), 1)
-                call = lambda: kernel[grid](x, packed, s16, y, n, k, k, n, GROUP=group, BLOCK_N=bn,  # noqa: E731
-                                            BLOCK_G=bg, num_warps=nw, num_stages=ns)
+        print(f"\n{name} {n}x{k}: fp16 F.linear {fp16_ms * 1e3:.1f} us = {2 * n * k / fp16_ms / 1e6:.0f} GB/s")
+        for layout, (kernel, pack) in kernels.items():
+            packed = pack(q, group)
+            nbytes = packed.numel() * packed.element_size() + s16.numel() * 2
+            found = []
+            for bn, bg, nw, ns in sweeps[layout]:
+                call = lambda: kernel[(triton.cdiv(n, bn), 1)](x, packed, s16, y, n, k, k, n, GROUP=group,  # noqa: E731
+                                                               BLOCK_N=bn, BLOCK_G=bg, num_warps=nw, num_stages=ns)
                 try:
                     call()
                     err = float((y.float() - ref).norm() / ref.norm())
                     ms = graph_ms(call)
                 except Exception as e:  # noqa: BLE001
-                    print(name, kernel_name, (bn, bg, nw, ns), "failed", str(e)[:80])
+                    print(name, layout, (bn, bg, nw, ns), "failed", str(e)[:80])
                     continue
-                results.append((nbytes / ms / 1e6, kernel_name, (bn, bg, nw, ns), ms, err))
-        results.sort(reverse=True)
-        print(f"\n{name} {n}x{k}: fp16 F.linear {fp16_ms * 1e3:.1f} us = {2 * n * k / fp16_ms / 1e6:.0f} GB/s; int4 best:")
-        for gbs, kn, cfg, ms, err in results[:6]:
-            print(f"  {gbs:6.0f} GB/s {ms * 1e3:7.1f} us  {kn:8s} {cfg} err {err:.1e}")
-        summary[name] = results[0]
-    print("\nbest per shape:", {k: (round(v[0]), v[1], v[2]) for k, v in summary.items()})
+                found.append({"shape": name, "layout": layout, "config": [bn, bg, nw, ns], "us": ms * 1e3,
+                              "GB/s": nbytes / ms / 1e6, "rel_error": err})
+            found.sort(key=lambda r: -r["GB/s"])
+            for r in found[:4]:
+                print(f"  {layout:5s} {r['GB/s']:6.0f} GB/s {r['us']:7.1f} us {r['config']} err {r['rel_error']:.1e}")
+            results += found
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
