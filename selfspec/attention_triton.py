@@ -20,7 +20,7 @@ except ImportError:  # CPU-only installs
     triton = None
 
 MAX_TOKENS = 16  # query rows per program (tl.dot needs >= 16)
-BLOCK_KV = 64
+BLOCK_KV = 128  # with 4 warps and 32 blocks per merge step: the best of a sweep on an H100 (1,152 and 4,000 keys)
 
 
 def supported(device: torch.device, num_tokens: int, head_dim: int) -> bool:
@@ -169,6 +169,6 @@ def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None
     y = torch.empty(T, num_heads * head_dim, dtype=q.dtype, device=q.device)
     _merge_blocks_kernel[(num_heads, T)](
         o, m, l, input_pos, y, T, num_blocks,
-        HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_KV=BLOCK_KV, BLOCK_B=16,
+        HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_KV=BLOCK_KV, BLOCK_B=32,
     )
     return y

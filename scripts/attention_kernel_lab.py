@@ -1,0 +1,77 @@
+"""Sweep the Triton decode attention's block size, warps and merge chunk on one GPU (7B shape: 32 heads,
+head_dim 128, FP16), for 1 and 9 new tokens over 1,152 and 4,000 live keys.
+
+    python scripts/attention_kernel_lab.py [--json OUT.json]
+
+Times are CUDA-graph replays of 20 back-to-back calls (both kernels), median of 20 replays; GB/s counts
+the live K and V bytes.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark import graph_ms  # noqa: E402
+from selfspec import attention_triton as at  # noqa: E402
+
+HEADS, HEAD_DIM, MAX_SEQ = 32, 128, 4096
+
+
+def time_config(q, k_cache, v_cache, pos, end, block_kv, warps, block_b):
+    T = q.shape[0]
+    num_blocks = triton.cdiv(end, block_kv)
+    o = torch.empty(HEADS, num_blocks, T, HEAD_DIM, device="cuda")
+    m = torch.empty(HEADS, num_blocks, T, device="cuda")
+    l = torch.empty_like(m)  # noqa: E741
+    y = torch.empty(T, HEADS * HEAD_DIM, device="cuda", dtype=q.dtype)
+
+    def call():
+        at._attention_blocks_kernel[(HEADS, num_blocks)](
+            q, k_cache, v_cache, pos, m, o, m, l, T, MAX_SEQ, num_blocks, HEAD_DIM ** -0.5, HEADS=HEADS,
+            KV_HEADS=HEADS, HEAD_DIM=HEAD_DIM, BLOCK_T=at.MAX_TOKENS, BLOCK_KV=block_kv, ALIBI=False, IEEE=False,
+            num_warps=warps)
+        at._merge_blocks_kernel[(HEADS, T)](o, m, l, pos, y, T, num_blocks, HEADS=HEADS, HEAD_DIM=HEAD_DIM,
+                                            BLOCK_KV=block_kv, BLOCK_B=block_b)
+
+    call()
+    return graph_ms(call), y.clone()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", help="write all results here")
+    args = parser.parse_args()
+    results = []
+    k_cache = torch.randn(1, HEADS, MAX_SEQ, HEAD_DIM, device="cuda", dtype=torch.float16)
+    v_cache = torch.randn_like(k_cache)
+    for live in (1152, 4000):
+        for T in (1, 9):
+            pos = torch.arange(live - T, live, device="cuda")
+            q = torch.randn(T, HEADS, HEAD_DIM, device="cuda", dtype=torch.float16)
+            end = min(MAX_SEQ, -(-live // 256) * 256)  # the graph bucket
+            rows, first = [], None
+            for block_kv in (32, 64, 128):
+                for warps in (2, 4, 8):
+                    for block_b in (8, 16, 32):
+                        ms, y = time_config(q, k_cache, v_cache, pos, end, block_kv, warps, block_b)
+                        first = y if first is None else first
+                        rows.append((ms * 1e3, block_kv, warps, block_b, float((y.float() - first.float()).abs().max())))
+                        results.append({"live_keys": live, "new_tokens": T, "block_kv": block_kv, "warps": warps,
+                                        "block_b": block_b, "us": ms * 1e3})
+            rows.sort()
+            kv_bytes = 2 * HEADS * live * HEAD_DIM * 2
+            print(f"{live} live keys, {T} new tokens, best first:")
+            for us, block_kv, warps, block_b, diff in rows[:4]:
+                print(f"  {us:6.1f} us {kv_bytes / us / 1e3:5.0f} GB/s  BLOCK_KV {block_kv} warps {warps} "
+                      f"BLOCK_B {block_b}  (max diff to the first config {diff:.1e})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
