@@ -5,7 +5,9 @@
 "bytes" is the kernel in use (selfspec/int4_triton.py: uint8 pairs, integer-to-float conversions);
 "words" a variant kept here for the comparison: int32 words laid out so that each nibble position meets
 one contiguous slice of the activations, nibbles turned into floats by bit tricks instead of conversions
-(about half the instructions per weight). It was no faster on an H100 (docs/performance.md).
+(about half the instructions per weight); "prefetch" the kept kernel loading the next tile's weights
+before this tile's arithmetic (two tiles in flight); "mma" tensor cores on x padded to 16 rows. None was
+faster on an H100 (docs/performance.md).
 Times are CUDA-graph replays of 20 back-to-back calls (no launch gaps), median of 20 replays.
 """
 import argparse
@@ -68,6 +70,74 @@ def words_gemv_kernel(
     tl.store(y_ptr + m * stride_ym + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
 
+@triton.jit
+def prefetch_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stride_ym,
+                    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    # The kept kernel with the next iteration's weights and scales loaded before this one's arithmetic.
+    HALF: tl.constexpr = GROUP // 2
+    m = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    n_groups = K // GROUP
+    g = tl.arange(0, BLOCK_G)
+    j = tl.arange(0, HALF)
+    w_base = w_ptr + rows[:, None, None] * (K // 2) + g[None, :, None] * HALF + j[None, None, :]
+    s_base = s_ptr + rows[:, None] * n_groups + g[None, :]
+    ok = row_ok[:, None] & (g < n_groups)[None, :]
+    w = tl.load(w_base, mask=ok[:, :, None], other=0x88)
+    s = tl.load(s_base, mask=ok, other=0.0)
+    acc = tl.zeros((BLOCK_N, BLOCK_G, HALF), dtype=tl.float32)
+    for g0 in range(0, n_groups, BLOCK_G):
+        groups = g0 + g
+        g_ok = groups < n_groups
+        nxt = groups + BLOCK_G
+        ok_next = row_ok[:, None] & (nxt < n_groups)[None, :]
+        w_next = tl.load(w_base + (g0 + BLOCK_G) * HALF, mask=ok_next[:, :, None], other=0x88)
+        s_next = tl.load(s_base + g0 + BLOCK_G, mask=ok_next, other=0.0)
+        x_ptrs = x_ptr + m * stride_xm + groups[:, None] * GROUP + j[None, :]
+        x_low = tl.load(x_ptrs, mask=g_ok[:, None], other=0.0).to(tl.float32)
+        x_high = tl.load(x_ptrs + HALF, mask=g_ok[:, None], other=0.0).to(tl.float32)
+        low = (w & 0xF).to(tl.float32) - 8.0
+        high = (w >> 4).to(tl.float32) - 8.0
+        acc += (low * x_low[None, :, :] + high * x_high[None, :, :]) * s.to(tl.float32)[:, :, None]
+        w = w_next
+        s = s_next
+    y = tl.sum(tl.sum(acc, axis=2), axis=1)
+    tl.store(y_ptr + m * stride_ym + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
+def mma_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stride_ym,
+                    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
+    # Tensor cores: x padded to 16 rows (row 0 real) times dequantized [BLOCK_N, BLOCK_B] tiles, twice per
+    # iteration (low and high nibbles: BLOCK_B packed bytes per row).
+    HALF: tl.constexpr = GROUP // 2
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    n_groups = K // GROUP
+    r = tl.arange(0, 16)
+    r_ok = r < 1
+    b = tl.arange(0, BLOCK_B)
+    acc = tl.zeros((16, BLOCK_N), dtype=tl.float32)
+    for b0 in range(0, K // 2, BLOCK_B):
+        kb = b0 + b
+        group = kb // HALF
+        w = tl.load(w_ptr + rows[:, None] * (K // 2) + kb[None, :], mask=row_ok[:, None], other=0x88)
+        s = tl.load(s_ptr + rows[:, None] * n_groups + group[None, :], mask=row_ok[:, None], other=0.0)
+        # 0x6400 | n is the float16 1024 + n: no integer-to-float conversion (and Triton then pipelines the loads).
+        low = ((w & 0xF).to(tl.int16) | 0x6400).to(tl.float16, bitcast=True) - 1032.0
+        high = ((w >> 4).to(tl.int16) | 0x6400).to(tl.float16, bitcast=True) - 1032.0
+        low = low * s
+        high = high * s
+        col = group * GROUP + kb % HALF
+        x_low = tl.load(x_ptr + r[:, None] * stride_xm + col[None, :], mask=r_ok[:, None], other=0.0)
+        x_high = tl.load(x_ptr + r[:, None] * stride_xm + col[None, :] + HALF, mask=r_ok[:, None], other=0.0)
+        acc += tl.dot(x_low, tl.trans(low.to(x_low.dtype)))
+        acc += tl.dot(x_high, tl.trans(high.to(x_high.dtype)))
+    tl.store(y_ptr + r[:, None] * stride_ym + rows[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=r_ok[:, None] & row_ok[None, :])
+
+
 def pack_int4_words(q: torch.Tensor, group_size: int) -> torch.Tensor:
     """int8 [N, K] in [-8, 7] -> int32 [N, K/8]. Within each group, word i holds column t * group_size/8 + i
     in bits 4t..4t+3 (t = 0..7), so a kernel multiplies nibble t of consecutive words by one contiguous
@@ -82,15 +152,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write all results here")
     args = parser.parse_args()
-    shapes = {"o_proj": (4096, 4096), "W_pack": (12288, 4096), "gate": (11008, 4096), "down": (4096, 11008),
-              "lm_head": (125696, 4096)}
+    shapes = {"o_proj": (4096, 4096), "W_pack": (12288, 4096), "gate": (11008, 4096), "gate+up": (22016, 4096),
+              "down": (4096, 11008), "lm_head": (125696, 4096)}
     group = 64
     sweeps = {
         "words": [(bn, bg, w, s) for bn in (1, 2, 4, 8) for bg in (4, 8, 16) for w in (2, 4, 8) for s in (2, 3)],
         "bytes": [(1, 16, 2, 2), (1, 16, 2, 3), (4, 16, 4, 3), (8, 16, 4, 3), (16, 8, 4, 3), (8, 8, 4, 3),
                   (2, 32, 4, 3), (8, 32, 8, 3)],  # its autotune list
+        "prefetch": [(bn, bg, w, 1) for bn in (1, 2, 4, 8) for bg in (8, 16, 32) for w in (2, 4, 8)],
+        "mma": [(bn, bb, w, s) for bn in (16, 32, 64, 128) for bb in (32, 64, 128) for w in (4, 8) for s in (3, 4)],
     }
-    kernels = {"words": (words_gemv_kernel, pack_int4_words), "bytes": (_int4_gemv_kernel, pack_nibbles)}
+    kernels = {"words": (words_gemv_kernel, pack_int4_words), "bytes": (_int4_gemv_kernel, pack_nibbles),
+               "prefetch": (prefetch_gemv_kernel, pack_nibbles), "mma": (mma_gemv_kernel, pack_nibbles)}
     results = []
     for name, (n, k) in shapes.items():
         w = torch.randn(n, k, device="cuda", dtype=torch.float16)
@@ -106,8 +179,9 @@ def main():
             nbytes = packed.numel() * packed.element_size() + s16.numel() * 2
             found = []
             for bn, bg, nw, ns in sweeps[layout]:
+                blocks = {"BLOCK_N": bn, ("BLOCK_B" if layout == "mma" else "BLOCK_G"): bg}
                 call = lambda: kernel[(triton.cdiv(n, bn), 1)](x, packed, s16, y, n, k, k, n, GROUP=group,  # noqa: E731
-                                                               BLOCK_N=bn, BLOCK_G=bg, num_warps=nw, num_stages=ns)
+                                                               **blocks, num_warps=nw, num_stages=ns)
                 try:
                     call()
                     err = float((y.float() - ref).norm() / ref.norm())
@@ -119,7 +193,7 @@ def main():
                               "GB/s": nbytes / ms / 1e6, "rel_error": err})
             found.sort(key=lambda r: -r["GB/s"])
             for r in found[:4]:
-                print(f"  {layout:5s} {r['GB/s']:6.0f} GB/s {r['us']:7.1f} us {r['config']} err {r['rel_error']:.1e}")
+                print(f"  {layout:8s} {r['GB/s']:6.0f} GB/s {r['us']:7.1f} us {r['config']} err {r['rel_error']:.1e}")
             results += found
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
