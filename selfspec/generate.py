@@ -121,25 +121,32 @@ def synchronize(device: torch.device):
 
 
 class TextStreamer:
-    """Prints decoded text as tokens arrive; holds back an incomplete UTF-8 character until it completes."""
+    """Prints decoded text as tokens arrive; holds back an incomplete UTF-8 character until it completes.
+
+    Each round decodes only a window: the ids since the last printed text plus the tokens just before
+    them as context (SentencePiece drops the leading space of a text's first piece, so the difference of
+    two decodes of the same prefix is what the new ids add). Decoding everything each round would be
+    quadratic in the answer's length."""
 
     def __init__(self, tokenizer, file=sys.stdout):
         self.tokenizer, self.file = tokenizer, file
         self.ids: list[int] = []
-        self.printed = 0
+        self.context_start = 0  # first id of the decode window
+        self.printed_end = 0  # ids[:printed_end] are printed
 
     def put(self, token_ids: list[int]):
         self.ids.extend(token_ids)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
+        context = self.tokenizer.decode(self.ids[self.context_start : self.printed_end])
+        text = self.tokenizer.decode(self.ids[self.context_start :])
+        if text.endswith("\ufffd") or len(text) <= len(context):
             return
-        self.file.write(text[self.printed :])
+        self.file.write(text[len(context) :])
         self.file.flush()
-        self.printed = len(text)
+        self.context_start, self.printed_end = self.printed_end, len(self.ids)
 
     def end(self):
-        text = self.tokenizer.decode(self.ids)
-        self.file.write(text[self.printed :] + "\n")
+        context = self.tokenizer.decode(self.ids[self.context_start : self.printed_end])
+        self.file.write(self.tokenizer.decode(self.ids[self.context_start :])[len(context) :] + "\n")
         self.file.flush()
 
 

@@ -1,10 +1,13 @@
+import io
 import random
 
 import pytest
 import torch
 
-from selfspec.generate import GenerationStats, Sampling, count_accepted, generate, speculative_accept
+from selfspec.checkpoint import HFTokenizer, Tokenizer
+from selfspec.generate import GenerationStats, Sampling, TextStreamer, count_accepted, generate, speculative_accept
 from selfspec.quantize import make_draft
+from smollm2 import smollm2_folder
 from utils import random_model
 
 SIZES = [("rope", 4), ("alibi", 5)]  # 7B-style and 13B-style (non-power-of-two heads)
@@ -72,6 +75,31 @@ def test_stream_receives_exactly_the_output(model_and_draft):
     recorder = Recorder()
     out, _ = generate(model, [9, 8, 7], 25, draft=draft, streamer=recorder)
     assert recorder.ids == out and recorder.ended
+
+
+STREAMED_TEXT = ("Hello there!  Two  spaces,\nnew lines\n\n and 12345 numbers. 今天天气很好，我们去公园散步吧。"
+                 " 龘 mixed 中文 text 🙂 done.")
+
+
+@pytest.mark.parametrize("which", ["sentencepiece", "tokenizers"])
+def test_streamed_text_equals_the_full_decode(which, tiny_7b, tmp_path_factory):
+    tokenizer = (Tokenizer(tiny_7b / "tokenizer.model") if which == "sentencepiece"
+                 else HFTokenizer(smollm2_folder(tmp_path_factory)))
+    ids = tokenizer.encode(STREAMED_TEXT * 3)
+    rng = random.Random(0)
+    for _ in range(3):  # rounds of 1..4 tokens, as speculative decoding emits them
+        out = io.StringIO()
+        streamer = TextStreamer(tokenizer, file=out)
+        pos, printed = 0, []
+        while pos < len(ids):
+            n = rng.randint(1, 4)
+            streamer.put(ids[pos : pos + n])
+            pos += n
+            printed.append(out.getvalue())
+        streamer.end()
+        assert out.getvalue() == tokenizer.decode(ids) + "\n"
+        assert "\ufffd" not in "".join(printed)  # no half characters on the way
+        assert len(streamer.ids) - streamer.context_start < 16  # the decode window stays short
 
 
 def test_rejects_impossible_arguments():
