@@ -112,7 +112,7 @@ def random_model(shape: str, max_seq_len: int, seed: int = 0) -> Baichuan2:
 def kernel_rows(model) -> list[dict]:
     """INT4 matmul candidates at M=1 on the model's linear shapes: time, GB/s, error vs dequantized."""
     from selfspec import int4_triton
-    from selfspec.quantize import dequantize_int4, pack_nibbles
+    from selfspec.quantize import dequantize_int4, pack_half2_words, pack_nibbles
 
     layer = model.model.layers[0]
     linears = {"W_pack": layer.self_attn.W_pack, "o_proj": layer.self_attn.o_proj, "gate_proj": layer.mlp.gate_proj,
@@ -123,14 +123,15 @@ def kernel_rows(model) -> list[dict]:
         n, k = w.shape
         g = 64
         q, scales = quantize_int4(w, g)
-        packed, s16 = pack_nibbles(q, g), scales.half()
+        packed, words, s16 = pack_nibbles(q, g), pack_half2_words(q), scales.half()
         x = torch.randn(1, k, dtype=torch.float16, device="cuda")
         ref = x.float() @ dequantize_int4(q, scales).T
         int4_bytes = packed.numel() + s16.numel() * 2
         candidates = {
             "fp16 F.linear (reference: 16-bit weights)": (lambda: torch.nn.functional.linear(x, w), 2 * n * k),
             "dequantize + F.linear": (lambda: torch.nn.functional.linear(x, dequantize_int4(q, s16, torch.float16)), int4_bytes),
-            "triton int4 gemv (fp16)": (lambda: int4_triton.int4_matmul(x, packed, s16, g), int4_bytes),
+            "triton int4 gemv, f16x2 (fp16; used)": (lambda: int4_triton.int4_matmul_half2(x, words, s16, g), int4_bytes),
+            "triton int4 gemv, portable (fp16)": (lambda: int4_triton.int4_matmul(x, packed, s16, g), int4_bytes),
         }
         try:
             u = (q.to(torch.int32) + 8)
@@ -147,7 +148,7 @@ def kernel_rows(model) -> list[dict]:
             ms = graph_ms(fn)
             rows.append({"linear": name, "shape": [n, k], "kernel": kernel, "ms": ms, "GB/s": nbytes / ms / 1e6,
                          "rel_error": err})
-        del q, scales, packed, s16
+        del q, scales, packed, words, s16
     return rows
 
 

@@ -59,6 +59,23 @@ def pack_nibbles(q: torch.Tensor, group_size: int) -> torch.Tensor:
     return (u[:, :, 0] | (u[:, :, 1] << 4)).view(n, k // 2)
 
 
+def pack_half2_words(q: torch.Tensor) -> torch.Tensor:
+    """int8 [N, K] in [-8, 7] -> int32 [N, K/8] for int4_triton.int4_matmul_half2. Word w holds columns
+    8w..8w+7: column 8w+2j in bits 4j..4j+3 and column 8w+2j+1 in bits 16+4j.. (j = 0..3), so that one
+    masked OR pulls out the half2 pair that meets two consecutive activations."""
+    n, k = q.shape
+    u = (q.to(torch.int64) + 8).view(n, k // 8, 4, 2)
+    shifts = torch.tensor([[4 * j, 16 + 4 * j] for j in range(4)], device=q.device)
+    words = (u << shifts).sum((-1, -2))
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def unpack_half2_words(words: torch.Tensor) -> torch.Tensor:
+    shifts = torch.tensor([[4 * j, 16 + 4 * j] for j in range(4)], device=words.device)
+    nibbles = (words[:, :, None, None] >> shifts) & 0xF
+    return (nibbles.to(torch.int8) - 8).view(words.shape[0], -1)
+
+
 def unpack_nibbles(packed: torch.Tensor, group_size: int) -> torch.Tensor:
     n = packed.shape[0]
     p = packed.view(n, -1, group_size // 2)
@@ -75,7 +92,8 @@ def choose_group_size(in_features: int, group_size: int) -> int:
 class Int4Linear(nn.Module):
     """y = x @ (q * scale)^T for symmetric group-wise INT4 weights, through the fastest kernel here.
 
-    Kernels: on CUDA/XPU a Triton GEMV (int4_triton.py); on CPU torch's int4 kernel (bf16 activations:
+    Kernels: on NVIDIA GPUs with float16 activations a Triton GEMV in f16x2 arithmetic, elsewhere on
+    CUDA/XPU a portable Triton GEMV (int4_triton.py); on CPU torch's int4 kernel (bf16 activations:
     callers in other dtypes are cast, fine for a draft whose output is only a proposal); else a
     dequantize-then-matmul fallback that is always correct.
     """
@@ -85,7 +103,7 @@ class Int4Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.group_size = choose_group_size(self.in_features, group_size)
         q, scales = quantize_int4(weight, self.group_size, clip_ratios)
-        self.kernel = self.pick_kernel(weight.device)
+        self.kernel = self.pick_kernel(weight.device, weight.dtype)
         if self.kernel == "cpu_int4pack":
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu((q.to(torch.int32) + 8), 1)
             zeros = torch.zeros_like(scales)  # symmetric: tinygemm computes (q - 8) * scale + zero
@@ -93,12 +111,14 @@ class Int4Linear(nn.Module):
             self.register_buffer("packed", packed)
             self.register_buffer("scales", scales_and_zeros.to(torch.bfloat16))
         else:
-            self.register_buffer("packed", pack_nibbles(q, self.group_size))
+            packed = pack_half2_words(q) if self.kernel == "triton_half2" else pack_nibbles(q, self.group_size)
+            self.register_buffer("packed", packed)
             self.register_buffer("scales", scales.to(weight.dtype))
 
-    def pick_kernel(self, device: torch.device) -> str:
+    def pick_kernel(self, device: torch.device, dtype: torch.dtype) -> str:
         if int4_triton.available(device):
-            return "triton"
+            half2 = device.type == "cuda" and dtype == torch.float16 and self.group_size % 8 == 0
+            return "triton_half2" if half2 else "triton"
         if (
             device.type == "cpu"
             and self.group_size in CPU_INT4_GROUP_SIZES
@@ -113,6 +133,8 @@ class Int4Linear(nn.Module):
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size, self.scales)
             return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        if self.kernel == "triton_half2":
+            return int4_triton.int4_matmul_half2(x, self.packed, self.scales, self.group_size)
         if self.kernel == "triton":
             return int4_triton.int4_matmul(x, self.packed, self.scales, self.group_size)
         return F.linear(x, dequantize_int4(unpack_nibbles(self.packed, self.group_size), self.scales, x.dtype))

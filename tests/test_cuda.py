@@ -2,6 +2,7 @@
 
 Skipped without CUDA, except the kernel's logic, which also runs under Triton's CPU interpreter when
 Triton is installed (a subprocess, since the interpreter is chosen when Triton is imported)."""
+import math
 import os
 import random
 import subprocess
@@ -53,16 +54,32 @@ def test_triton_kernel_logic_in_the_interpreter():
 @cuda
 @pytest.mark.parametrize("m", [1, 2, 9])
 @pytest.mark.parametrize("n,k", [(4096, 4096), (11008, 4096), (4096, 11008), (1000, 320)])
-def test_triton_int4_matches_dequantized_matmul(n, k, m):
-    w = torch.randn(n, k, device="cuda", dtype=torch.float16)
+@pytest.mark.parametrize("dtype,kernel", [(torch.float16, "triton_half2"), (torch.bfloat16, "triton")])
+def test_triton_int4_matches_dequantized_matmul(n, k, m, dtype, kernel):
+    w = torch.randn(n, k, device="cuda", dtype=dtype)
     layer = Int4Linear(w, 64)
-    assert layer.kernel == "triton"
-    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    assert layer.kernel == kernel
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
     q, s = quantize_int4(w, layer.group_size)
-    ref = x.float() @ dequantize_int4(q, s.half().float()).T
+    ref = x.float() @ dequantize_int4(q, s.to(dtype).float()).T
     y = layer(x)
-    assert y.dtype == torch.float16 and y.shape == (m, n)
-    assert float((y.float() - ref).norm() / ref.norm()) < 2e-3
+    assert y.dtype == dtype and y.shape == (m, n)
+    # f16x2 sums of four products in float16, then float32; bfloat16 output rounding is coarser
+    assert float((y.float() - ref).norm() / ref.norm()) < (2e-3 if dtype == torch.float16 else 8e-3)
+
+
+@cuda
+@pytest.mark.parametrize("scale", [1e-3, 300.0])
+def test_half2_kernel_keeps_small_and_large_activations(scale):
+    # The f16x2 products are (n - 8) / 16 * x: no overflow inside for |x| in the hundreds (outputs near 10^4),
+    # no flush of small x.
+    w = torch.randn(512, 1024, device="cuda", dtype=torch.float16)
+    layer = Int4Linear(w, 64)
+    x = torch.randn(3, 1024, device="cuda", dtype=torch.float16) * scale
+    q, s = quantize_int4(w, 64)
+    ref = x.float() @ dequantize_int4(q, s.half().float()).T
+    y = layer(x).float()
+    assert torch.isfinite(y).all() and float((y - ref).norm() / ref.norm()) < 2e-3
 
 
 @cuda
@@ -94,6 +111,33 @@ def test_graphed_prefill_matches_eager(position_encoding, num_heads):
         assert logits.shape == (1, 1, expected.shape[-1])
         torch.testing.assert_close(logits[0, 0], expected, atol=2e-4, rtol=2e-4)
     assert sorted(graphed.prefill_graphs) == [128, 256, 600]
+
+
+@cuda
+@pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
+def test_float16_speculative_with_graphs_diverges_only_at_near_ties(position_encoding, num_heads):
+    """The README's FP16 tolerance on the GPU path (f16x2 draft kernel, Triton attention, CUDA graphs)."""
+    model = random_model(position_encoding, num_heads=num_heads, max_seq_len=300, dtype=torch.float16).cuda()
+    model.setup_caches(300)
+    draft = make_draft(model, group_size=32)
+    assert draft.lm_head.kernel == "triton_half2"
+    model_g, draft_g = graph_models(model, draft, bucket=64)
+    rng = random.Random(1)
+    identical = 0
+    for _ in range(8):
+        prompt = [rng.randrange(320) for _ in range(rng.randrange(1, 100))]
+        plain, _ = generate(model_g, prompt, 60)
+        spec, stats = generate(model_g, prompt, 60, draft=draft_g)
+        assert stats.drafted > 0
+        if spec == plain:
+            identical += 1
+            continue
+        i = next(i for i, (a, b) in enumerate(zip(plain, spec)) if a != b)
+        prefix = prompt + plain[:i]
+        logits = model(torch.tensor([prefix], device="cuda"), torch.arange(len(prefix), device="cuda"))[0, -1].float()
+        top2 = logits.topk(2).values
+        assert float(top2[0] - top2[1]) <= 4 * 2.0 ** math.floor(math.log2(abs(float(top2[0])))) * 2**-10
+    assert identical >= 4
 
 
 @cuda

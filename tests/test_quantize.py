@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from selfspec.quantize import (
-    Int4Linear, dequantize_int4, make_draft, pack_nibbles, quantize_int4, unpack_nibbles, weight_bytes,
+    Int4Linear, dequantize_int4, make_draft, pack_half2_words, pack_nibbles, quantize_int4, unpack_half2_words,
+    unpack_nibbles, weight_bytes,
 )
 from utils import random_model
 
@@ -33,6 +34,19 @@ def test_nibble_packing_round_trips():
     packed = pack_nibbles(q, 32)
     assert packed.shape == (32, 32) and packed.dtype == torch.uint8
     assert torch.equal(unpack_nibbles(packed, 32), q)
+
+
+def test_half2_words_hold_each_column_where_the_kernel_reads_it():
+    # The f16x2 kernel pulls half2 pairs out of bits (0-3, 16-19), (4-7, 20-23), (8-11, 24-27), (12-15, 28-31)
+    # and multiplies them by the activation pairs (8w, 8w+1), (8w+2, 8w+3), ...
+    q = torch.randint(-8, 8, (5, 64), dtype=torch.int8)
+    words = pack_half2_words(q)
+    assert words.shape == (5, 8) and words.dtype == torch.int32
+    for col in range(64):
+        word, within = divmod(col, 8)
+        bit = 4 * (within // 2) + 16 * (within % 2)
+        assert torch.equal((words[:, word] >> bit) & 0xF, q[:, col].to(torch.int32) + 8)
+    assert torch.equal(unpack_half2_words(words), q)
 
 
 @pytest.mark.parametrize("shape,group_size,kernel", [((64, 256), 64, "cpu_int4pack"), ((40, 80), 64, "dequantize")])
