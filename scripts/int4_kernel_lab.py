@@ -2,12 +2,13 @@
 
     python scripts/int4_kernel_lab.py [--json OUT.json]   # GB/s per shape, layout and config, best first
 
-"bytes" is the kernel in use (selfspec/int4_triton.py: uint8 pairs, integer-to-float conversions);
-"words" a variant kept here for the comparison: int32 words laid out so that each nibble position meets
-one contiguous slice of the activations, nibbles turned into floats by bit tricks instead of conversions
-(about half the instructions per weight); "prefetch" the kept kernel loading the next tile's weights
-before this tile's arithmetic (two tiles in flight); "mma" tensor cores on x padded to 16 rows. None was
-faster on an H100 (docs/performance.md).
+"half2" is the kernel in use on NVIDIA GPUs with fp16 activations (selfspec/int4_triton.py: lop3 nibbles
+to half2, f16x2 arithmetic in inline PTX); "bytes" the portable one (uint8 pairs, integer-to-float
+conversions), in use elsewhere, and on NVIDIA before half2. Variants kept for the comparison, none faster
+than "bytes" on an H100 (docs/performance.md): "words", int32 words laid out so that each nibble position
+meets one contiguous slice of the activations, nibbles turned into floats by float32 bit tricks;
+"prefetch", "bytes" loading the next tile's weights before this tile's arithmetic (two tiles in flight);
+"mma", tensor cores on x padded to 16 rows.
 Times are CUDA-graph replays of 20 back-to-back calls (no launch gaps), median of 20 replays.
 """
 import argparse
@@ -22,8 +23,8 @@ import triton.language as tl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import graph_ms  # noqa: E402
-from selfspec.int4_triton import _int4_gemv_kernel  # noqa: E402
-from selfspec.quantize import dequantize_int4, pack_nibbles, quantize_int4  # noqa: E402
+from selfspec.int4_triton import _HALF2_DOT, _int4_gemv_kernel, _int4_half2_gemv_kernel  # noqa: E402
+from selfspec.quantize import dequantize_int4, pack_half2_words, pack_nibbles, quantize_int4  # noqa: E402
 
 
 @triton.jit
@@ -156,13 +157,15 @@ def main():
               "down": (4096, 11008), "lm_head": (125696, 4096)}
     group = 64
     sweeps = {
+        "half2": [(bn, bg, w, 2) for bn in (4, 8, 16) for bg in (2, 4, 8, 16) for w in (1, 2, 4, 8)],
         "words": [(bn, bg, w, s) for bn in (1, 2, 4, 8) for bg in (4, 8, 16) for w in (2, 4, 8) for s in (2, 3)],
         "bytes": [(1, 16, 2, 2), (1, 16, 2, 3), (4, 16, 4, 3), (8, 16, 4, 3), (16, 8, 4, 3), (8, 8, 4, 3),
                   (2, 32, 4, 3), (8, 32, 8, 3)],  # its autotune list
         "prefetch": [(bn, bg, w, 1) for bn in (1, 2, 4, 8) for bg in (8, 16, 32) for w in (2, 4, 8)],
         "mma": [(bn, bb, w, s) for bn in (16, 32, 64, 128) for bb in (32, 64, 128) for w in (4, 8) for s in (3, 4)],
     }
-    kernels = {"words": (words_gemv_kernel, pack_int4_words), "bytes": (_int4_gemv_kernel, pack_nibbles),
+    kernels = {"half2": (_int4_half2_gemv_kernel, lambda q, group: pack_half2_words(q)),
+               "words": (words_gemv_kernel, pack_int4_words), "bytes": (_int4_gemv_kernel, pack_nibbles),
                "prefetch": (prefetch_gemv_kernel, pack_nibbles), "mma": (mma_gemv_kernel, pack_nibbles)}
     results = []
     for name, (n, k) in shapes.items():
@@ -180,8 +183,11 @@ def main():
             found = []
             for bn, bg, nw, ns in sweeps[layout]:
                 blocks = {"BLOCK_N": bn, ("BLOCK_B" if layout == "mma" else "BLOCK_G"): bg}
-                call = lambda: kernel[(triton.cdiv(n, bn), 1)](x, packed, s16, y, n, k, k, n, GROUP=group,  # noqa: E731
-                                                               **blocks, num_warps=nw, num_stages=ns)
+                if layout == "half2":  # activations read as int32 pairs
+                    blocks["ASM"] = _HALF2_DOT
+                xs, stride = (x.view(torch.int32), k // 2) if layout == "half2" else (x, k)
+                call = lambda: kernel[(triton.cdiv(n, bn), 1)](xs, packed, s16, y, n, k, stride, n,  # noqa: E731
+                                                               GROUP=group, **blocks, num_warps=nw, num_stages=ns)
                 try:
                     call()
                     err = float((y.float() - ref).norm() / ref.norm())
