@@ -184,7 +184,7 @@ def main():
             for bn, bg, nw, ns in sweeps[layout]:
                 blocks = {"BLOCK_N": bn, ("BLOCK_B" if layout == "mma" else "BLOCK_G"): bg}
                 if layout == "half2":  # activations read as int32 pairs
-                    blocks["ASM"] = _HALF2_DOT
+                    blocks.update(ASM=_HALF2_DOT, GLU=False)
                 xs, stride = (x.view(torch.int32), k // 2) if layout == "half2" else (x, k)
                 call = lambda: kernel[(triton.cdiv(n, bn), 1)](xs, packed, s16, y, n, k, stride, n,  # noqa: E731
                                                                GROUP=group, **blocks, num_warps=nw, num_stages=ns)

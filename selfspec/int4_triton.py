@@ -113,7 +113,7 @@ if triton is not None:
     @triton.jit
     def _int4_half2_gemv_kernel(
         x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stride_ym,
-        ASM: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+        ASM: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, GLU: tl.constexpr,
     ):
         # x_ptr: fp16 activations read as int32 pairs [M, K/2]; w_ptr: int32 words [N, K/8]
         # (quantize.pack_half2_words); [BLOCK_N rows, BLOCK_G groups, GROUP/8 words] per iteration.
@@ -142,7 +142,13 @@ if triton is not None:
             scale = tl.load(s_ptr + rows[:, None] * n_groups + groups[None, :], mask=ok, other=0.0).to(tl.float32)
             acc += tl.sum(dots, axis=2) * scale
         y = tl.sum(acc, axis=1) * 16.0
-        tl.store(y_ptr + m * stride_ym + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+        if GLU:  # rows interleave gate and up: write silu(gate) * up, half as many outputs
+            gate, up = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
+            out_rows = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+            out = gate / (1.0 + tl.exp(-gate)) * up
+            tl.store(y_ptr + m * stride_ym + out_rows, out.to(y_ptr.dtype.element_ty), mask=out_rows < N // 2)
+        else:
+            tl.store(y_ptr + m * stride_ym + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
     # The best of a sweep on an H100 (scripts/int4_kernel_lab.py: BLOCK_N 4-16, BLOCK_G 2-16, 1-8 warps).
     _int4_half2_gemv_tuned = triton.autotune(
@@ -150,22 +156,25 @@ if triton is not None:
             triton.Config({"BLOCK_N": bn, "BLOCK_G": bg}, num_warps=w, num_stages=2)
             for bn, bg, w in [(8, 8, 4), (8, 16, 8), (16, 8, 1), (16, 8, 4), (16, 16, 8)]
         ],
-        key=["N", "K"],
+        key=["N", "K", "GLU"],
     )(_int4_half2_gemv_kernel)
 
 
-def int4_matmul_half2(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
+def int4_matmul_half2(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group_size: int,
+                      glu: bool = False) -> torch.Tensor:
     """x [..., K] (float16) times the INT4 weight as int32 words [N, K/8] (quantize.pack_half2_words), scales
-    [N, K/group] float16. NVIDIA GPUs only (inline PTX)."""
+    [N, K/group] float16. With `glu` the rows interleave gate and up and the result is silu(gate) * up,
+    [..., N/2]. NVIDIA GPUs only (inline PTX)."""
     if x.dtype != torch.float16:
         raise TypeError(f"int4_matmul_half2 takes float16 activations, got {x.dtype}")
     n, k = words.shape[0], words.shape[1] * 8
+    n_out = n // 2 if glu else n
     pairs = x.reshape(-1, k).contiguous().view(torch.int32)
-    y = torch.empty(pairs.shape[0], n, dtype=x.dtype, device=x.device)
+    y = torch.empty(pairs.shape[0], n_out, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), pairs.shape[0])  # noqa: E731
     _int4_half2_gemv_tuned[grid](pairs, words, scales, y, n, k, pairs.stride(0), y.stride(0), ASM=_HALF2_DOT,
-                                 GROUP=group_size)
-    return y.view(*x.shape[:-1], n)
+                                 GROUP=group_size, GLU=glu)
+    return y.view(*x.shape[:-1], n_out)
 
 
 def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group_size: int, blocks=None) -> torch.Tensor:

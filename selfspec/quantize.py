@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import int4_triton
-from .model import Baichuan2
+from .model import MLP, Baichuan2
 
 # Clipping ratios tried per group: the scale that minimises the group's squared error wins.
 # Calibration-free; it recovers much of the accuracy that plain absmax scaling loses to outliers.
@@ -98,9 +98,10 @@ class Int4Linear(nn.Module):
     dequantize-then-matmul fallback that is always correct.
     """
 
-    def __init__(self, weight: torch.Tensor, group_size: int, clip_ratios=CLIP_RATIOS):
+    def __init__(self, weight: torch.Tensor, group_size: int, clip_ratios=CLIP_RATIOS, glu: bool = False):
         super().__init__()
         self.out_features, self.in_features = weight.shape
+        self.glu = glu  # rows interleave gate and up (g0, u0, g1, u1, ...): the output is silu(gate) * up
         self.group_size = choose_group_size(self.in_features, group_size)
         q, scales = quantize_int4(weight, self.group_size, clip_ratios)
         self.kernel = self.pick_kernel(weight.device, weight.dtype)
@@ -129,29 +130,50 @@ class Int4Linear(nn.Module):
         return "dequantize"
 
     def forward(self, x):
+        if self.kernel == "triton_half2":  # applies silu(gate) * up itself
+            return int4_triton.int4_matmul_half2(x, self.packed, self.scales, self.group_size, glu=self.glu)
         if self.kernel == "cpu_int4pack":
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size, self.scales)
-            return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
-        if self.kernel == "triton_half2":
-            return int4_triton.int4_matmul_half2(x, self.packed, self.scales, self.group_size)
-        if self.kernel == "triton":
-            return int4_triton.int4_matmul(x, self.packed, self.scales, self.group_size)
-        return F.linear(x, dequantize_int4(unpack_nibbles(self.packed, self.group_size), self.scales, x.dtype))
+            y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        elif self.kernel == "triton":
+            y = int4_triton.int4_matmul(x, self.packed, self.scales, self.group_size)
+        else:
+            y = F.linear(x, dequantize_int4(unpack_nibbles(self.packed, self.group_size), self.scales, x.dtype))
+        return F.silu(y[..., 0::2]) * y[..., 1::2] if self.glu else y
 
     def extra_repr(self):
-        return f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}, kernel={self.kernel}"
+        return (f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}, kernel={self.kernel}"
+                + (", glu" if self.glu else ""))
+
+
+class Int4MLP(nn.Module):
+    """The draft's MLP: gate and up as one INT4 matrix, rows interleaved, whose matmul also applies
+    silu(gate) * up (one kernel instead of three on NVIDIA GPUs), then down. Each row is quantized as the
+    separate layers would be."""
+
+    def __init__(self, mlp: MLP, group_size: int, clip_ratios=CLIP_RATIOS):
+        super().__init__()
+        gate, up = mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()
+        self.gate_up_proj = Int4Linear(torch.stack((gate, up), dim=1).flatten(0, 1), group_size, clip_ratios, glu=True)
+        self.down_proj = Int4Linear(mlp.down_proj.weight.detach(), group_size, clip_ratios)
+
+    def forward(self, x):
+        return self.down_proj(self.gate_up_proj(x))
 
 
 def make_draft(target: Baichuan2, group_size: int = 64, quantize_lm_head: bool = True,
                clip_ratios=CLIP_RATIOS) -> Baichuan2:
-    """A draft model over the target's own weights: every nn.Linear becomes an Int4Linear, everything
-    else (embeddings, norms, KV cache, RoPE/ALiBi tables) is the same tensor object as the target's.
+    """A draft model over the target's own weights: every nn.Linear becomes an Int4Linear (gate and up one
+    fused Int4MLP matrix), everything else (embeddings, norms, KV cache, RoPE/ALiBi tables) is the same
+    tensor object as the target's.
 
     Call after `target.setup_caches()`: the draft shares the cache that exists at that moment.
     """
 
     def convert(module: nn.Module, name: str) -> nn.Module:
+        if isinstance(module, MLP):
+            return Int4MLP(module, group_size, clip_ratios)
         if isinstance(module, nn.Linear):
             if name == "lm_head" and not quantize_lm_head:
                 return module

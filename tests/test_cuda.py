@@ -14,7 +14,7 @@ import torch
 
 from selfspec.cuda_graphs import GraphedModel, graph_models
 from selfspec.generate import generate
-from selfspec.quantize import Int4Linear, dequantize_int4, make_draft, pack_nibbles, quantize_int4
+from selfspec.quantize import Int4Linear, Int4MLP, dequantize_int4, make_draft, pack_nibbles, quantize_int4
 from utils import random_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +66,24 @@ def test_triton_int4_matches_dequantized_matmul(n, k, m, dtype, kernel):
     assert y.dtype == dtype and y.shape == (m, n)
     # f16x2 sums of four products in float16, then float32; bfloat16 output rounding is coarser
     assert float((y.float() - ref).norm() / ref.norm()) < (2e-3 if dtype == torch.float16 else 8e-3)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_draft_mlp_applies_silu_in_the_gate_up_kernel(dtype):
+    model = random_model("rope", num_heads=8, head_dim=32, intermediate_size=688, dtype=dtype).cuda()
+    mlp = model.model.layers[0].mlp
+    fused = Int4MLP(mlp, 64)
+    assert fused.gate_up_proj.kernel == ("triton_half2" if dtype == torch.float16 else "triton")
+    gate, up, down = (Int4Linear(lin.weight, 64) for lin in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+    for m in (1, 3):
+        x = torch.randn(1, m, 256, device="cuda", dtype=dtype)
+        hidden = torch.nn.functional.silu(gate(x).float()) * up(x).float()
+        got = fused.gate_up_proj(x)
+        assert got.shape == (1, m, 688) and got.dtype == dtype
+        assert float((got.float() - hidden).norm() / hidden.norm()) < 1e-2
+        expected = down(hidden.to(dtype)).float()
+        assert float((fused(x).float() - expected).norm() / expected.norm()) < 1e-2
 
 
 @cuda

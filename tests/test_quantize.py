@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from selfspec.quantize import (
-    Int4Linear, dequantize_int4, make_draft, pack_half2_words, pack_nibbles, quantize_int4, unpack_half2_words,
+    Int4Linear, Int4MLP, dequantize_int4, make_draft, pack_half2_words, pack_nibbles, quantize_int4, unpack_half2_words,
     unpack_nibbles, weight_bytes,
 )
 from utils import random_model
@@ -63,6 +63,19 @@ def test_int4_linear_matches_dequantized_matmul(shape, group_size, kernel):
     assert (actual - expected).norm() / expected.norm() < 1e-2
 
 
+@pytest.mark.parametrize("shape", [(64, 256), (40, 80)])  # CPU int4 kernel, dequantize fallback
+def test_draft_mlp_fuses_gate_and_up_without_changing_their_quantization(shape):
+    hidden, intermediate = shape[1], shape[0]
+    model = random_model("rope", num_heads=hidden // 16, intermediate_size=intermediate)
+    mlp = model.model.layers[0].mlp
+    fused = Int4MLP(mlp, 32)
+    assert fused.gate_up_proj.glu and fused.gate_up_proj.out_features == 2 * intermediate
+    gate, up, down = (Int4Linear(lin.weight, 32) for lin in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+    x = torch.randn(2, 3, hidden, generator=torch.Generator().manual_seed(4))
+    expected = down(torch.nn.functional.silu(gate(x)) * up(x))
+    torch.testing.assert_close(fused(x), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_draft_shares_everything_but_the_linear_layers():
     model = random_model("rope", num_heads=4)
     draft = make_draft(model, group_size=32)
@@ -72,7 +85,7 @@ def test_draft_shares_everything_but_the_linear_layers():
     for t, d in zip(model.model.layers, draft.model.layers):
         assert d.self_attn.kv_cache is t.self_attn.kv_cache
         assert d.input_layernorm is t.input_layernorm
-        assert isinstance(d.self_attn.W_pack, Int4Linear) and isinstance(d.mlp.down_proj, Int4Linear)
+        assert isinstance(d.self_attn.W_pack, Int4Linear) and isinstance(d.mlp, Int4MLP)
     assert isinstance(draft.lm_head, Int4Linear)
     assert isinstance(model.lm_head, torch.nn.Linear) and isinstance(model.model.layers[0].mlp.up_proj, torch.nn.Linear)
     assert not any(isinstance(m, Int4Linear) for m in model.modules())
