@@ -4,7 +4,7 @@ The draft only ever runs one token at a time, so these are GEMVs: each program s
 packed weights once. Rows of x (M > 1) are separate programs. Two kernels:
 - `int4_matmul_half2` (NVIDIA, fp16 activations): eight nibbles per int32 word become four half2 pairs by
   `lop3` bit tricks and are multiplied in f16x2 arithmetic (inline PTX), as FasterTransformer's and
-  Marlin's kernels do. Unpacking dominated the portable kernel's instruction count; this one is 27-44% faster
+  Marlin's kernels do. Unpacking dominated the portable kernel's instruction count; this one is 27-59% faster
   on an H100 (docs/performance.md).
 - `int4_matmul` (any Triton target, fp16/bf16/fp32 activations): uint8 pairs unpacked with integer
   arithmetic and float conversions. Triton also targets Intel GPUs, so it can serve `xpu`; it also runs
