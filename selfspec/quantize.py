@@ -59,20 +59,23 @@ def pack_nibbles(q: torch.Tensor, group_size: int) -> torch.Tensor:
     return (u[:, :, 0] | (u[:, :, 1] << 4)).view(n, k // 2)
 
 
+def _half2_bit_offsets(device) -> torch.Tensor:
+    """[4, 2]: where columns 8w+2j (bits 4j..) and 8w+2j+1 (bits 16+4j..) of word w sit, j = 0..3."""
+    return torch.tensor([[4 * j, 16 + 4 * j] for j in range(4)], device=device)
+
+
 def pack_half2_words(q: torch.Tensor) -> torch.Tensor:
     """int8 [N, K] in [-8, 7] -> int32 [N, K/8] for int4_triton.int4_matmul_half2. Word w holds columns
-    8w..8w+7: column 8w+2j in bits 4j..4j+3 and column 8w+2j+1 in bits 16+4j.. (j = 0..3), so that one
-    masked OR pulls out the half2 pair that meets two consecutive activations."""
+    8w..8w+7 at `_half2_bit_offsets`, so that one masked OR pulls out the half2 pair that meets two
+    consecutive activations."""
     n, k = q.shape
     u = (q.to(torch.int64) + 8).view(n, k // 8, 4, 2)
-    shifts = torch.tensor([[4 * j, 16 + 4 * j] for j in range(4)], device=q.device)
-    words = (u << shifts).sum((-1, -2))
+    words = (u << _half2_bit_offsets(q.device)).sum((-1, -2))
     return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
 
 
 def unpack_half2_words(words: torch.Tensor) -> torch.Tensor:
-    shifts = torch.tensor([[4 * j, 16 + 4 * j] for j in range(4)], device=words.device)
-    nibbles = (words[:, :, None, None] >> shifts) & 0xF
+    nibbles = (words[:, :, None, None] >> _half2_bit_offsets(words.device)) & 0xF
     return (nibbles.to(torch.int8) - 8).view(words.shape[0], -1)
 
 
