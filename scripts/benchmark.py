@@ -52,6 +52,7 @@ def parse_args():
     p.add_argument("--hf-compile", action="store_true", help="also run transformers with static cache + torch.compile")
     p.add_argument("--skip-hf", action="store_true", help="skip the transformers baselines")
     p.add_argument("--skip-engine", action="store_true", help="only the transformers baselines")
+    p.add_argument("--no-pdl", action="store_true", help="launch the Triton kernels without programmatic dependent launch")
     p.add_argument("--out", default="bench-out")
     return p.parse_args()
 
@@ -180,7 +181,7 @@ def run_engine(model, draft, prompt, args, speculative: bool) -> dict:
     from selfspec.cuda_graphs import graph_models
 
     options = dict(max_step_draft=args.max_step_draft, min_step_draft=args.min_step_draft, th_stop_draft=args.th_stop_draft)
-    model_g, draft_g = graph_models(model, draft if speculative else None)
+    model_g, draft_g = graph_models(model, draft if speculative else None, pdl=not args.no_pdl)
     generate(model_g, prompt, args.new_tokens, draft=draft_g, **options)  # warm-up: captures the graphs
     torch.cuda.reset_peak_memory_stats()
     out, stats = generate(model_g, prompt, args.new_tokens, draft=draft_g, **options)
@@ -325,7 +326,7 @@ def bench_proxy(args) -> dict:
     model = model_from_state_dict(config, state, torch.float16, "cuda", max_seq_len)
     del state
     draft = make_draft(model, group_size=args.group_size)
-    model_g, draft_g = graph_models(model, draft)
+    model_g, draft_g = graph_models(model, draft, pdl=not args.no_pdl)
     options = dict(max_step_draft=args.max_step_draft, min_step_draft=args.min_step_draft, th_stop_draft=args.th_stop_draft,
                    eos_token_id=ckpt.eos_token_id)
     rows = []

@@ -1,6 +1,7 @@
 """Compare the Triton INT4 GEMV layouts at M=1 on Baichuan2-7B shapes, sweeping block configurations.
 
     python scripts/int4_kernel_lab.py [--json OUT.json]   # GB/s per shape, layout and config, best first
+    python scripts/int4_kernel_lab.py --layouts half2 --cold  # weights from DRAM, as in a decode step
 
 "half2" is the kernel in use on NVIDIA GPUs with fp16 activations (selfspec/int4_triton.py: lop3 nibbles
 to half2, f16x2 arithmetic in inline PTX); "bytes" the portable one (uint8 pairs, integer-to-float
@@ -9,7 +10,10 @@ than "bytes" on an H100 (docs/performance.md): "words", int32 words laid out so 
 meets one contiguous slice of the activations, nibbles turned into floats by float32 bit tricks;
 "prefetch", "bytes" loading the next tile's weights before this tile's arithmetic (two tiles in flight);
 "mma", tensor cores on x padded to 16 rows.
-Times are CUDA-graph replays of 20 back-to-back calls (no launch gaps), median of 20 replays.
+Times are CUDA-graph replays of 20 back-to-back calls (no launch gaps), median of 20 replays. Those calls
+read the same weights, which for the smaller matrices stay in the H100's 50 MB L2 cache; with --cold they
+cycle through copies of the weights (at least 200 MB in all), so that every call reads DRAM as the draft
+step does, and the half2 sweep adds deeper pipelines (num_stages 3, 4).
 """
 import argparse
 import json
@@ -152,12 +156,15 @@ def pack_int4_words(q: torch.Tensor, group_size: int) -> torch.Tensor:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write all results here")
+    parser.add_argument("--layouts", nargs="+", default=["half2", "words", "bytes", "prefetch", "mma"])
+    parser.add_argument("--cold", action="store_true", help="each call reads other copies of the weights (no L2 hits)")
     args = parser.parse_args()
     shapes = {"o_proj": (4096, 4096), "W_pack": (12288, 4096), "gate": (11008, 4096), "gate+up": (22016, 4096),
               "down": (4096, 11008), "lm_head": (125696, 4096)}
     group = 64
     sweeps = {
-        "half2": [(bn, bg, w, 2) for bn in (4, 8, 16) for bg in (2, 4, 8, 16) for w in (1, 2, 4, 8)],
+        "half2": ([(bn, bg, w, s) for bn in (4, 8, 16, 32) for bg in (4, 8, 16) for w in (2, 4, 8) for s in (2, 3, 4)]
+                  if args.cold else [(bn, bg, w, 2) for bn in (4, 8, 16) for bg in (2, 4, 8, 16) for w in (1, 2, 4, 8)]),
         "words": [(bn, bg, w, s) for bn in (1, 2, 4, 8) for bg in (4, 8, 16) for w in (2, 4, 8) for s in (2, 3)],
         "bytes": [(1, 16, 2, 2), (1, 16, 2, 3), (4, 16, 4, 3), (8, 16, 4, 3), (16, 8, 4, 3), (8, 8, 4, 3),
                   (2, 32, 4, 3), (8, 32, 8, 3)],  # its autotune list
@@ -178,20 +185,30 @@ def main():
         fp16_ms = graph_ms(lambda: torch.nn.functional.linear(x, w))
         print(f"\n{name} {n}x{k}: fp16 F.linear {fp16_ms * 1e3:.1f} us = {2 * n * k / fp16_ms / 1e6:.0f} GB/s")
         for layout, (kernel, pack) in kernels.items():
+            if layout not in args.layouts:
+                continue
             packed = pack(q, group)
             nbytes = packed.numel() * packed.element_size() + s16.numel() * 2
+            copies = [(packed, s16)] + [(packed.clone(), s16.clone()) for _ in range(-(-200_000_000 // nbytes) - 1)
+                                        if args.cold]
+            turn = iter(range(10**9))
             found = []
             for bn, bg, nw, ns in sweeps[layout]:
                 blocks = {"BLOCK_N": bn, ("BLOCK_B" if layout == "mma" else "BLOCK_G"): bg}
-                if layout == "half2":  # activations read as int32 pairs
-                    blocks.update(ASM=_HALF2_DOT, GLU=False)
-                xs, stride = (x.view(torch.int32), k // 2) if layout == "half2" else (x, k)
-                call = lambda: kernel[(triton.cdiv(n, bn), 1)](xs, packed, s16, y, n, k, stride, n,  # noqa: E731
-                                                               GROUP=group, **blocks, num_warps=nw, num_stages=ns)
+                if layout == "half2":  # activations read as int32 pairs; no residual, no norm
+                    blocks.update(ASM=_HALF2_DOT, GLU=False, NORM=False, RESIDUAL=False, PDL=False)
+
+                def call():
+                    w_copy, s_copy = copies[next(turn) % len(copies)]
+                    if layout == "half2":
+                        call_args = (x.view(torch.int32), x, w_copy, s_copy, y, y, n, k, k // 2, n, 0.0)
+                    else:
+                        call_args = (x, w_copy, s_copy, y, n, k, k, n)
+                    kernel[(triton.cdiv(n, bn), 1)](*call_args, GROUP=group, **blocks, num_warps=nw, num_stages=ns)
                 try:
                     call()
                     err = float((y.float() - ref).norm() / ref.norm())
-                    ms = graph_ms(call)
+                    ms = graph_ms(call, calls=max(20, len(copies)))
                 except Exception as e:  # noqa: BLE001
                     print(name, layout, (bn, bg, nw, ns), "failed", str(e)[:80])
                     continue

@@ -13,9 +13,13 @@ one-token step would give (exactly so in float32: tl.dot runs in IEEE float32 th
 """
 import torch
 
+from . import launch
+
 try:
     import triton
     import triton.language as tl
+
+    from .launch import let_next_kernel_launch, wait_for_inputs
 except ImportError:  # CPU-only installs
     triton = None
 
@@ -35,9 +39,11 @@ if triton is not None:
     @triton.jit
     def _rope_and_store_kernel(
         qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, max_seq_len,
-        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, ROPE: tl.constexpr,
+        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, ROPE: tl.constexpr, PDL: tl.constexpr,
     ):
         # One program per (token, head slot); slots are the q heads, then k heads, then v heads, as in W_pack.
+        let_next_kernel_launch(PDL)
+        wait_for_inputs(PDL)
         t = tl.program_id(0)
         slot = tl.program_id(1)
         HALF: tl.constexpr = HEAD_DIM // 2
@@ -71,8 +77,10 @@ if triton is not None:
         q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, slopes_ptr, o_ptr, m_ptr, l_ptr,
         T, max_seq_len, num_blocks, sm_scale,
         HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr,
-        BLOCK_KV: tl.constexpr, ALIBI: tl.constexpr, IEEE: tl.constexpr,
+        BLOCK_KV: tl.constexpr, ALIBI: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
     ):
+        let_next_kernel_launch(PDL)
+        wait_for_inputs(PDL)
         h = tl.program_id(0)
         block = tl.program_id(1)
         live_len = tl.load(pos_ptr + T - 1) + 1
@@ -112,8 +120,11 @@ if triton is not None:
     def _merge_blocks_kernel(
         o_ptr, m_ptr, l_ptr, pos_ptr, y_ptr, T, num_blocks,
         HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_B: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         # Block 0 always holds a visible key (position 0), so the running max is finite from the first chunk.
+        let_next_kernel_launch(PDL)
+        wait_for_inputs(PDL)
         h = tl.program_id(0)
         t = tl.program_id(1)
         live_blocks = (tl.load(pos_ptr + T - 1) + BLOCK_KV) // BLOCK_KV
@@ -147,6 +158,7 @@ def rope_and_store(qkv, input_pos, rope, k_cache, v_cache, num_heads: int, num_k
     _rope_and_store_kernel[(T, num_heads + 2 * num_kv_heads)](
         qkv, input_pos, cos, sin, q, k_cache, v_cache, max_seq_len,
         HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, ROPE=rope is not None,
+        PDL=launch.enabled, launch_pdl=launch.enabled,
     )
     return q
 
@@ -164,11 +176,12 @@ def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None
         q, k_cache, v_cache, input_pos, alibi_slopes if alibi_slopes is not None else m, o, m, l,
         T, max_seq_len, num_blocks, head_dim ** -0.5,
         HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_T=MAX_TOKENS, BLOCK_KV=BLOCK_KV,
-        ALIBI=alibi_slopes is not None, IEEE=q.dtype == torch.float32,
+        ALIBI=alibi_slopes is not None, IEEE=q.dtype == torch.float32, PDL=launch.enabled, launch_pdl=launch.enabled,
     )
     y = torch.empty(T, num_heads * head_dim, dtype=q.dtype, device=q.device)
     _merge_blocks_kernel[(num_heads, T)](
         o, m, l, input_pos, y, T, num_blocks,
-        HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_KV=BLOCK_KV, BLOCK_B=32,
+        HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_KV=BLOCK_KV, BLOCK_B=32, PDL=launch.enabled,
+        launch_pdl=launch.enabled,
     )
     return y

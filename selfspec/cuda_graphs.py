@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import launch
 from .model import fuse_pointwise_ops
 
 
@@ -87,10 +88,12 @@ class GraphedModel:
         return _Graph(graph, static_tokens, static_pos, output)
 
 
-def graph_models(model, draft=None, bucket: int = 256):
+def graph_models(model, draft=None, bucket: int = 256, pdl: bool = True):
     """Wrap the target (and draft) for CUDA-graph replay, sharing one memory pool; the pointwise ops
-    are compiled into fused kernels first."""
+    are compiled into fused kernels first, and this package's Triton kernels use programmatic dependent
+    launch where the GPU has it (`pdl`; launch.py)."""
     fuse_pointwise_ops()
+    launch.enable(next(model.buffers()).device, pdl)
     pool = torch.cuda.graph_pool_handle()
     graphed = GraphedModel(model, bucket, pool=pool)
     return graphed, (GraphedModel(draft, bucket, pool=pool) if draft is not None else None)

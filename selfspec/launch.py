@@ -1,0 +1,40 @@
+"""Programmatic dependent launch (PDL) for this package's Triton kernels, on Hopper and later GPUs.
+
+A decode step is a chain of short kernels; each normally starts only after the one before it has finished
+and its results are flushed, and spends its first microseconds waiting for memory. With PDL a kernel asks
+the next one to be launched as soon as all of its own programs are running; the next kernel's programs
+then wait on the device (`griddepcontrol.wait`) until the results they read are complete. Kernels that
+are not launched this way (cuBLAS, torch's) keep the ordinary stream order, so the chain stays correct
+whatever sits between two of ours. Off by default; `enable` switches it on where the GPU has it.
+"""
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs
+    triton = None
+
+enabled = False
+
+
+def enable(device: torch.device, on: bool = True) -> bool:
+    """Use PDL for the kernels launched from now on (and graphs captured from now on) if `device` has it."""
+    global enabled
+    enabled = on and triton is not None and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+    return enabled
+
+
+if triton is not None:
+
+    @triton.jit
+    def wait_for_inputs(PDL: tl.constexpr):
+        """Before a kernel launched with `launch_pdl=PDL` reads what the kernel before it wrote."""
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+
+    @triton.jit
+    def let_next_kernel_launch(PDL: tl.constexpr):
+        """Once every program of this kernel has passed here, the next kernel may start launching."""
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
