@@ -195,15 +195,13 @@ def main():
             found = []
             for bn, bg, nw, ns in sweeps[layout]:
                 blocks = {"BLOCK_N": bn, ("BLOCK_B" if layout == "mma" else "BLOCK_G"): bg}
-                if layout == "half2":  # activations read as int32 pairs; no residual, no norm
-                    blocks.update(ASM=_HALF2_DOT, GLU=False, NORM=False, RESIDUAL=False, PDL=False)
+                if layout == "half2":  # activations read as int32 pairs
+                    blocks.update(ASM=_HALF2_DOT, GLU=False, PDL=False)
 
                 def call():
                     w_copy, s_copy = copies[next(turn) % len(copies)]
-                    if layout == "half2":
-                        call_args = (x.view(torch.int32), x, w_copy, s_copy, y, y, n, k, k // 2, n, 0.0)
-                    else:
-                        call_args = (x, w_copy, s_copy, y, n, k, k, n)
+                    xs, stride = (x.view(torch.int32), k // 2) if layout == "half2" else (x, k)
+                    call_args = (xs, w_copy, s_copy, y, n, k, stride, n)
                     kernel[(triton.cdiv(n, bn), 1)](*call_args, GROUP=group, **blocks, num_warps=nw, num_stages=ns)
                 try:
                     call()

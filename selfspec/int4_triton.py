@@ -116,15 +116,12 @@ if triton is not None:
 
     @triton.jit
     def _int4_half2_gemv_kernel(
-        x_ptr, xh_ptr, w_ptr, s_ptr, y_ptr, r_ptr, N, K, stride_xm, stride_ym, eps,
+        x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stride_ym,
         ASM: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, GLU: tl.constexpr,
-        NORM: tl.constexpr, RESIDUAL: tl.constexpr, PDL: tl.constexpr,
+        PDL: tl.constexpr,
     ):
-        # x_ptr: fp16 activations read as int32 pairs [M, K/2] (xh_ptr: the same as fp16); w_ptr: int32
-        # words [N, K/8] (quantize.pack_half2_words); [BLOCK_N rows, BLOCK_G groups, GROUP/8 words] per
-        # iteration. NORM: y *= rsqrt(mean(x^2) + eps), the RMS norm whose weight is folded into w: every
-        # program streams all of x anyway; the squares are summed over a 1-D tile spread over all threads
-        # (on the dot's tile each x would be squared once per thread that holds it). RESIDUAL: y += r.
+        # x_ptr: fp16 activations read as int32 pairs [M, K/2]; w_ptr: int32 words [N, K/8]
+        # (quantize.pack_half2_words); [BLOCK_N rows, BLOCK_G groups, GROUP/8 words] per iteration.
         WORDS: tl.constexpr = GROUP // 8
         m = tl.program_id(1)
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -133,10 +130,8 @@ if triton is not None:
         g = tl.arange(0, BLOCK_G)
         i = tl.arange(0, WORDS)
         tile: tl.constexpr = (BLOCK_N, BLOCK_G, WORDS)
-        SPAN: tl.constexpr = BLOCK_G * GROUP
         wait_for_inputs(PDL)
         acc = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)
-        squares = tl.zeros((SPAN,), dtype=tl.float32)
         for g0 in range(0, n_groups, BLOCK_G):
             groups = g0 + g
             g_ok = groups < n_groups
@@ -144,33 +139,22 @@ if triton is not None:
             words = tl.load(w_ptr + rows[:, None, None] * (K // 8) + groups[None, :, None] * WORDS + i[None, None, :],
                             mask=ok[:, :, None], other=0)
             pairs = x_ptr + m * stride_xm + (groups[:, None] * WORDS + i[None, :]) * 4  # 4 pairs per word
-            x0 = tl.load(pairs, mask=g_ok[:, None], other=0)
-            x1 = tl.load(pairs + 1, mask=g_ok[:, None], other=0)
-            x2 = tl.load(pairs + 2, mask=g_ok[:, None], other=0)
-            x3 = tl.load(pairs + 3, mask=g_ok[:, None], other=0)
-            if NORM:
-                cols = g0 * GROUP + tl.arange(0, SPAN)
-                xs = tl.load(xh_ptr + m * stride_xm * 2 + cols, mask=cols < K, other=0.0).to(tl.float32)
-                squares += xs * xs
-            dots = tl.inline_asm_elementwise(
-                ASM, "=r,r,r,r,r,r",
-                [words] + [tl.broadcast_to(x[None, :, :], tile) for x in (x0, x1, x2, x3)],
-                dtype=tl.float32, is_pure=True, pack=1,
-            )
+            x0 = tl.broadcast_to(tl.load(pairs, mask=g_ok[:, None], other=0)[None, :, :], tile)
+            x1 = tl.broadcast_to(tl.load(pairs + 1, mask=g_ok[:, None], other=0)[None, :, :], tile)
+            x2 = tl.broadcast_to(tl.load(pairs + 2, mask=g_ok[:, None], other=0)[None, :, :], tile)
+            x3 = tl.broadcast_to(tl.load(pairs + 3, mask=g_ok[:, None], other=0)[None, :, :], tile)
+            dots = tl.inline_asm_elementwise(ASM, "=r,r,r,r,r,r", [words, x0, x1, x2, x3], dtype=tl.float32,
+                                             is_pure=True, pack=1)
             scale = tl.load(s_ptr + rows[:, None] * n_groups + groups[None, :], mask=ok, other=0.0).to(tl.float32)
             acc += tl.sum(dots, axis=2) * scale
         let_next_kernel_launch(PDL)
         y = tl.sum(acc, axis=1) * 16.0
-        if NORM:
-            y *= tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
         if GLU:  # rows interleave gate and up: write silu(gate) * up, half as many outputs
             gate, up = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
             out_rows = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
             out = gate / (1.0 + tl.exp(-gate)) * up
             tl.store(y_ptr + m * stride_ym + out_rows, out.to(y_ptr.dtype.element_ty), mask=out_rows < N // 2)
         else:
-            if RESIDUAL:
-                y += tl.load(r_ptr + m * stride_ym + rows, mask=row_ok, other=0.0).to(tl.float32)
             tl.store(y_ptr + m * stride_ym + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
     # The best of a sweep on an H100 (scripts/int4_kernel_lab.py: BLOCK_N 4-16, BLOCK_G 2-16, 1-8 warps).
@@ -179,33 +163,24 @@ if triton is not None:
             triton.Config({"BLOCK_N": bn, "BLOCK_G": bg}, num_warps=w, num_stages=2)
             for bn, bg, w in [(8, 8, 4), (8, 16, 8), (16, 8, 1), (16, 8, 4), (16, 16, 8)]
         ],
-        key=["N", "K", "GLU", "NORM"],
+        key=["N", "K", "GLU"],
     )(_int4_half2_gemv_kernel)
 
+
 def int4_matmul_half2(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group_size: int,
-                      glu: bool = False, norm_eps: float | None = None, residual: torch.Tensor | None = None,
-                      ) -> torch.Tensor:
+                      glu: bool = False) -> torch.Tensor:
     """x [..., K] (float16) times the INT4 weight as int32 words [N, K/8] (quantize.pack_half2_words), scales
     [N, K/group] float16. With `glu` the rows interleave gate and up and the result is silu(gate) * up,
-    [..., N/2]. With `norm_eps` the result is scaled by rsqrt(mean(x^2) + eps) (an RMS norm of x whose
-    weight was folded into the matrix); `residual` [..., N] is added to the result. NVIDIA GPUs only
-    (inline PTX)."""
+    [..., N/2]. NVIDIA GPUs only (inline PTX)."""
     if x.dtype != torch.float16:
         raise TypeError(f"int4_matmul_half2 takes float16 activations, got {x.dtype}")
     n, k = words.shape[0], words.shape[1] * 8
     n_out = n // 2 if glu else n
-    flat = x.reshape(-1, k).contiguous()
-    pairs = flat.view(torch.int32)
+    pairs = x.reshape(-1, k).contiguous().view(torch.int32)
     y = torch.empty(pairs.shape[0], n_out, dtype=x.dtype, device=x.device)
-    if residual is not None:
-        if glu or residual.shape != (*x.shape[:-1], n):
-            raise ValueError("residual must have the output's shape (and glu none)")
-        residual = residual.reshape(-1, n).contiguous()
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), pairs.shape[0])  # noqa: E731
-    _int4_half2_gemv_tuned[grid](pairs, flat, words, scales, y, y if residual is None else residual, n, k,
-                                 pairs.stride(0), y.stride(0), 0.0 if norm_eps is None else norm_eps,
-                                 ASM=_HALF2_DOT, GROUP=group_size, GLU=glu, NORM=norm_eps is not None,
-                                 RESIDUAL=residual is not None, PDL=launch.enabled, launch_pdl=launch.enabled)
+    _int4_half2_gemv_tuned[grid](pairs, words, scales, y, n, k, pairs.stride(0), y.stride(0), ASM=_HALF2_DOT,
+                                 GROUP=group_size, GLU=glu, PDL=launch.enabled, launch_pdl=launch.enabled)
     return y.view(*x.shape[:-1], n_out)
 
 

@@ -134,19 +134,15 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(self, x, input_pos, inputs: AttentionInputs):
-        return self.o_proj(self.attend(self.W_pack(x), input_pos, inputs))
-
-    def attend(self, qkv, input_pos, inputs: AttentionInputs):
-        """Position encoding, cache update and attention for the packed projections qkv [1, T, q+k+v];
-        returns [1, T, heads * head_dim], the input of o_proj."""
-        T = qkv.shape[1]
+        T = x.shape[1]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        qkv = self.W_pack(x)
         if inputs.kernel:
             cache = self.kv_cache
             q = attention_triton.rope_and_store(qkv.view(T, -1), input_pos, inputs.rope, cache.k, cache.v,
                                                 self.num_heads, self.num_kv_heads)
             y = attention_triton.decode_attention(q, cache.k, cache.v, input_pos, inputs.end, inputs.alibi_slopes)
-            return y.view(1, T, q_size)
+            return self.o_proj(y.view(1, T, q_size))
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(1, T, self.num_heads, self.head_dim).transpose(1, 2)
         k = k.view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -157,7 +153,7 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=inputs.mask, is_causal=inputs.causal, enable_gqa=self.num_kv_heads != self.num_heads
         )
-        return y.transpose(1, 2).reshape(1, T, q_size)
+        return self.o_proj(y.transpose(1, 2).reshape(1, T, q_size))
 
 
 class DecoderLayer(nn.Module):
@@ -242,7 +238,7 @@ class Baichuan2(nn.Module):
         fixed-length buckets), so the mask, not the slice, is what keeps queries causal."""
         key_pos = torch.arange(end, device=input_pos.device)
         offset = key_pos[None, :] - input_pos[:, None]  # [T, end], j - i
-        dtype = self.model.embed_tokens.weight.dtype
+        dtype = self.model.norm.weight.dtype
         if self.args.position_encoding == "rope":
             # Additive, built once per forward: a boolean mask is converted again in every layer.
             return torch.zeros(offset.shape, dtype=dtype, device=offset.device).masked_fill(offset > 0, float("-inf"))
@@ -278,6 +274,4 @@ class Baichuan2(nn.Module):
         delta = None
         for layer in self.model.layers:
             x, delta = layer(x, delta, input_pos, inputs)
-        if delta is None:  # the INT4 draft's layers add their residuals themselves (quantize.Int4DecoderLayer)
-            return self.model.norm(x)
         return add_rms_norm(x, delta, self.model.norm.weight, self.model.norm.eps)[1]

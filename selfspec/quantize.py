@@ -1,10 +1,8 @@
 """INT4 weight-only draft: symmetric group-wise quantization of the target's own linear layers.
 
 The draft is not a second checkpoint. `make_draft` builds a model object that shares the target's
-embeddings, position tables and KV cache, and replaces each nn.Linear (lm_head included) by an
-Int4Linear. Each RMS norm's weight is folded into the columns of the matrix that follows it, so the norm
-itself becomes a scalar per token that the matmul applies (Int4Linear's `norm`). No second 16-bit copy
-of any weight is kept.
+embeddings, norms, position tables and KV cache, and replaces each nn.Linear (lm_head included) by an
+Int4Linear. No second 16-bit copy of any weight is kept.
 """
 import copy
 
@@ -13,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import int4_triton
-from .model import MLP, Baichuan2, DecoderLayer, RMSNorm
+from .model import MLP, Baichuan2
 
 # Clipping ratios tried per group: the scale that minimises the group's squared error wins.
 # Calibration-free; it recovers much of the accuracy that plain absmax scaling loses to outliers.
@@ -21,20 +19,15 @@ CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
 CPU_INT4_GROUP_SIZES = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
 
 
-def quantize_int4(weight: torch.Tensor, group_size: int, clip_ratios=CLIP_RATIOS, rows_per_chunk: int = 1024,
-                  column_scale: torch.Tensor | None = None):
-    """Symmetric group-wise INT4 of weight * column_scale (if given, [K]). Returns (q int8 [N, K] in [-8, 7],
-    scales float32 [N, K // group_size])."""
+def quantize_int4(weight: torch.Tensor, group_size: int, clip_ratios=CLIP_RATIOS, rows_per_chunk: int = 1024):
+    """Symmetric group-wise INT4. Returns (q int8 [N, K] in [-8, 7], scales float32 [N, K // group_size])."""
     n, k = weight.shape
     if k % group_size:
         raise ValueError(f"in_features {k} is not a multiple of group_size {group_size}")
     q_out = torch.empty(n, k, dtype=torch.int8, device=weight.device)
     s_out = torch.empty(n, k // group_size, dtype=torch.float32, device=weight.device)
     for start in range(0, n, rows_per_chunk):  # chunks bound the float32 working memory
-        w = weight[start : start + rows_per_chunk].float()
-        if column_scale is not None:
-            w = w * column_scale.float()
-        w = w.view(-1, k // group_size, group_size)
+        w = weight[start : start + rows_per_chunk].float().view(-1, k // group_size, group_size)
         absmax = w.abs().amax(-1, keepdim=True).clamp(min=1e-8)
         best_err = best_scale = None
         for ratio in clip_ratios:
@@ -102,23 +95,18 @@ def choose_group_size(in_features: int, group_size: int) -> int:
 class Int4Linear(nn.Module):
     """y = x @ (q * scale)^T for symmetric group-wise INT4 weights, through the fastest kernel here.
 
-    With `norm` (the RMSNorm before this layer) the layer computes norm(x) @ W^T: the norm's weight is
-    folded into W's columns before quantizing, its 1/rms(x) applied to the output. `forward(x, residual)`
-    adds a residual to the output. On NVIDIA GPUs with float16 activations a Triton GEMV in f16x2 arithmetic
-    does all of it in one kernel; elsewhere on CUDA/XPU a portable Triton GEMV (int4_triton.py), on CPU
-    torch's int4 kernel (bf16 activations: callers in other dtypes are cast, fine for a draft whose output is
-    only a proposal), else a dequantize-then-matmul fallback that is always correct.
+    Kernels: on NVIDIA GPUs with float16 activations a Triton GEMV in f16x2 arithmetic, elsewhere on
+    CUDA/XPU a portable Triton GEMV (int4_triton.py); on CPU torch's int4 kernel (bf16 activations:
+    callers in other dtypes are cast, fine for a draft whose output is only a proposal); else a
+    dequantize-then-matmul fallback that is always correct.
     """
 
-    def __init__(self, weight: torch.Tensor, group_size: int, clip_ratios=CLIP_RATIOS, glu: bool = False,
-                 norm: RMSNorm | None = None):
+    def __init__(self, weight: torch.Tensor, group_size: int, clip_ratios=CLIP_RATIOS, glu: bool = False):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.glu = glu  # rows interleave gate and up (g0, u0, g1, u1, ...): the output is silu(gate) * up
-        self.norm_eps = None if norm is None else norm.eps
         self.group_size = choose_group_size(self.in_features, group_size)
-        q, scales = quantize_int4(weight.detach(), self.group_size, clip_ratios,
-                                  column_scale=None if norm is None else norm.weight.detach())
+        q, scales = quantize_int4(weight, self.group_size, clip_ratios)
         self.kernel = self.pick_kernel(weight.device, weight.dtype)
         if self.kernel == "cpu_int4pack":
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu((q.to(torch.int32) + 8), 1)
@@ -144,13 +132,9 @@ class Int4Linear(nn.Module):
             return "cpu_int4pack"
         return "dequantize"
 
-    def forward(self, x, residual=None):
-        if self.kernel == "triton_half2":  # applies the norm, silu(gate) * up and the residual itself
-            return int4_triton.int4_matmul_half2(x, self.packed, self.scales, self.group_size, glu=self.glu,
-                                                 norm_eps=self.norm_eps, residual=residual)
-        if self.norm_eps is not None:  # the norm's weight is in the matrix already
-            x32 = x.float()
-            x = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.norm_eps)).to(x.dtype)
+    def forward(self, x):
+        if self.kernel == "triton_half2":  # applies silu(gate) * up itself
+            return int4_triton.int4_matmul_half2(x, self.packed, self.scales, self.group_size, glu=self.glu)
         if self.kernel == "cpu_int4pack":
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size, self.scales)
@@ -159,79 +143,53 @@ class Int4Linear(nn.Module):
             y = int4_triton.int4_matmul(x, self.packed, self.scales, self.group_size)
         else:
             y = F.linear(x, dequantize_int4(unpack_nibbles(self.packed, self.group_size), self.scales, x.dtype))
-        if self.glu:
-            y = F.silu(y[..., 0::2]) * y[..., 1::2]
-        return y if residual is None else residual + y
+        return F.silu(y[..., 0::2]) * y[..., 1::2] if self.glu else y
 
     def extra_repr(self):
         return (f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}, kernel={self.kernel}"
-                + (", glu" if self.glu else "") + (", norm" if self.norm_eps is not None else ""))
+                + (", glu" if self.glu else ""))
 
 
 class Int4MLP(nn.Module):
-    """The draft's MLP with the norm before it: gate and up as one INT4 matrix, rows interleaved, whose
-    matmul also applies the norm and silu(gate) * up, then down, which adds the residual. Two kernels on
-    NVIDIA GPUs. Each row is quantized as a separate gate or up layer would be."""
+    """The draft's MLP: gate and up as one INT4 matrix, rows interleaved, whose matmul also applies
+    silu(gate) * up (one kernel instead of three on NVIDIA GPUs), then down. Each row is quantized as the
+    separate layers would be."""
 
-    def __init__(self, mlp: MLP, norm: RMSNorm, group_size: int, clip_ratios=CLIP_RATIOS):
+    def __init__(self, mlp: MLP, group_size: int, clip_ratios=CLIP_RATIOS):
         super().__init__()
-        gate_up = torch.stack((mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()), dim=1).flatten(0, 1)
-        self.gate_up_proj = Int4Linear(gate_up, group_size, clip_ratios, glu=True, norm=norm)
-        self.down_proj = Int4Linear(mlp.down_proj.weight, group_size, clip_ratios)
+        gate, up = mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()
+        self.gate_up_proj = Int4Linear(torch.stack((gate, up), dim=1).flatten(0, 1), group_size, clip_ratios, glu=True)
+        self.down_proj = Int4Linear(mlp.down_proj.weight.detach(), group_size, clip_ratios)
 
-    def forward(self, x, residual=None):
-        return self.down_proj(self.gate_up_proj(x), residual)
-
-
-def _with_children(module: nn.Module, children: dict) -> nn.Module:
-    """A shallow copy of `module` (its own parameters and buffers are the same tensors) with new children."""
-    clone = copy.copy(module)
-    clone._parameters = dict(module._parameters)
-    clone._buffers = dict(module._buffers)
-    clone._modules = children
-    return clone
-
-
-class Int4DecoderLayer(nn.Module):
-    """The draft's decoder layer: the same computation as model.DecoderLayer with each RMS norm inside the
-    INT4 matmul after it and each residual add inside the one before it. On NVIDIA GPUs that is four INT4
-    kernels per layer besides the attention's, where the FP16 layer also has two add+norm kernels."""
-
-    def __init__(self, layer: DecoderLayer, group_size: int, clip_ratios=CLIP_RATIOS):
-        super().__init__()
-        attn = layer.self_attn
-        self.self_attn = _with_children(attn, {
-            **attn._modules,  # the KV cache: the target's
-            "W_pack": Int4Linear(attn.W_pack.weight, group_size, clip_ratios, norm=layer.input_layernorm),
-            "o_proj": Int4Linear(attn.o_proj.weight, group_size, clip_ratios),
-        })
-        self.mlp = Int4MLP(layer.mlp, layer.post_attention_layernorm, group_size, clip_ratios)
-
-    def forward(self, x, delta, input_pos, inputs):
-        """Like DecoderLayer.forward; the residual stream comes back complete (delta None)."""
-        assert delta is None
-        attn = self.self_attn
-        x = attn.o_proj(attn.attend(attn.W_pack(x), input_pos, inputs), residual=x)
-        return self.mlp(x, residual=x), None
+    def forward(self, x):
+        return self.down_proj(self.gate_up_proj(x))
 
 
 def make_draft(target: Baichuan2, group_size: int = 64, quantize_lm_head: bool = True,
                clip_ratios=CLIP_RATIOS) -> Baichuan2:
-    """A draft model over the target's own weights: every decoder layer becomes an Int4DecoderLayer and the
-    lm_head an Int4Linear with the final norm folded in; the embeddings, KV cache and RoPE/ALiBi tables are
-    the same tensor objects as the target's.
+    """A draft model over the target's own weights: every nn.Linear becomes an Int4Linear (gate and up one
+    fused Int4MLP matrix), everything else (embeddings, norms, KV cache, RoPE/ALiBi tables) is the same
+    tensor object as the target's.
 
     Call after `target.setup_caches()`: the draft shares the cache that exists at that moment.
     """
-    decoder = target.model
-    layers = nn.ModuleList(Int4DecoderLayer(layer, group_size, clip_ratios) for layer in decoder.layers)
-    if quantize_lm_head:
-        lm_head = Int4Linear(target.lm_head.weight, group_size, clip_ratios, norm=decoder.norm)
-        final_norm = nn.Identity()
-    else:
-        lm_head, final_norm = target.lm_head, decoder.norm
-    draft_decoder = _with_children(decoder, {**decoder._modules, "layers": layers, "norm": final_norm})
-    return _with_children(target, {**target._modules, "model": draft_decoder, "lm_head": lm_head})
+
+    def convert(module: nn.Module, name: str) -> nn.Module:
+        if isinstance(module, MLP):
+            return Int4MLP(module, group_size, clip_ratios)
+        if isinstance(module, nn.Linear):
+            if name == "lm_head" and not quantize_lm_head:
+                return module
+            return Int4Linear(module.weight.detach(), group_size, clip_ratios)
+        if not module._modules:  # leaf (norm, embedding, KV cache): shared, not copied
+            return module
+        clone = copy.copy(module)  # shallow: parameters and buffers are the target's tensors
+        clone._parameters = dict(module._parameters)
+        clone._buffers = dict(module._buffers)
+        clone._modules = {child: convert(sub, child) for child, sub in module._modules.items()}
+        return clone
+
+    return convert(target, "")
 
 
 def weight_bytes(module: nn.Module, int4_only: bool = False) -> int:

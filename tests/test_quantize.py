@@ -1,5 +1,3 @@
-import copy
-
 import pytest
 import torch
 
@@ -7,7 +5,6 @@ from selfspec.quantize import (
     Int4Linear, Int4MLP, dequantize_int4, make_draft, pack_half2_words, pack_nibbles, quantize_int4, unpack_half2_words,
     unpack_nibbles, weight_bytes,
 )
-from selfspec.model import AttentionInputs, RMSNorm, rms_norm
 from utils import random_model
 
 
@@ -66,85 +63,32 @@ def test_int4_linear_matches_dequantized_matmul(shape, group_size, kernel):
     assert (actual - expected).norm() / expected.norm() < 1e-2
 
 
-@pytest.mark.parametrize("shape,group_size,kernel", [((64, 256), 64, "cpu_int4pack"), ((40, 80), 64, "dequantize")])
-def test_int4_linear_applies_a_folded_norm_and_a_residual(shape, group_size, kernel):
-    # norm(x) @ W^T + r with the norm's weight in W's columns: the same as quantizing W * weight and
-    # multiplying by the weightless norm of x.
-    w = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
-    norm = RMSNorm(shape[1], 1e-6)
-    norm.weight.data = 1 + 0.5 * torch.randn(shape[1], generator=torch.Generator().manual_seed(5))
-    layer = Int4Linear(w, group_size, norm=norm)
-    assert layer.kernel == kernel
-    x = torch.randn(3, 5, shape[1], generator=torch.Generator().manual_seed(3)) * 7
-    r = torch.randn(3, 5, shape[0], generator=torch.Generator().manual_seed(4))
-    q, scales = quantize_int4(w * norm.weight, layer.group_size)
-    expected = r + rms_norm(x, torch.ones(shape[1]), 1e-6) @ dequantize_int4(q, scales).T
-    actual = layer(x, r)
-    assert (actual - expected).norm() / expected.norm() < 1e-2
-    # and close to the unfolded layer after the norm: folding moves only the quantization grid
-    unfolded = r + rms_norm(x, norm.weight, 1e-6) @ w.T
-    assert (actual - unfolded).norm() / unfolded.norm() < 0.15
-
-
 @pytest.mark.parametrize("shape", [(64, 256), (40, 80)])  # CPU int4 kernel, dequantize fallback
 def test_draft_mlp_fuses_gate_and_up_without_changing_their_quantization(shape):
     hidden, intermediate = shape[1], shape[0]
     model = random_model("rope", num_heads=hidden // 16, intermediate_size=intermediate)
-    mlp, norm = model.model.layers[0].mlp, model.model.layers[0].post_attention_layernorm
-    fused = Int4MLP(mlp, norm, 32)
+    mlp = model.model.layers[0].mlp
+    fused = Int4MLP(mlp, 32)
     assert fused.gate_up_proj.glu and fused.gate_up_proj.out_features == 2 * intermediate
-    gate, up = (Int4Linear(lin.weight, 32, norm=norm) for lin in (mlp.gate_proj, mlp.up_proj))
-    down = Int4Linear(mlp.down_proj.weight, 32)
+    gate, up, down = (Int4Linear(lin.weight, 32) for lin in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
     x = torch.randn(2, 3, hidden, generator=torch.Generator().manual_seed(4))
-    expected = x + down(torch.nn.functional.silu(gate(x)) * up(x))
-    torch.testing.assert_close(fused(x, residual=x), expected, atol=1e-5, rtol=1e-5)
+    expected = down(torch.nn.functional.silu(gate(x)) * up(x))
+    torch.testing.assert_close(fused(x), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_draft_shares_everything_but_the_linear_layers():
     model = random_model("rope", num_heads=4)
     draft = make_draft(model, group_size=32)
     assert draft.model.embed_tokens.weight is model.model.embed_tokens.weight
+    assert draft.model.norm.weight is model.model.norm.weight
     assert draft.rope_cos is model.rope_cos
     for t, d in zip(model.model.layers, draft.model.layers):
         assert d.self_attn.kv_cache is t.self_attn.kv_cache
+        assert d.input_layernorm is t.input_layernorm
         assert isinstance(d.self_attn.W_pack, Int4Linear) and isinstance(d.mlp, Int4MLP)
-        assert d.self_attn.W_pack.norm_eps == t.input_layernorm.eps and d.self_attn.o_proj.norm_eps is None
-    assert isinstance(draft.lm_head, Int4Linear) and draft.lm_head.norm_eps == model.model.norm.eps
-    assert isinstance(draft.model.norm, torch.nn.Identity)  # folded into the lm_head
+    assert isinstance(draft.lm_head, Int4Linear)
     assert isinstance(model.lm_head, torch.nn.Linear) and isinstance(model.model.layers[0].mlp.up_proj, torch.nn.Linear)
     assert not any(isinstance(m, Int4Linear) for m in model.modules())
-    unquantized_head = make_draft(model, group_size=32, quantize_lm_head=False)
-    assert unquantized_head.lm_head is model.lm_head and unquantized_head.model.norm is model.model.norm
-
-
-def test_draft_layer_computes_the_target_layer_on_folded_int4_weights():
-    # The draft's layer in float32 through the always-correct dequantize path equals the target's layer
-    # run with the dequantized folded weights.
-    model = random_model("rope", num_heads=5, head_dim=16, intermediate_size=72)  # 80 columns: dequantize path
-    draft = make_draft(model, group_size=16)
-    layer, draft_layer = model.model.layers[0], draft.model.layers[0]
-    assert draft_layer.self_attn.W_pack.kernel == "dequantize"
-
-    def dequantized(int4: Int4Linear):
-        w = dequantize_int4(unpack_nibbles(int4.packed, int4.group_size), int4.scales)
-        return w[:, None] if int4.glu else w  # glu rows: gate, up, gate, up, ...
-
-    reference = copy.deepcopy(layer)
-    reference.self_attn.kv_cache = layer.self_attn.kv_cache
-    reference.input_layernorm.weight.data.fill_(1.0)
-    reference.post_attention_layernorm.weight.data.fill_(1.0)
-    reference.self_attn.W_pack.weight.data = dequantized(draft_layer.self_attn.W_pack)
-    reference.self_attn.o_proj.weight.data = dequantized(draft_layer.self_attn.o_proj)
-    gate_up = dequantized(draft_layer.mlp.gate_up_proj)[:, 0]
-    reference.mlp.gate_proj.weight.data, reference.mlp.up_proj.weight.data = gate_up[0::2], gate_up[1::2]
-    reference.mlp.down_proj.weight.data = dequantized(draft_layer.mlp.down_proj)
-    x = torch.randn(1, 6, 80, generator=torch.Generator().manual_seed(6))
-    pos = torch.arange(6)
-    inputs = AttentionInputs(6, causal=True, rope=(model.rope_cos[pos], model.rope_sin[pos]))
-    h, mlp_out = reference(x, None, pos, inputs)
-    actual, delta = draft_layer(x, None, pos, inputs)
-    assert delta is None
-    torch.testing.assert_close(actual, h + mlp_out, atol=1e-5, rtol=1e-5)
 
 
 def test_draft_quantizes_with_the_given_clip_ratios():
@@ -166,7 +110,7 @@ def test_draft_memory_is_under_three_tenths_of_the_fp16_linear_weights(group_siz
     int4_bytes = weight_bytes(draft, int4_only=True)
     assert int4_bytes <= 0.3 * fp16_linear_bytes
     assert int4_bytes >= 0.25 * fp16_linear_bytes  # 4 bits per weight plus scales: the count is honest
-    assert weight_bytes(draft) == weight_bytes(model.model.embed_tokens)  # no float copy of a linear or norm
+    assert weight_bytes(draft) == weight_bytes(model) - fp16_linear_bytes * 2  # no float copy of a linear left
 
 
 def test_draft_predicts_like_the_target():
