@@ -134,19 +134,21 @@ class TextStreamer:
         self.context_start = 0  # first id of the decode window
         self.printed_end = 0  # ids[:printed_end] are printed
 
+    def _unprinted_text(self) -> str:
+        context = self.tokenizer.decode(self.ids[self.context_start : self.printed_end])
+        return self.tokenizer.decode(self.ids[self.context_start :])[len(context) :]
+
     def put(self, token_ids: list[int]):
         self.ids.extend(token_ids)
-        context = self.tokenizer.decode(self.ids[self.context_start : self.printed_end])
-        text = self.tokenizer.decode(self.ids[self.context_start :])
-        if text.endswith("\ufffd") or len(text) <= len(context):
+        text = self._unprinted_text()
+        if not text or text.endswith("\ufffd"):
             return
-        self.file.write(text[len(context) :])
+        self.file.write(text)
         self.file.flush()
         self.context_start, self.printed_end = self.printed_end, len(self.ids)
 
     def end(self):
-        context = self.tokenizer.decode(self.ids[self.context_start : self.printed_end])
-        self.file.write(self.tokenizer.decode(self.ids[self.context_start :])[len(context) :] + "\n")
+        self.file.write(self._unprinted_text() + "\n")
         self.file.flush()
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import int4_triton
+from . import int4_triton, model
 from .model import MLP, Baichuan2
 
 # Clipping ratios tried per group: the scale that minimises the group's squared error wins.
@@ -143,7 +143,7 @@ class Int4Linear(nn.Module):
             y = int4_triton.int4_matmul(x, self.packed, self.scales, self.group_size)
         else:
             y = F.linear(x, dequantize_int4(unpack_nibbles(self.packed, self.group_size), self.scales, x.dtype))
-        return F.silu(y[..., 0::2]) * y[..., 1::2] if self.glu else y
+        return model.silu_mul(y[..., 0::2], y[..., 1::2]) if self.glu else y
 
     def extra_repr(self):
         return (f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}, kernel={self.kernel}"
