@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import attention_triton
+from . import attention_triton, norm_triton
 
 
 @dataclass
@@ -97,6 +97,13 @@ class RMSNorm(nn.Module):
     def forward(self, x):
         return rms_norm(x, self.weight, self.eps)
 
+    def add(self, x, delta, kernel: bool = False):
+        """(x + delta, this norm of it): a residual add and the norm after it in one kernel; `kernel`
+        (decode-sized passes on CUDA) picks the Triton one, which takes part in PDL."""
+        if kernel:
+            return norm_triton.add_rms_norm(x, delta, self.weight, self.eps)
+        return add_rms_norm(x, delta, self.weight, self.eps)
+
 
 class MLP(nn.Module):
     def __init__(self, args: ModelArgs):
@@ -171,9 +178,9 @@ class DecoderLayer(nn.Module):
         if delta is None:
             normed = self.input_layernorm(x)
         else:
-            x, normed = add_rms_norm(x, delta, self.input_layernorm.weight, self.input_layernorm.eps)
+            x, normed = self.input_layernorm.add(x, delta, inputs.kernel)
         attn = self.self_attn(normed, input_pos, inputs)
-        x, normed = add_rms_norm(x, attn, self.post_attention_layernorm.weight, self.post_attention_layernorm.eps)
+        x, normed = self.post_attention_layernorm.add(x, attn, inputs.kernel)
         return x, self.mlp(normed)
 
 
@@ -274,4 +281,4 @@ class Baichuan2(nn.Module):
         delta = None
         for layer in self.model.layers:
             x, delta = layer(x, delta, input_pos, inputs)
-        return add_rms_norm(x, delta, self.model.norm.weight, self.model.norm.eps)[1]
+        return self.model.norm.add(x, delta, inputs.kernel)[1]
