@@ -60,17 +60,13 @@ if triton is not None:
                 x1 = (a * cos - b * sin).to(x1.dtype)
                 x2 = (b * cos + a * sin).to(x2.dtype)
         if slot < HEADS:
-            out = q_out_ptr + (t * HEADS + slot) * HEAD_DIM + d
-            tl.store(out, x1)
-            tl.store(out + HALF, x2)
+            out = q_out_ptr + (t * HEADS + slot) * HEAD_DIM
         elif slot < HEADS + KV_HEADS:
-            out = k_cache_ptr + ((slot - HEADS) * max_seq_len + pos) * HEAD_DIM + d
-            tl.store(out, x1)
-            tl.store(out + HALF, x2)
+            out = k_cache_ptr + ((slot - HEADS) * max_seq_len + pos) * HEAD_DIM
         else:
-            out = v_cache_ptr + ((slot - HEADS - KV_HEADS) * max_seq_len + pos) * HEAD_DIM + d
-            tl.store(out, x1)
-            tl.store(out + HALF, x2)
+            out = v_cache_ptr + ((slot - HEADS - KV_HEADS) * max_seq_len + pos) * HEAD_DIM
+        tl.store(out + d, x1)
+        tl.store(out + HALF + d, x2)
 
     @triton.jit
     def _attention_blocks_kernel(
