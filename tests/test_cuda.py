@@ -202,3 +202,25 @@ def test_speculative_with_graphs_equals_plain_float32(position_encoding, num_hea
         plain, _ = generate(model, prompt, 80)
         spec, stats = generate(model_g, prompt, 80, draft=draft_g, th_stop_draft=rng.random())
         assert spec == plain and stats.drafted > 0
+
+
+@cuda
+@pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
+def test_speculative_sampling_with_graphs(position_encoding, num_heads):
+    """Sampling through the graphs, on the device: top-k 1 is greedy decoding; a seeded CUDA generator
+    repeats itself; another seed gives another answer."""
+    model = cuda_model(position_encoding, num_heads, max_seq_len=300)
+    draft = make_draft(model, group_size=32)
+    model_g, draft_g = graph_models(model, draft, bucket=64)
+    prompt = [5, 17, 250, 3, 99]
+    plain, _ = generate(model, prompt, 50)
+    sampled, stats = generate(model_g, prompt, 50, draft=draft_g, do_sample=True, temperature=0.7, top_k=1)
+    assert sampled == plain and stats.drafted > 0
+
+    def sample(seed):
+        return generate(model_g, prompt, 50, draft=draft_g, do_sample=True, temperature=1.5, top_p=0.95,
+                        generator=torch.Generator("cuda").manual_seed(seed))
+
+    (first, stats), (again, _), (other, _) = sample(3), sample(3), sample(4)
+    assert first == again and first != other
+    assert stats.drafted > 0 and all(0 <= t < 320 for t in first)
