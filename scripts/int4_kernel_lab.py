@@ -9,7 +9,8 @@ conversions), in use elsewhere, and on NVIDIA before half2. Variants kept for th
 than "bytes" on an H100 (docs/performance.md): "words", int32 words laid out so that each nibble position
 meets one contiguous slice of the activations, nibbles turned into floats by float32 bit tricks;
 "prefetch", "bytes" loading the next tile's weights before this tile's arithmetic (two tiles in flight);
-"mma", tensor cores on x padded to 16 rows.
+"mma", tensor cores on x padded to 16 rows; "half2next", "half2" loading the next tile's words and scales
+before this tile's arithmetic.
 Times are CUDA-graph replays of 20 back-to-back calls (no launch gaps), median of 20 replays. Those calls
 read the same weights, which for the smaller matrices stay in the H100's 50 MB L2 cache; with --cold they
 cycle through copies of the weights (at least 200 MB in all), so that every call reads DRAM as the draft
@@ -143,6 +144,45 @@ def mma_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stride_ym,
              mask=r_ok[:, None] & row_ok[None, :])
 
 
+@triton.jit
+def half2_prefetch_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stride_ym, ASM: tl.constexpr,
+                               GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+                               GLU: tl.constexpr, PDL: tl.constexpr):
+    # The kept f16x2 kernel with the next iteration's words and scales loaded before this one's arithmetic.
+    WORDS: tl.constexpr = GROUP // 8
+    m = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    n_groups = K // GROUP
+    g = tl.arange(0, BLOCK_G)
+    i = tl.arange(0, WORDS)
+    tile: tl.constexpr = (BLOCK_N, BLOCK_G, WORDS)
+    w_base = w_ptr + rows[:, None, None] * (K // 8) + g[None, :, None] * WORDS + i[None, None, :]
+    s_base = s_ptr + rows[:, None] * n_groups + g[None, :]
+    ok = row_ok[:, None] & (g < n_groups)[None, :]
+    words = tl.load(w_base, mask=ok[:, :, None], other=0)
+    scale = tl.load(s_base, mask=ok, other=0.0)
+    acc = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)
+    for g0 in range(0, n_groups, BLOCK_G):
+        groups = g0 + g
+        g_ok = groups < n_groups
+        ok_next = row_ok[:, None] & (groups + BLOCK_G < n_groups)[None, :]
+        words_next = tl.load(w_base + (g0 + BLOCK_G) * WORDS, mask=ok_next[:, :, None], other=0)
+        scale_next = tl.load(s_base + g0 + BLOCK_G, mask=ok_next, other=0.0)
+        pairs = x_ptr + m * stride_xm + (groups[:, None] * WORDS + i[None, :]) * 4
+        x0 = tl.broadcast_to(tl.load(pairs, mask=g_ok[:, None], other=0)[None, :, :], tile)
+        x1 = tl.broadcast_to(tl.load(pairs + 1, mask=g_ok[:, None], other=0)[None, :, :], tile)
+        x2 = tl.broadcast_to(tl.load(pairs + 2, mask=g_ok[:, None], other=0)[None, :, :], tile)
+        x3 = tl.broadcast_to(tl.load(pairs + 3, mask=g_ok[:, None], other=0)[None, :, :], tile)
+        dots = tl.inline_asm_elementwise(ASM, "=r,r,r,r,r,r", [words, x0, x1, x2, x3], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+        acc += tl.sum(dots, axis=2) * scale.to(tl.float32)
+        words = words_next
+        scale = scale_next
+    y = tl.sum(acc, axis=1) * 16.0
+    tl.store(y_ptr + m * stride_ym + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+
+
 def pack_int4_words(q: torch.Tensor, group_size: int) -> torch.Tensor:
     """int8 [N, K] in [-8, 7] -> int32 [N, K/8]. Within each group, word i holds column t * group_size/8 + i
     in bits 4t..4t+3 (t = 0..7), so a kernel multiplies nibble t of consecutive words by one contiguous
@@ -162,9 +202,11 @@ def main():
     shapes = {"o_proj": (4096, 4096), "W_pack": (12288, 4096), "gate": (11008, 4096), "gate+up": (22016, 4096),
               "down": (4096, 11008), "lm_head": (125696, 4096)}
     group = 64
+    half2_sweep = ([(bn, bg, w, s) for bn in (4, 8, 16, 32) for bg in (4, 8, 16) for w in (2, 4, 8) for s in (2, 3, 4)]
+                   if args.cold else [(bn, bg, w, 2) for bn in (4, 8, 16) for bg in (2, 4, 8, 16) for w in (1, 2, 4, 8)])
     sweeps = {
-        "half2": ([(bn, bg, w, s) for bn in (4, 8, 16, 32) for bg in (4, 8, 16) for w in (2, 4, 8) for s in (2, 3, 4)]
-                  if args.cold else [(bn, bg, w, 2) for bn in (4, 8, 16) for bg in (2, 4, 8, 16) for w in (1, 2, 4, 8)]),
+        "half2next": [c for c in half2_sweep if c[3] == 2],
+        "half2": half2_sweep,
         "words": [(bn, bg, w, s) for bn in (1, 2, 4, 8) for bg in (4, 8, 16) for w in (2, 4, 8) for s in (2, 3)],
         "bytes": [(1, 16, 2, 2), (1, 16, 2, 3), (4, 16, 4, 3), (8, 16, 4, 3), (16, 8, 4, 3), (8, 8, 4, 3),
                   (2, 32, 4, 3), (8, 32, 8, 3)],  # its autotune list
@@ -172,6 +214,7 @@ def main():
         "mma": [(bn, bb, w, s) for bn in (16, 32, 64, 128) for bb in (32, 64, 128) for w in (4, 8) for s in (3, 4)],
     }
     kernels = {"half2": (_int4_half2_gemv_kernel, lambda q, group: pack_half2_words(q)),
+               "half2next": (half2_prefetch_gemv_kernel, lambda q, group: pack_half2_words(q)),
                "words": (words_gemv_kernel, pack_int4_words), "bytes": (_int4_gemv_kernel, pack_nibbles),
                "prefetch": (prefetch_gemv_kernel, pack_nibbles), "mma": (mma_gemv_kernel, pack_nibbles)}
     results = []
@@ -195,12 +238,12 @@ def main():
             found = []
             for bn, bg, nw, ns in sweeps[layout]:
                 blocks = {"BLOCK_N": bn, ("BLOCK_B" if layout == "mma" else "BLOCK_G"): bg}
-                if layout == "half2":  # activations read as int32 pairs
+                if layout.startswith("half2"):  # activations read as int32 pairs
                     blocks.update(ASM=_HALF2_DOT, GLU=False, PDL=False)
 
                 def call():
                     w_copy, s_copy = copies[next(turn) % len(copies)]
-                    xs, stride = (x.view(torch.int32), k // 2) if layout == "half2" else (x, k)
+                    xs, stride = (x.view(torch.int32), k // 2) if layout.startswith("half2") else (x, k)
                     call_args = (xs, w_copy, s_copy, y, n, k, stride, n)
                     kernel[(triton.cdiv(n, bn), 1)](*call_args, GROUP=group, **blocks, num_warps=nw, num_stages=ns)
                 try:
