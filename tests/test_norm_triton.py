@@ -18,7 +18,10 @@ def check_kernel(device: str):
     from selfspec.norm_triton import add_rms_norm as kernel_add_rms_norm
 
     torch.manual_seed(0)
-    for dtype in (torch.float32, torch.float16):
+    cases = [(torch.float32, 1e-5), (torch.float16, 1e-3)]
+    if device == "cuda":  # Triton's CPU interpreter rounds bfloat16 arithmetic its own way
+        cases.append((torch.bfloat16, 8e-3))
+    for dtype, tol in cases:
         for rows, dim in [(1, 4096), (9, 5120), (16, 96), (3, 100)]:  # 100: a row shorter than its block
             x = (torch.randn(1, rows, dim, device=device) * 30).to(dtype)
             delta = torch.randn(1, rows, dim, device=device).to(dtype)
@@ -27,8 +30,7 @@ def check_kernel(device: str):
             h_ref, out_ref = add_rms_norm(x, delta, weight, 1e-6)
             assert h.shape == out.shape == x.shape and out.dtype == dtype
             assert torch.equal(h, h_ref), (dtype, rows, dim)  # one rounded add either way
-            # The sum of squares runs in another order: float32 agrees to rounding, fp16 to one ulp.
-            tol = 1e-5 if dtype == torch.float32 else 1e-3
+            # The sum of squares runs in another order: float32 agrees to rounding, 16 bits to an ulp or two.
             torch.testing.assert_close(out, out_ref, atol=tol, rtol=tol)
 
 
