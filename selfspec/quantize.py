@@ -103,11 +103,12 @@ class Int4Linear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, group_size: int, clip_ratios=CLIP_RATIOS, glu: bool = False):
         super().__init__()
-        self.out_features, self.in_features = weight.shape
+        rows, self.in_features = weight.shape
         self.glu = glu  # rows interleave gate and up (g0, u0, g1, u1, ...): the output is silu(gate) * up
+        self.out_features = rows // 2 if glu else rows
         self.group_size = choose_group_size(self.in_features, group_size)
         q, scales = quantize_int4(weight, self.group_size, clip_ratios)
-        self.kernel = self.pick_kernel(weight.device, weight.dtype)
+        self.kernel = self.pick_kernel(weight.device, weight.dtype, rows)
         if self.kernel == "cpu_int4pack":
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu((q.to(torch.int32) + 8), 1)
             zeros = torch.zeros_like(scales)  # symmetric: tinygemm computes (q - 8) * scale + zero
@@ -119,14 +120,14 @@ class Int4Linear(nn.Module):
             self.register_buffer("packed", packed)
             self.register_buffer("scales", scales.to(weight.dtype))
 
-    def pick_kernel(self, device: torch.device, dtype: torch.dtype) -> str:
+    def pick_kernel(self, device: torch.device, dtype: torch.dtype, rows: int) -> str:
         if int4_triton.available(device):
             half2 = device.type == "cuda" and dtype == torch.float16 and self.group_size % 8 == 0
             return "triton_half2" if half2 else "triton"
         if (
             device.type == "cpu"
             and self.group_size in CPU_INT4_GROUP_SIZES
-            and self.out_features % 16 == 0
+            and rows % 16 == 0
             and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
         ):
             return "cpu_int4pack"
@@ -138,7 +139,7 @@ class Int4Linear(nn.Module):
         if self.kernel == "cpu_int4pack":
             flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size, self.scales)
-            y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+            y = y.to(x.dtype).view(*x.shape[:-1], -1)
         elif self.kernel == "triton":
             y = int4_triton.int4_matmul(x, self.packed, self.scales, self.group_size)
         else:
@@ -147,7 +148,7 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self):
         return (f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}, kernel={self.kernel}"
-                + (", glu" if self.glu else ""))
+                + (", glu: rows interleave gate and up" if self.glu else ""))
 
 
 class Int4MLP(nn.Module):

@@ -69,7 +69,7 @@ def test_draft_mlp_fuses_gate_and_up_without_changing_their_quantization(shape):
     model = random_model("rope", num_heads=hidden // 16, intermediate_size=intermediate)
     mlp = model.model.layers[0].mlp
     fused = Int4MLP(mlp, 32)
-    assert fused.gate_up_proj.glu and fused.gate_up_proj.out_features == 2 * intermediate
+    assert fused.gate_up_proj.glu and fused.gate_up_proj.out_features == intermediate
     gate, up, down = (Int4Linear(lin.weight, 32) for lin in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
     x = torch.randn(2, 3, hidden, generator=torch.Generator().manual_seed(4))
     expected = down(torch.nn.functional.silu(gate(x)) * up(x))
