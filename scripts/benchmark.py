@@ -49,6 +49,7 @@ def parse_args():
     p.add_argument("--min-step-draft", type=int, default=1, help="draft steps before the stop threshold is consulted")
     p.add_argument("--th-stop-draft", type=float, default=0.6)
     p.add_argument("--group-size", type=int, default=64)
+    p.add_argument("--int4-lm-head", action="store_true", help="quantize the draft's lm_head too (default: the FP16 one)")
     p.add_argument("--hf-compile", action="store_true", help="also run transformers with static cache + torch.compile")
     p.add_argument("--skip-hf", action="store_true", help="skip the transformers baselines")
     p.add_argument("--skip-engine", action="store_true", help="only the transformers baselines")
@@ -253,7 +254,7 @@ def bench_engine(shape: str, args, bandwidth: float, prompt, max_seq_len: int) -
         model = random_model(shape, max_seq_len)
     result = {}
     t0 = time.perf_counter()
-    draft = make_draft(model, group_size=args.group_size)
+    draft = make_draft(model, group_size=args.group_size, quantize_lm_head=args.int4_lm_head)
     synchronize(torch.device("cuda"))
     result["draft_build_s"] = time.perf_counter() - t0
     fp16_bytes = weight_bytes(model)
@@ -325,7 +326,7 @@ def bench_proxy(args) -> dict:
     max_seq_len = args.prompt_tokens + args.new_tokens + args.max_step_draft + 1
     model = model_from_state_dict(config, state, torch.float16, "cuda", max_seq_len)
     del state
-    draft = make_draft(model, group_size=args.group_size)
+    draft = make_draft(model, group_size=args.group_size, quantize_lm_head=args.int4_lm_head)
     model_g, draft_g = graph_models(model, draft, pdl=not args.no_pdl)
     options = dict(max_step_draft=args.max_step_draft, min_step_draft=args.min_step_draft, th_stop_draft=args.th_stop_draft,
                    eos_token_id=ckpt.eos_token_id)

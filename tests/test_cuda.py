@@ -169,8 +169,8 @@ def test_float16_speculative_with_graphs_diverges_only_at_near_ties(position_enc
     """The README's FP16 tolerance on the GPU path (f16x2 draft kernel, Triton attention, CUDA graphs)."""
     model = random_model(position_encoding, num_heads=num_heads, max_seq_len=300, dtype=torch.float16).cuda()
     model.setup_caches(300)
-    draft = make_draft(model, group_size=32)
-    assert draft.lm_head.kernel == "triton_half2"
+    draft = make_draft(model, group_size=32, quantize_lm_head=True)
+    assert draft.lm_head.kernel == draft.model.layers[0].self_attn.W_pack.kernel == "triton_half2"
     model_g, draft_g = graph_models(model, draft, bucket=64)
     rng = random.Random(1)
     identical = 0

@@ -86,7 +86,8 @@ def test_draft_shares_everything_but_the_linear_layers():
         assert d.self_attn.kv_cache is t.self_attn.kv_cache
         assert d.input_layernorm is t.input_layernorm
         assert isinstance(d.self_attn.W_pack, Int4Linear) and isinstance(d.mlp, Int4MLP)
-    assert isinstance(draft.lm_head, Int4Linear)
+    assert draft.lm_head is model.lm_head  # the 16-bit head, shared
+    assert isinstance(make_draft(model, group_size=32, quantize_lm_head=True).lm_head, Int4Linear)
     assert isinstance(model.lm_head, torch.nn.Linear) and isinstance(model.model.layers[0].mlp.up_proj, torch.nn.Linear)
     assert not any(isinstance(m, Int4Linear) for m in model.modules())
 
@@ -103,14 +104,18 @@ def test_draft_quantizes_with_the_given_clip_ratios():
 
 
 @pytest.mark.parametrize("group_size", [64, 128])
-def test_draft_memory_is_under_three_tenths_of_the_fp16_linear_weights(group_size):
+@pytest.mark.parametrize("quantize_lm_head", [False, True])
+def test_draft_memory_is_under_three_tenths_of_the_fp16_weights_it_quantizes(group_size, quantize_lm_head):
     model = random_model("rope", num_heads=8, head_dim=16, intermediate_size=256)  # hidden 128: CPU kernel layout
-    draft = make_draft(model, group_size=group_size)
-    fp16_linear_bytes = sum(m.weight.numel() * 2 for m in model.modules() if isinstance(m, torch.nn.Linear))
+    draft = make_draft(model, group_size=group_size, quantize_lm_head=quantize_lm_head)
+    quantized = [m for name, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and (quantize_lm_head or name != "lm_head")]
+    fp16_bytes = sum(m.weight.numel() * 2 for m in quantized)
     int4_bytes = weight_bytes(draft, int4_only=True)
-    assert int4_bytes <= 0.3 * fp16_linear_bytes
-    assert int4_bytes >= 0.25 * fp16_linear_bytes  # 4 bits per weight plus scales: the count is honest
-    assert weight_bytes(draft) == weight_bytes(model) - fp16_linear_bytes * 2  # no float copy of a linear left
+    assert int4_bytes <= 0.3 * fp16_bytes
+    assert int4_bytes >= 0.25 * fp16_bytes  # 4 bits per weight plus scales: the count is honest
+    # No float copy of a quantized linear is left; everything else is the target's own tensors.
+    assert weight_bytes(draft) == weight_bytes(model) - sum(m.weight.numel() * m.weight.element_size() for m in quantized)
 
 
 def test_draft_predicts_like_the_target():
