@@ -4,19 +4,13 @@ On CUDA the kernels run compiled, and a one-token call must reproduce each row o
 exactly (float32). Without CUDA their logic runs under Triton's CPU interpreter (a subprocess: the
 interpreter is chosen when Triton is imported), where numpy's matmul is not row-exact, so rows are
 compared with a tolerance there."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from selfspec.model import alibi_slopes, apply_rope
-from utils import random_model
+from utils import random_model, run_in_triton_interpreter
 
-ROOT = Path(__file__).resolve().parents[1]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 # heads, kv heads, head_dim, cache length, new tokens, first position, ALiBi
@@ -73,9 +67,7 @@ def test_kernel_logic_in_the_interpreter():
     pytest.importorskip("triton")
     code = "import sys; sys.path.insert(0, 'tests'); from test_attention_triton import check_kernels; " \
            "check_kernels('cpu', exact_rows=False); print('ok')"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+    run_in_triton_interpreter(code)
 
 
 @cuda

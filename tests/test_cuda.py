@@ -3,11 +3,7 @@
 Skipped without CUDA, except the kernel's logic, which also runs under Triton's CPU interpreter when
 Triton is installed (a subprocess, since the interpreter is chosen when Triton is imported)."""
 import math
-import os
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,9 +12,8 @@ from selfspec import launch
 from selfspec.cuda_graphs import GraphedModel, graph_models
 from selfspec.generate import generate
 from selfspec.quantize import Int4Linear, Int4MLP, dequantize_int4, make_draft, pack_nibbles, quantize_int4
-from utils import random_model
+from utils import random_model, run_in_triton_interpreter
 
-ROOT = Path(__file__).resolve().parents[1]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
@@ -47,9 +42,7 @@ print("ok")
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the compiled kernel is tested instead")
 def test_triton_kernel_logic_in_the_interpreter():
     pytest.importorskip("triton")
-    result = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}, timeout=600)
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+    run_in_triton_interpreter(INTERPRETER_CHECK)
 
 
 @cuda

@@ -2,15 +2,10 @@
 
 Compiled on CUDA; without CUDA its logic runs under Triton's CPU interpreter (a subprocess: the
 interpreter is chosen when Triton is imported)."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from utils import run_in_triton_interpreter
 
 
 def check_kernel(device: str):
@@ -43,6 +38,4 @@ def test_compiled_kernel_matches_eager():
 def test_kernel_logic_in_the_interpreter():
     pytest.importorskip("triton")
     code = "import sys; sys.path.insert(0, 'tests'); from test_norm_triton import check_kernel; check_kernel('cpu'); print('ok')"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+    run_in_triton_interpreter(code)

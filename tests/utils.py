@@ -1,4 +1,10 @@
-"""Random in-memory models for tests that do not need a checkpoint on disk."""
+"""Random in-memory models for tests that do not need a checkpoint on disk, and a runner for Triton's
+CPU interpreter."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -27,3 +33,12 @@ def random_model(position_encoding="rope", num_heads=4, head_dim=16, num_layers=
     model = model.to(dtype).eval().requires_grad_(False)
     model.setup_caches(max_seq_len)
     return model
+
+
+def run_in_triton_interpreter(code: str):
+    """Run `code` (which prints "ok" at its end) in a subprocess under Triton's CPU interpreter: the
+    interpreter is chosen when Triton is imported, so it cannot be switched on in this process."""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)})
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
