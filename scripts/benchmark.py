@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from selfspec.generate import generate, synchronize  # noqa: E402
 from selfspec.model import Baichuan2, ModelArgs  # noqa: E402
-from selfspec.quantize import Int4Linear, make_draft, quantize_int4, weight_bytes  # noqa: E402
+from selfspec.quantize import LM_HEADS, Int4Linear, Int8Linear, make_draft, quantize_int4, weight_bytes  # noqa: E402
 
 SHAPES = {
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, position_encoding="rope"),
@@ -49,7 +49,8 @@ def parse_args():
     p.add_argument("--min-step-draft", type=int, default=1, help="draft steps before the stop threshold is consulted")
     p.add_argument("--th-stop-draft", type=float, default=0.6)
     p.add_argument("--group-size", type=int, default=64)
-    p.add_argument("--int4-lm-head", action="store_true", help="quantize the draft's lm_head too (default: the FP16 one)")
+    p.add_argument("--draft-lm-head", choices=LM_HEADS, default="shared",
+                   help="the draft's lm_head: the target's FP16 one (default) or an INT8 / INT4 copy")
     p.add_argument("--hf-compile", action="store_true", help="also run transformers with static cache + torch.compile")
     p.add_argument("--skip-hf", action="store_true", help="skip the transformers baselines")
     p.add_argument("--skip-engine", action="store_true", help="only the transformers baselines")
@@ -135,6 +136,12 @@ def kernel_rows(model) -> list[dict]:
             "triton int4 gemv, f16x2 (fp16; used)": (lambda: int4_triton.int4_matmul_half2(x, words, s16, g), int4_bytes),
             "triton int4 gemv, portable (fp16)": (lambda: int4_triton.int4_matmul(x, packed, s16, g), int4_bytes),
         }
+        if name == "lm_head":  # the draft's head may be INT8 instead (--draft-lm-head int8)
+            # Errors against the 16-bit head's product (the INT4 rows: against the dequantized INT4 weight).
+            head, ref16 = Int8Linear(w), x.float() @ w.float().T
+            candidates["triton int8 gemv (fp16; --draft-lm-head int8)"] = (lambda: head(x), head.q.numel() + 2 * n, ref16)
+            candidates["torch _weight_int8pack_mm (fp16)"] = (
+                lambda: torch.ops.aten._weight_int8pack_mm(x, head.q, head.scales), head.q.numel() + 2 * n, ref16)
         try:
             u = (q.to(torch.int32) + 8)
             tiny_w = torch.ops.aten._convert_weight_to_int4pack((u[:, ::2] << 4 | u[:, 1::2]).to(torch.uint8), 8)
@@ -144,9 +151,14 @@ def kernel_rows(model) -> list[dict]:
                 lambda: torch.ops.aten._weight_int4pack_mm(xb, tiny_w, g, sz), int4_bytes)
         except Exception as e:  # noqa: BLE001 - report, do not fail the benchmark
             rows.append({"linear": name, "kernel": "tinygemm", "error": str(e)[:200]})
-        for kernel, (fn, nbytes) in candidates.items():
-            out = fn().float()
-            err = float((out - ref).norm() / ref.norm()) if "reference" not in kernel else None
+        for kernel, (fn, nbytes, *reference) in candidates.items():
+            try:
+                out = fn().float()
+            except Exception as e:  # noqa: BLE001 - a kernel this torch lacks: report, do not fail the benchmark
+                rows.append({"linear": name, "kernel": kernel, "error": str(e)[:200]})
+                continue
+            expected = reference[0] if reference else ref
+            err = float((out - expected).norm() / expected.norm()) if "reference" not in kernel else None
             ms = graph_ms(fn)
             rows.append({"linear": name, "shape": [n, k], "kernel": kernel, "ms": ms, "GB/s": nbytes / ms / 1e6,
                          "rel_error": err})
@@ -254,12 +266,12 @@ def bench_engine(shape: str, args, bandwidth: float, prompt, max_seq_len: int) -
         model = random_model(shape, max_seq_len)
     result = {}
     t0 = time.perf_counter()
-    draft = make_draft(model, group_size=args.group_size, quantize_lm_head=args.int4_lm_head)
+    draft = make_draft(model, group_size=args.group_size, lm_head=args.draft_lm_head)
     synchronize(torch.device("cuda"))
     result["draft_build_s"] = time.perf_counter() - t0
     fp16_bytes = weight_bytes(model)
     result["fp16_weight_gib"] = fp16_bytes / 2**30
-    result["draft_extra_gib"] = weight_bytes(draft, int4_only=True) / 2**30
+    result["draft_extra_gib"] = weight_bytes(draft, quantized_only=True) / 2**30
     kv_bytes = sum(b.numel() * b.element_size() for b in model.buffers() if b.dim() == 4)
     result["kv_cache_gib"] = kv_bytes / 2**30
     result["kernels"] = kernel_rows(model)
@@ -278,7 +290,8 @@ def bench_engine(shape: str, args, bandwidth: float, prompt, max_seq_len: int) -
     result["floor_ms_per_token"] = step_bytes / (bandwidth * 1e9) * 1e3
     result["achieved_gbs"] = step_bytes / (costs["plain_step_ms"] / 1e3) / 1e9
     result["share_of_copy_bandwidth"] = result["achieved_gbs"] / bandwidth
-    draft_bytes = weight_bytes(draft, int4_only=True) + live_kv
+    shared_head = model.lm_head.weight.numel() * 2 if draft.lm_head is model.lm_head else 0
+    draft_bytes = weight_bytes(draft, quantized_only=True) + shared_head + live_kv
     result["draft_achieved_gbs"] = draft_bytes / (costs["draft_step_ms"] / 1e3) / 1e9
     result["draft_over_fp16_step"] = costs["draft_step_ms"] / costs["plain_step_ms"]
     result["verify9_over_fp16_step"] = costs[f"verify_{args.max_step_draft + 1}_ms"] / costs["plain_step_ms"]
@@ -326,7 +339,7 @@ def bench_proxy(args) -> dict:
     max_seq_len = args.prompt_tokens + args.new_tokens + args.max_step_draft + 1
     model = model_from_state_dict(config, state, torch.float16, "cuda", max_seq_len)
     del state
-    draft = make_draft(model, group_size=args.group_size, quantize_lm_head=args.int4_lm_head)
+    draft = make_draft(model, group_size=args.group_size, lm_head=args.draft_lm_head)
     model_g, draft_g = graph_models(model, draft, pdl=not args.no_pdl)
     options = dict(max_step_draft=args.max_step_draft, min_step_draft=args.min_step_draft, th_stop_draft=args.th_stop_draft,
                    eos_token_id=ckpt.eos_token_id)

