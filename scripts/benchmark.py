@@ -49,8 +49,8 @@ def parse_args():
     p.add_argument("--min-step-draft", type=int, default=1, help="draft steps before the stop threshold is consulted")
     p.add_argument("--th-stop-draft", type=float, default=0.6)
     p.add_argument("--group-size", type=int, default=64)
-    p.add_argument("--draft-lm-head", choices=LM_HEADS, default="shared",
-                   help="the draft's lm_head: the target's FP16 one (default) or an INT8 / INT4 copy")
+    p.add_argument("--draft-lm-head", choices=LM_HEADS, default="int8",
+                   help="the draft's lm_head: an INT8 (default) or INT4 copy, or the target's own FP16 one")
     p.add_argument("--hf-compile", action="store_true", help="also run transformers with static cache + torch.compile")
     p.add_argument("--skip-hf", action="store_true", help="skip the transformers baselines")
     p.add_argument("--skip-engine", action="store_true", help="only the transformers baselines")
@@ -136,10 +136,10 @@ def kernel_rows(model) -> list[dict]:
             "triton int4 gemv, f16x2 (fp16; used)": (lambda: int4_triton.int4_matmul_half2(x, words, s16, g), int4_bytes),
             "triton int4 gemv, portable (fp16)": (lambda: int4_triton.int4_matmul(x, packed, s16, g), int4_bytes),
         }
-        if name == "lm_head":  # the draft's head may be INT8 instead (--draft-lm-head int8)
+        if name == "lm_head":  # the draft's head is INT8 by default (--draft-lm-head)
             # Errors against the 16-bit head's product (the INT4 rows: against the dequantized INT4 weight).
             head, ref16 = Int8Linear(w), x.float() @ w.float().T
-            candidates["triton int8 gemv (fp16; --draft-lm-head int8)"] = (lambda: head(x), head.q.numel() + 2 * n, ref16)
+            candidates["triton int8 gemv (fp16; the draft's head)"] = (lambda: head(x), head.q.numel() + 2 * n, ref16)
             candidates["torch _weight_int8pack_mm (fp16)"] = (
                 lambda: torch.ops.aten._weight_int8pack_mm(x, head.q, head.scales), head.q.numel() + 2 * n, ref16)
         try:

@@ -136,8 +136,8 @@ def main():
     p.add_argument("--clip-ratios", type=float, nargs="+", default=CLIP_RATIOS,
                    help="scale clipping ratios the draft's quantizer chooses from per group (1.0 alone: plain absmax "
                         "round-to-nearest)")
-    p.add_argument("--draft-lm-head", choices=LM_HEADS, default="shared",
-                   help="the draft's lm_head: the target's own (default) or an INT8 / INT4 copy")
+    p.add_argument("--draft-lm-head", choices=LM_HEADS, default="int8",
+                   help="the draft's lm_head: an INT8 (default) or INT4 copy, or the target's own")
     args = p.parse_args()
     dtype, device = getattr(torch, args.dtype), torch.device(args.device)
 

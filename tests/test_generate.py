@@ -38,8 +38,8 @@ def test_speculative_greedy_equals_plain_greedy_float32(model_and_draft):
     assert drafted > 0 and 0 < accepted < drafted  # both the accept and the reject paths ran
 
 
-@pytest.mark.parametrize("lm_head", ["int8", "int4"])
-def test_speculative_equals_plain_with_a_quantized_draft_head(lm_head):
+@pytest.mark.parametrize("lm_head", ["shared", "int4"])  # the fixture's drafts have the default INT8 head
+def test_speculative_equals_plain_with_other_draft_heads(lm_head):
     model = random_model("rope", num_heads=4, max_seq_len=160)
     draft = make_draft(model, group_size=32, lm_head=lm_head)
     plain, _ = generate(model, [7, 99, 3], 60)

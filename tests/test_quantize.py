@@ -105,9 +105,9 @@ def test_draft_shares_everything_but_the_linear_layers():
         assert d.self_attn.kv_cache is t.self_attn.kv_cache
         assert d.input_layernorm is t.input_layernorm
         assert isinstance(d.self_attn.W_pack, Int4Linear) and isinstance(d.mlp, Int4MLP)
-    assert draft.lm_head is model.lm_head  # the 16-bit head, shared
+    assert isinstance(draft.lm_head, Int8Linear)
+    assert make_draft(model, group_size=32, lm_head="shared").lm_head is model.lm_head  # the 16-bit head
     assert isinstance(make_draft(model, group_size=32, lm_head="int4").lm_head, Int4Linear)
-    assert isinstance(make_draft(model, group_size=32, lm_head="int8").lm_head, Int8Linear)
     with pytest.raises(ValueError, match="lm_head must be one of"):
         make_draft(model, lm_head="fp8")
     assert isinstance(model.lm_head, torch.nn.Linear) and isinstance(model.model.layers[0].mlp.up_proj, torch.nn.Linear)
