@@ -1,0 +1,129 @@
+"""How much the draft's stopping rule leaves on the table: exact simulation of stopping rules over the
+draft's own chains, with the step costs measured on a GPU.
+
+    python scripts/simulate_draft_stopping.py [--model DIR] [--draft-step 0.41] [--verify-step 1.03] [--out F.json]
+
+For every position j of the target's greedy answer (tokens up to j emitted, the target's KV cache before
+it), the draft proposes its greedy chain of --max-step-draft tokens with their top probabilities, exactly
+as generate() would in a round starting there. Any stopping rule that looks at those probabilities can then
+be replayed without running a model again: a round costs k draft steps (--draft-step, in FP16 steps) plus
+one verification (--verify-step) and emits the accepted drafts plus one token. The oracle drafts exactly
+the tokens the target will accept: the bound for any rule. Default model: SmolLM2-135M-Instruct
+(scripts/convert_gguf.py), float32 on CPU, the prompts of scripts/measure_acceptance.py.
+"""
+import argparse
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from measure_acceptance import PROMPTS  # noqa: E402
+from selfspec.checkpoint import load_checkpoint  # noqa: E402
+from selfspec.generate import MATCH_EMA, TARGET_MATCH, TH_SMOOTHING, TH_STEP, generate  # noqa: E402
+from selfspec.quantize import make_draft  # noqa: E402
+
+
+@torch.inference_mode()
+def draft_chains(model, draft, ids: list[int], answer: list[int], depth: int) -> list[dict]:
+    """chains[j]: the draft's greedy tokens and top probabilities for a round whose last emitted token is
+    answer[j], reading the target's cache before it (as in generate: the draft writes its own entries)."""
+    seq, n = ids + answer[:-1], len(ids)
+    model(torch.tensor([seq]), torch.arange(len(seq)))  # the target's KV everywhere
+    chains = []
+    for j in range(len(answer) - 1):
+        token, tokens, confidences = answer[j], [], []
+        for i in range(depth):
+            pos = n + j + i
+            probs = draft(torch.tensor([[token]]), torch.tensor([pos]), pos + 1)[0, -1].float().softmax(-1)
+            confidence, token = (float(v) for v in probs.max(-1))
+            token = int(token)
+            tokens.append(token)
+            confidences.append(confidence)
+        chains.append({"tokens": tokens, "confidences": confidences})
+        end = min(n + j + depth, len(seq))
+        if end > n + j:  # put the target's entries back where the draft wrote
+            model(torch.tensor([seq[n + j : end]]), torch.arange(n + j, end), end)
+    return chains
+
+
+def replay(answer, chains, stop, draft_step, verify_step, max_new_tokens=128):
+    """(FP16-step cost, drafted, accepted, rounds) of decoding `answer` with `stop(confidences, state)` as
+    the rule (None: the oracle), the round logic of generate()."""
+    state = {"th": 0.6, "ema": 0.0}
+    j = cost = drafted = accepted = rounds = 0
+    while j < len(answer) - 1:
+        k_max = min(len(chains[j]["tokens"]), max_new_tokens - (j + 1) - 1)
+        if k_max < 1:
+            cost, j = cost + 1, j + 1
+            continue
+        tokens, confidences = chains[j]["tokens"], chains[j]["confidences"]
+        right = 0
+        while right < k_max and j + 1 + right < len(answer) and tokens[right] == answer[j + 1 + right]:
+            right += 1
+        if stop is None and right == 0:  # the oracle does not draft at all: one plain step
+            cost, rounds, j = cost + 1, rounds + 1, j + 1
+            continue
+        if stop is None:
+            k = right
+        else:
+            k = 1
+            while k < k_max and not stop(confidences[:k], state):
+                k += 1
+        n = min(k, right)
+        cost += k * draft_step + verify_step
+        drafted, accepted, rounds, j = drafted + k, accepted + n, rounds + 1, j + n + 1
+        # generate()'s adaptive threshold (used by the "adaptive" rule only)
+        state["ema"] = MATCH_EMA * state["ema"] + (1 - MATCH_EMA) * n / k
+        nudged = state["th"] + TH_STEP if state["ema"] < TARGET_MATCH else state["th"] - TH_STEP * (k < len(tokens))
+        state["th"] = min(1.0, max(0.0, TH_SMOOTHING * state["th"] + (1 - TH_SMOOTHING) * nudged))
+    return cost, drafted, accepted, rounds
+
+
+RULES = {"oracle": None, "adaptive 0.6 (generate's default)": lambda c, s: c[-1] < s["th"]}
+RULES.update({f"fixed {t}": (lambda t: lambda c, s: c[-1] < t)(t) for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)})
+RULES.update({f"product {t}": (lambda t: lambda c, s: math.prod(c) < t)(t) for t in (0.2, 0.3, 0.4, 0.5, 0.6)})
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, help="Llama or Baichuan2 checkpoint folder (default: converted SmolLM2)")
+    p.add_argument("--draft-step", type=float, default=0.41, help="draft step cost in FP16 steps")
+    p.add_argument("--verify-step", type=float, default=1.03, help="verification cost in FP16 steps")
+    p.add_argument("--max-step-draft", type=int, default=8)
+    p.add_argument("--draft-lm-head", default="int8")
+    p.add_argument("--out", type=Path, help="write the chains and results as JSON")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.model
+        if folder is None:
+            from convert_gguf import convert, smollm2_gguf_path
+
+            folder = convert(smollm2_gguf_path(), Path(tmp) / "smollm2")
+        ckpt, model, tokenizer = load_checkpoint(str(folder), torch.float32, torch.device("cpu"), 2048)
+    draft = make_draft(model, group_size=64, lm_head=args.draft_lm_head)
+    records = []
+    for prompt in PROMPTS:
+        ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=2048 - 128)
+        answer, _ = generate(model, ids, 128, eos_token_id=ckpt.eos_token_id)
+        records.append({"prompt": prompt, "answer": answer,
+                        "chains": draft_chains(model, draft, ids, answer, args.max_step_draft)})
+    print(f"| rule | speedup over plain | acceptance | tokens/round |\n| --- | ---: | ---: | ---: |")
+    results = {}
+    for name, stop in RULES.items():
+        totals = [replay(r["answer"], r["chains"], stop, args.draft_step, args.verify_step) for r in records]
+        cost, drafted, accepted, rounds = (sum(t[i] for t in totals) for i in range(4))
+        tokens = sum(len(r["answer"]) - 1 for r in records)
+        results[name] = {"speedup": tokens / cost, "acceptance": accepted / drafted, "tokens_per_round": tokens / rounds}
+        print(f"| {name} | {tokens / cost:.2f}x | {accepted / drafted:.1%} | {tokens / rounds:.2f} |")
+    if args.out:
+        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
+                                        "records": records}))
+
+
+if __name__ == "__main__":
+    main()
