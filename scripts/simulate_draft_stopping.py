@@ -58,8 +58,8 @@ def replay(answer, chains, stop, draft_step, verify_step, max_new_tokens=128):
     j = cost = drafted = accepted = rounds = 0
     while j < len(answer) - 1:
         k_max = min(len(chains[j]["tokens"]), max_new_tokens - (j + 1) - 1)
-        if k_max < 1:
-            cost, j = cost + 1, j + 1
+        if k_max < 1:  # generate() takes a plain step
+            cost, rounds, j = cost + 1, rounds + 1, j + 1
             continue
         tokens, confidences = chains[j]["tokens"], chains[j]["confidences"]
         right = 0
@@ -89,6 +89,19 @@ RULES.update({f"fixed {t}": (lambda t: lambda c, s: c[-1] < t)(t) for t in (0.3,
 RULES.update({f"product {t}": (lambda t: lambda c, s: math.prod(c) < t)(t) for t in (0.2, 0.3, 0.4, 0.5, 0.6)})
 
 
+def compare_rules(records, draft_step: float, verify_step: float) -> dict:
+    """Replay every rule over every prompt's chains; print a markdown table, return the figures."""
+    print("| rule | speedup over plain | acceptance | tokens/round |\n| --- | ---: | ---: | ---: |")
+    results = {}
+    tokens = sum(len(r["answer"]) - 1 for r in records)
+    for name, stop in RULES.items():
+        totals = [replay(r["answer"], r["chains"], stop, draft_step, verify_step) for r in records]
+        cost, drafted, accepted, rounds = (sum(t[i] for t in totals) for i in range(4))
+        results[name] = {"speedup": tokens / cost, "acceptance": accepted / drafted, "tokens_per_round": tokens / rounds}
+        print(f"| {name} | {tokens / cost:.2f}x | {accepted / drafted:.1%} | {tokens / rounds:.2f} |")
+    return results
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="Llama or Baichuan2 checkpoint folder (default: converted SmolLM2)")
@@ -112,14 +125,7 @@ def main():
         answer, _ = generate(model, ids, 128, eos_token_id=ckpt.eos_token_id)
         records.append({"prompt": prompt, "answer": answer,
                         "chains": draft_chains(model, draft, ids, answer, args.max_step_draft)})
-    print(f"| rule | speedup over plain | acceptance | tokens/round |\n| --- | ---: | ---: | ---: |")
-    results = {}
-    for name, stop in RULES.items():
-        totals = [replay(r["answer"], r["chains"], stop, args.draft_step, args.verify_step) for r in records]
-        cost, drafted, accepted, rounds = (sum(t[i] for t in totals) for i in range(4))
-        tokens = sum(len(r["answer"]) - 1 for r in records)
-        results[name] = {"speedup": tokens / cost, "acceptance": accepted / drafted, "tokens_per_round": tokens / rounds}
-        print(f"| {name} | {tokens / cost:.2f}x | {accepted / drafted:.1%} | {tokens / rounds:.2f} |")
+    results = compare_rules(records, args.draft_step, args.verify_step)
     if args.out:
         args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
                                         "records": records}))

@@ -1,0 +1,38 @@
+"""scripts/simulate_draft_stopping.py: its replay of a stopping rule must be generate() itself."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+from selfspec.generate import generate  # noqa: E402
+from selfspec.quantize import make_draft  # noqa: E402
+from simulate_draft_stopping import RULES, draft_chains, replay  # noqa: E402
+from utils import random_model  # noqa: E402
+
+
+@pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
+def test_replayed_default_rule_drafts_and_accepts_like_generate(position_encoding, num_heads):
+    model = random_model(position_encoding, num_heads=num_heads, max_seq_len=200)
+    draft = make_draft(model, group_size=32)
+    prompt = [5, 17, 250, 3, 99, 42]
+    answer, _ = generate(model, prompt, 60)
+    _, stats = generate(model, prompt, 60, draft=draft)  # defaults: adaptive threshold from 0.6, at most 8
+    chains = draft_chains(model, draft, prompt, answer, depth=8)
+    cost, drafted, accepted, rounds = replay(answer, chains, RULES["adaptive 0.6 (generate's default)"],
+                                             draft_step=0.4, verify_step=1.0, max_new_tokens=60)
+    assert (drafted, accepted, rounds) == (stats.drafted, stats.accepted, stats.verify_steps)
+    assert 0 < accepted < drafted
+    assert cost == pytest.approx(0.4 * drafted + rounds)
+
+
+def test_oracle_drafts_only_what_is_accepted():
+    answer = list(range(10))
+    right = {"tokens": [1, 2, 3, 99], "confidences": [0.9] * 4}  # from j=0: three right, then wrong
+    chains = [right] + [{"tokens": [t + 1] * 4, "confidences": [0.1] * 4} for t in answer[1:]]
+    # Round 1 drafts 1, 2, 3 (the wrong 99 is not drafted) and emits 4; from j = 4 each chain is right
+    # once, so rounds from 4, 6 and 8 draft one token each.
+    assert replay(answer, chains, None, draft_step=0.5, verify_step=1.0) == (0.5 * 6 + 4, 6, 6, 4)
+    # A rule that stops after the first draft needs a round per two tokens from the start.
+    assert replay(answer, chains, lambda c, s: True, draft_step=0.5, verify_step=1.0)[1:] == (5, 5, 5)
