@@ -158,11 +158,16 @@ class Int8Linear(nn.Module):
     Kernels: on CUDA/XPU a Triton GEMV (int8_triton.py); on CPU torch's int8 kernel; else dequantize.
     """
 
-    def __init__(self, weight: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, rows_per_chunk: int = 8192):
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        scales = weight.float().abs().amax(1).clamp(min=1e-8) / 127
-        self.register_buffer("q", (weight.float() / scales[:, None]).round().clamp(-127, 127).to(torch.int8))
+        q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+        scales = torch.empty(self.out_features, device=weight.device)
+        for start in range(0, self.out_features, rows_per_chunk):  # chunks bound the float32 working memory
+            w = weight[start : start + rows_per_chunk].float()
+            scales[start : start + rows_per_chunk] = w.abs().amax(1).clamp(min=1e-8) / 127
+            q[start : start + rows_per_chunk] = (w / scales[start : start + rows_per_chunk, None]).round().clamp(-127, 127)
+        self.register_buffer("q", q)
         self.register_buffer("scales", scales.to(weight.dtype))
         if int4_triton.available(weight.device):
             self.kernel = "triton"

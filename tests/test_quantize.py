@@ -71,6 +71,8 @@ def test_int8_linear_matches_the_16bit_matmul_closely(kernel, dtype):
     layer = Int8Linear(w.to(dtype))
     assert layer.q.dtype == torch.int8 and layer.scales.shape == (300,)
     assert int(layer.q.abs().max()) == 127 and float((layer.q.float() * layer.scales.float()[:, None] - w).abs().max()) < 0.01
+    chunked = Int8Linear(w.to(dtype), rows_per_chunk=7)  # quantized in slices of rows: the same result
+    assert torch.equal(chunked.q, layer.q) and torch.equal(chunked.scales, layer.scales)
     layer.kernel = kernel
     x = torch.randn(2, 4, 128, generator=torch.Generator().manual_seed(6)).to(dtype)
     expected = x.float() @ w.T
