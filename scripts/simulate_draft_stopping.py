@@ -24,7 +24,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from measure_acceptance import PROMPTS  # noqa: E402
 from selfspec.checkpoint import load_checkpoint  # noqa: E402
-from selfspec.generate import MATCH_EMA, TARGET_MATCH, TH_SMOOTHING, TH_STEP, generate  # noqa: E402
+from selfspec.generate import adapt_th_stop_draft, generate  # noqa: E402
 from selfspec.quantize import make_draft  # noqa: E402
 
 
@@ -78,9 +78,7 @@ def replay(answer, chains, stop, draft_step, verify_step, max_new_tokens=128):
         cost += k * draft_step + verify_step
         drafted, accepted, rounds, j = drafted + k, accepted + n, rounds + 1, j + n + 1
         # generate()'s adaptive threshold (used by the "adaptive" rule only)
-        state["ema"] = MATCH_EMA * state["ema"] + (1 - MATCH_EMA) * n / k
-        nudged = state["th"] + TH_STEP if state["ema"] < TARGET_MATCH else state["th"] - TH_STEP * (k < len(tokens))
-        state["th"] = min(1.0, max(0.0, TH_SMOOTHING * state["th"] + (1 - TH_SMOOTHING) * nudged))
+        state["th"], state["ema"] = adapt_th_stop_draft(state["th"], state["ema"], n, k, len(tokens))
     return cost, drafted, accepted, rounds
 
 

@@ -94,6 +94,20 @@ def count_accepted(draft_tokens: list[int], target_tokens: list[int]) -> int:
     return n
 
 
+def adapt_th_stop_draft(th: float, match_ema: float, accepted: int, drafted: int, max_step_draft: int):
+    """IPEX-LLM's auto_th_stop_draft after one round: (new stop threshold, new match EMA). The threshold
+    rises while the EMA of accepted/drafted is under TARGET_MATCH, falls when a round stopped early
+    although the drafts were good, and moves smoothly."""
+    match_ema = MATCH_EMA * match_ema + (1 - MATCH_EMA) * accepted / drafted
+    if match_ema < TARGET_MATCH:
+        nudged = th + TH_STEP
+    elif drafted == max_step_draft:
+        nudged = th
+    else:
+        nudged = th - TH_STEP
+    return min(1.0, max(0.0, TH_SMOOTHING * th + (1 - TH_SMOOTHING) * nudged)), match_ema
+
+
 def speculative_accept(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Tensor, generator=None):
     """Speculative sampling on the device: p [k+1, vocab] target and q [k, vocab] draft probabilities
     (both after the same temperature/top-k/top-p), draft_tokens [k]. Returns 0-d tensors (number of
@@ -278,14 +292,7 @@ def generate(
         done = emit(draft_tokens[:n] + [token])
 
         if auto_th_stop_draft:
-            match_ema = MATCH_EMA * match_ema + (1 - MATCH_EMA) * n / k
-            if match_ema < TARGET_MATCH:
-                nudged = th_stop_draft + TH_STEP
-            elif k == max_step_draft:
-                nudged = th_stop_draft
-            else:
-                nudged = th_stop_draft - TH_STEP
-            th_stop_draft = min(1.0, max(0.0, TH_SMOOTHING * th_stop_draft + (1 - TH_SMOOTHING) * nudged))
+            th_stop_draft, match_ema = adapt_th_stop_draft(th_stop_draft, match_ema, n, k, max_step_draft)
 
     synchronize(device)
     stats.e2e_time_s = time.perf_counter() - start

@@ -164,9 +164,10 @@ class Int8Linear(nn.Module):
         q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
         scales = torch.empty(self.out_features, device=weight.device)
         for start in range(0, self.out_features, rows_per_chunk):  # chunks bound the float32 working memory
-            w = weight[start : start + rows_per_chunk].float()
-            scales[start : start + rows_per_chunk] = w.abs().amax(1).clamp(min=1e-8) / 127
-            q[start : start + rows_per_chunk] = (w / scales[start : start + rows_per_chunk, None]).round().clamp(-127, 127)
+            rows = slice(start, start + rows_per_chunk)
+            w = weight[rows].float()
+            scales[rows] = w.abs().amax(1).clamp(min=1e-8) / 127
+            q[rows] = (w / scales[rows, None]).round().clamp(-127, 127)
         self.register_buffer("q", q)
         self.register_buffer("scales", scales.to(weight.dtype))
         if int4_triton.available(weight.device):
