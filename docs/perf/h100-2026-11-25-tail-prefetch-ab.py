@@ -124,7 +124,7 @@ for after, pct, cap in [(0, 0, 2), (0, 0, 8), (0, 50, 4), (1, 0, 4), (1, 50, 4),
 variants["pf_after0_from0_4MB_evictfirst"] = dict(PF=True, PF_AFTER=False, pct=0, cap_mb=4, EVICT_FIRST=True)
 variants["evictfirst_only"] = dict(PF=False, EVICT_FIRST=True)
 rows, ref = [], {}
-out_dir = os.environ.get("OUT", "/tmp")
+out_dir = os.environ.get("OUT", ".")
 for rnd in range(2):
     for name, cfg in variants.items():
         CFG.update(PF=False, PF_AFTER=False, EVICT_FIRST=False, pct=0, cap_mb=4)
