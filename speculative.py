@@ -4,6 +4,8 @@
 """
 import argparse
 import json
+import math
+import os
 import sys
 
 import torch
@@ -72,10 +74,21 @@ def check_args(args):
         raise InputError(f"--th-stop-draft must be in [0, 1], got {args.th_stop_draft}")
     if args.max_step_draft < 1:
         raise InputError(f"--max-step-draft must be at least 1, got {args.max_step_draft}")
-    if args.temperature <= 0 or args.top_k < 0 or not 0.0 < args.top_p <= 1.0:
-        raise InputError("need --temperature > 0, --top-k >= 0 and 0 < --top-p <= 1")
+    if not 0 < args.temperature < math.inf or args.top_k < 0 or not 0.0 < args.top_p <= 1.0:
+        raise InputError("need 0 < --temperature < inf, --top-k >= 0 and 0 < --top-p <= 1")
+    if args.seed is not None and not 0 <= args.seed < 2**64:
+        raise InputError(f"--seed must be in [0, 2**64), got {args.seed}")
     if args.warmup < 0:
         raise InputError(f"--warmup must be >= 0, got {args.warmup}")
+    for flag, text in (("--prompt", args.prompt), ("--system", args.system)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 arrive as lone surrogates
+            raise InputError(f"{flag} is not valid UTF-8 text") from None
+    if not args.do_sample and (args.temperature, args.top_k, args.top_p) != (1.0, 0, 1.0):
+        print("warning: --temperature, --top-k and --top-p apply only with --do-sample", file=sys.stderr)
+    if args.raw_prompt and args.system:
+        print("warning: --system is not used with --raw-prompt", file=sys.stderr)
 
 
 def pick_device(name: str) -> torch.device:
@@ -130,16 +143,18 @@ def main(argv=None) -> int:
     draft = None if args.no_speculative else make_draft(model, group_size=args.group_size)
     if device.type == "cuda":  # replay decode steps as CUDA graphs (captured during the warm-up)
         model, draft = graph_models(model, draft)
-    generator = torch.Generator(device).manual_seed(args.seed) if args.seed is not None else None
     options = dict(
         draft=draft, do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft, eos_token_id=ckpt.eos_token_id,
-        generator=generator,
     )
+
+    def seeded():  # a fresh generator per run: the timed run samples the same whatever --warmup is
+        return torch.Generator(device).manual_seed(args.seed) if args.seed is not None else None
+
     for _ in range(args.warmup):
-        generate(model, input_ids, args.n_predict, **options)
+        generate(model, input_ids, args.n_predict, generator=seeded(), **options)
     streamer = None if args.json else TextStreamer(tokenizer)
-    output_ids, stats = generate(model, input_ids, args.n_predict, streamer=streamer, **options)
+    output_ids, stats = generate(model, input_ids, args.n_predict, streamer=streamer, generator=seeded(), **options)
 
     answer_ids = [t for t in output_ids if t != ckpt.eos_token_id]
     if args.json:
@@ -161,4 +176,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exiting does not flush into it
+        sys.exit(1)

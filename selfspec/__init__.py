@@ -1,4 +1,5 @@
 """Baichuan2 FP16 inference with self-speculative decoding (INT4 draft of the same weights)."""
+import sys
 
 
 class InputError(Exception):
@@ -6,3 +7,12 @@ class InputError(Exception):
 
     The CLI prints the message as one line on stderr and exits with status 2.
     """
+
+
+def run_main(main) -> int:
+    """Run a command-line entry point: an InputError becomes one `error:` line on stderr and status 2."""
+    try:
+        return main() or 0
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -6,9 +6,11 @@ or tied lm_head, tokenizer.json, Jinja chat template). Only data files are read 
 weights); the .py files that hub checkpoints ship for trust_remote_code are never imported or downloaded.
 """
 import json
+import math
 import pickle
 import re
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,8 +37,12 @@ class CheckpointError(InputError):
 
 
 def _one_line(err: Exception) -> str:
+    """The first line of an error message; its first sentence if the line is long."""
     text = str(err).strip().splitlines()
-    return (text[0][:200] if text else "") or type(err).__name__
+    line = text[0] if text else ""
+    if len(line) > 200:
+        line = line.split(". ")[0][:200]
+    return line or type(err).__name__
 
 
 def resolve_model_path(path_or_id: str) -> Path:
@@ -77,7 +83,8 @@ def read_json(path: Path) -> dict:
 
 def checkpoint_arch(config: dict) -> str | None:
     """"baichuan", "llama", or None for anything else."""
-    architectures = [str(a) for a in config.get("architectures") or []]
+    architectures = config.get("architectures") or []
+    architectures = [str(a) for a in (architectures if isinstance(architectures, list) else [architectures])]
     if config.get("model_type") == "baichuan" or any("Baichuan" in a for a in architectures):
         return "baichuan"
     if config.get("model_type") == "llama" or "LlamaForCausalLM" in architectures:
@@ -123,11 +130,14 @@ def model_args_from_config(config: dict, max_seq_len: int | None = None) -> Mode
     if max_seq_len is not None and not 0 < max_seq_len <= context:
         raise InputError(f"max sequence length {max_seq_len} must be between 1 and the model's context {context}")
     eps = config.get("rms_norm_eps", 1e-6)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
         raise CheckpointError(f"config.json: rms_norm_eps must be a positive number, got {eps!r}")
     # transformers 5 writes rope_parameters: {"rope_theta": ...}; older configs a top-level rope_theta.
-    theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0))
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 0:
+    rope_parameters = config.get("rope_parameters") or {}
+    if not isinstance(rope_parameters, dict):
+        raise CheckpointError(f"config.json: rope_parameters must be an object, got {rope_parameters!r}")
+    theta = rope_parameters.get("rope_theta", config.get("rope_theta", 10000.0))
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 < theta < math.inf:
         raise CheckpointError(f"config.json: rope_theta must be a positive number, got {theta!r}")
     return ModelArgs(
         vocab_size=positive_int("vocab_size"),
@@ -193,8 +203,8 @@ def find_weight_files(folder: Path) -> list[Path]:
     for index_name, single in ((SAFETENSORS_INDEX, SAFETENSORS_FILE), (BIN_INDEX, BIN_FILE)):
         if (folder / index_name).is_file():
             weight_map = read_json(folder / index_name).get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise CheckpointError(f"{folder / index_name} has no weight_map")
+            if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+                raise CheckpointError(f"{folder / index_name} has no weight_map from tensor names to file names")
             files = [folder / name for name in dict.fromkeys(weight_map.values())]
             missing = [f.name for f in files if not f.is_file()]
             if missing:
@@ -213,12 +223,20 @@ def _read_weight_file(path: Path):
                 for key in f.keys():
                     yield key, f.get_tensor(key)
         else:
-            # mmap needs the zip format; older pickle-only .bin files load without it.
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            # mmap needs the zip format; older pickle-only .bin files load without it. torch's warnings
+            # about old formats are dropped: the error below says what to do.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
             if not isinstance(state, dict):
                 raise CheckpointError(f"weights file {path} does not hold a state dict")
             yield from state.items()
-    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+    except pickle.UnpicklingError:  # torch's own message suggests weights_only=False, which we never do
+        raise CheckpointError(
+            f"cannot read weights file {path}: corrupted, or a pickle that the safe loader refuses (an old pickle "
+            "format, or objects other than tensors); save the weights again as safetensors"
+        ) from None
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as err:
         raise CheckpointError(f"cannot read weights file {path} (truncated or corrupted?): {_one_line(err)}") from None
 
 
@@ -263,7 +281,11 @@ def _checked_tensors(source, config: dict, expected: dict, items, dtype, device)
             raise CheckpointError(f"{source}: unexpected weight {key} for the model described by config.json")
         if tuple(tensor.shape) != expected[key]:
             raise CheckpointError(f"{source}: {key} has shape {tuple(tensor.shape)}, config.json implies {expected[key]}")
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{source}: {key} holds {tensor.dtype} values, not floating-point weights")
         tensors[key] = tensor.to(device=device, dtype=dtype)
+        if not torch.isfinite(tensors[key]).all():  # corrupted, or out of the range of `dtype`
+            raise CheckpointError(f"{source}: {key} has NaN or infinite values in {str(dtype).removeprefix('torch.')}")
     return tensors
 
 
@@ -289,7 +311,12 @@ def _assemble(config: dict, args: ModelArgs, tensors: dict, dtype, device) -> Ba
     del tensors
     if checkpoint_arch(config) == "baichuan":
         _normalize_rows_(model.lm_head.weight.data)  # NormHead; Llama's head is a plain linear layer
-    model.setup_caches(args.max_seq_len, dtype, device)
+    try:
+        model.setup_caches(args.max_seq_len, dtype, device)
+    except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        raise CheckpointError(
+            f"cannot allocate the KV cache for a context of {args.max_seq_len} tokens on {device}: {_one_line(err)}"
+        ) from None
     model.eval().requires_grad_(False)
     on_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if on_meta:

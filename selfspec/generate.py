@@ -236,12 +236,14 @@ def generate(
     n_prompt = len(input_ids)
     logits = model(torch.tensor([input_ids], device=device), torch.arange(n_prompt, device=device), n_prompt,
                    last_only=True)
-    # buf holds [last token, d1..dk] for the round in flight, on the device.
-    buf = torch.empty(max_step_draft + 1, dtype=torch.long, device=device)
+    # buf holds [last token, d1..dk] for the round in flight, on the device. A round never drafts more
+    # tokens than are left to generate.
+    draft_slots = min(max_step_draft, max_new_tokens)
+    buf = torch.empty(draft_slots + 1, dtype=torch.long, device=device)
     buf[0] = sampling.pick(logits[0, -1], generator)
     token = int(buf[0])
     stats.first_token_latency_s = time.perf_counter() - start
-    offsets = torch.arange(max_step_draft + 1, device=device)
+    offsets = torch.arange(draft_slots + 1, device=device)
     draft_probs = None
     pos = n_prompt  # position of `token`, which is not in the cache yet
     done = emit([token])
@@ -264,7 +266,7 @@ def generate(
             if do_sample:
                 q = sampling.probs(logits)
                 if draft_probs is None:
-                    draft_probs = torch.empty(max_step_draft, q.shape[-1], device=device)
+                    draft_probs = torch.empty(draft_slots, q.shape[-1], device=device)
                 draft_probs[k] = q
                 buf[k + 1] = torch.multinomial(q, 1, generator=generator)[0]
                 confidence = q.gather(0, buf[k + 1 : k + 2])

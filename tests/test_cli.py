@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, check_exit=None):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "speculative.py"), *map(str, args)],
+    result = subprocess.run(  # bytes arguments pass as they are (not UTF-8 ones, for example)
+        [sys.executable, str(ROOT / "speculative.py"), *(a if isinstance(a, bytes) else str(a) for a in args)],
         capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
     )
     if check_exit is not None:
@@ -92,15 +93,48 @@ def damage(kind, tiny_copy):
     elif kind == "corrupted bin":
         path = tiny_copy(fmt="bin")
         (path / "pytorch_model.bin").write_bytes(b"not a checkpoint" * 100)
-    elif kind == "shape mismatch":
+    elif kind == "legacy pickle bin":  # a real state dict that torch.load(weights_only=True) refuses
+        path = tiny_copy(fmt="bin")
+        state = torch.load(path / "pytorch_model.bin", weights_only=True)
+        torch.save(state, path / "pytorch_model.bin", _use_new_zipfile_serialization=False, pickle_protocol=4)
+    elif kind.startswith("weights "):  # weights of the right shapes, wrong values
+        path = tiny_copy()
+        state = load_file(path / "model.safetensors")
+        norm = state["model.norm.weight"]
+        state["model.norm.weight"] = {"weights complex": norm.to(torch.complex64), "weights int64": norm.long(),
+                                      "weights NaN": norm.clone().fill_(float("nan"))}[kind]
+        save_file(state, path / "model.safetensors")
+    elif kind == "weight_map of lists":
+        path = tiny_copy(fmt="sharded-safetensors")
+        index = json.loads((path / "model.safetensors.index.json").read_text())
+        index["weight_map"] = {key: [name] for key, name in index["weight_map"].items()}
+        (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    else:  # a config.json field changed
         path = tiny_copy()
         config = json.loads((path / "config.json").read_text())
-        config["intermediate_size"] += 32
+        if kind == "shape mismatch":
+            config["intermediate_size"] += 32
+        elif kind == "architectures not a list":
+            del config["model_type"]
+            config["architectures"] = 5
+        elif kind == "rope_parameters not an object":
+            config["rope_parameters"] = "x"
+        elif kind == "rms_norm_eps NaN":
+            config["rms_norm_eps"] = float("nan")
+        elif kind == "rope_theta infinite":
+            config["rope_theta"] = float("inf")
+        elif kind == "context too large to allocate":
+            config["max_position_embeddings"] = 10**12
         (path / "config.json").write_text(json.dumps(config))
     return path
 
 
-BAD_CHECKPOINTS = ["no config", "no weights", "not baichuan", "truncated safetensors", "corrupted bin", "shape mismatch"]
+BAD_CHECKPOINTS = [
+    "no config", "no weights", "not baichuan", "truncated safetensors", "corrupted bin", "legacy pickle bin",
+    "weights complex", "weights int64", "weights NaN", "weight_map of lists", "shape mismatch",
+    "architectures not a list", "rope_parameters not an object", "rms_norm_eps NaN", "rope_theta infinite",
+    "context too large to allocate",
+]
 
 
 def assert_clean_error(result, *words):
@@ -115,6 +149,7 @@ def assert_clean_error(result, *words):
 def test_bad_checkpoints(kind, tiny_copy):
     result = run_cli("--repo-id-or-model-path", damage(kind, tiny_copy), "--n-predict", 4, "--warmup", 0)
     assert_clean_error(result)
+    assert "weights_only set to False" not in result.stderr  # torch's advice; this project never takes it
 
 
 def test_missing_path_and_uncached_hub_id(tmp_path):
@@ -129,9 +164,42 @@ def test_missing_path_and_uncached_hub_id(tmp_path):
     (["--th-stop-draft", 1.5], ["th-stop-draft"]),
     (["--max-step-draft", 0], ["max-step-draft"]),
     (["--top-p", 0], ["top-p"]),
+    (["--do-sample", "--temperature", "nan"], ["temperature"]),
+    (["--do-sample", "--temperature", "inf"], ["temperature"]),
+    (["--do-sample", "--seed", 2**64], ["seed"]),
+    (["--seed", -1], ["seed"]),
+    (["--prompt", b"caf\xe9"], ["prompt", "UTF-8"]),  # Latin-1 bytes
+    (["--system", b"\xff"], ["system", "UTF-8"]),
 ])
 def test_impossible_arguments(args, words, tiny_7b):
     assert_clean_error(run_cli("--repo-id-or-model-path", tiny_7b, "--warmup", 0, *args), *words)
+
+
+def test_seed_repeats_whatever_the_warmup(tiny_7b):
+    def sample(warmup):
+        result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--n-predict", 12, "--do-sample",
+                         "--seed", 7, "--warmup", warmup, "--json", check_exit=0)
+        return json.loads(result.stdout.splitlines()[-1])["token_ids"]
+
+    assert sample(0) == sample(2)
+
+
+def test_ignored_options_warn_and_huge_draft_length_is_fine(tiny_7b):
+    result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--n-predict", 6, "--temperature", 0.5,
+                     "--max-step-draft", 10**12, "--warmup", 0, "--json", check_exit=0)
+    assert result.stderr.startswith("warning: ") and result.stderr.count("\n") == 1, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["tokens_generated"] >= 1
+
+
+def test_closed_stdout_is_not_a_traceback(tiny_7b):
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "speculative.py"), "--repo-id-or-model-path", str(tiny_7b), "--prompt", "hi",
+         "--n-predict", "8", "--warmup", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # the reader is gone before the answer is printed (as with `| head -c 0`)
+    assert process.wait(timeout=300) == 1
+    assert process.stderr.read() == b""
 
 
 @pytest.mark.parametrize("device", ["cuda", "xpu"])
