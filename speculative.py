@@ -31,29 +31,31 @@ DEFAULT_PROMPT = (
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repo-id-or-model-path", default="baichuan-inc/Baichuan2-7B-Chat",
-                   help="local checkpoint folder, or a hub id resolved through the huggingface_hub cache")
+                   help="local checkpoint folder, or a hub id resolved through the huggingface_hub cache "
+                        "(default: %(default)s)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the user's message (default: a Chinese passage and a question)")
-    p.add_argument("--n-predict", type=int, default=128, help="maximum number of tokens to generate")
+    p.add_argument("--n-predict", type=int, default=128, help="maximum number of tokens to generate (default: %(default)s)")
     p.add_argument("--th-stop-draft", "--th_stop_draft", type=float, default=0.6,
-                   help="stop drafting when the draft's top probability falls below this (adapts while running)")
-    p.add_argument("--max-step-draft", type=int, default=8, help="most tokens drafted per verification")
+                   help="stop drafting when the draft's top probability falls below this; adapts while running "
+                        "(default: %(default)s)")
+    p.add_argument("--max-step-draft", type=int, default=8, help="most tokens drafted per verification (default: %(default)s)")
     p.add_argument("--device", choices=["auto", "cuda", "xpu", "cpu"], default="auto",
-                   help="auto picks xpu, then cuda, then cpu")
+                   help="auto (the default) picks xpu, then cuda, then cpu")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"],
                    help="default: float16 on GPUs, bfloat16 on CPU")
     p.add_argument("--no-speculative", action="store_true", help="plain decoding with the same engine")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="0 disables top-k")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0, help="with --do-sample (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=0, help="with --do-sample; 0 (the default) disables top-k")
+    p.add_argument("--top-p", type=float, default=1.0, help="with --do-sample; 1 (the default) disables top-p")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
     p.add_argument("--system", default="", help="system text placed before the chat")
     p.add_argument("--raw-prompt", action="store_true", help="tokenize the prompt as is, without the chat format")
-    p.add_argument("--warmup", type=int, default=1, help="untimed generations before the timed one")
-    p.add_argument("--group-size", type=int, default=64, choices=[32, 64, 128], help="INT4 draft group size")
+    p.add_argument("--warmup", type=int, default=1, help="untimed generations before the timed one (default: %(default)s)")
+    p.add_argument("--group-size", type=int, default=64, choices=[32, 64, 128], help="INT4 draft group size (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last stdout line instead")
     p.add_argument("--backend", choices=["native", "ipex-llm"], default="native",
-                   help="native: this engine, which never runs code from the checkpoint; ipex-llm: the original "
+                   help="native (the default): this engine, which never runs code from the checkpoint; ipex-llm: the original "
                         "IPEX-LLM example on Intel GPUs (pip install -r requirements-xpu.txt), which loads the "
                         "checkpoint with trust_remote_code=True, i.e. runs the checkpoint's own Python code")
 
