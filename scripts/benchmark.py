@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from selfspec import run_main  # noqa: E402
 from selfspec.generate import generate, synchronize  # noqa: E402
 from selfspec.model import Baichuan2, ModelArgs  # noqa: E402
 from selfspec.quantize import LM_HEADS, Int4Linear, Int8Linear, make_draft, quantize_int4, weight_bytes  # noqa: E402
@@ -444,6 +445,11 @@ def main():
     if not torch.cuda.is_available():
         print("error: the benchmark needs a CUDA GPU (see --help)", file=sys.stderr)
         return 2
+    from selfspec.checkpoint import open_checkpoint
+
+    for folder in (args.model, args.proxy):  # bad paths fail now, not after the bandwidth measurement
+        if folder:
+            open_checkpoint(folder)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "prompt_tokens": args.prompt_tokens,
@@ -465,4 +471,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

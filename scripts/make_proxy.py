@@ -46,6 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from selfspec import InputError, run_main  # noqa: E402
 from selfspec.checkpoint import _read_weight_file, find_weight_files, load_config, model_args_from_config  # noqa: E402
 
 BAICHUAN2_7B_SHAPE = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
@@ -53,6 +54,10 @@ BAICHUAN2_7B_SHAPE = dict(hidden_size=4096, num_hidden_layers=32, num_attention_
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json",
                    "special_tokens_map.json")
 MARGIN = 2.0
+
+
+class ProxyError(InputError, ValueError):
+    """A checkpoint or target shape embed_llama cannot use: one `error:` line from the CLI."""
 
 
 def read_llama(folder, device="cpu") -> tuple[dict, dict]:
@@ -98,19 +103,19 @@ def _check(config: dict, shape: dict) -> None:
     from selfspec.checkpoint import checkpoint_arch
 
     if checkpoint_arch(config) != "llama":
-        raise ValueError("embed_llama needs a Llama checkpoint")
+        raise ProxyError("embed_llama needs a Llama checkpoint")
     model_args_from_config(config)  # refuses Llama variants the engine does not run (biases, RoPE scaling)
     small = dict(config, num_key_value_heads=config.get("num_key_value_heads", config["num_attention_heads"]))
     for key, value in shape.items():
         if value < small[key]:
-            raise ValueError(f"target {key} {value} is smaller than the original's {small[key]}")
+            raise ProxyError(f"target {key} {value} is smaller than the original's {small[key]}")
     hd = config["hidden_size"] // config["num_attention_heads"]
     HD, rest = divmod(shape["hidden_size"], shape["num_attention_heads"])
     if rest or HD % hd or shape["num_attention_heads"] % shape["num_key_value_heads"]:
-        raise ValueError(f"target head width {shape['hidden_size']}/{shape['num_attention_heads']} must be a whole "
+        raise ProxyError(f"target head width {shape['hidden_size']}/{shape['num_attention_heads']} must be a whole "
                          f"multiple of the original's {hd}, and the heads a multiple of the KV heads")
     if shape["vocab_size"] > config["vocab_size"] and shape["hidden_size"] <= config["hidden_size"]:
-        raise ValueError("padding the vocabulary needs one spare hidden channel")
+        raise ProxyError("padding the vocabulary needs one spare hidden channel")
 
 
 @torch.no_grad()
@@ -215,6 +220,8 @@ def main():
     for key, value in BAICHUAN2_7B_SHAPE.items():
         p.add_argument("--" + key.replace("_", "-"), type=int, default=value)
     args = p.parse_args()
+    if not args.src.exists():  # load_config's "has no config.json" would hide the typo
+        raise InputError(f"checkpoint folder {args.src} does not exist")
     from safetensors.torch import save_file
 
     state, config = read_llama(args.src)
@@ -231,4 +238,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -26,6 +26,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
+from selfspec import run_main  # noqa: E402
 from selfspec.checkpoint import load_checkpoint, load_tokenizer, model_from_state_dict, open_checkpoint  # noqa: E402
 from selfspec.generate import generate  # noqa: E402
 from selfspec.quantize import CLIP_RATIOS, LM_HEADS, make_draft  # noqa: E402
@@ -93,6 +94,12 @@ def measure(model, draft, ckpt, tokenizer, prompts=PROMPTS, n_predict=128, th_st
     return records
 
 
+def default_max_seq_len(folder, max_seq_len: int | None) -> int:
+    """--max-seq-len if given (checked against the context when the model loads), else 2048 or the
+    checkpoint's own context if shorter (tiny test models have 256)."""
+    return max_seq_len if max_seq_len is not None else min(2048, open_checkpoint(str(folder)).context_length)
+
+
 def summary(records) -> dict:
     drafted, accepted = sum(r["drafted"] for r in records), sum(r["accepted"] for r in records)
     tokens = sum(r["tokens"] for r in records)
@@ -132,7 +139,7 @@ def main():
     p.add_argument("--group-size", type=int, default=64, choices=[32, 64, 128])
     p.add_argument("--th-stop-draft", type=float, default=0.6)
     p.add_argument("--max-step-draft", type=int, default=8)
-    p.add_argument("--max-seq-len", type=int, default=2048)
+    p.add_argument("--max-seq-len", type=int, help="KV cache length (default: 2048, or the model's context if shorter)")
     p.add_argument("--clip-ratios", type=float, nargs="+", default=CLIP_RATIOS,
                    help="scale clipping ratios the draft's quantizer chooses from per group (1.0 alone: plain absmax "
                         "round-to-nearest)")
@@ -147,6 +154,7 @@ def main():
             from convert_gguf import convert, smollm2_gguf_path
 
             folder = convert(smollm2_gguf_path(), Path(tmp) / "smollm2")
+        max_seq_len = default_max_seq_len(folder, args.max_seq_len)
         if args.proxy:
             from make_proxy import BAICHUAN2_7B_SHAPE, embed_llama, read_llama
 
@@ -154,10 +162,10 @@ def main():
             tokenizer = load_tokenizer(ckpt)
             state, config = read_llama(folder, device=device)
             state, config = embed_llama(state, config, BAICHUAN2_7B_SHAPE, dtype=dtype)
-            model = model_from_state_dict(config, state, dtype, device, args.max_seq_len)
+            model = model_from_state_dict(config, state, dtype, device, max_seq_len)
             del state
         else:
-            ckpt, model, tokenizer = load_checkpoint(str(folder), dtype, device, args.max_seq_len)
+            ckpt, model, tokenizer = load_checkpoint(str(folder), dtype, device, max_seq_len)
         draft = make_draft(model, group_size=args.group_size, lm_head=args.draft_lm_head,
                            clip_ratios=tuple(args.clip_ratios))
         records = measure(model, draft, ckpt, tokenizer, n_predict=args.n_predict,
@@ -171,4 +179,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

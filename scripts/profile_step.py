@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmark import SHAPES, random_model  # noqa: E402
+from selfspec import InputError, run_main  # noqa: E402
 from selfspec.model import fuse_pointwise_ops  # noqa: E402
 from selfspec.quantize import make_draft  # noqa: E402
 
@@ -22,6 +23,8 @@ def main():
     p.add_argument("--shape", default="7b", choices=sorted(SHAPES))
     p.add_argument("--pos", type=int, default=1100)
     args = p.parse_args()
+    if not torch.cuda.is_available():
+        raise InputError("the profile needs a CUDA GPU (see --help)")
     fuse_pointwise_ops()  # as the CUDA-graph path does
     model = random_model(args.shape, args.pos + 256)
     draft = make_draft(model)
@@ -43,4 +46,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -25,5 +25,5 @@ export SYCL_PI_LEVEL_ZERO_USE_IMMEDIATE_COMMANDLISTS="${SYCL_PI_LEVEL_ZERO_USE_I
 export ENABLE_SDP_FUSION="${ENABLE_SDP_FUSION:-1}"  # IPEX's fused scaled-dot-product attention
 export SYCL_CACHE_PERSISTENT="${SYCL_CACHE_PERSISTENT:-1}"  # keep JIT-compiled kernels between runs
 
-cd "$(dirname "$0")/.."
-exec python speculative.py "$@"
+# By path, without cd: relative model paths are the caller's.
+exec python "$(dirname "$0")/../speculative.py" "$@"

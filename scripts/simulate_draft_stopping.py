@@ -22,7 +22,8 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from measure_acceptance import PROMPTS  # noqa: E402
+from measure_acceptance import PROMPTS, default_max_seq_len  # noqa: E402
+from selfspec import run_main  # noqa: E402
 from selfspec.checkpoint import load_checkpoint  # noqa: E402
 from selfspec.generate import adapt_th_stop_draft, generate  # noqa: E402
 from selfspec.quantize import make_draft  # noqa: E402
@@ -107,6 +108,7 @@ def main():
     p.add_argument("--verify-step", type=float, default=1.03, help="verification cost in FP16 steps")
     p.add_argument("--max-step-draft", type=int, default=8)
     p.add_argument("--draft-lm-head", default="int8")
+    p.add_argument("--max-seq-len", type=int, help="KV cache length (default: 2048, or the model's context if shorter)")
     p.add_argument("--out", type=Path, help="write the chains and results as JSON")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,11 +117,13 @@ def main():
             from convert_gguf import convert, smollm2_gguf_path
 
             folder = convert(smollm2_gguf_path(), Path(tmp) / "smollm2")
-        ckpt, model, tokenizer = load_checkpoint(str(folder), torch.float32, torch.device("cpu"), 2048)
+        max_seq_len = default_max_seq_len(folder, args.max_seq_len)
+        ckpt, model, tokenizer = load_checkpoint(str(folder), torch.float32, torch.device("cpu"), max_seq_len)
     draft = make_draft(model, group_size=64, lm_head=args.draft_lm_head)
     records = []
     for prompt in PROMPTS:
-        ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=2048 - 128)
+        # Room for the answer and the draft chains read past its last token.
+        ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=max_seq_len - 128 - args.max_step_draft)
         answer, _ = generate(model, ids, 128, eos_token_id=ckpt.eos_token_id)
         records.append({"prompt": prompt, "answer": answer,
                         "chains": draft_chains(model, draft, ids, answer, args.max_step_draft)})
@@ -130,4 +134,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

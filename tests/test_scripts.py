@@ -1,0 +1,86 @@
+"""The scripts in scripts/ as a user runs them: bad input is one `error:` line and status 2."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from measure_acceptance import default_max_seq_len
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+# run_xpu.sh runs `python`: make it this interpreter.
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def run(*args, cwd=None):
+    return subprocess.run([*map(str, args)], capture_output=True, text=True, timeout=300, env=ENV, cwd=cwd)
+
+
+def run_script(name, *args, cwd=None):
+    return run(sys.executable, SCRIPTS / name, *args, cwd=cwd)
+
+
+def assert_clean_error(result, *words):
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("script", ["measure_acceptance.py", "simulate_draft_stopping.py"])
+def test_missing_model(script, tmp_path):
+    assert_clean_error(run_script(script, "--model", tmp_path / "missing"), "does not exist")
+
+
+@pytest.mark.parametrize("script", ["measure_acceptance.py", "simulate_draft_stopping.py"])
+def test_max_seq_len_beyond_the_context(script, tiny_7b):
+    assert_clean_error(run_script(script, "--model", tiny_7b, "--max-seq-len", 4096), "context 256")
+
+
+def test_make_proxy_bad_sources(tmp_path, tiny_7b):
+    assert_clean_error(run_script("make_proxy.py", tmp_path / "missing", tmp_path / "out"), "does not exist")
+    assert_clean_error(run_script("make_proxy.py", tiny_7b, tmp_path / "out"), "Llama")
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_gguf_bad_files(tmp_path, tiny_7b):
+    result = run_script("convert_gguf.py", tmp_path / "missing.gguf", tmp_path / "out")
+    assert_clean_error(result, "missing.gguf")
+    assert "huggingface.co" not in result.stderr
+    assert_clean_error(run_script("convert_gguf.py", tiny_7b / "config.json", tmp_path / "out"), "not a GGUF file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_benchmark_missing_model(tmp_path):
+    # Without CUDA the benchmark stops at its own CUDA message before looking at --model.
+    result = run_script("benchmark.py", "--model", tmp_path / "missing", "--out", tmp_path / "out")
+    assert_clean_error(result, "does not exist" if torch.cuda.is_available() else "CUDA")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA it profiles")
+def test_profile_step_without_cuda():
+    assert_clean_error(run_script("profile_step.py"), "CUDA")
+
+
+def test_run_xpu_keeps_relative_model_paths(tiny_7b):
+    result = run(SCRIPTS / "run_xpu.sh", "--repo-id-or-model-path", tiny_7b.name, "--device", "cpu",
+                 "--n-predict", 4, "--warmup", 0, "--prompt", "hi", cwd=tiny_7b.parent)
+    assert result.returncode == 0, result.stderr
+    assert "Tokens generated" in result.stdout
+
+
+def test_default_max_seq_len(tiny_7b, tiny_13b, tiny_copy):
+    assert default_max_seq_len(tiny_7b, None) == 256  # RoPE: max_position_embeddings
+    assert default_max_seq_len(tiny_13b, None) == 256  # ALiBi: model_max_length
+    assert default_max_seq_len(tiny_copy(max_position_embeddings=4096), None) == 2048
+    assert default_max_seq_len(tiny_7b, 100) == 100
+
+
+def test_measure_acceptance_small_context(tiny_13b):
+    result = run_script("measure_acceptance.py", "--model", tiny_13b, "--n-predict", 4)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["summary"]["tokens"] > 0
