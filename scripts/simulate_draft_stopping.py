@@ -2,13 +2,15 @@
 draft's own chains, with the step costs measured on a GPU.
 
     python scripts/simulate_draft_stopping.py [--model DIR] [--draft-step 0.41] [--verify-step 1.03] [--out F.json]
+    python scripts/simulate_draft_stopping.py --chains F.json [--max-step-draft N] [--draft-step ...] [--verify-step ...]
 
 For every position j of the target's greedy answer (tokens up to j emitted, the target's KV cache before
 it), the draft proposes its greedy chain of --max-step-draft tokens with their top probabilities, exactly
 as generate() would in a round starting there. Any stopping rule that looks at those probabilities can then
 be replayed without running a model again: a round costs k draft steps (--draft-step, in FP16 steps) plus
 one verification (--verify-step) and emits the accepted drafts plus one token. The oracle drafts exactly
-the tokens the target will accept: the bound for any rule. Default model: SmolLM2-135M-Instruct
+the tokens the target will accept: the bound for any rule. --chains replays the chains an earlier --out file
+holds, with other step costs or cut to fewer drafts per round, without running the model. Default model: SmolLM2-135M-Instruct
 (scripts/convert_gguf.py), float32 on CPU, the prompts of scripts/measure_acceptance.py.
 """
 import argparse
@@ -23,8 +25,8 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from measure_acceptance import PROMPTS, default_max_seq_len  # noqa: E402
-from selfspec import run_main  # noqa: E402
-from selfspec.checkpoint import load_checkpoint  # noqa: E402
+from selfspec import InputError, run_main  # noqa: E402
+from selfspec.checkpoint import load_checkpoint, read_json  # noqa: E402
 from selfspec.generate import adapt_th_stop_draft, generate  # noqa: E402
 from selfspec.quantize import make_draft  # noqa: E402
 
@@ -101,16 +103,20 @@ def compare_rules(records, draft_step: float, verify_step: float) -> dict:
     return results
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, help="Llama or Baichuan2 checkpoint folder (default: converted SmolLM2)")
-    p.add_argument("--draft-step", type=float, default=0.41, help="draft step cost in FP16 steps")
-    p.add_argument("--verify-step", type=float, default=1.03, help="verification cost in FP16 steps")
-    p.add_argument("--max-step-draft", type=int, default=8)
-    p.add_argument("--draft-lm-head", default="int8")
-    p.add_argument("--max-seq-len", type=int, help="KV cache length (default: 2048, or the model's context if shorter)")
-    p.add_argument("--out", type=Path, help="write the chains and results as JSON")
-    args = p.parse_args()
+def saved_chains(path: Path, depth: int) -> list[dict]:
+    """The records of an earlier --out file, each chain cut to `depth` drafts."""
+    records = read_json(path).get("records")
+    if not isinstance(records, list) or not records:
+        raise InputError(f"{path} holds no chains (not written by this script's --out?)")
+    saved = min(len(c["tokens"]) for r in records for c in r["chains"])
+    if depth > saved:
+        raise InputError(f"the chains in {path} are {saved} drafts long; --max-step-draft {depth} asks for more")
+    cut = lambda c: {"tokens": c["tokens"][:depth], "confidences": c["confidences"][:depth]}  # noqa: E731
+    return [dict(r, chains=[cut(c) for c in r["chains"]]) for r in records]
+
+
+def collect_chains(args) -> list[dict]:
+    """The target's greedy answer to each prompt and the draft's chain at every position of it."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.model
         if folder is None:
@@ -127,6 +133,21 @@ def main():
         answer, _ = generate(model, ids, 128, eos_token_id=ckpt.eos_token_id)
         records.append({"prompt": prompt, "answer": answer,
                         "chains": draft_chains(model, draft, ids, answer, args.max_step_draft)})
+    return records
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, help="Llama or Baichuan2 checkpoint folder (default: converted SmolLM2)")
+    p.add_argument("--chains", type=Path, help="replay the chains of an earlier --out file instead of running a model")
+    p.add_argument("--draft-step", type=float, default=0.41, help="draft step cost in FP16 steps")
+    p.add_argument("--verify-step", type=float, default=1.03, help="verification cost in FP16 steps")
+    p.add_argument("--max-step-draft", type=int, default=8, help="drafts per round at most: the chains' length")
+    p.add_argument("--draft-lm-head", default="int8")
+    p.add_argument("--max-seq-len", type=int, help="KV cache length (default: 2048, or the model's context if shorter)")
+    p.add_argument("--out", type=Path, help="write the chains and results as JSON")
+    args = p.parse_args()
+    records = saved_chains(args.chains, args.max_step_draft) if args.chains else collect_chains(args)
     results = compare_rules(records, args.draft_step, args.verify_step)
     if args.out:
         args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results,

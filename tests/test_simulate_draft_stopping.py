@@ -1,4 +1,5 @@
 """scripts/simulate_draft_stopping.py: its replay of a stopping rule must be generate() itself."""
+import json
 import sys
 from pathlib import Path
 
@@ -8,7 +9,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from selfspec.generate import generate  # noqa: E402
 from selfspec.quantize import make_draft  # noqa: E402
-from simulate_draft_stopping import RULES, draft_chains, replay  # noqa: E402
+from selfspec import InputError  # noqa: E402
+from simulate_draft_stopping import RULES, compare_rules, draft_chains, replay, saved_chains  # noqa: E402
 from utils import random_model  # noqa: E402
 
 
@@ -36,3 +38,20 @@ def test_oracle_drafts_only_what_is_accepted():
     assert replay(answer, chains, None, draft_step=0.5, verify_step=1.0) == (0.5 * 6 + 4, 6, 6, 4)
     # A rule that stops after the first draft needs a round per two tokens from the start.
     assert replay(answer, chains, lambda c, s: True, draft_step=0.5, verify_step=1.0)[1:] == (5, 5, 5)
+
+
+def test_saved_chains_replay_cut_to_fewer_drafts(tmp_path):
+    answer = list(range(12))
+    chains = [{"tokens": [t + 1, t + 2, 99, t + 4], "confidences": [0.9, 0.8, 0.7, 0.6]} for t in answer[:-1]]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"records": [{"prompt": "p", "answer": answer, "chains": chains}]}))
+    cut = saved_chains(path, 2)
+    assert cut[0]["chains"][0] == {"tokens": [1, 2], "confidences": [0.9, 0.8]}
+    # Cut to two drafts, the oracle drafts both (both right) in every round; uncut, also just two (the third
+    # is wrong): the same rounds either way, while a rule that never stops drafts the wrong third when it can.
+    oracle = compare_rules(cut, 0.5, 1.0)["oracle"]
+    assert oracle == compare_rules(saved_chains(path, 4), 0.5, 1.0)["oracle"]
+    never_stop = lambda chains: replay(answer, chains, lambda c, s: False, 0.5, 1.0)  # noqa: E731
+    assert never_stop(saved_chains(path, 4)[0]["chains"])[1] > never_stop(cut[0]["chains"])[1]
+    with pytest.raises(InputError, match="4 drafts long"):
+        saved_chains(path, 5)
