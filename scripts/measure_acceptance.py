@@ -26,7 +26,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from selfspec import run_main  # noqa: E402
+from selfspec import InputError, run_main  # noqa: E402
 from selfspec.checkpoint import load_checkpoint, load_tokenizer, model_from_state_dict, open_checkpoint  # noqa: E402
 from selfspec.generate import generate  # noqa: E402
 from selfspec.quantize import CLIP_RATIOS, LM_HEADS, make_draft  # noqa: E402
@@ -147,13 +147,15 @@ def main():
                    help="the draft's lm_head: an INT8 (default) or INT4 copy, or the target's own")
     args = p.parse_args()
     dtype, device = getattr(torch, args.dtype), torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA GPU here")
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.model
         if folder is None:
-            from convert_gguf import convert, smollm2_gguf_path
+            from convert_gguf import convert, installed_smollm2_gguf
 
-            folder = convert(smollm2_gguf_path(), Path(tmp) / "smollm2")
+            folder = convert(installed_smollm2_gguf(), Path(tmp) / "smollm2")
         max_seq_len = default_max_seq_len(folder, args.max_seq_len)
         if args.proxy:
             from make_proxy import BAICHUAN2_7B_SHAPE, embed_llama, read_llama

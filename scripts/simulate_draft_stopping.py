@@ -120,9 +120,9 @@ def collect_chains(args) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.model
         if folder is None:
-            from convert_gguf import convert, smollm2_gguf_path
+            from convert_gguf import convert, installed_smollm2_gguf
 
-            folder = convert(smollm2_gguf_path(), Path(tmp) / "smollm2")
+            folder = convert(installed_smollm2_gguf(), Path(tmp) / "smollm2")
         max_seq_len = default_max_seq_len(folder, args.max_seq_len)
         ckpt, model, tokenizer = load_checkpoint(str(folder), torch.float32, torch.device("cpu"), max_seq_len)
     draft = make_draft(model, group_size=64, lm_head=args.draft_lm_head)

