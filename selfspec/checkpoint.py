@@ -284,9 +284,15 @@ def _checked_tensors(source, config: dict, expected: dict, items, dtype, device)
         if not tensor.is_floating_point():
             raise CheckpointError(f"{source}: {key} holds {tensor.dtype} values, not floating-point weights")
         tensors[key] = tensor.to(device=device, dtype=dtype)
-        if not torch.isfinite(tensors[key]).all():  # corrupted, or out of the range of `dtype`
+        if not _all_finite(tensors[key]):  # corrupted, or out of the range of `dtype`
             raise CheckpointError(f"{source}: {key} has NaN or infinite values in {str(dtype).removeprefix('torch.')}")
     return tensors
+
+
+def _all_finite(tensor: torch.Tensor, chunk: int = 1 << 24) -> bool:
+    """In slices, so that the check's boolean scratch stays small next to an embedding matrix."""
+    flat = tensor.reshape(-1)
+    return all(bool(torch.isfinite(flat[i : i + chunk]).all()) for i in range(0, flat.numel(), chunk))
 
 
 def _check_complete(source, expected: dict, tensors: dict) -> None:
