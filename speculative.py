@@ -13,7 +13,7 @@ import torch
 from selfspec import InputError
 from selfspec.checkpoint import load_checkpoint
 from selfspec.cuda_graphs import graph_models
-from selfspec.generate import TextStreamer, generate
+from selfspec.generate import TextStreamer, generate, pick_device
 from selfspec.quantize import make_draft
 
 DEFAULT_PROMPT = (
@@ -91,26 +91,6 @@ def check_args(args):
         print("warning: --temperature, --top-k and --top-p apply only with --do-sample", file=sys.stderr)
     if args.raw_prompt and args.system:
         print("warning: --system is not used with --raw-prompt", file=sys.stderr)
-
-
-def pick_device(name: str) -> torch.device:
-    available = {
-        "xpu": hasattr(torch, "xpu") and torch.xpu.is_available(),
-        "cuda": torch.cuda.is_available(),
-        "cpu": True,
-    }
-    if name == "auto":
-        name = next(n for n in ("xpu", "cuda", "cpu") if available[n])
-    if name == "xpu" and not available["xpu"]:
-        # Two different fixes: a wheel without XPU support needs another PyTorch, an XPU build needs the driver.
-        if not (hasattr(torch, "xpu") and torch.xpu._is_compiled()):
-            raise InputError(f"device 'xpu' is not available: this PyTorch build ({torch.__version__}) has no XPU "
-                             "support; install one from https://download.pytorch.org/whl/xpu, or try --device cpu")
-        raise InputError("device 'xpu' is not available: PyTorch has XPU support but finds no Intel GPU; check the "
-                         "GPU driver (Level Zero runtime) and access to /dev/dri (render group), or try --device cpu")
-    if not available[name]:
-        raise InputError(f"device {name!r} is not available in this PyTorch build or machine (try --device cpu)")
-    return torch.device(name)
 
 
 def main(argv=None) -> int:

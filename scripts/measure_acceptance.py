@@ -26,9 +26,9 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from selfspec import InputError, run_main  # noqa: E402
+from selfspec import run_main  # noqa: E402
 from selfspec.checkpoint import load_checkpoint, load_tokenizer, model_from_state_dict, open_checkpoint  # noqa: E402
-from selfspec.generate import generate  # noqa: E402
+from selfspec.generate import generate, pick_device  # noqa: E402
 from selfspec.quantize import CLIP_RATIOS, LM_HEADS, make_draft  # noqa: E402
 
 PASSAGE_EN = (
@@ -133,7 +133,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="Llama or Baichuan2 checkpoint folder (default: converted SmolLM2)")
     p.add_argument("--proxy", action="store_true", help="measure the Baichuan2-7B-shaped proxy of a Llama model")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "xpu"])
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float32")
     p.add_argument("--n-predict", type=int, default=128)
     p.add_argument("--group-size", type=int, default=64, choices=[32, 64, 128])
@@ -146,9 +146,7 @@ def main():
     p.add_argument("--draft-lm-head", choices=LM_HEADS, default="int8",
                    help="the draft's lm_head: an INT8 (default) or INT4 copy, or the target's own")
     args = p.parse_args()
-    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA GPU here")
+    dtype, device = getattr(torch, args.dtype), pick_device(args.device)
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.model

@@ -1,4 +1,5 @@
-"""Prefill, plain decoding and the self-speculative draft/verify loop, sampling and statistics.
+"""Prefill, plain decoding and the self-speculative draft/verify loop, sampling and statistics, and the
+device they run on.
 
 One speculative round, with `token` the last emitted token at position `pos` (not yet in the cache):
   1. the INT4 draft proposes d1..dk one token at a time, reading the target's cache for the verified
@@ -14,6 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+
+from . import InputError
 
 # IPEX-LLM's auto_th_stop_draft: an EMA of the per-round match ratio steers the stop threshold.
 MATCH_EMA = 0.5  # weight of the previous EMA value
@@ -125,6 +128,28 @@ def speculative_accept(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Ten
     target_row = p.index_select(0, n.view(1))[0]
     residual = torch.where(residual.sum() > 0, residual, target_row)  # p == q up to rounding: sample p
     return n, torch.multinomial(residual, 1, generator=generator)[0]
+
+
+def pick_device(name: str) -> torch.device:
+    """"auto" (xpu, then cuda, then cpu) or a device type that must be usable here; else an InputError
+    that says what to fix."""
+    available = {
+        "xpu": hasattr(torch, "xpu") and torch.xpu.is_available(),
+        "cuda": torch.cuda.is_available(),
+        "cpu": True,
+    }
+    if name == "auto":
+        name = next(n for n in ("xpu", "cuda", "cpu") if available[n])
+    if name == "xpu" and not available["xpu"]:
+        # Two different fixes: a wheel without XPU support needs another PyTorch, an XPU build needs the driver.
+        if not (hasattr(torch, "xpu") and torch.xpu._is_compiled()):
+            raise InputError(f"device 'xpu' is not available: this PyTorch build ({torch.__version__}) has no XPU "
+                             "support; install one from https://download.pytorch.org/whl/xpu, or try --device cpu")
+        raise InputError("device 'xpu' is not available: PyTorch has XPU support but finds no Intel GPU; check the "
+                         "GPU driver (Level Zero runtime) and access to /dev/dri (render group), or try --device cpu")
+    if not available[name]:
+        raise InputError(f"device {name!r} is not available in this PyTorch build or machine (try --device cpu)")
+    return torch.device(name)
 
 
 def synchronize(device: torch.device):

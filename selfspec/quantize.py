@@ -170,7 +170,7 @@ class Int8Linear(nn.Module):
             q[rows] = (w / scales[rows, None]).round().clamp(-127, 127)
         self.register_buffer("q", q)
         self.register_buffer("scales", scales.to(weight.dtype))
-        if int4_triton.available(weight.device):
+        if int8_triton.available(weight.device):
             self.kernel = "triton"
         elif weight.device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm"):
             self.kernel = "cpu_int8pack"

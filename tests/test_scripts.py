@@ -88,7 +88,7 @@ def test_measure_acceptance_small_context(tiny_13b):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")
 def test_measure_acceptance_on_a_missing_gpu(tiny_7b):
-    assert_clean_error(run_script("measure_acceptance.py", "--model", tiny_7b, "--device", "cuda"), "CUDA")
+    assert_clean_error(run_script("measure_acceptance.py", "--model", tiny_7b, "--device", "cuda"), "'cuda' is not available")
 
 
 def test_missing_smollm2_package_is_input_error(monkeypatch):
