@@ -16,7 +16,8 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import graph_ms  # noqa: E402
+from benchmark import graph_ms, require_cuda  # noqa: E402
+from selfspec import run_main  # noqa: E402
 from selfspec import attention_triton as at  # noqa: E402
 
 HEADS, HEAD_DIM, MAX_SEQ = 32, 128, 4096
@@ -46,6 +47,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write all results here")
     args = parser.parse_args()
+    require_cuda("the attention lab")
     results = []
     k_cache = torch.randn(1, HEADS, MAX_SEQ, HEAD_DIM, device="cuda", dtype=torch.float16)
     v_cache = torch.randn_like(k_cache)
@@ -74,4 +76,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from selfspec import run_main  # noqa: E402
+from selfspec import InputError, run_main  # noqa: E402
 from selfspec.generate import generate, synchronize  # noqa: E402
 from selfspec.model import Baichuan2, ModelArgs  # noqa: E402
 from selfspec.quantize import LM_HEADS, Int4Linear, Int8Linear, make_draft, quantize_int4, weight_bytes  # noqa: E402
@@ -58,6 +58,11 @@ def parse_args():
     p.add_argument("--no-pdl", action="store_true", help="launch the Triton kernels without programmatic dependent launch")
     p.add_argument("--out", default="bench-out")
     return p.parse_args()
+
+
+def require_cuda(tool: str) -> None:
+    if not torch.cuda.is_available():
+        raise InputError(f"{tool} needs a CUDA GPU (see --help)")
 
 
 def cuda_ms(fn, iters=30, warmup=3) -> float:
@@ -442,9 +447,7 @@ def markdown(results: list[dict], meta: dict) -> str:
 
 def main():
     args = parse_args()
-    if not torch.cuda.is_available():
-        print("error: the benchmark needs a CUDA GPU (see --help)", file=sys.stderr)
-        return 2
+    require_cuda("the benchmark")
     from selfspec.checkpoint import open_checkpoint
 
     for folder in (args.model, args.proxy):  # bad paths fail now, not after the bandwidth measurement

@@ -27,7 +27,8 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import graph_ms  # noqa: E402
+from benchmark import graph_ms, require_cuda  # noqa: E402
+from selfspec import run_main  # noqa: E402
 from selfspec.int4_triton import _HALF2_DOT, _int4_gemv_kernel, _int4_half2_gemv_kernel  # noqa: E402
 from selfspec.quantize import dequantize_int4, pack_half2_words, pack_nibbles, quantize_int4  # noqa: E402
 
@@ -199,6 +200,7 @@ def main():
     parser.add_argument("--layouts", nargs="+", default=["half2", "words", "bytes", "prefetch", "mma"])
     parser.add_argument("--cold", action="store_true", help="each call reads other copies of the weights (no L2 hits)")
     args = parser.parse_args()
+    require_cuda("the INT4 lab")
     shapes = {"o_proj": (4096, 4096), "W_pack": (12288, 4096), "gate": (11008, 4096), "gate+up": (22016, 4096),
               "down": (4096, 11008), "lm_head": (125696, 4096)}
     group = 64
@@ -264,4 +266,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

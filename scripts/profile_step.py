@@ -11,8 +11,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmark import SHAPES, random_model  # noqa: E402
-from selfspec import InputError, run_main  # noqa: E402
+from benchmark import SHAPES, random_model, require_cuda  # noqa: E402
+from selfspec import run_main  # noqa: E402
 from selfspec.model import fuse_pointwise_ops  # noqa: E402
 from selfspec.quantize import make_draft  # noqa: E402
 
@@ -23,8 +23,7 @@ def main():
     p.add_argument("--shape", default="7b", choices=sorted(SHAPES))
     p.add_argument("--pos", type=int, default=1100)
     args = p.parse_args()
-    if not torch.cuda.is_available():
-        raise InputError("the profile needs a CUDA GPU (see --help)")
+    require_cuda("the profile")
     fuse_pointwise_ops()  # as the CUDA-graph path does
     model = random_model(args.shape, args.pos + 256)
     draft = make_draft(model)

@@ -61,9 +61,10 @@ def test_benchmark_missing_model(tmp_path):
     assert_clean_error(result, "does not exist" if torch.cuda.is_available() else "CUDA")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA it profiles")
-def test_profile_step_without_cuda():
-    assert_clean_error(run_script("profile_step.py"), "CUDA")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA they run")
+@pytest.mark.parametrize("script", ["profile_step.py", "int4_kernel_lab.py", "attention_kernel_lab.py"])
+def test_gpu_tools_without_cuda(script):
+    assert_clean_error(run_script(script), "CUDA")
 
 
 def test_run_xpu_keeps_relative_model_paths(tiny_7b):
