@@ -96,31 +96,41 @@ def check_args(args):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        check_args(args)
-        if args.backend == "ipex-llm":  # imported here: only this path needs the ipex_llm package
-            from selfspec.ipex_llm_backend import print_record, run_ipex_llm
-            print_record(run_ipex_llm(args, defaults=parse_args([])), args.json)
-            return 0
-        device = pick_device(args.device)
-        dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cpu" else "float16"))
-        ckpt, model, tokenizer = load_checkpoint(args.repo_id_or_model_path, dtype, device)
-        context = model.max_seq_len
-        if args.n_predict >= context:
-            raise InputError(f"--n-predict {args.n_predict} leaves no room for the prompt in the context of {context}")
-        if args.raw_prompt:
-            input_ids = tokenizer.encode(args.prompt)
-            truncated = len(input_ids) > context - args.n_predict
-            input_ids = input_ids[-(context - args.n_predict):]
-        else:
-            input_ids, truncated = ckpt.chat_ids(
-                tokenizer, args.prompt, system=args.system, max_input_tokens=context - args.n_predict
-            )
-        if truncated:
-            print(f"warning: prompt truncated from the left to {len(input_ids)} tokens to leave room for "
-                  f"{args.n_predict} new tokens", file=sys.stderr)
+        return run(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except torch.OutOfMemoryError as e:  # the check before loading only refuses what can never fit
+        reason = ". ".join(str(e).split(". ")[:3])  # "CUDA out of memory. Tried to allocate ... is free"
+        hint = "" if args.no_speculative else "; --no-speculative leaves out the INT4 draft"
+        print(f"error: {reason}. Another process may be using the device{hint}.", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    check_args(args)
+    if args.backend == "ipex-llm":  # imported here: only this path needs the ipex_llm package
+        from selfspec.ipex_llm_backend import print_record, run_ipex_llm
+        print_record(run_ipex_llm(args, defaults=parse_args([])), args.json)
+        return 0
+    device = pick_device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cpu" else "float16"))
+    ckpt, model, tokenizer = load_checkpoint(args.repo_id_or_model_path, dtype, device,
+                                             draft_group_size=None if args.no_speculative else args.group_size)
+    context = model.max_seq_len
+    if args.n_predict >= context:
+        raise InputError(f"--n-predict {args.n_predict} leaves no room for the prompt in the context of {context}")
+    if args.raw_prompt:
+        input_ids = tokenizer.encode(args.prompt)
+        truncated = len(input_ids) > context - args.n_predict
+        input_ids = input_ids[-(context - args.n_predict):]
+    else:
+        input_ids, truncated = ckpt.chat_ids(
+            tokenizer, args.prompt, system=args.system, max_input_tokens=context - args.n_predict
+        )
+    if truncated:
+        print(f"warning: prompt truncated from the left to {len(input_ids)} tokens to leave room for "
+              f"{args.n_predict} new tokens", file=sys.stderr)
 
     draft = None if args.no_speculative else make_draft(model, group_size=args.group_size)
     if device.type == "cuda":  # replay decode steps as CUDA graphs (captured during the warm-up)

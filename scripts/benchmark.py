@@ -267,7 +267,7 @@ def bench_engine(shape: str, args, bandwidth: float, prompt, max_seq_len: int) -
     if args.model:
         from selfspec.checkpoint import load_checkpoint
 
-        _, model, _ = load_checkpoint(args.model, torch.float16, torch.device("cuda"), max_seq_len)
+        _, model, _ = load_checkpoint(args.model, torch.float16, torch.device("cuda"), max_seq_len, args.group_size)
     else:
         model = random_model(shape, max_seq_len)
     result = {}
@@ -289,8 +289,10 @@ def bench_engine(shape: str, args, bandwidth: float, prompt, max_seq_len: int) -
     pos = args.prompt_tokens + args.new_tokens // 2
     costs = step_costs(model_g, draft_g, pos, args.max_step_draft)
     result["step_costs"] = costs
-    # Bytes one plain step must read: every weight but the embedding table (one row), plus the live KV.
-    embed_bytes = model.model.embed_tokens.weight.numel() * 2
+    # Bytes one plain step must read: every weight but the embedding table (one row; all of it if the head
+    # is tied to it, which weight_bytes counts once), plus the live KV.
+    embed = model.model.embed_tokens.weight
+    embed_bytes = 0 if embed.data_ptr() == model.lm_head.weight.data_ptr() else embed.numel() * 2
     live_kv = 2 * model.args.num_layers * pos * model.args.hidden_size * 2
     step_bytes = fp16_bytes - embed_bytes + live_kv
     result["floor_ms_per_token"] = step_bytes / (bandwidth * 1e9) * 1e3

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from selfspec import InputError
 from selfspec.model import Baichuan2, ModelArgs
+from selfspec.quantize import draft_bytes
 
 SAFETENSORS_INDEX, SAFETENSORS_FILE = "model.safetensors.index.json", "model.safetensors"
 BIN_INDEX, BIN_FILE = "pytorch_model.bin.index.json", "pytorch_model.bin"
@@ -669,11 +670,49 @@ def load_tokenizer(ckpt: Checkpoint) -> Tokenizer | HFTokenizer:
     return tokenizer
 
 
+def memory_needed(ckpt: Checkpoint, dtype: torch.dtype, draft_group_size: int | None = None) -> dict[str, int]:
+    """Bytes the model will keep on its device: weights and KV cache, and the INT4 draft's with a group size.
+    Activations, CUDA graphs and the allocator's slack come on top (together about 2% at 7B on an H100)."""
+    a = ckpt.args
+    name = str(dtype).removeprefix("torch.")
+    need = {
+        f"{name} weights": sum(math.prod(shape) for shape in checkpoint_weight_shapes(ckpt.config, a).values()) * dtype.itemsize,
+        f"KV cache for {a.max_seq_len} tokens": 2 * a.num_layers * a.max_seq_len * a.num_kv_heads * a.head_dim * dtype.itemsize,
+    }
+    if draft_group_size:
+        need["INT4 draft"] = draft_bytes(a, dtype, draft_group_size)
+    return need
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """Total memory of a GPU; None for the CPU, whose memory the system may overcommit or swap."""
+    if device.type in ("cuda", "xpu"):
+        return getattr(torch, device.type).get_device_properties(device).total_memory
+    return None
+
+
+def check_memory(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device, draft_group_size: int | None) -> None:
+    """Refuse, before reading any weight, a model that cannot fit the device at all."""
+    total = device_memory_bytes(torch.device(device))
+    need = memory_needed(ckpt, dtype, draft_group_size)
+    if total is None or sum(need.values()) <= total:
+        return
+    gib = 2**30
+    parts = ", ".join(f"{what} {size / gib:.1f}" for what, size in need.items())
+    without_draft = sum(need.values()) - need.get("INT4 draft", 0)
+    hint = f"; without the draft it needs {without_draft / gib:.1f} GiB" if draft_group_size and without_draft <= total else ""
+    raise CheckpointError(f"{ckpt.folder} needs at least {sum(need.values()) / gib:.1f} GiB on {device} ({parts}) "
+                          f"and the device has {total / gib:.1f} GiB{hint}")
+
+
 def load_checkpoint(
-    path_or_id: str, dtype: torch.dtype, device: torch.device | str, max_seq_len: int | None = None
+    path_or_id: str, dtype: torch.dtype, device: torch.device | str, max_seq_len: int | None = None,
+    draft_group_size: int | None = None,
 ) -> tuple[Checkpoint, Baichuan2, Tokenizer | HFTokenizer]:
-    """Resolve -> validate -> tokenizer -> model; everything cheap fails before weights are read."""
+    """Resolve -> validate -> tokenizer -> model; everything cheap fails before weights are read, including a
+    model (plus the draft `make_draft` will add, given its group size) larger than the GPU's memory."""
     ckpt = open_checkpoint(path_or_id, max_seq_len)
+    check_memory(ckpt, dtype, device, draft_group_size)
     tokenizer = load_tokenizer(ckpt)
     model = load_model(ckpt.folder, dtype, device, max_seq_len)
     return ckpt, model, tokenizer

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import int4_triton, int8_triton, model
-from .model import MLP, Baichuan2
+from .model import MLP, Baichuan2, ModelArgs
 
 # Clipping ratios tried per group: the scale that minimises the group's squared error wins.
 # Calibration-free; it recovers much of the accuracy that plain absmax scaling loses to outliers.
@@ -243,10 +243,25 @@ def make_draft(target: Baichuan2, group_size: int = 64, lm_head: str = "int8",
     return convert(target, "")
 
 
+def draft_bytes(args: ModelArgs, dtype: torch.dtype, group_size: int = 64, lm_head: str = "int8") -> int:
+    """What `make_draft` will add to a target of this shape, before any weight is read: 4 bits per layer
+    weight and a scale per group, and the head. As `weight_bytes(draft, quantized_only=True)` counts it,
+    except for CPU's int4 kernel in 16-bit dtypes, which keeps a zero beside each (bfloat16) scale."""
+    def int4(rows: int, cols: int) -> int:
+        return rows * cols // 2 + rows * (cols // choose_group_size(cols, group_size)) * dtype.itemsize
+
+    h, i, v = args.hidden_size, args.intermediate_size, args.vocab_size
+    qkv_rows = (args.num_heads + 2 * args.num_kv_heads) * args.head_dim
+    layer = int4(qkv_rows, h) + int4(h, args.num_heads * args.head_dim) + int4(2 * i, h) + int4(h, i)
+    head = {"shared": 0, "int8": v * h + v * dtype.itemsize, "int4": int4(v, h)}[lm_head]
+    return args.num_layers * layer + head
+
+
 def weight_bytes(module: nn.Module, quantized_only: bool = False) -> int:
-    """Bytes of the weights a module holds (KV cache and position tables excluded); with `quantized_only`,
-    those of its INT4/INT8 layers, which a draft adds to the target's memory."""
+    """Bytes of the weights a module holds (KV cache and position tables excluded), a head tied to the
+    embeddings once; with `quantized_only`, those of its INT4/INT8 layers, which a draft adds to the target's."""
     if quantized_only:
         quantized = (Int4Linear, Int8Linear)
         return sum(b.numel() * b.element_size() for m in module.modules() if isinstance(m, quantized) for b in m.buffers())
-    return sum(p.numel() * p.element_size() for p in module.parameters())
+    unique = {p.data_ptr(): p for p in module.parameters()}  # tied weights are two Parameters over one tensor
+    return sum(p.numel() * p.element_size() for p in unique.values())

@@ -208,3 +208,37 @@ def test_unavailable_device(device, tiny_7b):
     if backend is not None and backend.is_available():
         pytest.skip(f"{device} is available here")
     assert_clean_error(run_cli("--repo-id-or-model-path", tiny_7b, "--device", device), device, "not available")
+
+
+def test_model_larger_than_the_device_is_refused_and_out_of_memory_is_one_line(tiny_7b, monkeypatch, capsys):
+    import speculative
+    from selfspec import checkpoint
+
+    argv = ["--repo-id-or-model-path", str(tiny_7b), "--prompt", "hi", "--n-predict", "4", "--warmup", "0"]
+    monkeypatch.setattr(checkpoint, "device_memory_bytes", lambda device: 1000)  # as on a GPU of 1,000 bytes
+    assert speculative.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "needs at least" in err, err
+    monkeypatch.undo()
+
+    def out_of_memory(*args, **kwargs):  # what torch raises when an allocation fails on a GPU
+        raise torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.05 GiB "
+            "is free. Including non-PyTorch memory, this process has 78.13 GiB memory in use. Of the allocated memory "
+            "76.00 GiB is allocated by PyTorch.\n\nSee documentation for Memory Management")
+
+    monkeypatch.setattr(speculative, "make_draft", out_of_memory)
+    assert speculative.main(argv) == 2
+    assert capsys.readouterr().err == (
+        "error: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
+        "1.05 GiB is free. Another process may be using the device; --no-speculative leaves out the INT4 draft.\n")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_out_of_memory_on_cuda_is_one_line(tiny_7b):
+    # A fresh process allowed no GPU memory at all: the first weight copied to the GPU fails.
+    code = ("import runpy, sys, torch; torch.cuda.set_per_process_memory_fraction(0.0); "
+            f"sys.argv = ['speculative.py', '--repo-id-or-model-path', {str(tiny_7b)!r}, '--device', 'cuda']; "
+            f"runpy.run_path({str(ROOT / 'speculative.py')!r}, run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert_clean_error(result, "CUDA out of memory", "Another process may be using the device")

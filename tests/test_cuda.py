@@ -11,7 +11,9 @@ import torch
 from selfspec import launch
 from selfspec.cuda_graphs import GraphedModel, graph_models
 from selfspec.generate import generate
-from selfspec.quantize import Int4Linear, Int4MLP, Int8Linear, dequantize_int4, make_draft, pack_nibbles, quantize_int4
+from selfspec.quantize import (
+    Int4Linear, Int4MLP, Int8Linear, dequantize_int4, draft_bytes, make_draft, pack_nibbles, quantize_int4, weight_bytes,
+)
 from utils import random_model, run_in_triton_interpreter
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -101,6 +103,16 @@ def test_draft_mlp_applies_silu_in_the_gate_up_kernel(dtype):
         assert float((got.float() - hidden).norm() / hidden.norm()) < 1e-2
         expected = down(hidden.to(dtype)).float()
         assert float((fused(x).float() - expected).norm() / expected.norm()) < 1e-2
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_draft_bytes_on_the_gpu(dtype):
+    model = random_model("rope", num_heads=8, head_dim=16, intermediate_size=256, dtype=dtype).cuda()
+    draft = make_draft(model, group_size=64)
+    assert {m.kernel for m in draft.modules() if isinstance(m, Int4Linear)} == {
+        "triton_half2" if dtype == torch.float16 else "triton"}
+    assert draft_bytes(model.args, dtype, 64) == weight_bytes(draft, quantized_only=True)
 
 
 @cuda

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from selfspec.quantize import (
-    Int4Linear, Int4MLP, Int8Linear, dequantize_int4, make_draft, pack_half2_words, pack_nibbles, quantize_int4, unpack_half2_words,
+    Int4Linear, Int4MLP, Int8Linear, dequantize_int4, draft_bytes, make_draft, pack_half2_words, pack_nibbles, quantize_int4, unpack_half2_words,
     unpack_nibbles, weight_bytes,
 )
 from utils import random_model
@@ -140,6 +140,14 @@ def test_draft_memory_is_under_three_tenths_of_the_fp16_weights_it_quantizes(gro
     assert int4_bytes >= 0.25 * fp16_bytes  # 4 bits per weight plus scales: the count is honest
     # No float copy of a quantized linear is left; everything else is the target's own tensors.
     assert weight_bytes(draft) == weight_bytes(model) - sum(m.weight.numel() * m.weight.element_size() for m in quantized)
+
+
+@pytest.mark.parametrize("lm_head", ["shared", "int8", "int4"])
+@pytest.mark.parametrize("group_size", [32, 128])
+def test_draft_bytes_are_known_before_the_weights(lm_head, group_size):
+    model = random_model("alibi", num_heads=5, intermediate_size=192)  # hidden 80: groups shrink to 16
+    draft = make_draft(model, group_size=group_size, lm_head=lm_head)
+    assert draft_bytes(model.args, torch.float32, group_size, lm_head) == weight_bytes(draft, quantized_only=True)
 
 
 def test_int8_head_adds_one_byte_per_weight_and_no_float_copy():
