@@ -677,7 +677,7 @@ def memory_needed(ckpt: Checkpoint, dtype: torch.dtype, draft_group_size: int | 
     name = str(dtype).removeprefix("torch.")
     need = {
         f"{name} weights": sum(math.prod(shape) for shape in checkpoint_weight_shapes(ckpt.config, a).values()) * dtype.itemsize,
-        f"KV cache for {a.max_seq_len} tokens": 2 * a.num_layers * a.max_seq_len * a.num_kv_heads * a.head_dim * dtype.itemsize,
+        f"KV cache for {a.max_seq_len:,} tokens": 2 * a.num_layers * a.max_seq_len * a.num_kv_heads * a.head_dim * dtype.itemsize,
     }
     if draft_group_size:
         need["INT4 draft"] = draft_bytes(a, dtype, draft_group_size)
