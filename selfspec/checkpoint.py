@@ -357,7 +357,8 @@ class Tokenizer:
         return self.sp.encode(text)
 
     def decode(self, ids) -> str:
-        return self.sp.decode([int(i) for i in ids])
+        # A padded vocabulary (config vocab_size above the tokenizer's) can emit ids with no piece: no text.
+        return self.sp.decode([int(i) for i in ids if int(i) < self.vocab_size])
 
 
 class HFTokenizer:

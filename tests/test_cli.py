@@ -242,3 +242,14 @@ def test_out_of_memory_on_cuda_is_one_line(tiny_7b):
             f"runpy.run_path({str(ROOT / 'speculative.py')!r}, run_name='__main__')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert_clean_error(result, "CUDA out of memory", "Another process may be using the device")
+
+
+def test_ids_beyond_the_tokenizer_in_a_padded_vocabulary_decode_to_nothing(tiny_copy):
+    # 4,096 rows for a tokenizer of about 500 pieces: random weights pick padded ids most of the time.
+    folder = tiny_copy(vocab_size=4096)
+    result = run_cli("--repo-id-or-model-path", folder, "--prompt", "hi", "--n-predict", 16, "--warmup", 0,
+                     check_exit=0)
+    assert "Tokens generated 16" in result.stdout
+    record = json.loads(run_cli("--repo-id-or-model-path", folder, "--prompt", "hi", "--n-predict", 16, "--warmup", 0,
+                                "--json", check_exit=0).stdout.splitlines()[-1])
+    assert any(i >= 600 for i in record["token_ids"])  # the case this test is about did occur

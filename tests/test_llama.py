@@ -77,6 +77,7 @@ def test_tokenizer_matches_transformers(tied_gqa, text):
     ids = tokenizer.encode(text)
     assert ids == reference(text)["input_ids"]
     assert tokenizer.decode(ids) == reference.decode(ids, skip_special_tokens=True) == text
+    assert tokenizer.decode(ids + [10**6]) == text  # an id of a padded vocabulary: no text, no error
 
 
 CONVERSATIONS = [
