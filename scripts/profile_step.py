@@ -13,7 +13,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmark import SHAPES, random_model, require_cuda  # noqa: E402
 from selfspec import run_main  # noqa: E402
-from selfspec.model import fuse_pointwise_ops  # noqa: E402
 from selfspec.quantize import make_draft  # noqa: E402
 
 
@@ -24,7 +23,6 @@ def main():
     p.add_argument("--pos", type=int, default=1100)
     args = p.parse_args()
     require_cuda("the profile")
-    fuse_pointwise_ops()  # as the CUDA-graph path does
     model = random_model(args.shape, args.pos + 256)
     draft = make_draft(model)
     tok = torch.zeros(1, 1, dtype=torch.long, device="cuda")

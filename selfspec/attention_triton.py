@@ -2,7 +2,7 @@
 
 Per layer, two jobs replace RoPE + two cache writes + a mask + SDPA + a transpose:
   1. `rope_and_store`: rotate q and k (RoPE models), write k and v into the cache at their positions,
-     return q as [T, heads, head_dim];
+     return q as [T, heads, head_dim] (the prefill uses it too, then attends with SDPA);
   2. `decode_attention`: split-KV ("flash-decoding") attention over the live cache only. One program per
      (head, block of BLOCK_KV keys) computes a partial softmax for all new tokens; a second kernel merges
      the blocks. The live length is read from `input_pos` on the device, so a CUDA graph captured for a
@@ -27,46 +27,51 @@ MAX_TOKENS = 16  # query rows per program (tl.dot needs >= 16)
 BLOCK_KV = 128  # with 4 warps and 32 blocks per merge step: the best of a sweep on an H100 (1,152 and 4,000 keys)
 
 
+def rope_and_store_supported(device: torch.device, head_dim: int) -> bool:
+    return triton is not None and device.type == "cuda" and head_dim >= 16 and head_dim & (head_dim - 1) == 0
+
+
 def supported(device: torch.device, num_tokens: int, head_dim: int) -> bool:
-    return (
-        triton is not None and device.type == "cuda" and num_tokens <= MAX_TOKENS
-        and head_dim >= 16 and head_dim & (head_dim - 1) == 0
-    )
+    """Whether `decode_attention` (and `rope_and_store`) serve a pass of `num_tokens` tokens."""
+    return num_tokens <= MAX_TOKENS and rope_and_store_supported(device, head_dim)
 
 
 if triton is not None:
 
     @triton.jit
     def _rope_and_store_kernel(
-        qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, max_seq_len,
-        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, ROPE: tl.constexpr, PDL: tl.constexpr,
+        qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, T, max_seq_len,
+        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, ROPE: tl.constexpr,
+        BLOCK_T: tl.constexpr, PDL: tl.constexpr,
     ):
-        # One program per (token, head slot); slots are the q heads, then k heads, then v heads, as in W_pack.
+        # One program per (BLOCK_T tokens, head slot); slots are the q heads, then k heads, then v heads, as
+        # in W_pack. Decode steps take a token per program, prefills 16.
         let_next_kernel_launch(PDL)
         wait_for_inputs(PDL)
-        t = tl.program_id(0)
+        t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+        t_ok = (t < T)[:, None]
         slot = tl.program_id(1)
         HALF: tl.constexpr = HEAD_DIM // 2
-        d = tl.arange(0, HALF)
-        row = qkv_ptr + t * (HEADS + 2 * KV_HEADS) * HEAD_DIM + slot * HEAD_DIM
-        x1 = tl.load(row + d)
-        x2 = tl.load(row + HALF + d)
-        pos = tl.load(pos_ptr + t)
+        d = tl.arange(0, HALF)[None, :]
+        row = qkv_ptr + t[:, None] * (HEADS + 2 * KV_HEADS) * HEAD_DIM + slot * HEAD_DIM
+        x1 = tl.load(row + d, mask=t_ok)
+        x2 = tl.load(row + HALF + d, mask=t_ok)
+        pos = tl.load(pos_ptr + t, mask=t < T, other=0)[:, None]
         if ROPE:
             if slot < HEADS + KV_HEADS:  # NeoX rotate_half in float32; cos/sin rows repeat per half
-                cos = tl.load(cos_ptr + pos * HEAD_DIM + d)
-                sin = tl.load(sin_ptr + pos * HEAD_DIM + d)
+                cos = tl.load(cos_ptr + pos * HEAD_DIM + d, mask=t_ok)
+                sin = tl.load(sin_ptr + pos * HEAD_DIM + d, mask=t_ok)
                 a, b = x1.to(tl.float32), x2.to(tl.float32)
                 x1 = (a * cos - b * sin).to(x1.dtype)
                 x2 = (b * cos + a * sin).to(x2.dtype)
         if slot < HEADS:
-            out = q_out_ptr + (t * HEADS + slot) * HEAD_DIM
+            out = q_out_ptr + (t[:, None] * HEADS + slot) * HEAD_DIM
         elif slot < HEADS + KV_HEADS:
             out = k_cache_ptr + ((slot - HEADS) * max_seq_len + pos) * HEAD_DIM
         else:
             out = v_cache_ptr + ((slot - HEADS - KV_HEADS) * max_seq_len + pos) * HEAD_DIM
-        tl.store(out + d, x1)
-        tl.store(out + HALF + d, x2)
+        tl.store(out + d, x1, mask=t_ok)
+        tl.store(out + HALF + d, x2, mask=t_ok)
 
     @triton.jit
     def _attention_blocks_kernel(
@@ -151,9 +156,10 @@ def rope_and_store(qkv, input_pos, rope, k_cache, v_cache, num_heads: int, num_k
     max_seq_len, head_dim = k_cache.shape[2], k_cache.shape[3]
     q = torch.empty(T, num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
     cos, sin = rope if rope is not None else (qkv, qkv)  # unused without RoPE
-    _rope_and_store_kernel[(T, num_heads + 2 * num_kv_heads)](
-        qkv, input_pos, cos, sin, q, k_cache, v_cache, max_seq_len,
-        HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, ROPE=rope is not None,
+    block_t = 1 if T <= MAX_TOKENS else 16
+    _rope_and_store_kernel[(triton.cdiv(T, block_t), num_heads + 2 * num_kv_heads)](
+        qkv, input_pos, cos, sin, q, k_cache, v_cache, T, max_seq_len,
+        HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, ROPE=rope is not None, BLOCK_T=block_t,
         PDL=launch.enabled, launch_pdl=launch.enabled,
     )
     return q

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 
 from . import launch
-from .model import fuse_pointwise_ops
 
 
 @dataclass
@@ -89,10 +88,8 @@ class GraphedModel:
 
 
 def graph_models(model, draft=None, bucket: int = 256, pdl: bool = True):
-    """Wrap the target (and draft) for CUDA-graph replay, sharing one memory pool; the pointwise ops
-    are compiled into fused kernels first, and this package's Triton kernels use programmatic dependent
-    launch where the GPU has it (`pdl`; launch.py)."""
-    fuse_pointwise_ops()
+    """Wrap the target (and draft) for CUDA-graph replay, sharing one memory pool; this package's Triton
+    kernels use programmatic dependent launch where the GPU has it (`pdl`; launch.py)."""
     launch.enable(next(model.buffers()).device, pdl)
     pool = torch.cuda.graph_pool_handle()
     graphed = GraphedModel(model, bucket, pool=pool)

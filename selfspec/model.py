@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import attention_triton, norm_triton
+from . import attention_triton, pointwise_triton
 
 
 @dataclass
@@ -33,21 +33,23 @@ class ModelArgs:
 
 
 def rms_norm(x, weight, eps: float):
+    if pointwise_triton.supported(x):
+        return pointwise_triton.rms_norm(x, weight, eps)
     x32 = x.float()
     return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-_eager_rms_norm = rms_norm  # fuse_pointwise_ops rebinds rms_norm; add_rms_norm is compiled as a whole
-
-
 def add_rms_norm(x, delta, weight, eps: float):
-    """(x + delta, RMS norm of it): a residual add and the norm after it, one fused kernel on GPUs."""
+    """(x + delta, RMS norm of it): a residual add and the norm after it, one kernel on CUDA."""
+    if pointwise_triton.supported(x):
+        return pointwise_triton.add_rms_norm(x, delta, weight, eps)
     h = x + delta
-    return h, _eager_rms_norm(h, weight, eps)
+    return h, rms_norm(h, weight, eps)
 
 
 def apply_rope(q, k, cos, sin):
-    """NeoX-style rotation (rotate_half) of q and k in float32; both [1, heads, T, head_dim]."""
+    """NeoX-style rotation (rotate_half) of q and k in float32; both [1, heads, T, head_dim]. (On CUDA
+    attention_triton.rope_and_store does this instead.)"""
 
     def rotate(x):
         x32 = x.float()
@@ -59,26 +61,19 @@ def apply_rope(q, k, cos, sin):
 
 
 def silu_mul(gate, up):
+    if pointwise_triton.supported(gate):
+        return pointwise_triton.silu_mul(gate, up)
     return F.silu(gate) * up
-
-
-def fuse_pointwise_ops():
-    """Compile the pointwise pieces above into single fused kernels (GPU decode: each saves a handful of
-    tiny launches per layer). Same arithmetic; the CPU path keeps the eager versions. Idempotent."""
-    global rms_norm, add_rms_norm, apply_rope, silu_mul
-    if not hasattr(rms_norm, "_torchdynamo_orig_callable"):
-        rms_norm, add_rms_norm, apply_rope, silu_mul = (
-            torch.compile(f, dynamic=True) for f in (rms_norm, add_rms_norm, apply_rope, silu_mul)
-        )
 
 
 @dataclass
 class AttentionInputs:
     """What every layer's attention needs in one forward pass, built once by the model.
 
-    Eager path (SDPA): `mask`, `causal`, and `rope` as the (cos, sin) rows of the query positions.
-    Kernel path (`kernel`, decode-sized passes on CUDA, attention_triton.py): `rope` as the whole
-    (cos, sin) tables, `alibi_slopes`; causality and the live length come from the positions."""
+    SDPA path: `mask`, `causal`; `rope` as the (cos, sin) rows of the query positions for the eager
+    rotation, or with `store_kernel` (CUDA) as the whole tables for attention_triton.rope_and_store, which
+    rotates and writes the cache. Kernel path (`kernel`, decode-sized passes on CUDA): rope_and_store and
+    the split-KV decode attention, with `alibi_slopes`; causality and the live length come from the positions."""
 
     end: int
     mask: torch.Tensor | None = None
@@ -86,6 +81,7 @@ class AttentionInputs:
     rope: tuple[torch.Tensor, torch.Tensor] | None = None
     alibi_slopes: torch.Tensor | None = None
     kernel: bool = False
+    store_kernel: bool = False
 
 
 class RMSNorm(nn.Module):
@@ -97,11 +93,8 @@ class RMSNorm(nn.Module):
     def forward(self, x):
         return rms_norm(x, self.weight, self.eps)
 
-    def add(self, x, delta, kernel: bool = False):
-        """(x + delta, this norm of it): a residual add and the norm after it in one kernel; `kernel`
-        (decode-sized passes on CUDA) picks the Triton one, which takes part in PDL."""
-        if kernel:
-            return norm_triton.add_rms_norm(x, delta, self.weight, self.eps)
+    def add(self, x, delta):
+        """(x + delta, this norm of it): a residual add and the norm after it."""
         return add_rms_norm(x, delta, self.weight, self.eps)
 
 
@@ -144,19 +137,23 @@ class Attention(nn.Module):
         T = x.shape[1]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         qkv = self.W_pack(x)
-        if inputs.kernel:
-            cache = self.kv_cache
+        cache = self.kv_cache
+        if inputs.store_kernel:
             q = attention_triton.rope_and_store(qkv.view(T, -1), input_pos, inputs.rope, cache.k, cache.v,
                                                 self.num_heads, self.num_kv_heads)
-            y = attention_triton.decode_attention(q, cache.k, cache.v, input_pos, inputs.end, inputs.alibi_slopes)
-            return self.o_proj(y.view(1, T, q_size))
-        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-        q = q.view(1, T, self.num_heads, self.head_dim).transpose(1, 2)
-        k = k.view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        if inputs.rope is not None:
-            q, k = apply_rope(q, k, *inputs.rope)
-        k, v = self.kv_cache.update(input_pos, k, v, inputs.end)
+            if inputs.kernel:
+                y = attention_triton.decode_attention(q, cache.k, cache.v, input_pos, inputs.end, inputs.alibi_slopes)
+                return self.o_proj(y.view(1, T, q_size))
+            q = q.unsqueeze(0).transpose(1, 2)
+            k, v = cache.k[:, :, : inputs.end], cache.v[:, :, : inputs.end]
+        else:
+            q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+            q = q.view(1, T, self.num_heads, self.head_dim).transpose(1, 2)
+            k = k.view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            v = v.view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            if inputs.rope is not None:
+                q, k = apply_rope(q, k, *inputs.rope)
+            k, v = cache.update(input_pos, k, v, inputs.end)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=inputs.mask, is_causal=inputs.causal, enable_gqa=self.num_kv_heads != self.num_heads
         )
@@ -178,9 +175,9 @@ class DecoderLayer(nn.Module):
         if delta is None:
             normed = self.input_layernorm(x)
         else:
-            x, normed = self.input_layernorm.add(x, delta, inputs.kernel)
+            x, normed = self.input_layernorm.add(x, delta)
         attn = self.self_attn(normed, input_pos, inputs)
-        x, normed = self.post_attention_layernorm.add(x, attn, inputs.kernel)
+        x, normed = self.post_attention_layernorm.add(x, attn)
         return x, self.mlp(normed)
 
 
@@ -269,16 +266,19 @@ class Baichuan2(nn.Module):
         if end is None:
             end = int(input_pos[-1]) + 1
         rope_model = self.args.position_encoding == "rope"
+        store_kernel = attention_triton.rope_and_store_supported(tokens.device, self.args.head_dim)
+        tables = (self.rope_cos, self.rope_sin) if rope_model else None
         if attention_triton.supported(tokens.device, T, self.args.head_dim) and self.use_attention_kernels:
-            inputs = AttentionInputs(end, rope=(self.rope_cos, self.rope_sin) if rope_model else None,
-                                     alibi_slopes=None if rope_model else self.alibi, kernel=True)
+            inputs = AttentionInputs(end, rope=tables, alibi_slopes=None if rope_model else self.alibi, kernel=True,
+                                     store_kernel=True)
         else:
             # A prefill from position 0 of a RoPE model needs no mask: the fused causal kernels apply.
             causal = T == end and rope_model
+            rows = (self.rope_cos[input_pos], self.rope_sin[input_pos]) if rope_model else None
             inputs = AttentionInputs(end, mask=None if causal else self.attention_mask(input_pos, end), causal=causal,
-                                     rope=(self.rope_cos[input_pos], self.rope_sin[input_pos]) if rope_model else None)
+                                     rope=tables if store_kernel else rows, store_kernel=store_kernel)
         x = self.model.embed_tokens(tokens)
         delta = None
         for layer in self.model.layers:
             x, delta = layer(x, delta, input_pos, inputs)
-        return self.model.norm.add(x, delta, inputs.kernel)[1]
+        return self.model.norm.add(x, delta)[1]

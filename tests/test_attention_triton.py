@@ -60,6 +60,19 @@ def check_kernels(device: str, exact_rows: bool):
                 assert torch.equal(row, y[t]), (H, T, t)
             else:
                 torch.testing.assert_close(row, y[t], atol=1e-6, rtol=1e-6)
+    # A prefill's rotation and cache writes (16 tokens per program, the last block part-filled).
+    H, KVH, D, S, T = 4, 2, 16, 512, 300
+    kc, vc = torch.randn(2, 1, KVH, S, D, device=device)
+    qkv = torch.randn(T, (H + 2 * KVH) * D, device=device)
+    pos = torch.arange(T, device=device)
+    angles = torch.outer(torch.arange(S, device=device).float(),
+                         1.0 / 10000 ** (torch.arange(0, D, 2, device=device).float() / D)).repeat(1, 2)
+    kc2, vc2 = kc.clone(), vc.clone()
+    q = rope_and_store(qkv, pos, (angles.cos(), angles.sin()), kc2, vc2, H, KVH)
+    q_ref, _ = reference(qkv, pos, kc, vc, H, KVH, D, (angles.cos(), angles.sin()), None, T)
+    torch.testing.assert_close(q, q_ref[0].transpose(0, 1), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(kc2, kc, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(vc2, vc, atol=0, rtol=0)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the compiled kernels are tested instead")

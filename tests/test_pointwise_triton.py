@@ -1,0 +1,51 @@
+"""The Triton pointwise kernels (pointwise_triton.py) against the eager functions of model.py, which the
+CPU runs: residual add + RMS norm, RMS norm, SiLU-multiply.
+
+Compiled on CUDA; without CUDA their logic runs under Triton's CPU interpreter (a subprocess: the
+interpreter is chosen when Triton is imported)."""
+import pytest
+import torch
+
+from utils import run_in_triton_interpreter
+
+
+def check_kernels(device: str):
+    from selfspec import model, pointwise_triton
+
+    torch.manual_seed(0)
+    cases = [(torch.float32, 1e-5), (torch.float16, 1e-3)]
+    if device == "cuda":  # Triton's CPU interpreter rounds bfloat16 arithmetic its own way
+        cases.append((torch.bfloat16, 8e-3))
+    for dtype, tol in cases:
+        for rows, dim in [(1, 4096), (9, 5120), (16, 96), (3, 100), (300, 64)]:  # 100: shorter than its block
+            x = (torch.randn(1, rows, dim, device=device) * 30).to(dtype)
+            delta = torch.randn(1, rows, dim, device=device).to(dtype)
+            weight = (torch.rand(dim, device=device) + 0.5).to(dtype)
+            h, out = pointwise_triton.add_rms_norm(x, delta, weight, 1e-6)
+            h_ref, out_ref = model.add_rms_norm(x.cpu(), delta.cpu(), weight.cpu(), 1e-6)
+            assert h.shape == out.shape == x.shape and out.dtype == dtype
+            assert torch.equal(h.cpu(), h_ref), (dtype, rows, dim)  # one rounded add either way
+            # The sum of squares runs in another order: float32 agrees to rounding, 16 bits to an ulp or two.
+            torch.testing.assert_close(out.cpu(), out_ref, atol=tol, rtol=tol)
+            torch.testing.assert_close(pointwise_triton.rms_norm(x, weight, 1e-6).cpu(),
+                                       model.rms_norm(x.cpu(), weight.cpu(), 1e-6), atol=tol, rtol=tol)
+        for rows, cols in [(1, 11008), (9, 1000), (300, 64)]:
+            y = (torch.randn(1, rows, 2 * cols, device=device) * 4).to(dtype)
+            # Separate gate and up tensors (the FP16 MLP), and interleaved halves of one (the INT4 draft's).
+            for gate, up in ((y[..., :cols].contiguous(), y[..., cols:].contiguous()), (y[..., 0::2], y[..., 1::2])):
+                out = pointwise_triton.silu_mul(gate, up)
+                assert out.shape == gate.shape and out.dtype == dtype
+                torch.testing.assert_close(out.cpu(), model.silu_mul(gate.cpu(), up.cpu()), atol=tol, rtol=tol)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_kernels_match_eager():
+    check_kernels("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the compiled kernels are tested instead")
+def test_kernel_logic_in_the_interpreter():
+    pytest.importorskip("triton")
+    code = ("import sys; sys.path.insert(0, 'tests'); from test_pointwise_triton import check_kernels; "
+            "check_kernels('cpu'); print('ok')")
+    run_in_triton_interpreter(code)
