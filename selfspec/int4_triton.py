@@ -67,7 +67,7 @@ if triton is not None:
         tl.store(y_ptr + m * stride_ym + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
     # Tuned per weight shape on first use (outside graph capture: the capture's warm-up runs it first).
-    _int4_gemv_tuned = triton.autotune(
+    _int4_gemv_tuned = launch.autotune(
         configs=[
             triton.Config({"BLOCK_N": bn, "BLOCK_G": bg}, num_warps=w, num_stages=s)
             for bn, bg, w, s in [  # the best of a sweep on an H100 (scripts/int4_kernel_lab.py), plus wider tiles
@@ -158,7 +158,7 @@ if triton is not None:
             tl.store(y_ptr + m * stride_ym + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
     # The best of a sweep on an H100 (scripts/int4_kernel_lab.py: BLOCK_N 4-16, BLOCK_G 2-16, 1-8 warps).
-    _int4_half2_gemv_tuned = triton.autotune(
+    _int4_half2_gemv_tuned = launch.autotune(
         configs=[
             triton.Config({"BLOCK_N": bn, "BLOCK_G": bg}, num_warps=w, num_stages=2)
             for bn, bg, w in [(8, 8, 4), (8, 16, 8), (16, 8, 1), (16, 8, 4), (16, 16, 8)]

@@ -1,4 +1,5 @@
-"""Programmatic dependent launch (PDL) for this package's Triton kernels, on Hopper and later GPUs.
+"""How this package's Triton kernels are launched: programmatic dependent launch (PDL) on Hopper and later
+GPUs, and autotuning whose choices are kept on disk.
 
 A decode step is a chain of short kernels; each normally starts only after the one before it has finished
 and its results are flushed. With PDL a kernel lets the next one be launched once all of its own programs
@@ -9,6 +10,8 @@ writing anything) until the kernel before them is complete. Kernels that are not
 ours. Off by default; `enable` switches it on where the GPU has it (cuda_graphs.graph_models does). A small
 gain on an H100 (docs/performance.md).
 """
+import inspect
+
 import torch
 
 try:
@@ -40,3 +43,11 @@ if triton is not None:
         """Once every program of this kernel has passed here, the next kernel may start launching."""
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
+
+
+def autotune(configs, key):
+    """triton.autotune that keeps its choice per shape in Triton's cache where this Triton can (3.2 and later):
+    a new process then skips timing the configurations again, seconds of every start-up."""
+    if "cache_results" in inspect.signature(triton.autotune).parameters:
+        return triton.autotune(configs=configs, key=key, cache_results=True)
+    return triton.autotune(configs=configs, key=key)
