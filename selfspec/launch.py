@@ -3,7 +3,7 @@ GPUs, and autotuning whose choices are kept on disk.
 
 A decode step is a chain of short kernels; each normally starts only after the one before it has finished
 and its results are flushed. With PDL a kernel lets the next one be launched once all of its own programs
-have passed `let_next_kernel_launch` (the attention and add+norm kernels at their start, the INT4 GEMV
+have passed `let_next_kernel_launch` (the attention and pointwise kernels at their start, the INT4 GEMV
 after its loop); the next kernel's programs then wait on the device (`wait_for_inputs`, before reading or
 writing anything) until the kernel before them is complete. Kernels that are not launched this way
 (cuBLAS, torch's) keep the ordinary stream order, so the chain stays correct whatever sits between two of
