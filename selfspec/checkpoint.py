@@ -695,8 +695,10 @@ def device_memory_bytes(device: torch.device) -> int | None:
 def check_memory(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device, draft_group_size: int | None) -> None:
     """Refuse, before reading any weight, a model that cannot fit the device at all."""
     total = device_memory_bytes(torch.device(device))
+    if total is None:
+        return
     need = memory_needed(ckpt, dtype, draft_group_size)
-    if total is None or sum(need.values()) <= total:
+    if sum(need.values()) <= total:
         return
     gib = 2**30
     parts = ", ".join(f"{what} {size / gib:.1f}" for what, size in need.items())
