@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from selfspec import InputError
 from selfspec.model import Baichuan2, ModelArgs
-from selfspec.quantize import draft_bytes
+from selfspec.quantize import draft_bytes, rows_per_slice
 
 SAFETENSORS_INDEX, SAFETENSORS_FILE = "model.safetensors.index.json", "model.safetensors"
 BIN_INDEX, BIN_FILE = "pytorch_model.bin.index.json", "pytorch_model.bin"
@@ -332,8 +332,9 @@ def _assemble(config: dict, args: ModelArgs, tensors: dict, dtype, device) -> Ba
 
 
 @torch.no_grad()
-def _normalize_rows_(weight: torch.Tensor, chunk: int = 16384) -> None:
-    """NormHead: checkpoints store W, the model uses W / ||W_row||. In chunks to bound the float32 copy."""
+def _normalize_rows_(weight: torch.Tensor) -> None:
+    """NormHead: checkpoints store W, the model uses W / ||W_row||. In slices to bound the float32 copy."""
+    chunk = rows_per_slice(weight, 16384)
     for start in range(0, weight.shape[0], chunk):
         rows = weight[start : start + chunk]
         rows.copy_(F.normalize(rows.float(), dim=1).to(weight.dtype))

@@ -19,9 +19,17 @@ CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
 CPU_INT4_GROUP_SIZES = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
 
 
-def quantize_int4(weight: torch.Tensor, group_size: int, clip_ratios=CLIP_RATIOS, rows_per_chunk: int = 1024):
+def rows_per_slice(weight: torch.Tensor, gpu_rows: int) -> int:
+    """Rows of `weight` to convert to float32 at a time. On CPU slices of about 2 MB: larger temporaries go
+    back to the system when freed and fault in again for the next slice, which made building a 7B draft on
+    two cores 4-8x slower (docs/performance.md). On GPUs `gpu_rows`: fewer, larger slices, fewer launches."""
+    return gpu_rows if weight.device.type != "cpu" else max(1, (1 << 19) // weight.shape[1])
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int, clip_ratios=CLIP_RATIOS, rows_per_chunk: int | None = None):
     """Symmetric group-wise INT4. Returns (q int8 [N, K] in [-8, 7], scales float32 [N, K // group_size])."""
     n, k = weight.shape
+    rows_per_chunk = rows_per_chunk or rows_per_slice(weight, 1024)
     if k % group_size:
         raise ValueError(f"in_features {k} is not a multiple of group_size {group_size}")
     q_out = torch.empty(n, k, dtype=torch.int8, device=weight.device)
@@ -158,9 +166,10 @@ class Int8Linear(nn.Module):
     Kernels: on CUDA/XPU a Triton GEMV (int8_triton.py); on CPU torch's int8 kernel; else dequantize.
     """
 
-    def __init__(self, weight: torch.Tensor, rows_per_chunk: int = 8192):
+    def __init__(self, weight: torch.Tensor, rows_per_chunk: int | None = None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
+        rows_per_chunk = rows_per_chunk or rows_per_slice(weight, 8192)
         q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
         scales = torch.empty(self.out_features, device=weight.device)
         for start in range(0, self.out_features, rows_per_chunk):  # chunks bound the float32 working memory

@@ -21,6 +21,15 @@ def test_quantization_error_is_bounded(group_size):
     assert relative < (dequantize_int4(q_plain, s_plain) - w).norm() / w.norm()
 
 
+def test_slicing_changes_no_result():
+    w = torch.randn(300, 256, generator=torch.Generator().manual_seed(1)).bfloat16()
+    q, scales = quantize_int4(w, 64)  # one slice on CPU (rows_per_slice)
+    q7, scales7 = quantize_int4(w, 64, rows_per_chunk=7)
+    assert torch.equal(q, q7) and torch.equal(scales, scales7)
+    whole, sliced = Int8Linear(w), Int8Linear(w, rows_per_chunk=7)
+    assert torch.equal(whole.q, sliced.q) and torch.equal(whole.scales, sliced.scales)
+
+
 def test_outlier_only_affects_its_own_group():
     w = torch.randn(16, 256, generator=torch.Generator().manual_seed(1))
     w[3, 5] = 100.0
