@@ -104,6 +104,20 @@ def tiny_config(arch: str, vocab_size: int, **overrides) -> dict:
     return config
 
 
+def layer_weights(i: int, h: int, inter: int, linear, norm) -> dict[str, torch.Tensor]:
+    """Decoder layer i under the hub's key names, from `linear(rows, cols)` and `norm()` (called in this order)."""
+    p = f"model.layers.{i}."
+    return {
+        p + "input_layernorm.weight": norm(),
+        p + "self_attn.W_pack.weight": linear(3 * h, h),
+        p + "self_attn.o_proj.weight": linear(h, h),
+        p + "post_attention_layernorm.weight": norm(),
+        p + "mlp.gate_proj.weight": linear(inter, h),
+        p + "mlp.up_proj.weight": linear(inter, h),
+        p + "mlp.down_proj.weight": linear(h, inter),
+    }
+
+
 def tiny_state_dict(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random bfloat16 weights with hub key names; same config and seed give the same tensors."""
     gen = torch.Generator().manual_seed(seed)
@@ -121,14 +135,7 @@ def tiny_state_dict(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
 
     sd = {"model.embed_tokens.weight": normal(vocab, h, 1.0)}
     for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        sd[p + "input_layernorm.weight"] = norm()
-        sd[p + "self_attn.W_pack.weight"] = linear(3 * h, h)
-        sd[p + "self_attn.o_proj.weight"] = linear(h, h)
-        sd[p + "post_attention_layernorm.weight"] = norm()
-        sd[p + "mlp.gate_proj.weight"] = linear(inter, h)
-        sd[p + "mlp.up_proj.weight"] = linear(inter, h)
-        sd[p + "mlp.down_proj.weight"] = linear(h, inter)
+        sd.update(layer_weights(i, h, inter, linear, norm))
     # The head is row-normalized at load (NormHead), so the final norm sets the logit scale: ~4 gives
     # peaky next-token distributions, like a trained model's, instead of near-uniform ones.
     sd["model.norm.weight"] = norm(4.0)
