@@ -244,6 +244,19 @@ def test_out_of_memory_on_cuda_is_one_line(tiny_7b):
     assert_clean_error(result, "CUDA out of memory", "Another process may be using the device")
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_nothing_imports_torch_compile_machinery(tiny_7b, device):
+    # TorchDynamo and what it pulls in (sympy, ...) cost 1.7 s of start-up with bytecode caches, more without.
+    code = (f"import runpy, sys; sys.argv = ['speculative.py', '--repo-id-or-model-path', {str(tiny_7b)!r}, "
+            f"'--device', {device!r}, '--n-predict', '8']\n"
+            f"try:\n    runpy.run_path({str(ROOT / 'speculative.py')!r}, run_name='__main__')\n"
+            "finally:\n    print('imported:', sorted(m for m in ('torch._dynamo', 'torch._inductor', 'sympy') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "Tokens generated 8" in result.stdout, result.stderr
+    assert result.stdout.splitlines()[-1] == "imported: []"
+
+
 def test_ids_beyond_the_tokenizer_in_a_padded_vocabulary_decode_to_nothing(tiny_copy):
     # 4,096 rows for a tokenizer of about 500 pieces: random weights pick padded ids most of the time.
     folder = tiny_copy(vocab_size=4096)
