@@ -1,4 +1,4 @@
-"""GPU paths: the Triton INT4 kernel, CUDA graphs, and lossless decoding through them.
+"""GPU paths: loading onto the GPU, the Triton INT4 kernel, CUDA graphs, and lossless decoding through them.
 
 Skipped without CUDA, except the kernel's logic, which also runs under Triton's CPU interpreter when
 Triton is installed (a subprocess, since the interpreter is chosen when Triton is imported)."""
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from selfspec import launch
+from selfspec.checkpoint import device_copier, load_model
 from selfspec.cuda_graphs import GraphedModel, graph_models
 from selfspec.generate import generate
 from selfspec.quantize import (
@@ -23,6 +24,34 @@ def cuda_model(position_encoding: str, num_heads: int, max_seq_len: int):
     model = random_model(position_encoding, num_heads=num_heads, max_seq_len=max_seq_len).cuda()
     model.setup_caches(max_seq_len)
     return model
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_device_copier_matches_tensor_to(dtype):
+    to_gpu = device_copier("cuda", torch.float16, slice_bytes=1000)  # most tensors pass in several slices
+    torch.manual_seed(0)
+    tensors = [torch.randn(n, dtype=dtype) for n in (0, 1, 250, 499, 500, 501, 4321)]
+    tensors += [torch.randn(37, 64, dtype=dtype).T, torch.randn(8, 8, device="cuda", dtype=dtype)]
+    copies = [to_gpu(t) for t in tensors]  # queued one after the other, both buffers in use
+    for tensor, copy in zip(tensors, copies):
+        assert copy.device.type == "cuda" and copy.dtype == torch.float16 and copy.shape == tensor.shape
+        assert torch.equal(copy, tensor.to(device="cuda", dtype=torch.float16))
+
+
+@cuda
+@pytest.mark.parametrize("fixture", ["tiny_7b", "tiny_13b_sharded"])
+def test_loading_onto_the_gpu_gives_the_weights_loaded_on_cpu(request, fixture):
+    folder = request.getfixturevalue(fixture)
+    on_cpu = load_model(folder, torch.float16, "cpu").state_dict()
+    on_gpu = load_model(folder, torch.float16, "cuda").state_dict()
+    assert on_gpu.keys() == on_cpu.keys()
+    for key, tensor in on_gpu.items():
+        assert tensor.is_cuda and tensor.dtype == on_cpu[key].dtype, key
+        if key == "lm_head.weight":  # normalized after loading, on each device with its own rounding
+            torch.testing.assert_close(tensor.cpu(), on_cpu[key], atol=1e-3, rtol=0)
+        else:
+            assert torch.equal(tensor.cpu(), on_cpu[key]), key
 
 INTERPRETER_CHECK = """
 import torch
