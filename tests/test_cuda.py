@@ -40,6 +40,27 @@ def test_device_copier_matches_tensor_to(dtype):
 
 
 @cuda
+@pytest.mark.parametrize("shape,group_size", [((1024, 4096), 64), ((512, 11008), 64), ((300, 512), 32), ((64, 256), 128)])
+def test_draft_quantization_on_the_gpu_matches_torch_on_cpu(shape, group_size):
+    torch.manual_seed(0)
+    w = (torch.randn(shape) * shape[1] ** -0.5).half()
+    w[::97, ::89] *= 20  # outliers, so that clipping matters
+    q, s = quantize_int4(w.cuda(), group_size)  # the Triton kernel
+    q_ref, s_ref = quantize_int4(w, group_size)  # torch's version
+    # Only the squared errors' summation order differs: a group may choose another ratio where two give
+    # the same error to float32 rounding, nowhere else.
+    differ = (s.cpu() != s_ref)
+    assert differ.float().mean() < 1e-3
+    groups = w.float().view(shape[0], -1, group_size)
+
+    def error(q, s):
+        return ((groups - q.cpu().view_as(groups).float() * s.cpu()[..., None]) ** 2).sum(-1)
+
+    torch.testing.assert_close(error(q, s)[differ], error(q_ref, s_ref)[differ], rtol=1e-5, atol=0)
+    assert torch.equal(q.cpu().view_as(groups)[~differ], q_ref.view_as(groups)[~differ])
+
+
+@cuda
 @pytest.mark.parametrize("fixture", ["tiny_7b", "tiny_13b_sharded"])
 def test_loading_onto_the_gpu_gives_the_weights_loaded_on_cpu(request, fixture):
     folder = request.getfixturevalue(fixture)
@@ -75,6 +96,16 @@ for n, k, m, blocks in [(24, 192, 1, (8, 64)), (37, 320, 3, (4, 128)), (16, 1000
     ref = x @ (q.float() * s[:, None]).T
     err = float((y - ref).norm() / ref.norm())
     assert err < 1e-5, (n, k, m, err)
+from selfspec.int4_triton import quantize_groups
+from selfspec.quantize import CLIP_RATIOS
+for n, k, g in [(24, 192, 64), (40, 320, 32), (3, 128, 128)]:
+    w = torch.randn(n, k)
+    w[0, 5] = 30.0  # an outlier: a clipped scale wins for its group
+    q, s = quantize_groups(w, g, CLIP_RATIOS)
+    q_ref, s_ref = quantize_int4(w, g)  # on CPU: torch's version
+    assert torch.equal(q, q_ref) and torch.equal(s, s_ref), (n, k, g)
+    ratios_chosen = (s / (w.view(n, -1, g).abs().amax(-1) / 7)).round(decimals=4).unique()
+    assert len(ratios_chosen) >= 2, ratios_chosen  # the search did choose between ratios
 print("ok")
 """
 
