@@ -27,7 +27,8 @@ def rows_per_slice(weight: torch.Tensor, gpu_rows: int) -> int:
 
 
 def quantize_int4(weight: torch.Tensor, group_size: int, clip_ratios=CLIP_RATIOS, rows_per_chunk: int | None = None):
-    """Symmetric group-wise INT4. Returns (q int8 [N, K] in [-8, 7], scales float32 [N, K // group_size])."""
+    """Symmetric group-wise INT4. Returns (q int8 [N, K] in [-8, 7], scales float32 [N, K // group_size]).
+    On Triton devices one kernel does the same (int4_triton.quantize_groups); elsewhere torch, in slices."""
     n, k = weight.shape
     rows_per_chunk = rows_per_chunk or rows_per_slice(weight, 1024)
     if k % group_size:
