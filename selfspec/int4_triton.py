@@ -23,7 +23,6 @@ try:
     import triton
     import triton.language as tl
 
-
     from .launch import let_next_kernel_launch, wait_for_inputs
 except ImportError:  # CPU-only installs
     triton = None
