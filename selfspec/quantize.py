@@ -30,11 +30,11 @@ def quantize_int4(weight: torch.Tensor, group_size: int, clip_ratios=CLIP_RATIOS
     """Symmetric group-wise INT4. Returns (q int8 [N, K] in [-8, 7], scales float32 [N, K // group_size]).
     On Triton devices one kernel does the same (int4_triton.quantize_groups); elsewhere torch, in slices."""
     n, k = weight.shape
-    rows_per_chunk = rows_per_chunk or rows_per_slice(weight, 1024)
     if k % group_size:
         raise ValueError(f"in_features {k} is not a multiple of group_size {group_size}")
     if int4_triton.available(weight.device) and group_size & (group_size - 1) == 0:
         return int4_triton.quantize_groups(weight, group_size, clip_ratios)
+    rows_per_chunk = rows_per_chunk or rows_per_slice(weight, 1024)
     q_out = torch.empty(n, k, dtype=torch.int8, device=weight.device)
     s_out = torch.empty(n, k // group_size, dtype=torch.float32, device=weight.device)
     for start in range(0, n, rows_per_chunk):  # chunks bound the float32 working memory
