@@ -124,11 +124,11 @@ def kernel_rows(model) -> list[dict]:
     from selfspec.quantize import dequantize_int4, pack_half2_words, pack_nibbles
 
     layer = model.model.layers[0]
-    weights = {"W_pack": layer.self_attn.W_pack.weight, "o_proj": layer.self_attn.o_proj.weight,
-               "gate_proj": layer.mlp.gate_up_proj.weight.chunk(2)[0], "down_proj": layer.mlp.down_proj.weight,
-               "lm_head": model.lm_head.weight}
+    linears = {"W_pack": layer.self_attn.W_pack, "o_proj": layer.self_attn.o_proj, "gate_proj": layer.mlp.gate_proj,
+               "down_proj": layer.mlp.down_proj, "lm_head": model.lm_head}
     rows = []
-    for name, w in weights.items():
+    for name, lin in linears.items():
+        w = lin.weight
         n, k = w.shape
         g = 64
         q, scales = quantize_int4(w, g)

@@ -177,30 +177,19 @@ def is_tied(config: dict) -> bool:
     return checkpoint_arch(config) == "llama" and bool(config.get("tie_word_embeddings", True))
 
 
-def _fused_weights(config: dict, args: ModelArgs) -> dict[str, list[tuple[str, int]]]:
-    """Model weights that concatenate checkpoint weights along rows: model key -> [(checkpoint key, rows)].
-    Every layer's gate and up (one matmul), and Llama's q, k and v (Baichuan2 ships them as W_pack)."""
-    q_rows, kv_rows = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
-    fused = {}
-    for i in range(args.num_layers):
-        p = f"model.layers.{i}."
-        fused[p + "mlp.gate_up_proj.weight"] = [(p + f"mlp.{name}_proj.weight", args.intermediate_size)
-                                                for name in ("gate", "up")]
-        if checkpoint_arch(config) == "llama":
-            fused[p + "self_attn.W_pack.weight"] = [(p + f"self_attn.{name}_proj.weight", rows)
-                                                    for name, rows in (("q", q_rows), ("k", kv_rows), ("v", kv_rows))]
-    return fused
-
-
 def checkpoint_weight_shapes(config: dict, args: ModelArgs) -> dict[str, tuple]:
-    """Key -> shape of every tensor the checkpoint must hold, in its own naming (gate/up, Llama's q/k/v apart)."""
+    """Key -> shape of every tensor the checkpoint must hold, in its own naming (Llama: q/k/v apart)."""
     with torch.device("meta"):
         shapes = {key: tuple(t.shape) for key, t in Baichuan2(args).state_dict().items()}
-    for key, parts in _fused_weights(config, args).items():
-        del shapes[key]
-        shapes.update((part, (rows, args.hidden_size)) for part, rows in parts)
-    if is_tied(config):
-        del shapes["lm_head.weight"]
+    if checkpoint_arch(config) == "llama":
+        q_rows, kv_rows = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
+        for i in range(args.num_layers):
+            p = f"model.layers.{i}.self_attn."
+            del shapes[p + "W_pack.weight"]
+            for name, rows in (("q", q_rows), ("k", kv_rows), ("v", kv_rows)):
+                shapes[p + f"{name}_proj.weight"] = (rows, args.hidden_size)
+        if is_tied(config):
+            del shapes["lm_head.weight"]
     return shapes
 
 
@@ -347,12 +336,14 @@ def _check_complete(source, expected: dict, tensors: dict) -> None:
 
 
 def _assemble(config: dict, args: ModelArgs, tensors: dict, dtype, device) -> Baichuan2:
-    """Checkpoint tensors -> ready model: fuse gate/up (and Llama's q/k/v), tie or normalize the head, set up
-    caches."""
-    for key, parts in _fused_weights(config, args).items():  # one at a time: the concatenation costs one extra
-        tensors[key] = torch.cat([tensors.pop(part) for part, _ in parts])
-    if is_tied(config):
-        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]  # shared, not copied
+    """Checkpoint tensors -> ready model: fuse Llama's q/k/v, tie or normalize the head, set up caches."""
+    if checkpoint_arch(config) == "llama":
+        for i in range(args.num_layers):  # one layer at a time: the concatenation costs one layer extra
+            p = f"model.layers.{i}.self_attn."
+            qkv = [tensors.pop(p + f"{name}_proj.weight") for name in "qkv"]
+            tensors[p + "W_pack.weight"] = torch.cat(qkv)
+        if is_tied(config):
+            tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]  # shared, not copied
     with torch.device("meta"):
         model = Baichuan2(args)
     model.load_state_dict(tensors, strict=True, assign=True)

@@ -1,9 +1,8 @@
 """Baichuan2 transformer (7B: RoPE, 13B: ALiBi) with a static KV cache.
 
-Module and parameter names follow the hub checkpoints (`model.layers.N.self_attn.W_pack.weight`, ...),
-except `mlp.gate_up_proj`: the checkpoint's gate_proj and up_proj, concatenated at load. The KV cache is a
-preallocated buffer written by position: rolling back rejected draft tokens is only a matter of which
-positions later queries may attend to.
+Module and parameter names follow the hub checkpoints (`model.layers.N.self_attn.W_pack.weight`, ...)
+so weights load without renaming. The KV cache is a preallocated buffer written by position: rolling
+back rejected draft tokens is only a matter of which positions later queries may attend to.
 """
 import math
 from dataclasses import dataclass
@@ -102,13 +101,12 @@ class RMSNorm(nn.Module):
 class MLP(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        # Rows [0:intermediate] are gate_proj's, then up_proj's: one matmul for both.
-        self.gate_up_proj = nn.Linear(args.hidden_size, 2 * args.intermediate_size, bias=False)
+        self.gate_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
         self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
 
     def forward(self, x):
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(silu_mul(gate, up))
+        return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
 
 
 class KVCache(nn.Module):

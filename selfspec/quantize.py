@@ -208,7 +208,7 @@ class Int4MLP(nn.Module):
 
     def __init__(self, mlp: MLP, group_size: int, clip_ratios=CLIP_RATIOS):
         super().__init__()
-        gate, up = mlp.gate_up_proj.weight.detach().chunk(2)
+        gate, up = mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()
         self.gate_up_proj = Int4Linear(torch.stack((gate, up), dim=1).flatten(0, 1), group_size, clip_ratios, glu=True)
         self.down_proj = Int4Linear(mlp.down_proj.weight.detach(), group_size, clip_ratios)
 

@@ -154,7 +154,7 @@ def test_draft_mlp_applies_silu_in_the_gate_up_kernel(dtype):
     mlp = model.model.layers[0].mlp
     fused = Int4MLP(mlp, 64)
     assert fused.gate_up_proj.kernel == ("triton_half2" if dtype == torch.float16 else "triton")
-    gate, up, down = (Int4Linear(w, 64) for w in (*mlp.gate_up_proj.weight.chunk(2), mlp.down_proj.weight))
+    gate, up, down = (Int4Linear(lin.weight, 64) for lin in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
     for m in (1, 3):
         x = torch.randn(1, m, 256, device="cuda", dtype=dtype)
         hidden = torch.nn.functional.silu(gate(x).float()) * up(x).float()

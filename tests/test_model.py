@@ -13,8 +13,7 @@ def full_forward(model, tokens):
 
 
 def test_rope_model_matches_transformers_llama():
-    """Baichuan2-7B is Llama with a fused W_pack (and here a fused gate/up) and a NormHead: transformers' Llama
-    is an exact reference."""
+    """Baichuan2-7B is Llama with a fused W_pack and a NormHead: transformers' Llama is an exact reference."""
     transformers = pytest.importorskip("transformers")
     model = random_model("rope", num_heads=4, head_dim=16, num_layers=3)
     args = model.args
@@ -28,11 +27,10 @@ def test_rope_model_matches_transformers_llama():
     reference = transformers.LlamaForCausalLM(config).eval()
     state = {}
     for key, value in model.state_dict().items():
-        if key.endswith(("W_pack.weight", "gate_up_proj.weight")):
-            prefix, fused = key.removesuffix(".weight").rsplit(".", 1)
-            names = ("q_proj", "k_proj", "v_proj") if fused == "W_pack" else ("gate_proj", "up_proj")
-            for name, part in zip(names, value.chunk(len(names), dim=0)):
-                state[f"{prefix}.{name}.weight"] = part
+        if key.endswith("W_pack.weight"):
+            prefix = key.removesuffix("W_pack.weight")
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
+                state[f"{prefix}{name}.weight"] = part
         else:
             state[key] = value
     missing, unexpected = reference.load_state_dict(state, strict=False)
@@ -68,7 +66,7 @@ def reference_alibi_forward(model, tokens):
         attn = (scores.softmax(-1) @ v).transpose(0, 1).reshape(T, h * d)
         x = x + attn @ state[p + "self_attn.o_proj.weight"].T
         m = rms(x, state[p + "post_attention_layernorm.weight"])
-        gate, up = (m @ state[p + "mlp.gate_up_proj.weight"].T).chunk(2, dim=-1)
+        gate, up = m @ state[p + "mlp.gate_proj.weight"].T, m @ state[p + "mlp.up_proj.weight"].T
         x = x + (F.silu(gate) * up) @ state[p + "mlp.down_proj.weight"].T
     return rms(x, state["model.norm.weight"]) @ state["lm_head.weight"].T
 

@@ -100,7 +100,7 @@ def test_draft_mlp_fuses_gate_and_up_without_changing_their_quantization(shape):
     mlp = model.model.layers[0].mlp
     fused = Int4MLP(mlp, 32)
     assert fused.gate_up_proj.glu and fused.gate_up_proj.out_features == intermediate
-    gate, up, down = (Int4Linear(w, 32) for w in (*mlp.gate_up_proj.weight.chunk(2), mlp.down_proj.weight))
+    gate, up, down = (Int4Linear(lin.weight, 32) for lin in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
     x = torch.randn(2, 3, hidden, generator=torch.Generator().manual_seed(4))
     expected = down(torch.nn.functional.silu(gate(x)) * up(x))
     torch.testing.assert_close(fused(x), expected, atol=1e-5, rtol=1e-5)
@@ -121,7 +121,7 @@ def test_draft_shares_everything_but_the_linear_layers():
     assert isinstance(make_draft(model, group_size=32, lm_head="int4").lm_head, Int4Linear)
     with pytest.raises(ValueError, match="lm_head must be one of"):
         make_draft(model, lm_head="fp8")
-    assert isinstance(model.lm_head, torch.nn.Linear) and isinstance(model.model.layers[0].mlp.gate_up_proj, torch.nn.Linear)
+    assert isinstance(model.lm_head, torch.nn.Linear) and isinstance(model.model.layers[0].mlp.up_proj, torch.nn.Linear)
     assert not any(isinstance(m, Int4Linear) for m in model.modules())
 
 
