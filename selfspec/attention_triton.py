@@ -10,6 +10,11 @@ Per layer, two jobs replace RoPE + two cache writes + a mask + SDPA + a transpos
 Queries see keys at positions <= their own (causal); ALiBi adds slope * (j - i). Each query row is
 computed the same way whatever the number of tokens in the call, so a verify pass gives the rows a
 one-token step would give (exactly so in float32: tl.dot runs in IEEE float32 there).
+
+ALiBi prefills use `prefill_attention`, a flash-attention kernel (one program per block of query rows and
+head, online softmax over the keys up to the block's last position) that computes the bias itself: SDPA
+would need it as a [heads, T, T] tensor, which rules out its causal kernels that skip the masked half.
+RoPE prefills keep SDPA's causal flash attention.
 """
 import torch
 
@@ -148,6 +153,85 @@ if triton is not None:
         tl.store(y_ptr + (t * HEADS + h) * HEAD_DIM + d, (acc / total).to(y_ptr.dtype.element_ty))
 
 
+    @triton.jit
+    def _prefill_block(q, k, v, q_pos, j, slope, running_max, total, acc, sm_scale, MASKED: tl.constexpr,
+                       ALIBI: tl.constexpr, IEEE: tl.constexpr):
+        """One block of keys j for a block of query rows: the online-softmax update of (max, sum, output)."""
+        if IEEE:
+            scores = tl.dot(q, tl.trans(k), input_precision="ieee") * sm_scale
+        else:
+            scores = tl.dot(q, tl.trans(k)) * sm_scale
+        if ALIBI or MASKED:
+            offset = (j[None, :] - q_pos[:, None]).to(tl.float32)
+            if ALIBI:
+                scores += slope * offset
+            if MASKED:
+                scores = tl.where(offset <= 0, scores, float("-inf"))
+        new_max = tl.maximum(running_max, tl.max(scores, axis=1))  # finite: key 0 comes first
+        rescale = tl.exp(running_max - new_max)
+        p = tl.exp(scores - new_max[:, None])
+        total = total * rescale + tl.sum(p, axis=1)
+        if IEEE:
+            acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
+        return new_max, total, acc
+
+    @triton.jit
+    def _prefill_attention_kernel(
+        q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, slopes_ptr, y_ptr, T, max_seq_len, sm_scale,
+        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, ALIBI: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
+    ):
+        # One program per (BLOCK_M query rows, head). Key blocks that every row sees need no causal mask;
+        # the blocks after them, up to the last row's position, do.
+        let_next_kernel_launch(PDL)
+        wait_for_inputs(PDL)
+        first = tl.program_id(0) * BLOCK_M
+        h = tl.program_id(1)
+        rows = first + tl.arange(0, BLOCK_M)
+        row_ok = rows < T
+        d = tl.arange(0, HEAD_DIM)
+        q_pos = tl.load(pos_ptr + rows, mask=row_ok, other=0)
+        q = tl.load(q_ptr + (rows[:, None] * HEADS + h) * HEAD_DIM + d[None, :], mask=row_ok[:, None], other=0.0)
+        last_pos = tl.load(pos_ptr + tl.minimum(first + BLOCK_M, T) - 1)
+        seen_by_all = (tl.load(pos_ptr + first) + 1) // BLOCK_N * BLOCK_N  # keys [0, this) are visible to every row
+        kv_base = (h // (HEADS // KV_HEADS)) * max_seq_len * HEAD_DIM
+        slope = tl.load(slopes_ptr + h) if ALIBI else 0.0
+        running_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+        total = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, HEAD_DIM), dtype=tl.float32)
+        for start in range(0, seen_by_all, BLOCK_N):
+            j = start + tl.arange(0, BLOCK_N)
+            kv_offsets = kv_base + j[:, None] * HEAD_DIM + d[None, :]
+            k = tl.load(k_cache_ptr + kv_offsets)
+            v = tl.load(v_cache_ptr + kv_offsets)
+            running_max, total, acc = _prefill_block(q, k, v, q_pos, j, slope, running_max, total, acc, sm_scale,
+                                                     MASKED=False, ALIBI=ALIBI, IEEE=IEEE)
+        for start in range(seen_by_all, last_pos + 1, BLOCK_N):
+            j = start + tl.arange(0, BLOCK_N)
+            kv_offsets = kv_base + j[:, None] * HEAD_DIM + d[None, :]
+            k = tl.load(k_cache_ptr + kv_offsets, mask=(j <= last_pos)[:, None], other=0.0)
+            v = tl.load(v_cache_ptr + kv_offsets, mask=(j <= last_pos)[:, None], other=0.0)
+            running_max, total, acc = _prefill_block(q, k, v, q_pos, j, slope, running_max, total, acc, sm_scale,
+                                                     MASKED=True, ALIBI=ALIBI, IEEE=IEEE)
+        y = acc / total[:, None]
+        tl.store(y_ptr + (rows[:, None] * HEADS + h) * HEAD_DIM + d[None, :], y.to(y_ptr.dtype.element_ty),
+                 mask=row_ok[:, None])
+
+
+    # Blocks of 64 query rows and 32-64 keys, 4 warps, 3 stages were the best on two H100 hosts: 72-89 us per
+    # 13B layer of a 1,024-token prefill, against 133-147 us for SDPA with the bias as a mask. Two stages
+    # fit GPUs with less shared memory, and float32's larger tiles.
+    _prefill_attention_tuned = launch.autotune(
+        configs=[
+            triton.Config({"BLOCK_M": 64, "BLOCK_N": bn}, num_warps=4, num_stages=s)
+            for bn, s in [(64, 3), (32, 3), (64, 2), (32, 2)]
+        ],
+        key=["HEADS", "HEAD_DIM", "ALIBI"],
+    )(_prefill_attention_kernel)
+
+
 def rope_and_store(qkv, input_pos, rope, k_cache, v_cache, num_heads: int, num_kv_heads: int) -> torch.Tensor:
     """qkv [T, (heads + 2 kv_heads) * head_dim] (W_pack's output); rope the (cos, sin) tables [max_seq_len,
     head_dim] or None. Writes k, v at `input_pos` into the caches [1, kv_heads, max_seq_len, head_dim];
@@ -186,4 +270,24 @@ def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None
         HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_KV=BLOCK_KV, BLOCK_B=32, PDL=launch.enabled,
         launch_pdl=launch.enabled,
     )
+    return y
+
+
+def prefill_attention(q, k_cache, v_cache, input_pos, alibi_slopes=None, blocks=None) -> torch.Tensor:
+    """q [T, heads, head_dim] at consecutive positions input_pos [T] over the cache (causal by position,
+    ALiBi bias with `alibi_slopes`); any number of tokens. Returns [T, heads * head_dim].
+
+    `blocks=(BLOCK_M, BLOCK_N)` skips autotuning (Triton's CPU interpreter cannot time configs)."""
+    T, num_heads, head_dim = q.shape
+    num_kv_heads, max_seq_len = k_cache.shape[1], k_cache.shape[2]
+    y = torch.empty(T, num_heads * head_dim, dtype=q.dtype, device=q.device)
+    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), num_heads)  # noqa: E731
+    args = (q, k_cache, v_cache, input_pos, alibi_slopes if alibi_slopes is not None else y, y,
+            T, max_seq_len, head_dim ** -0.5)
+    constants = dict(HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, ALIBI=alibi_slopes is not None,
+                     IEEE=q.dtype == torch.float32)
+    if blocks is None:
+        _prefill_attention_tuned[grid](*args, **constants, PDL=launch.enabled, launch_pdl=launch.enabled)
+    else:
+        _prefill_attention_kernel[grid](*args, **constants, BLOCK_M=blocks[0], BLOCK_N=blocks[1], PDL=False)
     return y

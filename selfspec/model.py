@@ -72,8 +72,9 @@ class AttentionInputs:
 
     SDPA path: `mask`, `causal`; `rope` as the (cos, sin) rows of the query positions for the eager
     rotation, or with `store_kernel` (CUDA) as the whole tables for attention_triton.rope_and_store, which
-    rotates and writes the cache. Kernel path (`kernel`, decode-sized passes on CUDA): rope_and_store and
-    the split-KV decode attention, with `alibi_slopes`; causality and the live length come from the positions."""
+    rotates and writes the cache. Kernel path (`kernel`, on CUDA: decode-sized passes, and ALiBi prefills):
+    rope_and_store and the Triton attention, with `alibi_slopes`; causality and the live length come from
+    the positions."""
 
     end: int
     mask: torch.Tensor | None = None
@@ -142,7 +143,10 @@ class Attention(nn.Module):
             q = attention_triton.rope_and_store(qkv.view(T, -1), input_pos, inputs.rope, cache.k, cache.v,
                                                 self.num_heads, self.num_kv_heads)
             if inputs.kernel:
-                y = attention_triton.decode_attention(q, cache.k, cache.v, input_pos, inputs.end, inputs.alibi_slopes)
+                if T <= attention_triton.MAX_TOKENS:
+                    y = attention_triton.decode_attention(q, cache.k, cache.v, input_pos, inputs.end, inputs.alibi_slopes)
+                else:
+                    y = attention_triton.prefill_attention(q, cache.k, cache.v, input_pos, inputs.alibi_slopes)
                 return self.o_proj(y.view(1, T, q_size))
             q = q.unsqueeze(0).transpose(1, 2)
             k, v = cache.k[:, :, : inputs.end], cache.v[:, :, : inputs.end]
@@ -270,7 +274,10 @@ class Baichuan2(nn.Module):
         rope_model = self.args.position_encoding == "rope"
         store_kernel = attention_triton.rope_and_store_supported(tokens.device, self.args.head_dim)
         tables = (self.rope_cos, self.rope_sin) if rope_model else None
-        if attention_triton.supported(tokens.device, T, self.args.head_dim) and self.use_attention_kernels:
+        decode_sized = attention_triton.supported(tokens.device, T, self.args.head_dim)
+        if self.use_attention_kernels and (decode_sized or (store_kernel and not rope_model)):
+            # The Triton attention: split-KV for decode-sized passes, and flash attention with the ALiBi bias
+            # computed in the kernel for ALiBi prefills (RoPE prefills keep SDPA's causal kernels, below).
             inputs = AttentionInputs(end, rope=tables, alibi_slopes=None if rope_model else self.alibi, kernel=True,
                                      store_kernel=True)
         else:

@@ -1,4 +1,5 @@
-"""The Triton decode attention (attention_triton.py) against PyTorch's SDPA over the same cache.
+"""The Triton attention (attention_triton.py: decode-sized passes, ALiBi prefills) against PyTorch's SDPA
+over the same cache.
 
 On CUDA the kernels run compiled, and a one-token call must reproduce each row of a multi-token call
 exactly (float32). Without CUDA their logic runs under Triton's CPU interpreter (a subprocess: the
@@ -16,6 +17,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 # heads, kv heads, head_dim, cache length, new tokens, first position, ALiBi
 CASES = [(4, 4, 32, 200, 1, 70, False), (4, 2, 16, 300, 5, 130, False), (5, 5, 32, 256, 9, 190, True),
          (4, 4, 32, 256, 3, 0, True), (2, 2, 64, 512, 16, 400, False)]
+PREFILL_CASES = [(5, 5, 32, 300, 200, 0, True), (4, 2, 16, 300, 37, 50, False), (4, 4, 64, 512, 300, 100, True)]
 
 
 def reference(qkv, pos, kc, vc, H, KVH, D, rope, slopes, end):
@@ -26,15 +28,22 @@ def reference(qkv, pos, kc, vc, H, KVH, D, rope, slopes, end):
         q, k = apply_rope(q, k, rope[0][pos], rope[1][pos])
     kc.index_copy_(2, pos, k)
     vc.index_copy_(2, pos, v)
+    return q, reference_attention(q, kc, vc, pos, slopes, end)
+
+
+def reference_attention(q, kc, vc, pos, slopes, end):
+    """SDPA of q [1, H, T, D] at positions pos over the cache [0, end), causal by position, with the ALiBi
+    bias as an explicit mask; returns [T, H * D]."""
+    H, T, D = q.shape[1:]
     offset = torch.arange(end, device=pos.device)[None, :] - pos[:, None]
     bias = slopes[:, None, None] * offset.float() if slopes is not None else torch.zeros(H, T, end, device=pos.device)
     bias = bias.masked_fill(offset > 0, float("-inf"))[None]
-    y = F.scaled_dot_product_attention(q, kc[:, :, :end], vc[:, :, :end], attn_mask=bias, enable_gqa=H != KVH)
-    return q, y[0].transpose(0, 1).reshape(T, H * D)
+    y = F.scaled_dot_product_attention(q, kc[:, :, :end], vc[:, :, :end], attn_mask=bias, enable_gqa=H != kc.shape[1])
+    return y[0].transpose(0, 1).reshape(T, H * D)
 
 
 def check_kernels(device: str, exact_rows: bool):
-    from selfspec.attention_triton import decode_attention, rope_and_store
+    from selfspec.attention_triton import decode_attention, prefill_attention, rope_and_store
 
     torch.manual_seed(0)
     for H, KVH, D, S, T, start, alibi in CASES:
@@ -73,6 +82,16 @@ def check_kernels(device: str, exact_rows: bool):
     torch.testing.assert_close(q, q_ref[0].transpose(0, 1), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(kc2, kc, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(vc2, vc, atol=0, rtol=0)
+    # The prefill kernel (ALiBi models' prefills): any number of tokens, from position 0 or later, a last
+    # block of query rows part-filled, grouped-query attention.
+    for H, KVH, D, S, T, start, alibi in PREFILL_CASES:
+        kc, vc = torch.randn(2, 1, KVH, S, D, device=device)
+        q = torch.randn(T, H, D, device=device)
+        pos = torch.arange(start, start + T, device=device)
+        slopes = alibi_slopes(H).to(device) if alibi else None
+        expected = reference_attention(q.transpose(0, 1)[None], kc, vc, pos, slopes, start + T)
+        blocks = None if device == "cuda" else (64, 32)  # the interpreter cannot autotune
+        torch.testing.assert_close(prefill_attention(q, kc, vc, pos, slopes, blocks), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the compiled kernels are tested instead")
@@ -95,7 +114,11 @@ def test_model_steps_match_the_sdpa_path(position_encoding, num_heads, dtype, to
     model = random_model(position_encoding, num_heads=num_heads, max_seq_len=300, dtype=dtype).cuda()
     model.setup_caches(300)
     tokens = torch.randint(0, 320, (1, 260), device="cuda")
-    model(tokens[:, :100], torch.arange(100, device="cuda"))  # prefill: SDPA either way (> 16 tokens)
+    prefill = tokens[:, :100], torch.arange(100, device="cuda")
+    model.use_attention_kernels = False
+    expected = model(*prefill).float()
+    model.use_attention_kernels = True  # ALiBi: the Triton prefill kernel; RoPE: SDPA either way
+    torch.testing.assert_close(model(*prefill).float(), expected, atol=tol, rtol=tol)
     for pos in range(100, 250, 13):
         t = 1 + pos % 9
         step, positions = tokens[:, pos : pos + t], torch.arange(pos, pos + t, device="cuda")
