@@ -152,7 +152,6 @@ if triton is not None:
             running_max = new_max
         tl.store(y_ptr + (t * HEADS + h) * HEAD_DIM + d, (acc / total).to(y_ptr.dtype.element_ty))
 
-
     @triton.jit
     def _prefill_block(q, k, v, q_pos, j, slope, running_max, total, acc, sm_scale, MASKED: tl.constexpr,
                        ALIBI: tl.constexpr, IEEE: tl.constexpr):
@@ -218,7 +217,6 @@ if triton is not None:
         y = acc / total[:, None]
         tl.store(y_ptr + (rows[:, None] * HEADS + h) * HEAD_DIM + d[None, :], y.to(y_ptr.dtype.element_ty),
                  mask=row_ok[:, None])
-
 
     # Blocks of 64 query rows and 32-64 keys, 4 warps, 3 stages were the best on two H100 hosts: 72-89 us per
     # 13B layer of a 1,024-token prefill, against 133-147 us for SDPA with the bias as a mask. Two stages
