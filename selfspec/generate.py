@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import InputError
+from . import InputError, argmax_triton
 
 # IPEX-LLM's auto_th_stop_draft: an EMA of the per-round match ratio steers the stop threshold.
 MATCH_EMA = 0.5  # weight of the previous EMA value
@@ -85,8 +85,17 @@ class Sampling:
     def pick(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
         """Next token for logits [vocab], as a 0-d tensor on the logits' device (no host sync)."""
         if not self.do_sample:
-            return logits.argmax(-1)
+            return greedy_pick(logits)[0]
         return torch.multinomial(self.probs(logits), 1, generator=generator)[0]
+
+
+def greedy_pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(argmax, its softmax probability in float32) over the last dimension of logits; the first index on
+    ties, as torch.argmax. One kernel on CUDA (argmax_triton)."""
+    if argmax_triton.supported(logits):
+        return argmax_triton.argmax_and_prob(logits)
+    tokens = logits.argmax(-1)
+    return tokens, logits.float().softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def count_accepted(draft_tokens: list[int], target_tokens: list[int]) -> int:
@@ -286,8 +295,9 @@ def generate(
             continue
 
         k = 0
+        positions = offsets + pos
         while k < k_max:
-            logits = draft(buf[k : k + 1].view(1, 1), offsets[k : k + 1] + pos, pos + k + 1)[0, -1]
+            logits = draft(buf[k : k + 1].view(1, 1), positions[k : k + 1], pos + k + 1)[0, -1]
             if do_sample:
                 q = sampling.probs(logits)
                 if draft_probs is None:
@@ -296,18 +306,18 @@ def generate(
                 buf[k + 1] = torch.multinomial(q, 1, generator=generator)[0]
                 confidence = q.gather(0, buf[k + 1 : k + 2])
             else:
-                confidence, buf[k + 1] = logits.float().softmax(-1).max(-1)
+                buf[k + 1], confidence = greedy_pick(logits)
             k += 1
             if min_step_draft <= k < k_max and float(confidence) < th_stop_draft:
                 break
 
-        logits = model(buf[: k + 1].view(1, -1), offsets[: k + 1] + pos, pos + k + 1)[0]
+        logits = model(buf[: k + 1].view(1, -1), positions[: k + 1], pos + k + 1)[0]
         if do_sample:
             n, next_token = speculative_accept(sampling.probs(logits), draft_probs[:k], buf[1 : k + 1], generator)
             host = torch.cat([buf[1 : k + 1], n.view(1), next_token.view(1)]).tolist()
             draft_tokens, n, token = host[:k], host[k], host[k + 1]
         else:
-            host = torch.cat([buf[1 : k + 1], logits.argmax(-1)]).tolist()
+            host = torch.cat([buf[1 : k + 1], greedy_pick(logits)[0]]).tolist()
             draft_tokens, target_tokens = host[:k], host[k:]
             n = count_accepted(draft_tokens, target_tokens)
             token = target_tokens[n]

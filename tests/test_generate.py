@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from selfspec.checkpoint import HFTokenizer, Tokenizer
-from selfspec.generate import GenerationStats, Sampling, TextStreamer, count_accepted, generate, speculative_accept
+from selfspec.generate import (GenerationStats, Sampling, TextStreamer, count_accepted, generate, greedy_pick,
+                               speculative_accept)
 from selfspec.quantize import make_draft
 from smollm2 import smollm2_folder
 from utils import random_model
@@ -160,6 +161,16 @@ def test_top_k_and_top_p_filters():
     assert probs[0] == 1.0
     cold = Sampling(True, 0.1).probs(logits)
     assert cold[0] > 0.99
+
+
+def test_greedy_pick_gives_the_argmax_and_its_probability():
+    logits = torch.tensor([[1.0, 3.0, 3.0, -2.0], [0.5, 0.0, 0.0, 0.0]], dtype=torch.float16)
+    tokens, probs = greedy_pick(logits)
+    assert tokens.tolist() == [1, 0]  # the first of a tie, as torch.argmax
+    torch.testing.assert_close(probs, logits.float().softmax(-1).max(-1).values)
+    token, prob = greedy_pick(logits[1])  # one row of logits: 0-d results
+    assert token.dim() == prob.dim() == 0 and int(token) == 0
+    assert int(Sampling().pick(logits[0])) == 1
 
 
 def test_count_accepted():
