@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import InputError, argmax_triton
+from . import InputError, topk_triton
 
 # IPEX-LLM's auto_th_stop_draft: an EMA of the per-round match ratio steers the stop threshold.
 MATCH_EMA = 0.5  # weight of the previous EMA value
@@ -67,12 +67,25 @@ class Sampling:
     top_k: int = 0
     top_p: float = 1.0
 
+    def candidates(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For top-k: (float32 probabilities [..., k], token ids [..., k]) of the k most likely tokens after
+        temperature and top-p, the most likely first. Exactly k are kept: of tokens that tie with the k-th,
+        the lower ids on CUDA (topk_triton, one pass over the vocabulary), torch.topk's choice elsewhere."""
+        if topk_triton.supported(logits, self.top_k):
+            values, ids, _ = topk_triton.top_k(logits, self.top_k)
+        else:
+            values, ids = torch.topk(logits.float(), self.top_k, dim=-1)
+        values = values / max(self.temperature, 1e-5)
+        probs = values.softmax(-1)
+        if self.top_p < 1.0:  # the top-p rule of `probs`, on the k
+            probs = values.masked_fill(probs.cumsum(-1) - probs > self.top_p, float("-inf")).softmax(-1)
+        return probs, ids
+
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Temperature, then top-k, then top-p; float32 probabilities over the last dimension."""
-        logits = logits.float() / max(self.temperature, 1e-5)
         if 0 < self.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+            return self._spread(*self.candidates(logits), logits)
+        logits = logits.float() / max(self.temperature, 1e-5)
         if self.top_p < 1.0:
             sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
             sorted_probs = sorted_logits.softmax(-1)
@@ -82,18 +95,32 @@ class Sampling:
             logits = logits.masked_fill(drop, float("-inf"))
         return logits.softmax(-1)
 
+    @staticmethod
+    def _spread(probs, ids, logits):
+        # scatter_add: a row with fewer than k finite logits may list an id twice, the second time with 0.
+        return torch.zeros(logits.shape, dtype=torch.float32, device=logits.device).scatter_add_(-1, ids, probs)
+
+    def sample(self, logits: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a token drawn from logits [vocab], as a 0-d tensor on their device; the probabilities [vocab] it
+        was drawn from). With top-k the draw is among the k candidates, not over the whole vocabulary."""
+        if 0 < self.top_k < logits.shape[-1]:
+            probs, ids = self.candidates(logits)
+            return ids.gather(0, torch.multinomial(probs, 1, generator=generator))[0], self._spread(probs, ids, logits)
+        probs = self.probs(logits)
+        return torch.multinomial(probs, 1, generator=generator)[0], probs
+
     def pick(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
         """Next token for logits [vocab], as a 0-d tensor on the logits' device (no host sync)."""
         if not self.do_sample:
             return greedy_pick(logits)[0]
-        return torch.multinomial(self.probs(logits), 1, generator=generator)[0]
+        return self.sample(logits, generator)[0]
 
 
 def greedy_pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(argmax, its softmax probability in float32) over the last dimension of logits; the first index on
-    ties, as torch.argmax. One kernel on CUDA (argmax_triton)."""
-    if argmax_triton.supported(logits):
-        return argmax_triton.argmax_and_prob(logits)
+    ties, as torch.argmax. One pass over the vocabulary on CUDA (topk_triton)."""
+    if topk_triton.supported(logits):
+        return topk_triton.argmax_and_prob(logits)
     tokens = logits.argmax(-1)
     return tokens, logits.float().softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
@@ -299,11 +326,10 @@ def generate(
         while k < k_max:
             logits = draft(buf[k : k + 1].view(1, 1), positions[k : k + 1], pos + k + 1)[0, -1]
             if do_sample:
-                q = sampling.probs(logits)
+                buf[k + 1], q = sampling.sample(logits, generator)
                 if draft_probs is None:
                     draft_probs = torch.empty(draft_slots, q.shape[-1], device=device)
                 draft_probs[k] = q
-                buf[k + 1] = torch.multinomial(q, 1, generator=generator)[0]
                 confidence = q.gather(0, buf[k + 1 : k + 2])
             else:
                 buf[k + 1], confidence = greedy_pick(logits)

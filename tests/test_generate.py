@@ -163,6 +163,38 @@ def test_top_k_and_top_p_filters():
     assert cold[0] > 0.99
 
 
+def dense_reference_probs(logits, temperature, top_k, top_p):
+    """transformers' warpers, over the whole vocabulary: temperature, top-k (ties with the k-th kept), top-p."""
+    logits = logits.float() / temperature
+    logits = logits.masked_fill(logits < logits.topk(top_k).values[..., -1:], float("-inf"))
+    sorted_logits, order = logits.sort(-1, descending=True)
+    sorted_probs = sorted_logits.softmax(-1)
+    drop = (sorted_probs.cumsum(-1) - sorted_probs) > top_p
+    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf")).softmax(-1)
+
+
+def test_top_k_probabilities_match_the_dense_reference():
+    logits = (torch.randn(3, 1000, generator=torch.Generator().manual_seed(0)) * 3).half()  # no ties at the k-th
+    for temperature, top_k, top_p in [(0.3, 5, 0.85), (1.0, 50, 1.0), (0.7, 1, 0.5), (1.3, 20, 0.6)]:
+        sampling = Sampling(True, temperature, top_k, top_p)
+        probs = sampling.probs(logits)
+        torch.testing.assert_close(probs, dense_reference_probs(logits, temperature, top_k, top_p))
+        token, row_probs = sampling.sample(logits[0])
+        assert token.dim() == 0 and row_probs[token] > 0 and torch.equal(row_probs, probs[0])
+
+
+def test_top_k_sampling_draws_from_its_distribution():
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0])
+    sampling = Sampling(True, 0.8, top_k=4, top_p=0.95)
+    expected = sampling.probs(logits)
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(logits.numel())
+    for _ in range(20000):
+        counts[int(sampling.pick(logits, g))] += 1
+    assert counts[4:].sum() == 0 and chi_square_p_value(counts, expected) > 1e-3
+    assert chi_square_p_value(counts, logits.softmax(-1)) < 1e-6  # a wrong distribution is caught
+
+
 def test_greedy_pick_gives_the_argmax_and_its_probability():
     logits = torch.tensor([[1.0, 3.0, 3.0, -2.0], [0.5, 0.0, 0.0, 0.0]], dtype=torch.float16)
     tokens, probs = greedy_pick(logits)
