@@ -7,6 +7,8 @@
      scripts/measure_acceptance.py, 128 new tokens, greedy, three rounds after a warm-up.
 
     python docs/perf/h100-2026-11-25-greedy-pick-ab.py SMOLLM2_DIR OUT_DIR
+
+It ran at commit df2bb84, where the kernels lived in selfspec/argmax_triton.py (now topk_triton.py).
 """
 import importlib.util
 import json
