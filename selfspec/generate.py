@@ -67,24 +67,21 @@ class Sampling:
     top_k: int = 0
     top_p: float = 1.0
 
-    def candidates(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For top-k: (float32 probabilities [..., k], token ids [..., k]) of the k most likely tokens after
-        temperature and top-p, the most likely first. Exactly k are kept: of tokens that tie with the k-th,
-        the lower ids on CUDA (topk_triton, one pass over the vocabulary), torch.topk's choice elsewhere."""
-        if topk_triton.supported(logits, self.top_k):
-            values, ids, _ = topk_triton.top_k(logits, self.top_k)
-        else:
-            values, ids = torch.topk(logits.float(), self.top_k, dim=-1)
-        values = values / max(self.temperature, 1e-5)
-        probs = values.softmax(-1)
-        if self.top_p < 1.0:  # the top-p rule of `probs`, on the k
-            probs = values.masked_fill(probs.cumsum(-1) - probs > self.top_p, float("-inf")).softmax(-1)
-        return probs, ids
-
-    def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Temperature, then top-k, then top-p; float32 probabilities over the last dimension."""
+    def distribution(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Temperature, then top-k, then top-p, over the last dimension: (float32 probabilities, the token ids
+        they belong to). With top-k both are [..., k], the most likely first, and the vocabulary is passed over
+        once (on CUDA in topk_triton); exactly k are kept: of tokens that tie with the k-th, the lower ids on
+        CUDA, torch.topk's choice elsewhere. Without top-k the probabilities cover the vocabulary, ids None."""
         if 0 < self.top_k < logits.shape[-1]:
-            return self._spread(*self.candidates(logits), logits)
+            if topk_triton.supported(logits, self.top_k):
+                values, ids, _ = topk_triton.top_k(logits, self.top_k)
+            else:
+                values, ids = torch.topk(logits.float(), self.top_k, dim=-1)
+            values = values / max(self.temperature, 1e-5)
+            probs = values.softmax(-1)
+            if self.top_p < 1.0:  # the top-p rule below, on the k
+                probs = values.masked_fill(probs.cumsum(-1) - probs > self.top_p, float("-inf")).softmax(-1)
+            return probs, ids
         logits = logits.float() / max(self.temperature, 1e-5)
         if self.top_p < 1.0:
             sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
@@ -93,21 +90,18 @@ class Sampling:
             drop_sorted = (sorted_probs.cumsum(-1) - sorted_probs) > self.top_p
             drop = drop_sorted.scatter(-1, order, drop_sorted)
             logits = logits.masked_fill(drop, float("-inf"))
-        return logits.softmax(-1)
+        return logits.softmax(-1), None
 
-    @staticmethod
-    def _spread(probs, ids, logits):
-        # scatter_add: a row with fewer than k finite logits may list an id twice, the second time with 0.
-        return torch.zeros(logits.shape, dtype=torch.float32, device=logits.device).scatter_add_(-1, ids, probs)
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """`distribution` as float32 probabilities over the whole vocabulary."""
+        return spread(*self.distribution(logits), logits.shape[-1])
 
     def sample(self, logits: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(a token drawn from logits [vocab], as a 0-d tensor on their device; the probabilities [vocab] it
         was drawn from). With top-k the draw is among the k candidates, not over the whole vocabulary."""
-        if 0 < self.top_k < logits.shape[-1]:
-            probs, ids = self.candidates(logits)
-            return ids.gather(0, torch.multinomial(probs, 1, generator=generator))[0], self._spread(probs, ids, logits)
-        probs = self.probs(logits)
-        return torch.multinomial(probs, 1, generator=generator)[0], probs
+        probs, ids = self.distribution(logits)
+        choice = torch.multinomial(probs, 1, generator=generator)
+        return (choice if ids is None else ids.gather(0, choice))[0], spread(probs, ids, logits.shape[-1])
 
     def pick(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
         """Next token for logits [vocab], as a 0-d tensor on the logits' device (no host sync)."""
@@ -123,6 +117,15 @@ def greedy_pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return topk_triton.argmax_and_prob(logits)
     tokens = logits.argmax(-1)
     return tokens, logits.float().softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def spread(probs: torch.Tensor, ids: torch.Tensor | None, vocab_size: int) -> torch.Tensor:
+    """Probabilities of the tokens `ids` as a distribution over the vocabulary (as they are if ids is None)."""
+    if ids is None:
+        return probs
+    # scatter_add: a row with fewer than k finite logits may list an id twice, the second time with 0.
+    dense = torch.zeros(*probs.shape[:-1], vocab_size, dtype=torch.float32, device=probs.device)
+    return dense.scatter_add_(-1, ids, probs)
 
 
 def count_accepted(draft_tokens: list[int], target_tokens: list[int]) -> int:
@@ -147,23 +150,34 @@ def adapt_th_stop_draft(th: float, match_ema: float, accepted: int, drafted: int
     return min(1.0, max(0.0, TH_SMOOTHING * th + (1 - TH_SMOOTHING) * nudged)), match_ema
 
 
-def speculative_accept(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Tensor, generator=None):
-    """Speculative sampling on the device: p [k+1, vocab] target and q [k, vocab] draft probabilities
-    (both after the same temperature/top-k/top-p), draft_tokens [k]. Returns 0-d tensors (number of
-    drafts accepted n, next token): d_i is kept with probability min(1, p/q); the first rejected one is
-    replaced by a sample of normalize(max(0, p - q)), or, if all were kept, a sample of p[k] is added.
-    The emitted tokens are distributed exactly as sampling from p."""
+def speculative_accept(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Tensor, generator=None,
+                       p_ids: torch.Tensor | None = None):
+    """Speculative sampling on the device: p [k+1, S] target probabilities of the tokens p_ids [k+1, S] (the
+    whole vocabulary if None: S = vocab) and q [k, vocab] draft probabilities (both after the same
+    temperature/top-k/top-p), draft_tokens [k]. Returns 0-d tensors (number of drafts accepted n, next
+    token): d_i is kept with probability min(1, p/q); the first rejected one is replaced by a sample of
+    normalize(max(0, p - q)), or, if all were kept, a sample of p[k] is added. The emitted tokens are
+    distributed exactly as sampling from p."""
     k = draft_tokens.numel()
     rows = torch.arange(k, device=p.device)
-    p_draft, q_draft = p[rows, draft_tokens], q[rows, draft_tokens]
+    if p_ids is None:
+        p_draft = p[rows, draft_tokens]
+    else:  # p is 0 outside p_ids
+        p_draft = (p[:k] * (p_ids[:k] == draft_tokens[:, None])).sum(-1)
     uniforms = torch.rand(k, generator=generator, device=p.device)
-    accepted = uniforms * q_draft < p_draft  # u < p/q without dividing by q
+    accepted = uniforms * q[rows, draft_tokens] < p_draft  # u < p/q without dividing by q
     n = accepted.int().cumprod(0).sum()
-    # index_select with a device index: a 0-d tensor used as p[n] would be read back to the host.
-    residual = torch.cat([(p[:k] - q).clamp(min=0), p[k:]]).index_select(0, n.view(1))[0]
-    target_row = p.index_select(0, n.view(1))[0]
-    residual = torch.where(residual.sum() > 0, residual, target_row)  # p == q up to rounding: sample p
-    return n, torch.multinomial(residual, 1, generator=generator)[0]
+    # Only row n is sampled from, taken with index_select: a 0-d tensor used as p[n] would be read back to
+    # the host. After k accepted drafts there is no q row: q counts as 0 and the sample is one of p[k].
+    p_n = p.index_select(0, n.view(1))[0]
+    q_n = q.index_select(0, n.clamp(max=k - 1).view(1))[0] * (n < k)
+    if p_ids is not None:
+        ids_n = p_ids.index_select(0, n.view(1))[0]
+        q_n = q_n.gather(0, ids_n)  # max(0, p - q) is 0 where p is: outside p_ids
+    residual = (p_n - q_n).clamp(min=0)
+    residual = torch.where(residual.sum() > 0, residual, p_n)  # p == q up to rounding: sample p
+    choice = torch.multinomial(residual, 1, generator=generator)
+    return n, (choice if p_ids is None else ids_n.gather(0, choice))[0]
 
 
 def pick_device(name: str) -> torch.device:
@@ -294,9 +308,11 @@ def generate(
         return finished
 
     start = time.perf_counter()
+    # Every position a pass can take, so that each pass gets a slice of it rather than a new tensor: a tensor
+    # made per step is a launch on the host's path between two steps.
+    positions = torch.arange(max_seq_len, device=device)
     n_prompt = len(input_ids)
-    logits = model(torch.tensor([input_ids], device=device), torch.arange(n_prompt, device=device), n_prompt,
-                   last_only=True)
+    logits = model(torch.tensor([input_ids], device=device), positions[:n_prompt], n_prompt, last_only=True)
     # buf holds [last token, d1..dk] for the round in flight, on the device. A round never drafts more
     # tokens than are left to generate.
     draft_slots = min(max_step_draft, max_new_tokens)
@@ -304,7 +320,6 @@ def generate(
     buf[0] = sampling.pick(logits[0, -1], generator)
     token = int(buf[0])
     stats.first_token_latency_s = time.perf_counter() - start
-    offsets = torch.arange(draft_slots + 1, device=device)
     draft_probs = None
     pos = n_prompt  # position of `token`, which is not in the cache yet
     done = emit([token])
@@ -313,7 +328,7 @@ def generate(
         # Drafts beyond the output budget or the cache would be wasted: a round emits accepted + 1 tokens.
         k_max = min(max_step_draft, max_new_tokens - len(out) - 1, max_seq_len - pos - 1)
         if draft is None or k_max < 1:
-            logits = model(buf[:1].view(1, 1), offsets[:1] + pos, pos + 1)
+            logits = model(buf[:1].view(1, 1), positions[pos : pos + 1], pos + 1)
             buf[0] = sampling.pick(logits[0, -1], generator)
             token = int(buf[0])
             stats.verify_steps += 1
@@ -322,9 +337,8 @@ def generate(
             continue
 
         k = 0
-        positions = offsets + pos
         while k < k_max:
-            logits = draft(buf[k : k + 1].view(1, 1), positions[k : k + 1], pos + k + 1)[0, -1]
+            logits = draft(buf[k : k + 1].view(1, 1), positions[pos + k : pos + k + 1], pos + k + 1)[0, -1]
             if do_sample:
                 buf[k + 1], q = sampling.sample(logits, generator)
                 if draft_probs is None:
@@ -337,9 +351,10 @@ def generate(
             if min_step_draft <= k < k_max and float(confidence) < th_stop_draft:
                 break
 
-        logits = model(buf[: k + 1].view(1, -1), positions[: k + 1], pos + k + 1)[0]
+        logits = model(buf[: k + 1].view(1, -1), positions[pos : pos + k + 1], pos + k + 1)[0]
         if do_sample:
-            n, next_token = speculative_accept(sampling.probs(logits), draft_probs[:k], buf[1 : k + 1], generator)
+            p, p_ids = sampling.distribution(logits)
+            n, next_token = speculative_accept(p, draft_probs[:k], buf[1 : k + 1], generator, p_ids)
             host = torch.cat([buf[1 : k + 1], n.view(1), next_token.view(1)]).tolist()
             draft_tokens, n, token = host[:k], host[k], host[k + 1]
         else:
