@@ -94,14 +94,15 @@ class Sampling:
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """`distribution` as float32 probabilities over the whole vocabulary."""
-        return spread(*self.distribution(logits), logits.shape[-1])
+        probs, ids = self.distribution(logits)
+        return probs if ids is None else spread(probs, ids, torch.empty(logits.shape, device=logits.device))
 
-    def sample(self, logits: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(a token drawn from logits [vocab], as a 0-d tensor on their device; the probabilities [vocab] it
-        was drawn from). With top-k the draw is among the k candidates, not over the whole vocabulary."""
+    def sample(self, logits: torch.Tensor, generator=None):
+        """(a token drawn from logits [vocab], as a 0-d tensor on their device; the probabilities and ids it
+        was drawn from, as `distribution` gives them). With top-k the draw is among the k candidates."""
         probs, ids = self.distribution(logits)
         choice = torch.multinomial(probs, 1, generator=generator)
-        return (choice if ids is None else ids.gather(0, choice))[0], spread(probs, ids, logits.shape[-1])
+        return (choice if ids is None else ids.gather(0, choice))[0], probs, ids
 
     def pick(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
         """Next token for logits [vocab], as a 0-d tensor on the logits' device (no host sync)."""
@@ -119,13 +120,13 @@ def greedy_pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, logits.float().softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def spread(probs: torch.Tensor, ids: torch.Tensor | None, vocab_size: int) -> torch.Tensor:
-    """Probabilities of the tokens `ids` as a distribution over the vocabulary (as they are if ids is None)."""
+def spread(probs: torch.Tensor, ids: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """Write the probabilities of the tokens `ids` (all of the vocabulary's if None) into `out` [..., vocab]
+    (float32) as a distribution over the vocabulary; returns `out`."""
     if ids is None:
-        return probs
+        return out.copy_(probs)
     # scatter_add: a row with fewer than k finite logits may list an id twice, the second time with 0.
-    dense = torch.zeros(*probs.shape[:-1], vocab_size, dtype=torch.float32, device=probs.device)
-    return dense.scatter_add_(-1, ids, probs)
+    return out.zero_().scatter_add_(-1, ids, probs)
 
 
 def count_accepted(draft_tokens: list[int], target_tokens: list[int]) -> int:
@@ -340,11 +341,10 @@ def generate(
         while k < k_max:
             logits = draft(buf[k : k + 1].view(1, 1), positions[pos + k : pos + k + 1], pos + k + 1)[0, -1]
             if do_sample:
-                buf[k + 1], q = sampling.sample(logits, generator)
+                buf[k + 1], q, q_ids = sampling.sample(logits, generator)
                 if draft_probs is None:
-                    draft_probs = torch.empty(draft_slots, q.shape[-1], device=device)
-                draft_probs[k] = q
-                confidence = q.gather(0, buf[k + 1 : k + 2])
+                    draft_probs = torch.empty(draft_slots, logits.shape[-1], device=device)
+                confidence = spread(q, q_ids, draft_probs[k]).gather(0, buf[k + 1 : k + 2])
             else:
                 buf[k + 1], confidence = greedy_pick(logits)
             k += 1

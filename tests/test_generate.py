@@ -179,7 +179,8 @@ def test_top_k_probabilities_match_the_dense_reference():
         sampling = Sampling(True, temperature, top_k, top_p)
         probs = sampling.probs(logits)
         torch.testing.assert_close(probs, dense_reference_probs(logits, temperature, top_k, top_p))
-        token, row_probs = sampling.sample(logits[0])
+        token, row_probs, ids = sampling.sample(logits[0])
+        row_probs = spread(row_probs, ids, torch.empty(logits.shape[-1]))
         assert token.dim() == 0 and row_probs[token] > 0 and torch.equal(row_probs, probs[0])
 
 
@@ -234,7 +235,7 @@ def test_speculative_sampling_reproduces_the_target_distribution(support):
     p_ids = None
     if support is not None:  # p of 0 outside a random subset of ids per row, passed as (p over ids, ids)
         p_ids = torch.stack([torch.randperm(vocab, generator=g)[:support] for _ in range(3)])
-        p = spread(p.gather(-1, p_ids), p_ids, vocab)
+        p = spread(p.gather(-1, p_ids), p_ids, torch.empty(3, vocab))
     p /= p.sum(-1, keepdim=True)
     q = torch.rand(2, vocab, generator=g) ** 3
     q /= q.sum(-1, keepdim=True)
