@@ -72,9 +72,8 @@ class AttentionInputs:
 
     SDPA path: `mask`, `causal`; `rope` as the (cos, sin) rows of the query positions for the eager
     rotation, or with `store_kernel` (CUDA) as the whole tables for attention_triton.rope_and_store, which
-    rotates and writes the cache. Kernel path (`kernel`, on CUDA: decode-sized passes, and ALiBi prefills):
-    rope_and_store and the Triton attention, with `alibi_slopes`; causality and the live length come from
-    the positions."""
+    rotates and writes the cache. Kernel path (`kernel`, on CUDA): rope_and_store and the Triton attention,
+    with `alibi_slopes`; causality and the live length come from the positions."""
 
     end: int
     mask: torch.Tensor | None = None
@@ -218,7 +217,7 @@ class Baichuan2(nn.Module):
         self.model = Decoder(args)
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         self.max_seq_len = 0
-        self.use_attention_kernels = True  # the Triton decode attention where supported (tests compare both)
+        self.use_attention_kernels = True  # the Triton attention on CUDA (tests compare it with SDPA)
 
     def setup_caches(self, max_seq_len: int | None = None, dtype=None, device=None):
         """Allocate the KV cache and position tables; the draft model shares them (see quantize.py)."""
@@ -272,16 +271,14 @@ class Baichuan2(nn.Module):
         if end is None:
             end = int(input_pos[-1]) + 1
         rope_model = self.args.position_encoding == "rope"
-        store_kernel = attention_triton.rope_and_store_supported(tokens.device, self.args.head_dim)
+        store_kernel = attention_triton.supported(tokens.device, self.args.head_dim)
         tables = (self.rope_cos, self.rope_sin) if rope_model else None
-        decode_sized = attention_triton.supported(tokens.device, T, self.args.head_dim)
-        if self.use_attention_kernels and (decode_sized or (store_kernel and not rope_model)):
-            # The Triton attention: split-KV for decode-sized passes, and flash attention with the ALiBi bias
-            # computed in the kernel for ALiBi prefills (RoPE prefills keep SDPA's causal kernels, below).
+        if self.use_attention_kernels and store_kernel:
+            # The Triton attention: split-KV for decode-sized passes, flash attention for prefills.
             inputs = AttentionInputs(end, rope=tables, alibi_slopes=None if rope_model else self.alibi, kernel=True,
                                      store_kernel=True)
         else:
-            # A prefill from position 0 of a RoPE model needs no mask: the fused causal kernels apply.
+            # A prefill from position 0 of a RoPE model needs no mask: SDPA's causal kernels apply.
             causal = T == end and rope_model
             rows = (self.rope_cos[input_pos], self.rope_sin[input_pos]) if rope_model else None
             inputs = AttentionInputs(end, mask=None if causal else self.attention_mask(input_pos, end), causal=causal,

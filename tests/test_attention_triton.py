@@ -117,7 +117,7 @@ def test_model_steps_match_the_sdpa_path(position_encoding, num_heads, dtype, to
     prefill = tokens[:, :100], torch.arange(100, device="cuda")
     model.use_attention_kernels = False
     expected = model(*prefill).float()
-    model.use_attention_kernels = True  # ALiBi: the Triton prefill kernel; RoPE: SDPA either way
+    model.use_attention_kernels = True  # the Triton prefill kernel, then the decode kernels
     torch.testing.assert_close(model(*prefill).float(), expected, atol=tol, rtol=tol)
     for pos in range(100, 250, 13):
         t = 1 + pos % 9
