@@ -119,8 +119,9 @@ def random_model(shape: str, max_seq_len: int, seed: int = 0) -> Baichuan2:
 
 
 def kernel_rows(model) -> list[dict]:
-    """INT4 matmul candidates at M=1 on the model's linear shapes: time, GB/s, error vs dequantized."""
-    from selfspec import int4_triton
+    """INT4 matmul candidates (and the FP16 ones) at M=1 on the model's linear shapes: time, GB/s, error vs
+    dequantized."""
+    from selfspec import gemv_triton, int4_triton
     from selfspec.quantize import dequantize_int4, pack_half2_words, pack_nibbles
 
     layer = model.model.layers[0]
@@ -138,6 +139,7 @@ def kernel_rows(model) -> list[dict]:
         int4_bytes = packed.numel() + s16.numel() * 2
         candidates = {
             "fp16 F.linear (reference: 16-bit weights)": (lambda: torch.nn.functional.linear(x, w), 2 * n * k),
+            "triton fp16 gemv (16-bit weights; the FP16 model's)": (lambda: gemv_triton.matmul(x, w), 2 * n * k, x.float() @ w.float().T),
             "dequantize + F.linear": (lambda: torch.nn.functional.linear(x, dequantize_int4(q, s16, torch.float16)), int4_bytes),
             "triton int4 gemv, f16x2 (fp16; used)": (lambda: int4_triton.int4_matmul_half2(x, words, s16, g), int4_bytes),
             "triton int4 gemv, portable (fp16)": (lambda: int4_triton.int4_matmul(x, packed, s16, g), int4_bytes),

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import attention_triton, pointwise_triton
+from . import attention_triton, gemv_triton, pointwise_triton
 
 
 @dataclass
@@ -98,12 +98,25 @@ class RMSNorm(nn.Module):
         return add_rms_norm(x, delta, self.weight, self.eps)
 
 
+class Linear(nn.Linear):
+    """nn.Linear without bias whose products of 1..16 tokens on CUDA run in gemv_triton: at batch 1 a decode
+    step or a verify pass is bound by reading the weights, which those kernels do faster than cuBLAS."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x):
+        if gemv_triton.supported(x, self.weight):
+            return gemv_triton.matmul(x, self.weight)
+        return F.linear(x, self.weight)
+
+
 class MLP(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.gate_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(args.hidden_size, args.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(args.intermediate_size, args.hidden_size, bias=False)
+        self.gate_proj = Linear(args.hidden_size, args.intermediate_size)
+        self.up_proj = Linear(args.hidden_size, args.intermediate_size)
+        self.down_proj = Linear(args.intermediate_size, args.hidden_size)
 
     def forward(self, x):
         return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
@@ -129,8 +142,8 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = args.num_heads, args.num_kv_heads, args.head_dim
         qkv_rows = (args.num_heads + 2 * args.num_kv_heads) * args.head_dim
         # Rows [0:h] are Q, then K, then V; heads contiguous inside each block.
-        self.W_pack = nn.Linear(args.hidden_size, qkv_rows, bias=False)
-        self.o_proj = nn.Linear(args.num_heads * args.head_dim, args.hidden_size, bias=False)
+        self.W_pack = Linear(args.hidden_size, qkv_rows)
+        self.o_proj = Linear(args.num_heads * args.head_dim, args.hidden_size)
         self.kv_cache: KVCache | None = None
 
     def forward(self, x, input_pos, inputs: AttentionInputs):
@@ -215,7 +228,7 @@ class Baichuan2(nn.Module):
         super().__init__()
         self.args = args
         self.model = Decoder(args)
-        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self.lm_head = Linear(args.hidden_size, args.vocab_size)
         self.max_seq_len = 0
         self.use_attention_kernels = True  # the Triton attention on CUDA (tests compare it with SDPA)
 

@@ -1,4 +1,5 @@
-"""GPU paths: loading onto the GPU, the Triton INT4 kernel, CUDA graphs, and lossless decoding through them.
+"""GPU paths: loading onto the GPU, the Triton GEMV kernels (INT4, INT8, 16-bit), CUDA graphs, and lossless
+decoding through them.
 
 Skipped without CUDA, except the kernel's logic, which also runs under Triton's CPU interpreter when
 Triton is installed (a subprocess, since the interpreter is chosen when Triton is imported)."""
@@ -8,10 +9,11 @@ import random
 import pytest
 import torch
 
-from selfspec import launch
+from selfspec import gemv_triton, launch
 from selfspec.checkpoint import device_copier, load_model
 from selfspec.cuda_graphs import GraphedModel, graph_models
 from selfspec.generate import generate
+from selfspec.model import Linear
 from selfspec.quantize import (
     Int4Linear, Int4MLP, Int8Linear, dequantize_int4, draft_bytes, make_draft, pack_nibbles, quantize_int4, weight_bytes,
 )
@@ -96,6 +98,16 @@ for n, k, m, blocks in [(24, 192, 1, (8, 64)), (37, 320, 3, (4, 128)), (16, 1000
     ref = x @ (q.float() * s[:, None]).T
     err = float((y - ref).norm() / ref.norm())
     assert err < 1e-5, (n, k, m, err)
+from selfspec.gemv_triton import matmul
+for n, k, m, blocks in [(24, 192, 1, (4, 64)), (37, 320, 1, (16, 128)), (5, 1000, 1, (4, 256)),
+                        (40, 192, 9, (32, 64)), (37, 320, 16, (16, 128)), (5, 1000, 2, (16, 256))]:
+    w = torch.randn(n, k)
+    x = torch.randn(1, m, k)
+    y = matmul(x, w, blocks)
+    ref = x @ w.T
+    assert y.shape == (1, m, n), y.shape
+    err = float((y - ref).norm() / ref.norm())
+    assert err < 1e-5, (n, k, m, err)
 from selfspec.int4_triton import quantize_groups
 from selfspec.quantize import CLIP_RATIOS
 for n, k, g in [(24, 192, 64), (40, 320, 32), (3, 128, 128)]:
@@ -131,6 +143,23 @@ def test_triton_int4_matches_dequantized_matmul(n, k, m, dtype, kernel):
     assert y.dtype == dtype and y.shape == (m, n)
     # f16x2 sums of four products in float16, then float32; bfloat16 output rounding is coarser
     assert float((y.float() - ref).norm() / ref.norm()) < (2e-3 if dtype == torch.float16 else 8e-3)
+
+
+@cuda
+@pytest.mark.parametrize("m", [1, 2, 9, 16])
+@pytest.mark.parametrize("n,k", [(12288, 4096), (4096, 11008), (13696, 5120), (5120, 13696), (1000, 320), (7, 100)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_linear_serves_decode_sizes_and_matches_float32(n, k, m, dtype):
+    layer = Linear(k, n).to("cuda", dtype)
+    x = torch.randn(1, m, k, device="cuda", dtype=dtype)
+    assert gemv_triton.supported(x, layer.weight)
+    assert not gemv_triton.supported(torch.randn(1, 17, k, device="cuda", dtype=dtype), layer.weight)  # a prefill
+    assert not gemv_triton.supported(x.float(), layer.weight.float())  # float32 stays with cuBLAS
+    y = layer(x)
+    ref = torch.nn.functional.linear(x.float(), layer.weight.float())
+    assert y.dtype == dtype and y.shape == (1, m, n)
+    # float32 sums; the output rounding to 16 bits is the error left
+    assert float((y.float() - ref).norm() / ref.norm()) < (1e-3 if dtype == torch.float16 else 6e-3)
 
 
 @cuda
