@@ -139,7 +139,8 @@ def kernel_rows(model) -> list[dict]:
         int4_bytes = packed.numel() + s16.numel() * 2
         candidates = {
             "fp16 F.linear (reference: 16-bit weights)": (lambda: torch.nn.functional.linear(x, w), 2 * n * k),
-            "triton fp16 gemv (16-bit weights; the FP16 model's)": (lambda: gemv_triton.matmul(x, w), 2 * n * k, x.float() @ w.float().T),
+            "triton fp16 (16-bit weights; gemv_triton, the FP16 model's)": (
+                lambda: gemv_triton.matmul(x, w), 2 * n * k, x.float() @ w.float().T),
             "dequantize + F.linear": (lambda: torch.nn.functional.linear(x, dequantize_int4(q, s16, torch.float16)), int4_bytes),
             "triton int4 gemv, f16x2 (fp16; used)": (lambda: int4_triton.int4_matmul_half2(x, words, s16, g), int4_bytes),
             "triton int4 gemv, portable (fp16)": (lambda: int4_triton.int4_matmul(x, packed, s16, g), int4_bytes),

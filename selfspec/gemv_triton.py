@@ -1,15 +1,17 @@
-"""Triton kernels for the 16-bit target's linear layers at decode sizes: y = x @ w^T for 1..16 rows of x.
+"""Triton kernel for the 16-bit target's linear layers at decode sizes: y = x @ w^T for 1..16 rows of x.
 
 A decode step (one row) or a verify pass (up to 16 rows) multiplies every weight matrix once, so at batch 1
-it is bound by reading the weights. cuBLAS's kernels read them at 2.1-2.9 TB/s on an H100 (the N=4096
-shapes split K and add a reduction kernel). Here one program streams BLOCK_N rows of the weight in slices
-of BLOCK_K columns:
-- `_gemv_kernel` (one row of x): multiply-adds in float32, 2.5-3.2 TB/s, 5-14% faster than cuBLAS at every
-  Baichuan2-7B shape;
-- `_rows_kernel` (2..16 rows): x padded to 16 rows, tensor cores (`tl.dot`), as fast as cuBLAS (down_proj)
-  to 10% faster.
-Both sum in float32, as cuBLAS does. docs/performance.md has the measurements. Importing this module without
-Triton is fine: `supported()` says False.
+it is bound by reading the weights. One program streams BLOCK_N rows of the weight in slices of BLOCK_K
+columns and multiplies each slice with all rows of x at once on the tensor cores (x padded to 16 rows),
+summing in float32. On an H100 that reads the weights 0-7% faster than cuBLAS at the Baichuan2-7B shapes
+(docs/performance.md), for one row and for nine.
+
+The same compiled kernel serves every row count, and a tensor-core product's row does not depend on the
+other rows, so a verify pass over k+1 tokens gives exactly the logits of k+1 one-token steps, in float16
+too: greedy self-speculative decoding then equals plain decoding token for token. (A plain float32 GEMV
+for one row was 4% faster still, but rounded differently from the verify pass and split the outputs of
+plain and speculative decoding at near-ties.) Importing this module without Triton is fine: `supported()`
+says False.
 """
 import torch
 
@@ -23,7 +25,7 @@ try:
 except ImportError:  # CPU-only installs
     triton = None
 
-MAX_ROWS = 16  # rows of x per call (tl.dot's smallest tile)
+MAX_ROWS = 16  # rows of x per call: tl.dot's smallest tile, and the most tokens of a verify pass
 
 
 def supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -35,57 +37,34 @@ def supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_ok = rows < N
-        cols = tl.arange(0, BLOCK_K)
-        wait_for_inputs(PDL)
-        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + cols
-            k_ok = k < K
-            w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            x = tl.load(x_ptr + k, mask=k_ok, other=0.0)
-            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-        let_next_kernel_launch(PDL)
-        tl.store(y_ptr + rows, tl.sum(acc, axis=1).to(y_ptr.dtype.element_ty), mask=row_ok)
-
-    @triton.jit
-    def _rows_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     PDL: tl.constexpr):
+    def _matmul_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr, PDL: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         m = tl.arange(0, BLOCK_M)
         m_ok = m < M
         cols = tl.arange(0, BLOCK_K)
         wait_for_inputs(PDL)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             k = k0 + cols
             k_ok = k < K
             w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             x = tl.load(x_ptr + m[:, None] * K + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            acc = tl.dot(x, tl.trans(w), acc)
+            acc = tl.dot(w, tl.trans(x), acc)
         let_next_kernel_launch(PDL)
-        tl.store(y_ptr + m[:, None] * N + rows[None, :], acc.to(y_ptr.dtype.element_ty),
-                 mask=m_ok[:, None] & row_ok[None, :])
+        tl.store(y_ptr + m[None, :] * N + rows[:, None], acc.to(y_ptr.dtype.element_ty),
+                 mask=m_ok[None, :] & row_ok[:, None])
 
-    # The best of 36 (one row) and 54 (nine rows) configurations on an H100 at the 7B shapes, weights read
-    # from DRAM: each of these was within 1-4% of the best at every shape.
-    _gemv_tuned = launch.autotune(
-        configs=[
-            triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-            for bn, bk, w, s in [(16, 1024, 8, 3), (16, 1024, 8, 2), (4, 1024, 8, 2), (4, 512, 8, 3)]
-        ],
-        key=["N", "K"],
-    )(_gemv_kernel)
-    _rows_tuned = launch.autotune(
+    # The best of 54 configurations on an H100 at the 7B shapes (weights read from DRAM, one row and nine).
+    # Tuned per weight shape, not per row count: every row count must run the same configuration.
+    _matmul_tuned = launch.autotune(
         configs=[
             triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=4, num_stages=s)
-            for bn, bk, s in [(32, 128, 4), (32, 512, 3), (32, 512, 4), (64, 128, 4)]
+            for bn, bk, s in [(64, 256, 4), (32, 256, 5), (64, 128, 4), (128, 128, 4), (32, 128, 4)]
         ],
         key=["N", "K"],
-    )(_rows_kernel)
+    )(_matmul_kernel)
 
 
 def matmul(x: torch.Tensor, weight: torch.Tensor, blocks=None) -> torch.Tensor:
@@ -94,18 +73,12 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, blocks=None) -> torch.Tensor:
     `blocks=(BLOCK_N, BLOCK_K)` skips autotuning (Triton's CPU interpreter cannot time configs)."""
     n, k = weight.shape
     flat = x.reshape(-1, k).contiguous()
-    m = flat.shape[0]
-    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    if blocks is not None:
-        grid = (triton.cdiv(n, blocks[0]),)
-        if m == 1:
-            _gemv_kernel[grid](flat, weight, y, n, k, BLOCK_N=blocks[0], BLOCK_K=blocks[1], PDL=False)
-        else:
-            _rows_kernel[grid](flat, weight, y, m, n, k, BLOCK_M=MAX_ROWS, BLOCK_N=blocks[0], BLOCK_K=blocks[1], PDL=False)
-    else:
+    y = torch.empty(flat.shape[0], n, dtype=x.dtype, device=x.device)
+    args = (flat, weight, y, flat.shape[0], n, k)
+    if blocks is None:
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-        if m == 1:
-            _gemv_tuned[grid](flat, weight, y, n, k, PDL=launch.enabled, launch_pdl=launch.enabled)
-        else:
-            _rows_tuned[grid](flat, weight, y, m, n, k, BLOCK_M=MAX_ROWS, PDL=launch.enabled, launch_pdl=launch.enabled)
+        _matmul_tuned[grid](*args, BLOCK_M=MAX_ROWS, PDL=launch.enabled, launch_pdl=launch.enabled)
+    else:
+        _matmul_kernel[(triton.cdiv(n, blocks[0]),)](*args, BLOCK_M=MAX_ROWS, BLOCK_N=blocks[0], BLOCK_K=blocks[1],
+                                                     PDL=False)
     return y.view(*x.shape[:-1], n)

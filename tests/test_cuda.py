@@ -3,7 +3,6 @@ decoding through them.
 
 Skipped without CUDA, except the kernel's logic, which also runs under Triton's CPU interpreter when
 Triton is installed (a subprocess, since the interpreter is chosen when Triton is imported)."""
-import math
 import random
 
 import pytest
@@ -99,7 +98,7 @@ for n, k, m, blocks in [(24, 192, 1, (8, 64)), (37, 320, 3, (4, 128)), (16, 1000
     err = float((y - ref).norm() / ref.norm())
     assert err < 1e-5, (n, k, m, err)
 from selfspec.gemv_triton import matmul
-for n, k, m, blocks in [(24, 192, 1, (4, 64)), (37, 320, 1, (16, 128)), (5, 1000, 1, (4, 256)),
+for n, k, m, blocks in [(24, 192, 1, (16, 64)), (37, 320, 1, (32, 128)), (5, 1000, 1, (16, 256)),
                         (40, 192, 9, (32, 64)), (37, 320, 16, (16, 128)), (5, 1000, 2, (16, 256))]:
     w = torch.randn(n, k)
     x = torch.randn(1, m, k)
@@ -158,6 +157,8 @@ def test_triton_linear_serves_decode_sizes_and_matches_float32(n, k, m, dtype):
     y = layer(x)
     ref = torch.nn.functional.linear(x.float(), layer.weight.float())
     assert y.dtype == dtype and y.shape == (1, m, n)
+    for i in range(m):  # each row as a one-token call computes: bit for bit
+        assert torch.equal(layer(x[:, i : i + 1]), y[:, i : i + 1]), i
     # float32 sums; the output rounding to 16 bits is the error left
     assert float((y.float() - ref).norm() / ref.norm()) < (1e-3 if dtype == torch.float16 else 6e-3)
 
@@ -282,29 +283,20 @@ def test_graphed_prefill_matches_eager(position_encoding, num_heads):
 
 @cuda
 @pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
-def test_float16_speculative_with_graphs_diverges_only_at_near_ties(position_encoding, num_heads):
-    """The README's FP16 tolerance on the GPU path (f16x2 draft kernel, Triton attention, CUDA graphs)."""
+def test_float16_speculative_with_graphs_equals_plain(position_encoding, num_heads):
+    """On the GPU path (gemv_triton's linears, Triton attention, CUDA graphs) a verify pass computes each
+    row as a one-token step does, so float16 speculative decoding equals plain decoding exactly."""
     model = random_model(position_encoding, num_heads=num_heads, max_seq_len=300, dtype=torch.float16).cuda()
     model.setup_caches(300)
     draft = make_draft(model, group_size=32, lm_head="int4")
     assert draft.lm_head.kernel == draft.model.layers[0].self_attn.W_pack.kernel == "triton_half2"
     model_g, draft_g = graph_models(model, draft, bucket=64)
     rng = random.Random(1)
-    identical = 0
     for _ in range(8):
         prompt = [rng.randrange(320) for _ in range(rng.randrange(1, 100))]
         plain, _ = generate(model_g, prompt, 60)
-        spec, stats = generate(model_g, prompt, 60, draft=draft_g)
-        assert stats.drafted > 0
-        if spec == plain:
-            identical += 1
-            continue
-        i = next(i for i, (a, b) in enumerate(zip(plain, spec)) if a != b)
-        prefix = prompt + plain[:i]
-        logits = model(torch.tensor([prefix], device="cuda"), torch.arange(len(prefix), device="cuda"))[0, -1].float()
-        top2 = logits.topk(2).values
-        assert float(top2[0] - top2[1]) <= 4 * 2.0 ** math.floor(math.log2(abs(float(top2[0])))) * 2**-10
-    assert identical >= 4
+        spec, stats = generate(model_g, prompt, 60, draft=draft_g, th_stop_draft=rng.random())
+        assert spec == plain and stats.drafted > 0
 
 
 @cuda
