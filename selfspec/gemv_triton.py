@@ -3,7 +3,7 @@
 A decode step (one row) or a verify pass (up to 16 rows) multiplies every weight matrix once, so at batch 1
 it is bound by reading the weights. One program streams BLOCK_N rows of the weight in slices of BLOCK_K
 columns and multiplies each slice with all rows of x at once on the tensor cores (x padded to 16 rows),
-summing in float32. On an H100 that reads the weights 0-7% faster than cuBLAS at the Baichuan2-7B shapes
+summing in float32. On an H100 that reads the weights 0-10% faster than cuBLAS at the Baichuan2-7B shapes
 (docs/performance.md), for one row and for nine.
 
 The same compiled kernel serves every row count, and a tensor-core product's row does not depend on the
