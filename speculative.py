@@ -4,14 +4,13 @@
 """
 import argparse
 import json
-import math
 import os
 import sys
 
 import torch
 
 from selfspec import InputError
-from selfspec.checkpoint import load_checkpoint
+from selfspec.checkpoint import SAMPLING_DEFAULTS, load_checkpoint, valid_sampling
 from selfspec.cuda_graphs import graph_models
 from selfspec.generate import TextStreamer, generate, pick_device
 from selfspec.quantize import make_draft
@@ -45,9 +44,10 @@ def parse_args(argv=None):
                    help="default: float16 on GPUs, bfloat16 on CPU")
     p.add_argument("--no-speculative", action="store_true", help="plain decoding with the same engine")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0, help="with --do-sample (default: %(default)s)")
-    p.add_argument("--top-k", type=int, default=0, help="with --do-sample; 0 (the default) disables top-k")
-    p.add_argument("--top-p", type=float, default=1.0, help="with --do-sample; 1 (the default) disables top-p")
+    p.add_argument("--temperature", type=float,
+                   help="with --do-sample (default: the checkpoint's generation_config.json, else 1)")
+    p.add_argument("--top-k", type=int, help="with --do-sample; 0 disables top-k (default: the checkpoint's, else 0)")
+    p.add_argument("--top-p", type=float, help="with --do-sample; 1 disables top-p (default: the checkpoint's, else 1)")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
     p.add_argument("--system", default="", help="system text placed before the chat")
     p.add_argument("--raw-prompt", action="store_true", help="tokenize the prompt as is, without the chat format")
@@ -76,7 +76,8 @@ def check_args(args):
         raise InputError(f"--th-stop-draft must be in [0, 1], got {args.th_stop_draft}")
     if args.max_step_draft < 1:
         raise InputError(f"--max-step-draft must be at least 1, got {args.max_step_draft}")
-    if not 0 < args.temperature < math.inf or args.top_k < 0 or not 0.0 < args.top_p <= 1.0:
+    given = {name: getattr(args, name) for name in SAMPLING_DEFAULTS if getattr(args, name) is not None}
+    if not valid_sampling(**{**SAMPLING_DEFAULTS, **given}):
         raise InputError("need 0 < --temperature < inf, --top-k >= 0 and 0 < --top-p <= 1")
     if args.seed is not None and not 0 <= args.seed < 2**64:
         raise InputError(f"--seed must be in [0, 2**64), got {args.seed}")
@@ -87,7 +88,7 @@ def check_args(args):
             text.encode("utf-8")
         except UnicodeEncodeError:  # bytes that are not UTF-8 arrive as lone surrogates
             raise InputError(f"{flag} is not valid UTF-8 text") from None
-    if not args.do_sample and (args.temperature, args.top_k, args.top_p) != (1.0, 0, 1.0):
+    if not args.do_sample and given:
         print("warning: --temperature, --top-k and --top-p apply only with --do-sample", file=sys.stderr)
     if args.raw_prompt and args.system:
         print("warning: --system is not used with --raw-prompt", file=sys.stderr)
@@ -132,12 +133,18 @@ def run(args) -> int:
         print(f"warning: prompt truncated from the left to {len(input_ids)} tokens to leave room for "
               f"{args.n_predict} new tokens", file=sys.stderr)
 
+    sampling = {}
+    if args.do_sample:  # flags first, then the checkpoint's generation_config.json
+        sampling = ckpt.sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+        if ckpt.repetition_penalty not in (None, 1.0):
+            print(f"warning: the checkpoint's repetition_penalty {ckpt.repetition_penalty} is not applied",
+                  file=sys.stderr)
     draft = None if args.no_speculative else make_draft(model, group_size=args.group_size)
     if device.type == "cuda":  # replay decode steps as CUDA graphs (captured during the warm-up)
         model, draft = graph_models(model, draft)
     options = dict(
-        draft=draft, do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft, eos_token_id=ckpt.eos_token_id,
+        draft=draft, do_sample=args.do_sample, **sampling, th_stop_draft=args.th_stop_draft,
+        max_step_draft=args.max_step_draft, eos_token_id=ckpt.eos_token_id,
     )
 
     def seeded():  # a fresh generator per run: the timed run samples the same whatever --warmup is
@@ -151,7 +158,8 @@ def run(args) -> int:
     answer_ids = [t for t in output_ids if t != ckpt.eos_token_id]
     if args.json:
         record = {"text": tokenizer.decode(answer_ids), "token_ids": output_ids, **stats.as_dict(),
-                  "speculative": draft is not None, "device": device.type, "dtype": str(dtype).removeprefix("torch.")}
+                  "speculative": draft is not None, "sampling": sampling or None, "device": device.type,
+                  "dtype": str(dtype).removeprefix("torch.")}
         print(json.dumps(record, ensure_ascii=False))
         return 0
     print(f"Tokens generated {stats.tokens_generated}")

@@ -578,9 +578,17 @@ def build_template_chat_ids(
     return ids[-max_input_tokens:], truncated
 
 
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}  # top_k 0 and top_p 1: off
+
+
+def valid_sampling(temperature: float, top_k: int, top_p: float) -> bool:
+    return 0 < temperature < math.inf and top_k >= 0 and 0.0 < top_p <= 1.0
+
+
 @dataclass
 class Checkpoint:
-    """A validated checkpoint folder; sampling defaults are Baichuan2-Chat's generation_config.json."""
+    """A validated checkpoint folder. Its generation_config.json gives the chat and end-of-sequence ids (where
+    it is silent, Baichuan2-Chat's) and sampling values (None where it is silent)."""
 
     folder: Path
     config: dict
@@ -592,10 +600,10 @@ class Checkpoint:
     eos_token_id: int = 2  # the one generate() stops at: the first of eos_token_ids
     eos_token_ids: tuple[int, ...] = ()  # every end-of-sequence id the checkpoint declares
     do_sample: bool = True
-    temperature: float = 0.3
-    top_k: int = 5
-    top_p: float = 0.85
-    repetition_penalty: float = 1.05
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
     max_new_tokens: int = 2048
 
     def __post_init__(self):
@@ -610,6 +618,17 @@ class Checkpoint:
     @property
     def context_length(self) -> int:
         return self.config.get("max_position_embeddings") or self.config["model_max_length"]
+
+    def sampling(self, temperature=None, top_k=None, top_p=None) -> dict:
+        """Sampling settings: those given, else this checkpoint's (as transformers' generate takes a model's
+        generation config), else SAMPLING_DEFAULTS."""
+        given = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        settings = {name: next(v for v in (given[name], getattr(self, name), default) if v is not None)
+                    for name, default in SAMPLING_DEFAULTS.items()}
+        if not valid_sampling(**settings):
+            raise CheckpointError(f"{self.folder / 'generation_config.json'} gives sampling settings out of range "
+                                  f"({settings}); pass --temperature, --top-k and --top-p")
+        return settings
 
     def chat_ids(self, tokenizer, messages_or_prompt, *, system: str = "", max_input_tokens: int):
         """(ids, truncated) in the checkpoint's chat format: Baichuan2's marker tokens or the chat template.

@@ -123,6 +123,20 @@ def test_generation_config_defaults(tiny_copy):
     ckpt = open_checkpoint(str(folder))
     assert (ckpt.user_token_id, ckpt.assistant_token_id, ckpt.eos_token_id) == (195, 196, 2)
     assert ckpt.max_new_tokens == 2048
+    assert (ckpt.temperature, ckpt.top_k, ckpt.top_p, ckpt.repetition_penalty) == (None, None, None, None)
+    assert ckpt.sampling() == {"temperature": 1.0, "top_k": 0, "top_p": 1.0}  # nothing declared: plain sampling
+
+
+def test_sampling_settings_come_from_the_flags_then_the_generation_config(tiny_7b, tiny_copy):
+    ckpt = open_checkpoint(str(tiny_7b))  # declares temperature 0.3, top_k 5, top_p 0.85 as the hub's
+    assert ckpt.sampling() == {"temperature": 0.3, "top_k": 5, "top_p": 0.85}
+    assert ckpt.sampling(temperature=0.7, top_k=0) == {"temperature": 0.7, "top_k": 0, "top_p": 0.85}
+    folder = tiny_copy()
+    (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.0, "top_p": 0.9}))
+    ckpt = open_checkpoint(str(folder))  # greedy decoding never reads these, so opening it is fine
+    with pytest.raises(CheckpointError, match="generation_config.json gives sampling settings out of range"):
+        ckpt.sampling()
+    assert ckpt.sampling(temperature=0.5) == {"temperature": 0.5, "top_k": 0, "top_p": 0.9}
 
 
 # --- config -> ModelArgs -------------------------------------------------------------------------

@@ -64,6 +64,17 @@ def test_sampling_options_and_alias(tiny_13b):
                      "--max-step-draft", 4, "--system", "You are terse.", "--warmup", 0, "--json", check_exit=0)
     record = json.loads(result.stdout.splitlines()[-1])
     assert 1 <= record["tokens_generated"] <= 16
+    assert record["sampling"] == {"temperature": 0.8, "top_k": 20, "top_p": 0.9}
+
+
+def test_sampling_defaults_come_from_the_generation_config(tiny_7b):
+    result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--n-predict", 8, "--do-sample",
+                     "--top-p", 0.5, "--warmup", 0, "--json", check_exit=0)
+    assert json.loads(result.stdout.splitlines()[-1])["sampling"] == {"temperature": 0.3, "top_k": 5, "top_p": 0.5}
+    assert result.stderr == "warning: the checkpoint's repetition_penalty 1.05 is not applied\n"
+    greedy = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--n-predict", 8, "--warmup", 0, "--json",
+                     check_exit=0)
+    assert json.loads(greedy.stdout.splitlines()[-1])["sampling"] is None and greedy.stderr == ""
 
 
 def test_raw_prompt_and_truncation_warning(tiny_7b):
