@@ -48,6 +48,9 @@ def parse_args(argv=None):
                    help="with --do-sample (default: the checkpoint's generation_config.json, else 1)")
     p.add_argument("--top-k", type=int, help="with --do-sample; 0 disables top-k (default: the checkpoint's, else 0)")
     p.add_argument("--top-p", type=float, help="with --do-sample; 1 disables top-p (default: the checkpoint's, else 1)")
+    p.add_argument("--repetition-penalty", type=float,
+                   help="penalize the prompt's and the answer's tokens as transformers does, greedy or sampling "
+                        "(default: none; Baichuan2-Chat's generation_config.json asks for 1.05)")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
     p.add_argument("--system", default="", help="system text placed before the chat")
     p.add_argument("--raw-prompt", action="store_true", help="tokenize the prompt as is, without the chat format")
@@ -79,6 +82,8 @@ def check_args(args):
     given = {name: getattr(args, name) for name in SAMPLING_DEFAULTS if getattr(args, name) is not None}
     if not valid_sampling(**{**SAMPLING_DEFAULTS, **given}):
         raise InputError("need 0 < --temperature < inf, --top-k >= 0 and 0 < --top-p <= 1")
+    if args.repetition_penalty is not None and not 0 < args.repetition_penalty < float("inf"):
+        raise InputError(f"--repetition-penalty must be positive and finite, got {args.repetition_penalty}")
     if args.seed is not None and not 0 <= args.seed < 2**64:
         raise InputError(f"--seed must be in [0, 2**64), got {args.seed}")
     if args.warmup < 0:
@@ -136,15 +141,15 @@ def run(args) -> int:
     sampling = {}
     if args.do_sample:  # flags first, then the checkpoint's generation_config.json
         sampling = ckpt.sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-        if ckpt.repetition_penalty not in (None, 1.0):
-            print(f"warning: the checkpoint's repetition_penalty {ckpt.repetition_penalty} is not applied",
-                  file=sys.stderr)
+        if ckpt.repetition_penalty not in (None, 1.0) and args.repetition_penalty is None:
+            print(f"warning: the checkpoint's repetition_penalty {ckpt.repetition_penalty} is not applied "
+                  f"(--repetition-penalty {ckpt.repetition_penalty} applies it)", file=sys.stderr)
     draft = None if args.no_speculative else make_draft(model, group_size=args.group_size)
     if device.type == "cuda":  # replay decode steps as CUDA graphs (captured during the warm-up)
         model, draft = graph_models(model, draft)
     options = dict(
-        draft=draft, do_sample=args.do_sample, **sampling, th_stop_draft=args.th_stop_draft,
-        max_step_draft=args.max_step_draft, eos_token_id=ckpt.eos_token_id,
+        draft=draft, do_sample=args.do_sample, **sampling, repetition_penalty=args.repetition_penalty or 1.0,
+        th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft, eos_token_id=ckpt.eos_token_id,
     )
 
     def seeded():  # a fresh generator per run: the timed run samples the same whatever --warmup is
@@ -158,7 +163,8 @@ def run(args) -> int:
     answer_ids = [t for t in output_ids if t != ckpt.eos_token_id]
     if args.json:
         record = {"text": tokenizer.decode(answer_ids), "token_ids": output_ids, **stats.as_dict(),
-                  "speculative": draft is not None, "sampling": sampling or None, "device": device.type,
+                  "speculative": draft is not None, "sampling": sampling or None,
+                  "repetition_penalty": args.repetition_penalty or 1.0, "device": device.type,
                   "dtype": str(dtype).removeprefix("torch.")}
         print(json.dumps(record, ensure_ascii=False))
         return 0

@@ -129,6 +129,23 @@ def spread(probs: torch.Tensor, ids: torch.Tensor | None, out: torch.Tensor) -> 
     return out.zero_().scatter_add_(-1, ids, probs)
 
 
+def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """transformers' repetition penalty on logits [..., vocab], in float32: the logits of the tokens marked
+    in `seen` (bool, broadcastable) are divided by `penalty` where positive and multiplied where negative."""
+    logits = logits.float()
+    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+
+
+def seen_by_row(seen: torch.Tensor, drafts: torch.Tensor) -> torch.Tensor:
+    """The tokens each row of a verify pass over [token, d1..dk] has seen: `seen` [vocab] (the prompt and
+    the emitted tokens) and, for row i, which predicts the token after d_i, also d1..di. [k+1, vocab]."""
+    k = drafts.numel()
+    steps = torch.arange(k + 1, device=drafts.device)
+    earlier = steps[:, None] > steps[None, :k]  # row i, draft j+1: j < i
+    counts = torch.zeros(k + 1, seen.shape[-1], dtype=torch.int32, device=seen.device)
+    return seen | (counts.scatter_add_(1, drafts.expand(k + 1, k), earlier.int()) > 0)
+
+
 def count_accepted(draft_tokens: list[int], target_tokens: list[int]) -> int:
     """Greedy acceptance: the length of the longest prefix of drafts equal to the target's argmax."""
     n = 0
@@ -258,6 +275,7 @@ def generate(
     max_step_draft: int = 8,
     min_step_draft: int = 1,
     eos_token_id: int | None = None,
+    repetition_penalty: float = 1.0,
     streamer=None,
     generator: torch.Generator | None = None,
 ) -> tuple[list[int], GenerationStats]:
@@ -270,6 +288,10 @@ def generate(
     target's tokens together), and once per draft step where the stop threshold is consulted (from
     step `min_step_draft` on). A read costs a launch gap, a wasted draft step far more: on an H100,
     consulting from the first step (IPEX-LLM waits for 3) took a real model's speedup from 1.02x to 1.16x.
+
+    `repetition_penalty` (1: none) penalizes the prompt's and the answer's tokens as transformers does,
+    before temperature, top-k and top-p and in greedy decoding too; the draft and each row of a verify pass
+    count the drafts before them as seen, so speculative decoding still gives what plain decoding gives.
     """
     target = getattr(model, "module", model)
     max_seq_len = target.max_seq_len
@@ -285,6 +307,8 @@ def generate(
         raise ValueError("th_stop_draft must be in [0, 1]")
     if max_step_draft < 1:
         raise ValueError("max_step_draft must be at least 1")
+    if not 0 < repetition_penalty < float("inf"):
+        raise ValueError("repetition_penalty must be positive and finite")
     if draft is not None:
         draft_module = getattr(draft, "module", draft)
         if draft_module.model.layers[0].self_attn.kv_cache is not target.model.layers[0].self_attn.kv_cache:
@@ -295,6 +319,13 @@ def generate(
     stats = GenerationStats(prompt_tokens=len(input_ids), final_th_stop_draft=th_stop_draft)
     match_ema = 0.0
     out: list[int] = []
+    seen = None  # with a repetition penalty: the tokens of the prompt and the answer so far, bool [vocab]
+    if repetition_penalty != 1.0:
+        seen = torch.zeros(target.args.vocab_size, dtype=torch.bool, device=device)
+        seen[torch.tensor(input_ids, device=device)] = True
+
+    def adjust(logits, seen_mask):
+        return logits if seen is None else penalize(logits, seen_mask, repetition_penalty)
 
     def emit(tokens: list[int]) -> bool:
         """Append tokens, cut at EOS or the budget; True when generation is finished."""
@@ -304,6 +335,8 @@ def generate(
                 tokens, finished = tokens[: i + 1], True
                 break
         out.extend(tokens)
+        if seen is not None:
+            seen[torch.tensor(tokens, device=device)] = True
         if streamer is not None:
             streamer.put(tokens)
         return finished
@@ -318,7 +351,7 @@ def generate(
     # tokens than are left to generate.
     draft_slots = min(max_step_draft, max_new_tokens)
     buf = torch.empty(draft_slots + 1, dtype=torch.long, device=device)
-    buf[0] = sampling.pick(logits[0, -1], generator)
+    buf[0] = sampling.pick(adjust(logits[0, -1], seen), generator)
     token = int(buf[0])
     stats.first_token_latency_s = time.perf_counter() - start
     draft_probs = None
@@ -330,7 +363,7 @@ def generate(
         k_max = min(max_step_draft, max_new_tokens - len(out) - 1, max_seq_len - pos - 1)
         if draft is None or k_max < 1:
             logits = model(buf[:1].view(1, 1), positions[pos : pos + 1], pos + 1)
-            buf[0] = sampling.pick(logits[0, -1], generator)
+            buf[0] = sampling.pick(adjust(logits[0, -1], seen), generator)
             token = int(buf[0])
             stats.verify_steps += 1
             pos += 1
@@ -338,8 +371,10 @@ def generate(
             continue
 
         k = 0
+        draft_seen = None if seen is None else seen.clone()
         while k < k_max:
             logits = draft(buf[k : k + 1].view(1, 1), positions[pos + k : pos + k + 1], pos + k + 1)[0, -1]
+            logits = adjust(logits, draft_seen)
             if do_sample:
                 buf[k + 1], q, q_ids = sampling.sample(logits, generator)
                 if draft_probs is None:
@@ -347,11 +382,15 @@ def generate(
                 confidence = spread(q, q_ids, draft_probs[k]).gather(0, buf[k + 1 : k + 2])
             else:
                 buf[k + 1], confidence = greedy_pick(logits)
+            if draft_seen is not None:
+                draft_seen.index_fill_(0, buf[k + 1 : k + 2], True)
             k += 1
             if min_step_draft <= k < k_max and float(confidence) < th_stop_draft:
                 break
 
         logits = model(buf[: k + 1].view(1, -1), positions[pos : pos + k + 1], pos + k + 1)[0]
+        if seen is not None:
+            logits = adjust(logits, seen_by_row(seen, buf[1 : k + 1]))
         if do_sample:
             p, p_ids = sampling.distribution(logits)
             n, next_token = speculative_accept(p, draft_probs[:k], buf[1 : k + 1], generator, p_ids)

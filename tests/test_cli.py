@@ -71,10 +71,22 @@ def test_sampling_defaults_come_from_the_generation_config(tiny_7b):
     result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--n-predict", 8, "--do-sample",
                      "--top-p", 0.5, "--warmup", 0, "--json", check_exit=0)
     assert json.loads(result.stdout.splitlines()[-1])["sampling"] == {"temperature": 0.3, "top_k": 5, "top_p": 0.5}
-    assert result.stderr == "warning: the checkpoint's repetition_penalty 1.05 is not applied\n"
+    assert result.stderr == "warning: the checkpoint's repetition_penalty 1.05 is not applied " \
+                            "(--repetition-penalty 1.05 applies it)\n"
     greedy = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--n-predict", 8, "--warmup", 0, "--json",
                      check_exit=0)
     assert json.loads(greedy.stdout.splitlines()[-1])["sampling"] is None and greedy.stderr == ""
+
+
+def test_repetition_penalty_through_the_cli(tiny_7b):
+    common = ["--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--n-predict", 24, "--dtype", "float32",
+              "--warmup", 0, "--json", "--repetition-penalty", 1.5]
+    spec = run_cli(*common, check_exit=0)
+    plain = run_cli(*common, "--no-speculative", check_exit=0)
+    records = [json.loads(r.stdout.splitlines()[-1]) for r in (spec, plain)]
+    assert records[0]["repetition_penalty"] == 1.5 and records[0]["token_ids"] == records[1]["token_ids"]
+    sampled = run_cli(*common, "--do-sample", "--seed", 1, check_exit=0)
+    assert sampled.stderr == ""  # the penalty is given: no warning about the checkpoint's
 
 
 def test_raw_prompt_and_truncation_warning(tiny_7b):
@@ -178,6 +190,8 @@ def test_missing_path_and_uncached_hub_id(tmp_path):
     (["--do-sample", "--temperature", "nan"], ["temperature"]),
     (["--do-sample", "--temperature", "inf"], ["temperature"]),
     (["--do-sample", "--seed", 2**64], ["seed"]),
+    (["--repetition-penalty", 0], ["repetition-penalty"]),
+    (["--repetition-penalty", "nan"], ["repetition-penalty"]),
     (["--seed", -1], ["seed"]),
     (["--prompt", b"caf\xe9"], ["prompt", "UTF-8"]),  # Latin-1 bytes
     (["--system", b"\xff"], ["system", "UTF-8"]),

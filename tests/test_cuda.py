@@ -316,6 +316,19 @@ def test_speculative_with_graphs_equals_plain_float32(position_encoding, num_hea
 
 @cuda
 @pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
+def test_repetition_penalty_with_graphs_equals_plain_float32(position_encoding, num_heads):
+    model = cuda_model(position_encoding, num_heads, max_seq_len=300)
+    model_g, draft_g = graph_models(model, make_draft(model, group_size=32), bucket=64)
+    rng = random.Random(2)
+    for _ in range(4):
+        prompt = [rng.randrange(320) for _ in range(rng.randrange(1, 60))]
+        plain, _ = generate(model, prompt, 60, repetition_penalty=1.3)
+        spec, stats = generate(model_g, prompt, 60, draft=draft_g, repetition_penalty=1.3)
+        assert spec == plain and stats.drafted > 0
+
+
+@cuda
+@pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
 def test_speculative_sampling_with_graphs(position_encoding, num_heads):
     """Sampling through the graphs, on the device: top-k 1 is greedy decoding; a seeded CUDA generator
     repeats itself; another seed gives another answer."""

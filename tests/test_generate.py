@@ -6,7 +6,7 @@ import torch
 
 from selfspec.checkpoint import HFTokenizer, Tokenizer
 from selfspec.generate import (GenerationStats, Sampling, TextStreamer, count_accepted, generate, greedy_pick,
-                               speculative_accept, spread)
+                               penalize, seen_by_row, speculative_accept, spread)
 from selfspec.quantize import make_draft
 from smollm2 import smollm2_folder
 from utils import random_model
@@ -46,6 +46,54 @@ def test_speculative_equals_plain_with_other_draft_heads(lm_head):
     plain, _ = generate(model, [7, 99, 3], 60)
     spec, stats = generate(model, [7, 99, 3], 60, draft=draft)
     assert spec == plain and 0 < stats.accepted < stats.drafted
+
+
+def test_repetition_penalty_matches_transformers():
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    torch.manual_seed(0)
+    scores = torch.randn(1, 50)
+    scores[0, 3] = 0.0
+    ids = torch.tensor([[3, 7, 7, 12, 40]])
+    seen = torch.zeros(50, dtype=torch.bool)
+    seen[ids[0]] = True
+    for penalty in (1.05, 1.3, 0.8):
+        expected = RepetitionPenaltyLogitsProcessor(penalty)(ids, scores.clone())
+        assert torch.equal(penalize(scores[0], seen, penalty), expected[0])
+    drafts = torch.tensor([5, 9, 5])  # a verify pass over [token, 5, 9, 5]
+    rows = seen_by_row(seen, drafts)
+    assert rows.shape == (4, 50) and torch.equal(rows[0], seen)
+    assert rows[1, 5] and not rows[1, 9] and rows[2, 9] and torch.equal(rows[3], rows[2])
+
+
+def test_repetition_penalty_plain_decoding_matches_a_reference_loop():
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    model = random_model("alibi", num_heads=5, max_seq_len=160)
+    prompt = [7, 99, 3, 7]
+    out, _ = generate(model, prompt, 40, repetition_penalty=1.3)
+    ids = list(prompt)
+    for _ in range(40):  # the whole sequence through the model each time, transformers' processor, argmax
+        logits = model(torch.tensor([ids]), torch.arange(len(ids)))[:, -1]
+        ids.append(int(RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([ids]), logits.float()).argmax()))
+    assert out == ids[len(prompt):]
+    assert out != generate(model, prompt, 40)[0]  # the penalty did change the answer
+
+
+def test_speculative_with_repetition_penalty_equals_plain_float32(model_and_draft):
+    model, draft = model_and_draft
+    rng = random.Random(3)
+    accepted = 0
+    for _ in range(6):
+        prompt = [rng.randrange(model.args.vocab_size) for _ in range(rng.randrange(1, 30))]
+        penalty = rng.choice([1.1, 1.5, 2.0])
+        plain, _ = generate(model, prompt, 50, repetition_penalty=penalty)
+        spec, stats = generate(model, prompt, 50, draft=draft, repetition_penalty=penalty, th_stop_draft=rng.random())
+        assert spec == plain
+        accepted += stats.accepted
+        sampled, _ = generate(model, prompt, 50, draft=draft, repetition_penalty=penalty, do_sample=True, top_k=1)
+        assert sampled == plain  # top-k 1 sampling is greedy: the penalty reaches the sampling path too
+    assert accepted > 0
 
 
 def test_perfect_draft_accepts_everything():
@@ -120,6 +168,9 @@ def test_rejects_impossible_arguments():
         generate(model, [1] * 60, 5)
     with pytest.raises(ValueError, match="th_stop_draft"):
         generate(model, [1], 5, draft=model, th_stop_draft=1.5)
+    for penalty in (0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="repetition_penalty"):
+            generate(model, [1], 5, repetition_penalty=penalty)
     with pytest.raises(ValueError, match="KV cache"):
         other = random_model("rope", max_seq_len=64)
         generate(model, [1], 5, draft=make_draft(other))

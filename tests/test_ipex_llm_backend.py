@@ -169,6 +169,7 @@ def assert_one_line_error(code, out, err, *words):
     (["--no-speculative"], "--no-speculative"),
     (["--dtype", "bfloat16"], "--dtype"),
     (["--max-step-draft", 4], "--max-step-draft"),
+    (["--repetition-penalty", 1.05], "--repetition-penalty"),
 ])
 def test_refused_before_ipex_llm_is_needed(args, word, capsys):
     """Checked first, so the answer is the same whether or not ipex_llm is installed."""
