@@ -138,6 +138,7 @@ def run(args) -> int:
         print(f"warning: prompt truncated from the left to {len(input_ids)} tokens to leave room for "
               f"{args.n_predict} new tokens", file=sys.stderr)
 
+    repetition_penalty = args.repetition_penalty or 1.0
     sampling = {}
     if args.do_sample:  # flags first, then the checkpoint's generation_config.json
         sampling = ckpt.sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -148,7 +149,7 @@ def run(args) -> int:
     if device.type == "cuda":  # replay decode steps as CUDA graphs (captured during the warm-up)
         model, draft = graph_models(model, draft)
     options = dict(
-        draft=draft, do_sample=args.do_sample, **sampling, repetition_penalty=args.repetition_penalty or 1.0,
+        draft=draft, do_sample=args.do_sample, **sampling, repetition_penalty=repetition_penalty,
         th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft, eos_token_id=ckpt.eos_token_id,
     )
 
@@ -164,7 +165,7 @@ def run(args) -> int:
     if args.json:
         record = {"text": tokenizer.decode(answer_ids), "token_ids": output_ids, **stats.as_dict(),
                   "speculative": draft is not None, "sampling": sampling or None,
-                  "repetition_penalty": args.repetition_penalty or 1.0, "device": device.type,
+                  "repetition_penalty": repetition_penalty, "device": device.type,
                   "dtype": str(dtype).removeprefix("torch.")}
         print(json.dumps(record, ensure_ascii=False))
         return 0

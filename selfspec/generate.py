@@ -177,13 +177,13 @@ def speculative_accept(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Ten
     normalize(max(0, p - q)), or, if all were kept, a sample of p[k] is added. The emitted tokens are
     distributed exactly as sampling from p."""
     k = draft_tokens.numel()
-    rows = torch.arange(k, device=p.device)
+    drafts = draft_tokens[:, None]
     if p_ids is None:
-        p_draft = p[rows, draft_tokens]
+        p_draft = p[:k].gather(1, drafts)[:, 0]
     else:  # p is 0 outside p_ids
-        p_draft = (p[:k] * (p_ids[:k] == draft_tokens[:, None])).sum(-1)
+        p_draft = (p[:k] * (p_ids[:k] == drafts)).sum(-1)
     uniforms = torch.rand(k, generator=generator, device=p.device)
-    accepted = uniforms * q[rows, draft_tokens] < p_draft  # u < p/q without dividing by q
+    accepted = uniforms * q.gather(1, drafts)[:, 0] < p_draft  # u < p/q without dividing by q
     n = accepted.int().cumprod(0).sum()
     # Only row n is sampled from, taken with index_select: a 0-d tensor used as p[n] would be read back to
     # the host. After k accepted drafts there is no q row: q counts as 0 and the sample is one of p[k].
@@ -390,7 +390,7 @@ def generate(
 
         logits = model(buf[: k + 1].view(1, -1), positions[pos : pos + k + 1], pos + k + 1)[0]
         if seen is not None:
-            logits = adjust(logits, seen_by_row(seen, buf[1 : k + 1]))
+            logits = penalize(logits, seen_by_row(seen, buf[1 : k + 1]), repetition_penalty)
         if do_sample:
             p, p_ids = sampling.distribution(logits)
             n, next_token = speculative_accept(p, draft_probs[:k], buf[1 : k + 1], generator, p_ids)
