@@ -92,11 +92,6 @@ class Sampling:
             logits = logits.masked_fill(drop, float("-inf"))
         return logits.softmax(-1), None
 
-    def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """`distribution` as float32 probabilities over the whole vocabulary."""
-        probs, ids = self.distribution(logits)
-        return probs if ids is None else spread(probs, ids, torch.empty(logits.shape, device=logits.device))
-
     def sample(self, logits: torch.Tensor, generator=None):
         """(a token drawn from logits [vocab], as a 0-d tensor on their device; the probabilities and ids it
         was drawn from, as `distribution` gives them). With top-k the draw is among the k candidates."""

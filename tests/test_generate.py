@@ -200,17 +200,23 @@ def test_seeded_sampling_is_reproducible(model_and_draft):
     assert runs[0] == runs[1]
 
 
+def dense_probs(sampling: Sampling, logits: torch.Tensor) -> torch.Tensor:
+    """sampling.distribution as float32 probabilities over the whole vocabulary."""
+    probs, ids = sampling.distribution(logits)
+    return probs if ids is None else spread(probs, ids, torch.empty(logits.shape))
+
+
 def test_top_k_and_top_p_filters():
     logits = torch.tensor([3.0, 2.0, 1.0, 0.0, -1.0])
-    probs = Sampling(True, 1.0, top_k=2).probs(logits)
+    probs = dense_probs(Sampling(True, 1.0, top_k=2), logits)
     assert (probs[2:] == 0).all() and torch.isclose(probs.sum(), torch.tensor(1.0))
     full = logits.softmax(-1)  # [0.636, 0.234, 0.086, 0.032, 0.012]
-    probs = Sampling(True, 1.0, top_p=0.8).probs(logits)  # the first two reach 0.87 >= 0.8
+    probs = dense_probs(Sampling(True, 1.0, top_p=0.8), logits)  # the first two reach 0.87 >= 0.8
     assert (probs[:2] > 0).all() and (probs[2:] == 0).all()
     torch.testing.assert_close(probs[:2], full[:2] / full[:2].sum())
-    probs = Sampling(True, 1.0, top_p=0.5).probs(logits)  # the top token alone already holds 0.64
+    probs = dense_probs(Sampling(True, 1.0, top_p=0.5), logits)  # the top token alone already holds 0.64
     assert probs[0] == 1.0
-    cold = Sampling(True, 0.1).probs(logits)
+    cold = dense_probs(Sampling(True, 0.1), logits)
     assert cold[0] > 0.99
 
 
@@ -228,7 +234,7 @@ def test_top_k_probabilities_match_the_dense_reference():
     logits = (torch.randn(3, 1000, generator=torch.Generator().manual_seed(0)) * 3).half()  # no ties at the k-th
     for temperature, top_k, top_p in [(0.3, 5, 0.85), (1.0, 50, 1.0), (0.7, 1, 0.5), (1.3, 20, 0.6)]:
         sampling = Sampling(True, temperature, top_k, top_p)
-        probs = sampling.probs(logits)
+        probs = dense_probs(sampling, logits)
         torch.testing.assert_close(probs, dense_reference_probs(logits, temperature, top_k, top_p))
         token, row_probs, ids = sampling.sample(logits[0])
         row_probs = spread(row_probs, ids, torch.empty(logits.shape[-1]))
@@ -238,7 +244,7 @@ def test_top_k_probabilities_match_the_dense_reference():
 def test_top_k_sampling_draws_from_its_distribution():
     logits = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0])
     sampling = Sampling(True, 0.8, top_k=4, top_p=0.95)
-    expected = sampling.probs(logits)
+    expected = dense_probs(sampling, logits)
     g = torch.Generator().manual_seed(0)
     counts = torch.zeros(logits.numel())
     for _ in range(20000):
