@@ -1,5 +1,5 @@
 """How fast a checkpoint's CPU tensors (pages of torch.load's memory map) reach the GPU in float16, five
-ways, two rounds, on a checkpoint folder (e.g. one written by 2026-11-25-cli-7b-shape-checkpoint.py):
+ways, two rounds, on a checkpoint folder (e.g. one written by 2026-11-25-cli-shape-checkpoint.py):
 
     python docs/perf/h100-2026-11-25-weight-copy-ab.py CKPT > OUT.jsonl
 
