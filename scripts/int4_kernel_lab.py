@@ -10,7 +10,9 @@ than "bytes" on an H100 (docs/performance.md): "words", int32 words laid out so 
 meets one contiguous slice of the activations, nibbles turned into floats by float32 bit tricks;
 "prefetch", "bytes" loading the next tile's weights before this tile's arithmetic (two tiles in flight);
 "mma", tensor cores on x padded to 16 rows; "half2next", "half2" loading the next tile's words and scales
-before this tile's arithmetic.
+before this tile's arithmetic. "half2" runs the kernel in use with SUM_PER_WORD (each word's product summed in
+place, the words reduced after the loop); "half2reduce" is that kernel as it was before 2026-12-02, reducing
+each tile over its words in every iteration (the autotuner now chooses between the two ways per shape).
 Times are CUDA-graph replays of 20 back-to-back calls (no launch gaps), median of 20 replays. Those calls
 read the same weights, which for the smaller matrices stay in the H100's 50 MB L2 cache; with --cold they
 cycle through copies of the weights (at least 200 MB in all), so that every call reads DRAM as the draft
@@ -184,6 +186,42 @@ def half2_prefetch_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stri
     tl.store(y_ptr + m * stride_ym + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
 
+@triton.jit
+def half2reduce_gemv_kernel(
+    x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stride_ym,
+    ASM: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, GLU: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    # The f16x2 kernel of int4_triton.py until 2026-12-02 (without its GLU and PDL paths): the words of each
+    # tile reduced to [BLOCK_N, BLOCK_G] in every iteration.
+    WORDS: tl.constexpr = GROUP // 8
+    m = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    n_groups = K // GROUP
+    g = tl.arange(0, BLOCK_G)
+    i = tl.arange(0, WORDS)
+    tile: tl.constexpr = (BLOCK_N, BLOCK_G, WORDS)
+    acc = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)
+    for g0 in range(0, n_groups, BLOCK_G):
+        groups = g0 + g
+        g_ok = groups < n_groups
+        ok = row_ok[:, None] & g_ok[None, :]
+        words = tl.load(w_ptr + rows[:, None, None] * (K // 8) + groups[None, :, None] * WORDS + i[None, None, :],
+                        mask=ok[:, :, None], other=0)
+        pairs = x_ptr + m * stride_xm + (groups[:, None] * WORDS + i[None, :]) * 4  # 4 pairs per word
+        x0 = tl.broadcast_to(tl.load(pairs, mask=g_ok[:, None], other=0)[None, :, :], tile)
+        x1 = tl.broadcast_to(tl.load(pairs + 1, mask=g_ok[:, None], other=0)[None, :, :], tile)
+        x2 = tl.broadcast_to(tl.load(pairs + 2, mask=g_ok[:, None], other=0)[None, :, :], tile)
+        x3 = tl.broadcast_to(tl.load(pairs + 3, mask=g_ok[:, None], other=0)[None, :, :], tile)
+        dots = tl.inline_asm_elementwise(ASM, "=r,r,r,r,r,r", [words, x0, x1, x2, x3], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+        scale = tl.load(s_ptr + rows[:, None] * n_groups + groups[None, :], mask=ok, other=0.0).to(tl.float32)
+        acc += tl.sum(dots, axis=2) * scale
+    y = tl.sum(acc, axis=1) * 16.0
+    tl.store(y_ptr + m * stride_ym + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+
+
 def pack_int4_words(q: torch.Tensor, group_size: int) -> torch.Tensor:
     """int8 [N, K] in [-8, 7] -> int32 [N, K/8]. Within each group, word i holds column t * group_size/8 + i
     in bits 4t..4t+3 (t = 0..7), so a kernel multiplies nibble t of consecutive words by one contiguous
@@ -209,6 +247,7 @@ def main():
     sweeps = {
         "half2next": [c for c in half2_sweep if c[3] == 2],
         "half2": half2_sweep,
+        "half2reduce": half2_sweep,
         "words": [(bn, bg, w, s) for bn in (1, 2, 4, 8) for bg in (4, 8, 16) for w in (2, 4, 8) for s in (2, 3)],
         "bytes": [(1, 16, 2, 2), (1, 16, 2, 3), (4, 16, 4, 3), (8, 16, 4, 3), (16, 8, 4, 3), (8, 8, 4, 3),
                   (2, 32, 4, 3), (8, 32, 8, 3)],  # its autotune list
@@ -217,6 +256,7 @@ def main():
     }
     kernels = {"half2": (_int4_half2_gemv_kernel, lambda q, group: pack_half2_words(q)),
                "half2next": (half2_prefetch_gemv_kernel, lambda q, group: pack_half2_words(q)),
+               "half2reduce": (half2reduce_gemv_kernel, lambda q, group: pack_half2_words(q)),
                "words": (words_gemv_kernel, pack_int4_words), "bytes": (_int4_gemv_kernel, pack_nibbles),
                "prefetch": (prefetch_gemv_kernel, pack_nibbles), "mma": (mma_gemv_kernel, pack_nibbles)}
     results = []
@@ -242,6 +282,8 @@ def main():
                 blocks = {"BLOCK_N": bn, ("BLOCK_B" if layout == "mma" else "BLOCK_G"): bg}
                 if layout.startswith("half2"):  # activations read as int32 pairs
                     blocks.update(ASM=_HALF2_DOT, GLU=False, PDL=False)
+                if layout == "half2":
+                    blocks.update(EVEN=n % bn == 0 and (k // group) % bg == 0, SUM_PER_WORD=True)
 
                 def call():
                     w_copy, s_copy = copies[next(turn) % len(copies)]

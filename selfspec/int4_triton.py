@@ -121,10 +121,15 @@ if triton is not None:
     def _int4_half2_gemv_kernel(
         x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stride_ym,
         ASM: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, GLU: tl.constexpr,
-        PDL: tl.constexpr,
+        PDL: tl.constexpr, EVEN: tl.constexpr, SUM_PER_WORD: tl.constexpr,
     ):
         # x_ptr: fp16 activations read as int32 pairs [M, K/2]; w_ptr: int32 words [N, K/8]
         # (quantize.pack_half2_words); [BLOCK_N rows, BLOCK_G groups, GROUP/8 words] per iteration.
+        # SUM_PER_WORD: each word's scaled partial product is summed in place and the words are reduced once,
+        # after the loop, instead of in every iteration (shuffles between the threads of a group): a fifth
+        # fewer instructions per word, which pays on the large matrices (the kernel is bound by instruction
+        # issue there: no faster on an H200 than on an H100). The autotuner picks per shape. EVEN: whole
+        # tiles only, no masks.
         WORDS: tl.constexpr = GROUP // 8
         m = tl.program_id(1)
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -134,23 +139,39 @@ if triton is not None:
         i = tl.arange(0, WORDS)
         tile: tl.constexpr = (BLOCK_N, BLOCK_G, WORDS)
         wait_for_inputs(PDL)
-        acc = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)
+        if SUM_PER_WORD:
+            acc = tl.zeros(tile, dtype=tl.float32)
+        else:
+            acc = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)
         for g0 in range(0, n_groups, BLOCK_G):
             groups = g0 + g
-            g_ok = groups < n_groups
-            ok = row_ok[:, None] & g_ok[None, :]
-            words = tl.load(w_ptr + rows[:, None, None] * (K // 8) + groups[None, :, None] * WORDS + i[None, None, :],
-                            mask=ok[:, :, None], other=0)
+            w_ptrs = w_ptr + rows[:, None, None] * (K // 8) + groups[None, :, None] * WORDS + i[None, None, :]
             pairs = x_ptr + m * stride_xm + (groups[:, None] * WORDS + i[None, :]) * 4  # 4 pairs per word
-            x0 = tl.broadcast_to(tl.load(pairs, mask=g_ok[:, None], other=0)[None, :, :], tile)
-            x1 = tl.broadcast_to(tl.load(pairs + 1, mask=g_ok[:, None], other=0)[None, :, :], tile)
-            x2 = tl.broadcast_to(tl.load(pairs + 2, mask=g_ok[:, None], other=0)[None, :, :], tile)
-            x3 = tl.broadcast_to(tl.load(pairs + 3, mask=g_ok[:, None], other=0)[None, :, :], tile)
+            s_ptrs = s_ptr + rows[:, None] * n_groups + groups[None, :]
+            if EVEN:
+                words = tl.load(w_ptrs)
+                x0, x1, x2, x3 = tl.load(pairs), tl.load(pairs + 1), tl.load(pairs + 2), tl.load(pairs + 3)
+                scale = tl.load(s_ptrs)
+            else:
+                g_ok = groups < n_groups
+                ok = row_ok[:, None] & g_ok[None, :]
+                words = tl.load(w_ptrs, mask=ok[:, :, None], other=0)
+                x0 = tl.load(pairs, mask=g_ok[:, None], other=0)
+                x1 = tl.load(pairs + 1, mask=g_ok[:, None], other=0)
+                x2 = tl.load(pairs + 2, mask=g_ok[:, None], other=0)
+                x3 = tl.load(pairs + 3, mask=g_ok[:, None], other=0)
+                scale = tl.load(s_ptrs, mask=ok, other=0.0)
+            x0, x1, x2, x3 = (tl.broadcast_to(x0[None, :, :], tile), tl.broadcast_to(x1[None, :, :], tile),
+                              tl.broadcast_to(x2[None, :, :], tile), tl.broadcast_to(x3[None, :, :], tile))
             dots = tl.inline_asm_elementwise(ASM, "=r,r,r,r,r,r", [words, x0, x1, x2, x3], dtype=tl.float32,
                                              is_pure=True, pack=1)
-            scale = tl.load(s_ptr + rows[:, None] * n_groups + groups[None, :], mask=ok, other=0.0).to(tl.float32)
-            acc += tl.sum(dots, axis=2) * scale
+            if SUM_PER_WORD:
+                acc += dots * scale.to(tl.float32)[:, :, None]
+            else:
+                acc += tl.sum(dots, axis=2) * scale.to(tl.float32)
         let_next_kernel_launch(PDL)
+        if SUM_PER_WORD:
+            acc = tl.sum(acc, axis=2)
         y = tl.sum(acc, axis=1) * 16.0
         if GLU:  # rows interleave gate and up: write silu(gate) * up, half as many outputs
             gate, up = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
@@ -160,21 +181,27 @@ if triton is not None:
         else:
             tl.store(y_ptr + m * stride_ym + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
-    # The best of a sweep on an H100 (scripts/int4_kernel_lab.py: BLOCK_N 4-16, BLOCK_G 2-16, 1-8 warps).
-    _int4_half2_gemv_tuned = launch.autotune(
-        configs=[
-            triton.Config({"BLOCK_N": bn, "BLOCK_G": bg}, num_warps=w, num_stages=2)
-            for bn, bg, w in [(8, 8, 4), (8, 16, 8), (16, 8, 1), (16, 8, 4), (16, 16, 8)]
-        ],
-        key=["N", "K", "GLU"],
-    )(_int4_half2_gemv_kernel)
+    # The best of sweeps on an H100 and an H200 (scripts/int4_kernel_lab.py --cold: BLOCK_N 4-32, BLOCK_G 2-16,
+    # 1-8 warps, 2-4 stages, both ways of summing).
+    HALF2_CONFIGS = [
+        triton.Config({"BLOCK_N": bn, "BLOCK_G": bg, "SUM_PER_WORD": per_word}, num_warps=w, num_stages=s)
+        for bn, bg, w, s, per_word in [(8, 8, 4, 2, False), (8, 16, 8, 2, False), (16, 8, 1, 2, False),
+                                       (16, 8, 4, 2, False), (16, 16, 8, 2, False), (16, 8, 2, 2, True),
+                                       (32, 8, 2, 3, True)]
+    ]
+
+    def _whole_tiles(meta) -> bool:
+        return meta["N"] % meta["BLOCK_N"] == 0 and meta["K"] // meta["GROUP"] % meta["BLOCK_G"] == 0
+
+    _int4_half2_gemv_tuned = launch.autotune(configs=HALF2_CONFIGS, key=["N", "K", "GLU"])(
+        triton.heuristics({"EVEN": _whole_tiles})(_int4_half2_gemv_kernel))
 
 
 def int4_matmul_half2(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group_size: int,
-                      glu: bool = False) -> torch.Tensor:
+                      glu: bool = False, config=None) -> torch.Tensor:
     """x [..., K] (float16) times the INT4 weight as int32 words [N, K/8] (quantize.pack_half2_words), scales
     [N, K/group] float16. With `glu` the rows interleave gate and up and the result is silu(gate) * up,
-    [..., N/2]. NVIDIA GPUs only (inline PTX)."""
+    [..., N/2]. NVIDIA GPUs only (inline PTX). `config`, one of HALF2_CONFIGS, skips autotuning (tests)."""
     if x.dtype != torch.float16:
         raise TypeError(f"int4_matmul_half2 takes float16 activations, got {x.dtype}")
     n, k = words.shape[0], words.shape[1] * 8
@@ -182,8 +209,15 @@ def int4_matmul_half2(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor
     pairs = x.reshape(-1, k).contiguous().view(torch.int32)
     y = torch.empty(pairs.shape[0], n_out, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), pairs.shape[0])  # noqa: E731
-    _int4_half2_gemv_tuned[grid](pairs, words, scales, y, n, k, pairs.stride(0), y.stride(0), ASM=_HALF2_DOT,
-                                 GROUP=group_size, GLU=glu, PDL=launch.enabled, launch_pdl=launch.enabled)
+    args = (pairs, words, scales, y, n, k, pairs.stride(0), y.stride(0))
+    meta = dict(ASM=_HALF2_DOT, GROUP=group_size, GLU=glu, PDL=launch.enabled, launch_pdl=launch.enabled)
+    if config is None:
+        _int4_half2_gemv_tuned[grid](*args, **meta)
+    else:
+        blocks = config.kwargs
+        even = _whole_tiles(dict(blocks, N=n, K=k, GROUP=group_size))
+        _int4_half2_gemv_kernel[grid(blocks)](*args, **meta, **blocks, EVEN=even, num_warps=config.num_warps,
+                                              num_stages=config.num_stages)
     return y.view(*x.shape[:-1], n_out)
 
 

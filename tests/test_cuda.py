@@ -8,13 +8,14 @@ import random
 import pytest
 import torch
 
-from selfspec import gemv_triton, launch
+from selfspec import gemv_triton, int4_triton, launch
 from selfspec.checkpoint import device_copier, load_model
 from selfspec.cuda_graphs import GraphedModel, graph_models
 from selfspec.generate import generate
 from selfspec.model import Linear
 from selfspec.quantize import (
-    Int4Linear, Int4MLP, Int8Linear, dequantize_int4, draft_bytes, make_draft, pack_nibbles, quantize_int4, weight_bytes,
+    Int4Linear, Int4MLP, Int8Linear, dequantize_int4, draft_bytes, make_draft, pack_half2_words, pack_nibbles, quantize_int4,
+    weight_bytes,
 )
 from utils import random_model, run_in_triton_interpreter
 
@@ -142,6 +143,24 @@ def test_triton_int4_matches_dequantized_matmul(n, k, m, dtype, kernel):
     assert y.dtype == dtype and y.shape == (m, n)
     # f16x2 sums of four products in float16, then float32; bfloat16 output rounding is coarser
     assert float((y.float() - ref).norm() / ref.norm()) < (2e-3 if dtype == torch.float16 else 8e-3)
+
+
+@cuda
+@pytest.mark.parametrize("config", range(len(getattr(int4_triton, "HALF2_CONFIGS", []))))
+@pytest.mark.parametrize("n,k,glu", [(4096, 4096, False), (4096, 11008, False), (22016, 4096, True), (1000, 320, False),
+                                     (200, 320, True)])
+def test_every_half2_configuration_matches_dequantized_matmul(config, n, k, glu):
+    # The autotuner picks one configuration per shape, so each way of summing (per iteration, per word), with
+    # and without masks (whole tiles or not), is checked here directly.
+    w = torch.randn(n, k, device="cuda", dtype=torch.float16)
+    q, s = quantize_int4(w, 64)
+    x = torch.randn(3, k, device="cuda", dtype=torch.float16)
+    ref = x.float() @ dequantize_int4(q, s.half().float()).T
+    if glu:
+        ref = torch.nn.functional.silu(ref[:, 0::2]) * ref[:, 1::2]
+    y = int4_triton.int4_matmul_half2(x, pack_half2_words(q), s.half(), 64, glu=glu,
+                                      config=int4_triton.HALF2_CONFIGS[config])
+    assert y.shape == ref.shape and float((y.float() - ref).norm() / ref.norm()) < 2e-3
 
 
 @cuda

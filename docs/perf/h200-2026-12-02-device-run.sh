@@ -39,8 +39,7 @@ acc)
         tests/test_attention_triton.py tests/test_topk_triton.py tests/test_pointwise_triton.py
     ;;
 final)
-    run bench-shapes-final 120 python3 scripts/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes-final"
-    run gpu-tests-int4 60 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "int4 or half2 or draft"
-    run gpu-tests-lossless 60 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "speculative_with_graphs"
+    run gpu-tests-int4 50 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "int4 or half2 or draft"
+    run bench-shapes-final 110 python3 scripts/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes-final"
     ;;
 esac
