@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import graph_ms, require_cuda  # noqa: E402
 from selfspec import run_main  # noqa: E402
-from selfspec.int4_triton import _HALF2_DOT, _int4_gemv_kernel, _int4_half2_gemv_kernel  # noqa: E402
+from selfspec.int4_triton import _HALF2_DOT, _int4_gemv_kernel, _int4_half2_gemv_kernel, _whole_tiles  # noqa: E402
 from selfspec.quantize import dequantize_int4, pack_half2_words, pack_nibbles, quantize_int4  # noqa: E402
 
 
@@ -283,7 +283,8 @@ def main():
                 if layout.startswith("half2"):  # activations read as int32 pairs
                     blocks.update(ASM=_HALF2_DOT, GLU=False, PDL=False)
                 if layout == "half2":
-                    blocks.update(EVEN=n % bn == 0 and (k // group) % bg == 0, SUM_PER_WORD=True)
+                    blocks.update(EVEN=_whole_tiles(dict(N=n, K=k, GROUP=group, BLOCK_N=bn, BLOCK_G=bg)),
+                                  SUM_PER_WORD=True)
 
                 def call():
                     w_copy, s_copy = copies[next(turn) % len(copies)]
