@@ -23,7 +23,7 @@ try:
     import triton
     import triton.language as tl
 
-    from .launch import let_next_kernel_launch, prefetch_to_l2, wait_for_inputs
+    from .launch import let_next_kernel_launch, wait_for_inputs
 except ImportError:  # CPU-only installs
     triton = None
 
@@ -121,8 +121,7 @@ if triton is not None:
     def _int4_half2_gemv_kernel(
         x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stride_ym,
         ASM: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, GLU: tl.constexpr,
-        PDL: tl.constexpr, EVEN: tl.constexpr, SUM_PER_WORD: tl.constexpr, PREFETCH: tl.constexpr,
-        EARLY: tl.constexpr,
+        PDL: tl.constexpr, EVEN: tl.constexpr, SUM_PER_WORD: tl.constexpr,
     ):
         # x_ptr: fp16 activations read as int32 pairs [M, K/2]; w_ptr: int32 words [N, K/8]
         # (quantize.pack_half2_words); [BLOCK_N rows, BLOCK_G groups, GROUP/8 words] per iteration.
@@ -139,11 +138,6 @@ if triton is not None:
         g = tl.arange(0, BLOCK_G)
         i = tl.arange(0, WORDS)
         tile: tl.constexpr = (BLOCK_N, BLOCK_G, WORDS)
-        if EARLY:
-            let_next_kernel_launch(PDL)
-        if PREFETCH:  # this program's rows are contiguous: ask for them while the previous kernel finishes
-            first = tl.program_id(0) * BLOCK_N
-            prefetch_to_l2(w_ptr + first * (K // 8), tl.minimum(N - first, BLOCK_N) * (K // 2))
         wait_for_inputs(PDL)
         if SUM_PER_WORD:
             acc = tl.zeros(tile, dtype=tl.float32)
@@ -175,8 +169,7 @@ if triton is not None:
                 acc += dots * scale.to(tl.float32)[:, :, None]
             else:
                 acc += tl.sum(dots, axis=2) * scale.to(tl.float32)
-        if not EARLY:
-            let_next_kernel_launch(PDL)
+        let_next_kernel_launch(PDL)
         if SUM_PER_WORD:
             acc = tl.sum(acc, axis=2)
         y = tl.sum(acc, axis=1) * 16.0
@@ -204,10 +197,6 @@ if triton is not None:
         triton.heuristics({"EVEN": _whole_tiles})(_int4_half2_gemv_kernel))
 
 
-PREFETCH = False  # each program asks L2 for its weights before it waits for the kernel before it
-EARLY_LAUNCH = False  # let the next kernel launch from the start instead of after the loop
-
-
 def int4_matmul_half2(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group_size: int,
                       glu: bool = False, config=None) -> torch.Tensor:
     """x [..., K] (float16) times the INT4 weight as int32 words [N, K/8] (quantize.pack_half2_words), scales
@@ -221,8 +210,7 @@ def int4_matmul_half2(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor
     y = torch.empty(pairs.shape[0], n_out, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), pairs.shape[0])  # noqa: E731
     args = (pairs, words, scales, y, n, k, pairs.stride(0), y.stride(0))
-    meta = dict(ASM=_HALF2_DOT, GROUP=group_size, GLU=glu, PDL=launch.enabled, launch_pdl=launch.enabled,
-                PREFETCH=PREFETCH and launch.enabled, EARLY=EARLY_LAUNCH and launch.enabled)
+    meta = dict(ASM=_HALF2_DOT, GROUP=group_size, GLU=glu, PDL=launch.enabled, launch_pdl=launch.enabled)
     if config is None:
         _int4_half2_gemv_tuned[grid](*args, **meta)
     else:

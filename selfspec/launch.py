@@ -11,7 +11,6 @@ ours. Off by default; `enable` switches it on where the GPU has it (cuda_graphs.
 gain on an H100 (docs/performance.md).
 """
 import inspect
-import os
 
 import torch
 
@@ -40,25 +39,10 @@ if triton is not None:
             tl.extra.cuda.gdc_wait()
 
     @triton.jit
-    def prefetch_to_l2(ptr, nbytes):
-        """Ask for bytes [ptr, ptr + nbytes) to be brought into L2, without waiting for them: a kernel's
-        weights, requested before it waits for the kernel before it."""
-        base = ptr.to(tl.pointer_type(tl.int8))
-        for start in range(0, nbytes, 256 * 128):
-            lines = base + tl.minimum(start + tl.arange(0, 256) * 128, nbytes - 1)
-            tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [lines], dtype=tl.int32,
-                                      is_pure=False, pack=1)
-
-    @triton.jit
     def let_next_kernel_launch(PDL: tl.constexpr):
         """Once every program of this kernel has passed here, the next kernel may start launching."""
         if PDL:
             tl.extra.cuda.gdc_launch_dependents()
-
-
-def interpreted() -> bool:
-    """Triton's CPU interpreter runs the kernels (it cannot run inline PTX)."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def autotune(configs, key):
