@@ -118,27 +118,23 @@ add.f32 $0, flo, fhi;
 if triton is not None:
 
     @triton.jit
-    def _int4_half2_gemv_kernel(
-        x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stride_ym,
-        ASM: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, GLU: tl.constexpr,
-        PDL: tl.constexpr, EVEN: tl.constexpr, SUM_PER_WORD: tl.constexpr,
-    ):
-        # x_ptr: fp16 activations read as int32 pairs [M, K/2]; w_ptr: int32 words [N, K/8]
-        # (quantize.pack_half2_words); [BLOCK_N rows, BLOCK_G groups, GROUP/8 words] per iteration.
-        # SUM_PER_WORD: each word's scaled partial product is summed in place and the words are reduced once,
-        # after the loop, instead of in every iteration (shuffles between the threads of a group): a fifth
-        # fewer instructions per word, which pays on the large matrices (the kernel is bound by instruction
-        # issue there: no faster on an H200 than on an H100). The autotuner picks per shape. EVEN: whole
-        # tiles only, no masks.
+    def half2_rows(x_ptr, w_ptr, s_ptr, row0, N, K, ASM: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_G: tl.constexpr, EVEN: tl.constexpr, SUM_PER_WORD: tl.constexpr, X_CACHE: tl.constexpr):
+        """Rows row0..row0+BLOCK_N of the INT4 weight (int32 words [N, K/8], quantize.pack_half2_words; scales
+        [N, K/GROUP]) times one row of fp16 activations read as int32 pairs at x_ptr: float32 [BLOCK_N].
+
+        [BLOCK_N rows, BLOCK_G groups, GROUP/8 words] per iteration. SUM_PER_WORD: each word's scaled partial
+        product is summed in place and the words are reduced once, after the loop, instead of in every
+        iteration (shuffles between the threads of a group): fewer instructions per word, which pays on the
+        large matrices, where the kernel is bound by instruction issue. EVEN: whole tiles only, no masks.
+        X_CACHE: the activations' cache modifier ("" or ".cg" for data other programs wrote in this launch)."""
         WORDS: tl.constexpr = GROUP // 8
-        m = tl.program_id(1)
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rows = row0 + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         n_groups = K // GROUP
         g = tl.arange(0, BLOCK_G)
         i = tl.arange(0, WORDS)
         tile: tl.constexpr = (BLOCK_N, BLOCK_G, WORDS)
-        wait_for_inputs(PDL)
         if SUM_PER_WORD:
             acc = tl.zeros(tile, dtype=tl.float32)
         else:
@@ -146,20 +142,23 @@ if triton is not None:
         for g0 in range(0, n_groups, BLOCK_G):
             groups = g0 + g
             w_ptrs = w_ptr + rows[:, None, None] * (K // 8) + groups[None, :, None] * WORDS + i[None, None, :]
-            pairs = x_ptr + m * stride_xm + (groups[:, None] * WORDS + i[None, :]) * 4  # 4 pairs per word
+            pairs = x_ptr + (groups[:, None] * WORDS + i[None, :]) * 4  # 4 pairs per word
             s_ptrs = s_ptr + rows[:, None] * n_groups + groups[None, :]
             if EVEN:
                 words = tl.load(w_ptrs)
-                x0, x1, x2, x3 = tl.load(pairs), tl.load(pairs + 1), tl.load(pairs + 2), tl.load(pairs + 3)
+                x0 = tl.load(pairs, cache_modifier=X_CACHE)
+                x1 = tl.load(pairs + 1, cache_modifier=X_CACHE)
+                x2 = tl.load(pairs + 2, cache_modifier=X_CACHE)
+                x3 = tl.load(pairs + 3, cache_modifier=X_CACHE)
                 scale = tl.load(s_ptrs)
             else:
                 g_ok = groups < n_groups
                 ok = row_ok[:, None] & g_ok[None, :]
                 words = tl.load(w_ptrs, mask=ok[:, :, None], other=0)
-                x0 = tl.load(pairs, mask=g_ok[:, None], other=0)
-                x1 = tl.load(pairs + 1, mask=g_ok[:, None], other=0)
-                x2 = tl.load(pairs + 2, mask=g_ok[:, None], other=0)
-                x3 = tl.load(pairs + 3, mask=g_ok[:, None], other=0)
+                x0 = tl.load(pairs, mask=g_ok[:, None], other=0, cache_modifier=X_CACHE)
+                x1 = tl.load(pairs + 1, mask=g_ok[:, None], other=0, cache_modifier=X_CACHE)
+                x2 = tl.load(pairs + 2, mask=g_ok[:, None], other=0, cache_modifier=X_CACHE)
+                x3 = tl.load(pairs + 3, mask=g_ok[:, None], other=0, cache_modifier=X_CACHE)
                 scale = tl.load(s_ptrs, mask=ok, other=0.0)
             x0, x1, x2, x3 = (tl.broadcast_to(x0[None, :, :], tile), tl.broadcast_to(x1[None, :, :], tile),
                               tl.broadcast_to(x2[None, :, :], tile), tl.broadcast_to(x3[None, :, :], tile))
@@ -169,17 +168,37 @@ if triton is not None:
                 acc += dots * scale.to(tl.float32)[:, :, None]
             else:
                 acc += tl.sum(dots, axis=2) * scale.to(tl.float32)
-        let_next_kernel_launch(PDL)
         if SUM_PER_WORD:
             acc = tl.sum(acc, axis=2)
-        y = tl.sum(acc, axis=1) * 16.0
-        if GLU:  # rows interleave gate and up: write silu(gate) * up, half as many outputs
+        return tl.sum(acc, axis=1) * 16.0
+
+    @triton.jit
+    def store_rows(y, y_ptr, row0, N, BLOCK_N: tl.constexpr, GLU: tl.constexpr):
+        """Store rows row0.. of a product, y [BLOCK_N] float32; with GLU the rows interleave gate and up and
+        silu(gate) * up is stored instead, at row0 / 2.."""
+        if GLU:
             gate, up = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
-            out_rows = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+            out_rows = row0 // 2 + tl.arange(0, BLOCK_N // 2)
             out = gate / (1.0 + tl.exp(-gate)) * up
-            tl.store(y_ptr + m * stride_ym + out_rows, out.to(y_ptr.dtype.element_ty), mask=out_rows < N // 2)
+            tl.store(y_ptr + out_rows, out.to(y_ptr.dtype.element_ty), mask=out_rows < N // 2)
         else:
-            tl.store(y_ptr + m * stride_ym + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+            rows = row0 + tl.arange(0, BLOCK_N)
+            tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
+
+    @triton.jit
+    def _int4_half2_gemv_kernel(
+        x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stride_ym,
+        ASM: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, GLU: tl.constexpr,
+        PDL: tl.constexpr, EVEN: tl.constexpr, SUM_PER_WORD: tl.constexpr,
+    ):
+        # x_ptr: fp16 activations read as int32 pairs [M, K/2]; one program per BLOCK_N rows and row of x.
+        m = tl.program_id(1)
+        row0 = tl.program_id(0) * BLOCK_N
+        wait_for_inputs(PDL)
+        y = half2_rows(x_ptr + m * stride_xm, w_ptr, s_ptr, row0, N, K, ASM, GROUP, BLOCK_N, BLOCK_G, EVEN,
+                       SUM_PER_WORD, "")
+        let_next_kernel_launch(PDL)
+        store_rows(y, y_ptr + m * stride_ym, row0, N, BLOCK_N, GLU)
 
     # The best of sweeps on an H100 and an H200 (scripts/int4_kernel_lab.py --cold: BLOCK_N 4-32, BLOCK_G 2-16,
     # 1-8 warps, 2-4 stages, both ways of summing).
