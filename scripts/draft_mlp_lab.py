@@ -4,8 +4,8 @@ copies of the weights (read from DRAM, as in a draft step), CUDA graph, PDL.
 
     python scripts/draft_mlp_lab.py [--shape 7b] [--json OUT.json]
 
-The persistent kernel (not used by the engine: on an H200 it ran 2.2-3.6x slower than the three kernels,
-docs/perf/h200-2026-12-04-draft-mlp-lab.json): the residual add, RMS norm, gate/up with SiLU-multiply,
+The persistent kernel (not used by the engine: on an H200 it ran 1.7-2.2x slower than the three kernels,
+docs/perf/h200-2026-12-04-draft-mlp-lab.json; its ncu profile beside it): the residual add, RMS norm, gate/up with SiLU-multiply,
 and down in one launch instead of three.
 
 A draft step is a chain of GEMVs too small to hide a kernel's ramp-up and tail: every launch boundary
@@ -73,31 +73,26 @@ def _grid_barrier(counter_ptr, programs, ASM: tl.constexpr):
 @triton.jit
 def _draft_mlp_kernel(
     x_ptr, delta_ptr, norm_ptr, h_ptr, normed_ptr, act_ptr, out_ptr, gu_w_ptr, gu_s_ptr, down_w_ptr, down_s_ptr,
-    counter_ptr, eps, HIDDEN: tl.constexpr, INTER: tl.constexpr, CHUNK: tl.constexpr, ASM: tl.constexpr,
+    counter_ptr, eps, HIDDEN: tl.constexpr, INTER: tl.constexpr, BLOCK_H: tl.constexpr, ASM: tl.constexpr,
     GROUP: tl.constexpr, BN1: tl.constexpr, BG1: tl.constexpr, EVEN1: tl.constexpr, BN2: tl.constexpr,
     BG2: tl.constexpr, EVEN2: tl.constexpr, BARRIER: tl.constexpr, PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     wait_for_inputs(PDL)
-    # 1. h = x + delta (the residual stream), normed as pointwise_triton rounds it, into this program's row;
-    # in chunks: a whole row in registers would raise the register count of the entire kernel.
+    # 1. h = x + delta (the residual stream), normed as pointwise_triton rounds it, into this program's row.
+    # The whole row at once: in chunks, its dependent L2 round trips add up to microseconds per program.
+    i = tl.arange(0, BLOCK_H)
+    ok = i < HIDDEN
+    h = tl.load(x_ptr + i, mask=ok, other=0.0)
+    h = (h + tl.load(delta_ptr + i, mask=ok, other=0.0)).to(h.dtype)
+    if pid == 0:
+        tl.store(h_ptr + i, h, mask=ok)
+    h32 = h.to(tl.float32)
+    normed = (h32 * tl.rsqrt(tl.sum(h32 * h32, axis=0) / HIDDEN + eps)).to(h.dtype)
+    w = tl.load(norm_ptr + i, mask=ok, other=0.0)
     my_row = normed_ptr + pid * HIDDEN
-    i = tl.arange(0, CHUNK)
-    squares = tl.zeros((CHUNK,), dtype=tl.float32)
-    for c in range(0, HIDDEN, CHUNK):
-        h = tl.load(x_ptr + c + i)
-        h = (h + tl.load(delta_ptr + c + i)).to(h.dtype)
-        if pid == 0:
-            tl.store(h_ptr + c + i, h)
-        squares += h.to(tl.float32) * h.to(tl.float32)
-    inv_rms = tl.rsqrt(tl.sum(squares, axis=0) / HIDDEN + eps)
-    for c in range(0, HIDDEN, CHUNK):
-        h = tl.load(x_ptr + c + i)
-        h = (h + tl.load(delta_ptr + c + i)).to(h.dtype)
-        normed = (h.to(tl.float32) * inv_rms).to(h.dtype)
-        w = tl.load(norm_ptr + c + i)
-        tl.store(my_row + c + i, (w.to(tl.float32) * normed.to(tl.float32)).to(h.dtype))
+    tl.store(my_row + i, (w.to(tl.float32) * normed.to(tl.float32)).to(h.dtype), mask=ok)
     tl.debug_barrier()
     # 2. gate/up, SiLU-multiply: act [INTER]
     n1: tl.constexpr = 2 * INTER
@@ -135,7 +130,7 @@ class DraftMLPKernel:
 
     def _meta(self):
         bn1, bg1, bn2, bg2 = self.blocks
-        return dict(HIDDEN=self.hidden, INTER=self.inter, CHUNK=256,
+        return dict(HIDDEN=self.hidden, INTER=self.inter, BLOCK_H=triton.next_power_of_2(self.hidden),
                     ASM=int4_triton._HALF2_DOT, GROUP=self.group, BN1=bn1, BG1=bg1,
                     EVEN1=2 * self.inter % bn1 == 0 and self.hidden // self.group % bg1 == 0, BN2=bn2, BG2=bg2,
                     EVEN2=self.hidden % bn2 == 0 and self.inter // self.group % bg2 == 0, BARRIER=_GRID_BARRIER,
@@ -185,6 +180,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="7b", choices=sorted(SHAPES))
     p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--configs", type=int, nargs="+", help="indices of the fused configurations to run (default: all)")
     p.add_argument("--json")
     args = p.parse_args()
     require_cuda("the draft MLP lab")
@@ -218,9 +214,9 @@ def main():
     mb = sum(t.numel() * t.element_size() for lay in layers for t in lay[:4]) / 1e6
     print(f"{args.shape} separate kernels: {ms * 1e3 / args.layers:.1f} us per layer ({mb / ms:.0f} GB/s)", flush=True)
     results.append({"variant": "separate", "us_per_layer": ms * 1e3 / args.layers, "GB/s": mb / ms})
-    for blocks, warps, stages, per_sm in [((8, 16, 8, 4), 4, 3, 8), ((16, 8, 16, 4), 8, 3, 4),
-                                          ((32, 8, 16, 4), 2, 3, 16), ((16, 8, 8, 4), 2, 3, 16),
-                                          ((16, 8, 16, 4), 4, 3, 8), ((32, 8, 8, 8), 4, 3, 8)]:
+    configs = [((8, 8, 8, 4), 8, 3, 8), ((8, 16, 8, 8), 8, 3, 8), ((16, 8, 8, 8), 8, 3, 8), ((8, 8, 4, 16), 8, 2, 8),
+               ((8, 16, 8, 4), 8, 4, 8), ((16, 16, 16, 8), 8, 3, 8)]
+    for blocks, warps, stages, per_sm in [configs[i] for i in args.configs or range(len(configs))]:
         kernel = DraftMLPKernel(h, inter, group, "cuda", programs_per_sm=per_sm, blocks=blocks, num_warps=warps,
                                 num_stages=stages)
 
