@@ -5,12 +5,12 @@ copies of the weights (read from DRAM, as in a draft step), CUDA graph, PDL.
     python scripts/draft_mlp_lab.py [--shape 7b] [--json OUT.json]
 
 The persistent kernel (not used by the engine: on an H200 it ran 1.7-2.2x slower than the three kernels,
-docs/perf/h200-2026-12-04-draft-mlp-lab.json; its ncu profile beside it): the residual add, RMS norm, gate/up with SiLU-multiply,
-and down in one launch instead of three.
+docs/perf/h200-2026-12-04-draft-mlp-lab.json; an ncu profile of an earlier version beside it): the
+residual add, RMS norm, gate/up with SiLU-multiply, and down in one launch instead of three.
 
 A draft step is a chain of GEMVs too small to hide a kernel's ramp-up and tail: every launch boundary
-drains the GPU. Here one program per multiprocessor (the grid never exceeds what is resident at once, so
-the programs can wait for each other) works through the phases and meets the others at a barrier in
+drains the GPU. Here a grid that never exceeds what is resident at once (so that the programs can wait
+for each other) works through the phases and meets the others at a barrier in
 global memory between gate/up and down, whose input is the whole gate/up output:
   1. each program adds the attention output to the residual stream and normalises it itself (a 8-10 KB
      row read from L2; program 0 stores the new residual stream), into its own scratch row;
