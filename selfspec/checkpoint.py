@@ -393,6 +393,12 @@ class Tokenizer:
         # A padded vocabulary (config vocab_size above the tokenizer's) can emit ids with no piece: no text.
         return self.sp.decode([int(i) for i in ids if int(i) < self.vocab_size])
 
+    def ids_by_frequency(self) -> list[int]:
+        """Token ids, most frequent first, as the model file ranks them: a SentencePiece piece's score is
+        its log probability (unigram) or minus its merge order (BPE), higher for more frequent pieces."""
+        scores = [self.sp.get_score(i) for i in range(self.vocab_size)]
+        return sorted(range(self.vocab_size), key=lambda i: -scores[i])
+
 
 class HFTokenizer:
     """tokenizer.json through the `tokenizers` library (what transformers' fast tokenizers run), with
@@ -435,6 +441,11 @@ class HFTokenizer:
 
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def ids_by_frequency(self) -> list[int]:
+        """Token ids, most frequent first, taken as id order: a BPE vocabulary numbers its tokens in the
+        order of their merges, and the earlier merges are the more frequent pairs."""
+        return list(range(self.vocab_size))
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """The checkpoint's chat template, rendered as transformers' apply_chat_template does."""

@@ -270,6 +270,16 @@ def test_count_accepted():
     assert count_accepted([0, 2, 3], target) == 0
 
 
+def test_speculative_equals_plain_with_a_head_over_part_of_the_vocabulary():
+    model = random_model("alibi", num_heads=5, max_seq_len=160)
+    ids = torch.arange(0, model.args.vocab_size, 2)  # the draft proposes even ids only
+    draft = make_draft(model, group_size=32, head_vocab=ids)
+    plain, _ = generate(model, [7, 99, 3], 80)
+    spec, stats = generate(model, [7, 99, 3], 80, draft=draft)
+    assert spec == plain and 0 < stats.accepted < stats.drafted
+    assert any(t % 2 for t in plain)  # the odd ids came from the target's own picks
+
+
 def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
     """Pearson chi-square goodness of fit; p-value by the Wilson-Hilferty normal approximation."""
     from math import erfc, sqrt
@@ -319,6 +329,24 @@ def test_speculative_sampling_reproduces_the_target_distribution(support):
     assert chi_square_p_value(second_given_d1, p[1]) > 1e-4
     # And a wrong sampler is caught: the draft's own distribution is rejected.
     assert chi_square_p_value(first, q[0]) < 1e-6
+
+
+def test_speculative_sampling_with_a_draft_over_part_of_the_vocabulary():
+    """A draft distribution that is 0 outside a few tokens (FrequentVocabHead) still gives the target's p."""
+    g = torch.Generator().manual_seed(1)
+    vocab, trials = 6, 20000
+    p = torch.rand(2, vocab, generator=g) + 0.1
+    p /= p.sum(-1, keepdim=True)
+    q = torch.zeros(1, vocab)
+    q[0, :3] = torch.tensor([0.5, 0.3, 0.2])
+    first = torch.zeros(vocab)
+    for _ in range(trials):
+        draft = torch.multinomial(q[0], 1, generator=g)
+        n, nxt = speculative_accept(p, q, draft, generator=g)
+        first[int(draft) if int(n) else int(nxt)] += 1
+    assert first[3:].sum() > 0  # tokens the draft never proposes are emitted
+    assert chi_square_p_value(first, p[0]) > 1e-4
+    assert chi_square_p_value(first, q[0] * 0.5 + p[0] * 0.5) < 1e-6
 
 
 def test_statistics_record():

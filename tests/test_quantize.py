@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from selfspec.quantize import (
-    Int4Linear, Int4MLP, Int8Linear, dequantize_int4, draft_bytes, make_draft, pack_half2_words, pack_nibbles, quantize_int4, unpack_half2_words,
-    unpack_nibbles, weight_bytes,
+    Int4Linear, Int4MLP, Int8Linear, dequantize_int4, draft_bytes, frequent_vocab, make_draft, pack_half2_words, pack_nibbles,
+    quantize_int4, unpack_half2_words, unpack_nibbles, weight_bytes,
 )
 from utils import random_model
 
@@ -178,3 +178,33 @@ def test_draft_predicts_like_the_target():
     agreement = (target_logits.argmax(-1) == draft_logits.argmax(-1)).float().mean()
     assert agreement > 0.5
     assert (draft_logits - target_logits).norm() / target_logits.norm() < 0.3
+
+
+def test_frequent_vocab_keeps_the_first_ranked_ids_and_the_ones_always_needed():
+    ranked = [5, 9, 400, 2, 7, 1]  # 400 is past the vocabulary: skipped
+    assert frequent_vocab(ranked, 3, 10, always=[8]).tolist() == [2, 5, 8, 9]
+    assert frequent_vocab(ranked, 100, 10).tolist() == [1, 2, 5, 7, 9]
+
+
+@pytest.mark.parametrize("lm_head", ["shared", "int8", "int4"])
+def test_frequent_vocab_head_gives_the_full_heads_logits_on_its_tokens_and_minus_infinity_elsewhere(lm_head):
+    model = random_model("rope", num_heads=4)
+    ids = torch.cat((torch.tensor([0, 3, 17]), torch.arange(64, 320, 20)))  # 16 rows: the same CPU INT4 kernel
+    full, part = make_draft(model, lm_head=lm_head), make_draft(model, lm_head=lm_head, head_vocab=ids)
+    tokens, pos = torch.tensor([[5, 6, 7]]), torch.arange(3)
+    expected, logits = full(tokens, pos), part(tokens, pos)
+    assert logits.shape == expected.shape
+    torch.testing.assert_close(logits[..., ids], expected[..., ids])
+    outside = torch.ones(model.args.vocab_size, dtype=torch.bool)
+    outside[ids] = False
+    assert torch.isneginf(logits[..., outside]).all()
+
+
+@pytest.mark.parametrize("lm_head", ["int8", "int4"])
+def test_draft_bytes_count_a_frequent_vocab_head(lm_head):
+    model = random_model("rope", num_heads=4)
+    ids = torch.arange(0, 320, 5)
+    draft = make_draft(model, group_size=32, lm_head=lm_head, head_vocab=ids)
+    expected = draft_bytes(model.args, torch.float32, 32, lm_head, head_vocab_size=ids.numel())
+    assert expected == weight_bytes(draft, quantized_only=True)
+    assert expected < draft_bytes(model.args, torch.float32, 32, lm_head)
