@@ -28,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from selfspec import InputError, run_main  # noqa: E402
 from selfspec.generate import generate, synchronize  # noqa: E402
 from selfspec.model import Baichuan2, ModelArgs  # noqa: E402
-from selfspec.quantize import LM_HEADS, Int4Linear, Int8Linear, make_draft, quantize_int4, weight_bytes  # noqa: E402
+from selfspec.quantize import (  # noqa: E402
+    LM_HEADS, Int4Linear, Int8Linear, frequent_vocab, make_draft, quantize_int4, weight_bytes,
+)
 
 SHAPES = {
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, position_encoding="rope"),
@@ -52,6 +54,8 @@ def parse_args():
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--draft-lm-head", choices=LM_HEADS, default="int8",
                    help="the draft's lm_head: an INT8 (default) or INT4 copy, or the target's own FP16 one")
+    p.add_argument("--draft-vocab", type=int, help="the draft's head covers this many of the most frequent tokens "
+                   "(random weights: the first ids); default: the whole vocabulary")
     p.add_argument("--hf-compile", action="store_true", help="also run transformers with static cache + torch.compile")
     p.add_argument("--skip-hf", action="store_true", help="skip the transformers baselines")
     p.add_argument("--skip-engine", action="store_true", help="only the transformers baselines")
@@ -275,7 +279,8 @@ def bench_engine(shape: str, args, bandwidth: float, prompt, max_seq_len: int) -
         model = random_model(shape, max_seq_len)
     result = {}
     t0 = time.perf_counter()
-    draft = make_draft(model, group_size=args.group_size, lm_head=args.draft_lm_head)
+    head_vocab = torch.arange(args.draft_vocab) if args.draft_vocab else None
+    draft = make_draft(model, group_size=args.group_size, lm_head=args.draft_lm_head, head_vocab=head_vocab)
     synchronize(torch.device("cuda"))
     result["draft_build_s"] = time.perf_counter() - t0
     fp16_bytes = weight_bytes(model)
@@ -350,7 +355,11 @@ def bench_proxy(args) -> dict:
     max_seq_len = args.prompt_tokens + args.new_tokens + args.max_step_draft + 1
     model = model_from_state_dict(config, state, torch.float16, "cuda", max_seq_len)
     del state
-    draft = make_draft(model, group_size=args.group_size, lm_head=args.draft_lm_head)
+    head_vocab = None
+    if args.draft_vocab:
+        head_vocab = frequent_vocab(tokenizer.ids_by_frequency(), args.draft_vocab, model.args.vocab_size,
+                                    always=[ckpt.eos_token_id])
+    draft = make_draft(model, group_size=args.group_size, lm_head=args.draft_lm_head, head_vocab=head_vocab)
     model_g, draft_g = graph_models(model, draft, pdl=not args.no_pdl)
     options = dict(max_step_draft=args.max_step_draft, min_step_draft=args.min_step_draft, th_stop_draft=args.th_stop_draft,
                    eos_token_id=ckpt.eos_token_id)
