@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Build the llama.cpp tools the benchmark runs, from the folder fetch_llamacpp.sh made.
+#
+#     bash scripts/peers/build_llamacpp.sh [--cuda] [--quick] [-jN] [SRC]   # SRC: scripts/peers/llama.cpp
+#
+# Binaries land in scripts/peers/build/bin (build-cuda/bin with --cuda, build-quick/bin with --quick), outside
+# SRC so that copying SRC to another machine again does not replace a build there.
+# --quick compiles with -O1: about half the time, for checking outputs on a small CPU, not for timing. --cuda builds the CUDA backend for
+# sm_90 (H100/H200) only, with flash-attention kernels for F16 K/V only (the benchmark's cache type)
+# and without NCCL, which cuts the CUDA compile time.
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+CUDA=0
+QUICK=0
+JOBS=2
+SRC="$HERE/llama.cpp"
+for arg in "$@"; do
+    case "$arg" in
+        --cuda) CUDA=1 ;;
+        --quick) QUICK=1 ;;
+        -j*) JOBS="${arg#-j}" ;;
+        -*) echo "error: unknown option $arg (use --cuda, --quick, -jN)" >&2; exit 2 ;;
+        *) SRC="$arg" ;;
+    esac
+done
+if [ ! -f "$SRC/CMakeLists.txt" ]; then
+    echo "error: $SRC has no llama.cpp sources; run scripts/peers/fetch_llamacpp.sh first" >&2
+    exit 2
+fi
+TARGETS="llama-bench llama-speculative llama-speculative-simple llama-lookup llama-simple llama-completion llama-quantize"
+FLAGS=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF
+       -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=ON)
+BUILD="$HERE/build"
+if [ "$QUICK" = 1 ]; then
+    BUILD="$HERE/build-quick"
+    FLAGS+=(-DCMAKE_C_FLAGS_RELEASE=-O1 -DCMAKE_CXX_FLAGS_RELEASE=-O1)
+fi
+if [ "$CUDA" = 1 ]; then
+    BUILD="$HERE/build-cuda${BUILD#"$HERE/build"}"
+    FLAGS+=(-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_CUDA_FA_ALL_QUANTS=OFF
+            "-DGGML_CUDA_FA_QUANTS=f16-f16" -DGGML_CUDA_NCCL=OFF -DGGML_CUDA_COMPRESSION_MODE=none)
+fi
+cmake -S "$SRC" -B "$BUILD" "${FLAGS[@]}"
+# shellcheck disable=SC2086
+cmake --build "$BUILD" -j "$JOBS" --target $TARGETS
+echo "built in $BUILD/bin: $(cd "$BUILD/bin" && ls | tr '\n' ' ')"
