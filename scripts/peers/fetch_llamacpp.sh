@@ -8,6 +8,7 @@
 #     bash scripts/peers/fetch_llamacpp.sh [DEST]     # DEST defaults to scripts/peers/llama.cpp (git-ignored)
 set -euo pipefail
 VERSION=0.3.36  # llama-cpp-python; its vendor/llama.cpp is the llama.cpp that is built
+COMMIT=0c1e57098bba  # that llama.cpp's commit (2026-10-01), per the git metadata inside the sdist
 HERE="$(cd "$(dirname "$0")" && pwd)"
 DEST="${1:-$HERE/llama.cpp}"
 if [ -e "$DEST" ]; then
@@ -41,5 +42,12 @@ done
 echo "# trimmed: no proofs of concept" > "$DEST/pocs/CMakeLists.txt"
 # Data and docs that ship inside the kept folders but are not needed to build.
 find "$DEST" \( -name "*.md" -o -name "*.png" -o -name "*.jpg" -o -name "*.gguf" \) -delete
-echo "llama-cpp-python==$VERSION" > "$DEST/VERSION"
+# Build info: the vendored llama.cpp commit, not the commit of whatever git repository holds DEST.
+cat > "$DEST/cmake/build-info.cmake" <<CMAKE
+set(BUILD_NUMBER 0)
+set(BUILD_COMMIT "$COMMIT")
+set(BUILD_COMPILER "\${CMAKE_C_COMPILER_ID} \${CMAKE_C_COMPILER_VERSION}")
+set(BUILD_TARGET "\${CMAKE_SYSTEM_NAME} \${CMAKE_SYSTEM_PROCESSOR}")
+CMAKE
+echo "llama-cpp-python==$VERSION (llama.cpp $COMMIT)" > "$DEST/VERSION"
 echo "llama.cpp from llama-cpp-python $VERSION in $DEST: $(du -sh "$DEST" | cut -f1)"

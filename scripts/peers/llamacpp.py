@@ -13,7 +13,7 @@ from pathlib import Path
 PEERS = Path(__file__).resolve().parent
 BUILD_DIRS = (PEERS / "build-cuda" / "bin", PEERS / "build" / "bin", PEERS / "build-quick" / "bin")
 TOOLS = ("llama-bench", "llama-completion", "llama-speculative-simple", "llama-lookup", "llama-quantize")
-COMMON_FLAGS = ["-ngl", "99", "-fa", "on", "--temp", "0", "--seed", "0", "--no-warmup"]
+COMMON_FLAGS = ["-ngl", "99", "-fa", "on", "--temp", "0", "--seed", "0"]
 # Draft settings tried besides llama.cpp's defaults: its server's former defaults (16 drafts, stop below
 # p 0.75) and our CLI's (8 drafts, stop below 0.6).
 DRAFT_SETTINGS = {
@@ -101,8 +101,9 @@ def run_tool(bin_dir: Path, tool: str, args: list[str], timeout: float = 300) ->
 
 
 def generation_text(stdout: str) -> str:
-    """The generated text llama-completion prints with --no-display-prompt (stdout up to the end marker)."""
-    return stdout.split("[end of text]")[0].rstrip("\n")
+    """The generated text llama-completion prints with --no-display-prompt: its stdout is the text, then
+    " [end of text]\n" if it stopped at EOS, then "\n\n"."""
+    return stdout.removesuffix("\n\n").removesuffix(" [end of text]\n")
 
 
 def completion(bin_dir, model, prompt: str, n_predict: int, ctx: int, extra=()) -> tuple[dict, str]:
@@ -116,7 +117,7 @@ def completion(bin_dir, model, prompt: str, n_predict: int, ctx: int, extra=()) 
 def speculative(bin_dir, model, draft, prompt: str, n_predict: int, ctx: int, settings=()) -> dict:
     """Speculative decoding with a draft model (llama-speculative-simple)."""
     return parse_speculative("\n".join(run_tool(bin_dir, "llama-speculative-simple", [
-        "-m", str(model), "-md", str(draft), "-ngld", "99", "-p", prompt, "-n", str(n_predict), "-c", str(ctx),
+        "-m", str(model), "-md", str(draft), "--spec-type", "draft-simple", "-ngld", "99", "-p", prompt, "-n", str(n_predict), "-c", str(ctx),
         *COMMON_FLAGS, *settings])))
 
 
