@@ -501,52 +501,74 @@ def proxy_peer_rows(model, ckpt, tokenizer, engine_rows, args) -> dict:
     return peers
 
 
-def transformers_lookup_proxy(args, ckpt, prompts, engine_rows, lookup_tokens: int = 10) -> dict:
-    """transformers' assisted generation with prompt lookup (prompt_lookup_num_tokens), FP16, on the proxy's
-    weights as a LlamaForCausalLM; greedy, stopping at EOS as our rows do."""
+def hf_llama(state: dict, config: dict, dtype: torch.dtype, device) -> "transformers.LlamaForCausalLM":
+    """transformers' LlamaForCausalLM holding a Llama state dict with hub key names (every key must match)."""
     import transformers
-    from make_proxy import BAICHUAN2_7B_SHAPE, embed_llama, read_llama
 
-    state, config = read_llama(args.proxy, device="cuda")
-    state, config = embed_llama(state, config, BAICHUAN2_7B_SHAPE, dtype=torch.float16)
     hf_config = transformers.LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "dtype")})
-    with torch.device("cuda"):
-        torch.set_default_dtype(torch.float16)
-        model = transformers.LlamaForCausalLM(hf_config).eval()
-        torch.set_default_dtype(torch.float32)
-    model.load_state_dict(state, strict=False)  # rotary inv_freq is computed, not stored
-    del state
-    eos = list(ckpt.eos_token_ids) if ckpt.eos_token_ids else None
-    kwargs = dict(do_sample=False, max_new_tokens=args.new_tokens, prompt_lookup_num_tokens=lookup_tokens,
+    default = torch.get_default_dtype()
+    with torch.device(device):
+        torch.set_default_dtype(dtype)
+        try:
+            model = transformers.LlamaForCausalLM(hf_config).eval()
+        finally:
+            torch.set_default_dtype(default)
+    if hf_config.tie_word_embeddings:
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    model.load_state_dict(state, strict=not hf_config.tie_word_embeddings)
+    return model
+
+
+@torch.inference_mode()
+def transformers_lookup_rows(model, prompts, engine_rows, new_tokens: int, eos_ids, lookup_tokens: int = 10) -> dict:
+    """transformers' assisted generation with prompt lookup (prompt_lookup_num_tokens), greedy, stopping at
+    EOS as our rows do; per prompt (label, text, ids), with whether its tokens equal our plain row's."""
+    device = model.device
+    eos = list(eos_ids) if eos_ids else None
+    kwargs = dict(do_sample=False, max_new_tokens=new_tokens, prompt_lookup_num_tokens=lookup_tokens,
                   eos_token_id=eos, pad_token_id=eos[0] if eos else 0)
     rows = []
-    with torch.inference_mode():
-        for (label, _, prompt_ids), engine_row in zip(prompts, engine_rows):
-            ids = torch.tensor([prompt_ids], device="cuda")
-            model.generate(ids, **{**kwargs, "max_new_tokens": 8})  # warm-up
-            synchronize(torch.device("cuda"))
-            timer = FirstTokenTimer()
+    for (label, _, prompt_ids), engine_row in zip(prompts, engine_rows):
+        ids = torch.tensor([prompt_ids], device=device)
+        model.generate(ids, **{**kwargs, "max_new_tokens": 8})  # warm-up
+        synchronize(device)
+        timer = FirstTokenTimer()
+        if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-            t0 = timer.start = time.perf_counter()
-            out = model.generate(ids, streamer=timer, **kwargs)
-            synchronize(torch.device("cuda"))
-            e2e = time.perf_counter() - t0
-            new = out[0, ids.shape[1]:].tolist()
-            rows.append({"prompt": label, "tokens_generated": len(new), "e2e_time_s": e2e,
-                         "first_token_latency_s": timer.first_token_s,
-                         "decode_tokens_per_s": (len(new) - 1) / (e2e - timer.first_token_s) if len(new) > 1 else 0.0,
-                         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
-                         "identical_to_engine_plain": new == engine_row["plain"]["token_ids"]})
-    del model
-    gc.collect()
-    torch.cuda.empty_cache()
+        t0 = timer.start = time.perf_counter()
+        out = model.generate(ids, streamer=timer, **kwargs)
+        synchronize(device)
+        e2e = time.perf_counter() - t0
+        new = out[0, ids.shape[1]:].tolist()
+        rows.append({"prompt": label, "tokens_generated": len(new), "e2e_time_s": e2e,
+                     "first_token_latency_s": timer.first_token_s,
+                     "decode_tokens_per_s": (len(new) - 1) / (e2e - timer.first_token_s) if len(new) > 1 else 0.0,
+                     "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+                     "identical_to_engine_plain": new == engine_row["plain"]["token_ids"]})
     decode_s = sum(r["e2e_time_s"] - r["first_token_latency_s"] for r in rows)
     tokens = sum(r["tokens_generated"] - 1 for r in rows)
     summary = {"prompts": len(rows), "decode_tokens_per_s": tokens / decode_s, "ms_per_token": decode_s / tokens * 1e3,
                "first_token_latency_s": statistics.mean(r["first_token_latency_s"] for r in rows),
                "acceptance_rate": None, "tokens_per_round": None,
-               "peak_memory_gib": max(r["peak_memory_gib"] for r in rows)}
+               "identical_to_engine_plain": sum(r["identical_to_engine_plain"] for r in rows)}
     return {"prompts": rows, "summary": summary, "prompt_lookup_num_tokens": lookup_tokens}
+
+
+def transformers_lookup_proxy(args, ckpt, prompts, engine_rows) -> dict:
+    """transformers with prompt lookup, FP16, on the proxy's weights (the same embedding as our rows)."""
+    from make_proxy import BAICHUAN2_7B_SHAPE, embed_llama, read_llama
+
+    state, config = read_llama(args.proxy, device="cuda")
+    state, config = embed_llama(state, config, BAICHUAN2_7B_SHAPE, dtype=torch.float16)
+    model = hf_llama(state, config, torch.float16, "cuda")
+    del state
+    try:
+        # Our generate() stops at the checkpoint's first EOS id only; so does this row.
+        return transformers_lookup_rows(model, prompts, engine_rows, args.new_tokens, [ckpt.eos_token_id])
+    finally:
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def shape_peer_rows(shape: str, args, prompt: list[int], max_seq_len: int) -> dict:

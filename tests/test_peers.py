@@ -179,3 +179,43 @@ def test_peer_rows_skip_cleanly_without_llamacpp(tmp_path):
     assert not (tmp_path / "gguf").exists()  # nothing was written
     table = benchmark.peers_markdown({"shape": "7b", "peers": peers})
     assert "llama.cpp rows skipped" in table
+
+
+# --- transformers' prompt lookup row (CPU, float32, a tiny Llama) ---
+
+def test_transformers_prompt_lookup_rows_equal_our_plain_greedy(tmp_path):
+    """The transformers peer runs the same weights as our rows: in float32 its greedy output with prompt
+    lookup equals our plain greedy output, token for token, and the row says so."""
+    pytest.importorskip("transformers")
+    import benchmark
+    from make_proxy import read_llama
+    from tiny_llama import write_tiny_llama
+
+    from selfspec.generate import generate
+
+    folder = write_tiny_llama(tmp_path / "tiny", tied=False)
+    ckpt, model, tokenizer = load_checkpoint(str(folder), torch.float32, "cpu", 128)
+    prompts, engine_rows = [], []
+    for text in ("the cat sat on the mat, the cat sat on the mat, the cat", "运河 运河 运河"):
+        ids, _ = ckpt.chat_ids(tokenizer, text, max_input_tokens=64)
+        out, _ = generate(model, ids, 16, eos_token_id=ckpt.eos_token_id)
+        prompts.append((text, text, ids))
+        engine_rows.append({"plain": {"token_ids": out}})
+    state, config = read_llama(folder)
+    hf = benchmark.hf_llama(state, config, torch.float32, "cpu")
+    result = benchmark.transformers_lookup_rows(hf, prompts, engine_rows, 16, [ckpt.eos_token_id], lookup_tokens=4)
+    assert [r["identical_to_engine_plain"] for r in result["prompts"]] == [True, True]
+    assert result["summary"]["identical_to_engine_plain"] == 2
+    assert all(r["tokens_generated"] == len(e["plain"]["token_ids"]) for r, e in zip(result["prompts"], engine_rows))
+
+
+def test_hf_llama_refuses_a_state_dict_with_wrong_keys(tmp_path):
+    pytest.importorskip("transformers")
+    import benchmark
+    from make_proxy import read_llama
+    from tiny_llama import write_tiny_llama
+
+    state, config = read_llama(write_tiny_llama(tmp_path / "tiny", tied=False))
+    state["model.layers.0.mlp.gate.weight"] = state.pop("model.layers.0.mlp.gate_proj.weight")
+    with pytest.raises(RuntimeError, match="gate"):
+        benchmark.hf_llama(state, config, torch.float32, "cpu")
