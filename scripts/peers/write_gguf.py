@@ -105,8 +105,10 @@ def tokenizer_fields(tokenizer_gguf, vocab_size: int) -> list[tuple]:
     return fields
 
 
-def write_gguf(model, path, tokenizer_gguf, dtype: str = "f16", arch: str | None = None, name: str = "") -> Path:
-    """Write `model` (a selfspec.model.Baichuan2 module, any device) to `path` as GGUF."""
+def write_gguf(model, path, tokenizer_gguf, dtype: str = "f16", arch: str | None = None, name: str = "",
+               context_length: int | None = None) -> Path:
+    """Write `model` (a selfspec.model.Baichuan2 module, any device) to `path` as GGUF; the context length
+    recorded defaults to the model's max_seq_len."""
     gguf = import_gguf()
 
     a = model.args
@@ -116,7 +118,7 @@ def write_gguf(model, path, tokenizer_gguf, dtype: str = "f16", arch: str | None
     path = Path(path)
     writer = gguf.GGUFWriter(path, arch)
     writer.add_name(name or arch)
-    writer.add_context_length(a.max_seq_len)
+    writer.add_context_length(context_length or a.max_seq_len)
     writer.add_embedding_length(a.hidden_size)
     writer.add_block_count(a.num_layers)
     writer.add_feed_forward_length(a.intermediate_size)
