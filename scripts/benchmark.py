@@ -15,6 +15,7 @@ projection from the measured step costs shows the speedup at given acceptance ra
 """
 import argparse
 import gc
+import importlib.util
 import json
 import statistics
 import sys
@@ -494,10 +495,13 @@ def proxy_peer_rows(model, ckpt, tokenizer, engine_rows, args) -> dict:
                     row["plain_same_text_as_engine"] = row["plain_text"] == tokenizer.decode(engine_row["plain"]["token_ids"])
         except Exception as e:  # noqa: BLE001 - a peer that does not run is reported, not fatal
             peers["llamacpp"] = _peer_error(e)
-    try:
-        peers["transformers_prompt_lookup"] = transformers_lookup_proxy(args, ckpt, prompts, engine_rows)
-    except Exception as e:  # noqa: BLE001
-        peers["transformers_prompt_lookup"] = _peer_error(e)
+    if importlib.util.find_spec("transformers") is None:
+        peers["transformers_prompt_lookup"] = {"skipped": "transformers is not installed"}
+    else:
+        try:
+            peers["transformers_prompt_lookup"] = transformers_lookup_proxy(args, ckpt, prompts, engine_rows)
+        except Exception as e:  # noqa: BLE001
+            peers["transformers_prompt_lookup"] = _peer_error(e)
     return peers
 
 
@@ -604,7 +608,9 @@ def shape_peer_rows(shape: str, args, prompt: list[int], max_seq_len: int) -> di
             peers["llamacpp"] = rows
         except Exception as e:  # noqa: BLE001
             peers["llamacpp"] = _peer_error(e)
-    if not args.skip_hf:
+    if importlib.util.find_spec("transformers") is None:
+        peers["transformers_prompt_lookup"] = {"skipped": "transformers is not installed"}
+    elif not args.skip_hf:
         try:
             peers["transformers_prompt_lookup"] = run_transformers(
                 shape, prompt, args, False, {"prompt_lookup_num_tokens": 10})
