@@ -65,6 +65,17 @@ PY
                 "-DCUDA_cublasLt_LIBRARY=$(ls "$CUBLAS_DIR"/lib/libcublasLt.so* | head -1)"
                 "-DCMAKE_CUDA_FLAGS=-I$CUBLAS_DIR/include" "-DCMAKE_CXX_FLAGS=-I$CUBLAS_DIR/include")
     fi
+    # A toolkit without the driver stub lib64/stubs/libcuda.so: link against the driver's own library.
+    if [ ! -e "$(dirname "$(readlink -f "$NVCC")")/../lib64/stubs/libcuda.so" ] && ! ldconfig -p 2>/dev/null | grep -q "libcuda.so "; then
+        LIBCUDA="$(ldconfig -p 2>/dev/null | awk '/libcuda\.so\.1 /{print $NF; exit}' || true)"
+        for lib in /usr/lib/x86_64-linux-gnu/libcuda.so.1 /usr/lib64/libcuda.so.1 /usr/local/nvidia/lib64/libcuda.so.1; do
+            [ -z "$LIBCUDA" ] && [ -e "$lib" ] && LIBCUDA="$lib"
+        done
+        if [ -n "$LIBCUDA" ]; then
+            echo "CUDA driver library $LIBCUDA"
+            FLAGS+=("-DCUDA_cuda_driver_LIBRARY=$LIBCUDA")
+        fi
+    fi
 fi
 cmake -S "$SRC" -B "$BUILD" "${FLAGS[@]}"
 [ "$CONFIGURE_ONLY" = 1 ] && exit 0
