@@ -4,12 +4,11 @@
 """
 import argparse
 import json
-import os
 import sys
 
 import torch
 
-from selfspec import InputError
+from selfspec import InputError, run_main
 from selfspec.checkpoint import SAMPLING_DEFAULTS, load_checkpoint, valid_sampling
 from selfspec.cuda_graphs import graph_models
 from selfspec.generate import TextStreamer, generate, pick_device
@@ -183,8 +182,4 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as command-line tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exiting does not flush into it
-        sys.exit(1)
+    sys.exit(run_main(main))  # Ctrl-C, a closed stdout or a full disk: one line or none, no traceback
