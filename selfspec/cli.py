@@ -23,8 +23,8 @@ def run_main(main) -> int:
         status = main() or 0
         sys.stdout.flush()  # here, so that a failed write is reported below and not at interpreter exit
         return status
-    except InputError as err:
-        return _fail(f"error: {err}", EXIT_BAD_INPUT)
+    except InputError as err:  # messages may quote the checkpoint's own text: newlines are escaped
+        return _fail("error: " + str(err).replace("\r", "\\r").replace("\n", "\\n"), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:
@@ -38,7 +38,10 @@ def run_main(main) -> int:
 
 
 def _fail(line: str, status: int) -> int:
-    _discard_stdout()  # what is still buffered for stdout may be what failed to be written
+    try:
+        sys.stdout.flush()  # what was printed comes before the error line
+    except (OSError, ValueError):  # it cannot be written (full disk, closed pipe): dropped, not retried at exit
+        _discard_stdout()
     try:
         print(line, file=sys.stderr, flush=True)
     except OSError:

@@ -89,12 +89,16 @@ def test_repetition_penalty_through_the_cli(tiny_7b):
     assert sampled.stderr == ""  # the penalty is given: no warning about the checkpoint's
 
 
-def test_raw_prompt_and_truncation_warning(tiny_7b):
+def test_a_prompt_that_does_not_fit_is_an_error_and_a_long_system_text_is_cut(tiny_7b):
     long_prompt = "the river flows to the sea " * 200  # far beyond the tiny 256-token context
     result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", long_prompt, "--raw-prompt", "--n-predict", 8,
-                     "--warmup", 0, "--json", check_exit=0)
+                     "--warmup", 0, "--json")
+    assert_clean_error(result, "--n-predict 8 leaves room for 248 prompt tokens in the context of 256", "needs")
+    # The user's message fits; the system text before it is cut from the left to make room.
+    result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--system", "Be brief. " * 100,
+                     "--n-predict", 200, "--warmup", 0, "--json", check_exit=0)
     assert result.stderr.count("\n") == 1 and "truncated" in result.stderr
-    assert json.loads(result.stdout.splitlines()[-1])["prompt_tokens"] == 256 - 8
+    assert json.loads(result.stdout.splitlines()[-1])["prompt_tokens"] == 256 - 200
 
 
 def damage(kind, tiny_copy):
@@ -170,7 +174,7 @@ def assert_clean_error(result, *words):
 
 @pytest.mark.parametrize("kind", BAD_CHECKPOINTS)
 def test_bad_checkpoints(kind, tiny_copy):
-    result = run_cli("--repo-id-or-model-path", damage(kind, tiny_copy), "--n-predict", 4, "--warmup", 0)
+    result = run_cli("--repo-id-or-model-path", damage(kind, tiny_copy), "--prompt", "hi", "--n-predict", 4, "--warmup", 0)
     assert_clean_error(result)
     assert "weights_only set to False" not in result.stderr  # torch's advice; this project never takes it
 
@@ -186,7 +190,10 @@ def test_missing_path_and_uncached_hub_id(tmp_path):
     (["--n-predict", 256], ["n-predict"]),
     (["--th-stop-draft", 1.5], ["th-stop-draft"]),
     (["--max-step-draft", 0], ["max-step-draft"]),
-    (["--top-p", 0], ["top-p"]),
+    (["--top-p", 0], ["--top-p must be in (0, 1]"]),
+    (["--top-k", -1], ["--top-k must be >= 0"]),
+    (["--do-sample", "--temperature", 0], ["--temperature must be positive"]),
+    (["--prompt", "hello there, how are you?", "--n-predict", 250], ["room for 6 prompt tokens", "needs 15"]),
     (["--do-sample", "--temperature", "nan"], ["temperature"]),
     (["--do-sample", "--temperature", "inf"], ["temperature"]),
     (["--do-sample", "--seed", 2**64], ["seed"]),
@@ -223,7 +230,7 @@ def test_closed_stdout_is_not_a_traceback(tiny_7b):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     process.stdout.close()  # the reader is gone before the answer is printed (as with `| head -c 0`)
-    assert process.wait(timeout=300) == 1
+    assert process.wait(timeout=300) == 141  # as a tool that SIGPIPE ends
     assert process.stderr.read() == b""
 
 
@@ -274,7 +281,7 @@ def test_out_of_memory_on_cuda_is_one_line(tiny_7b):
 def test_nothing_imports_torch_compile_machinery(tiny_7b, device):
     # TorchDynamo and what it pulls in (sympy, ...) cost 1.7 s of start-up with bytecode caches, more without.
     code = (f"import runpy, sys; sys.argv = ['speculative.py', '--repo-id-or-model-path', {str(tiny_7b)!r}, "
-            f"'--device', {device!r}, '--n-predict', '8']\n"
+            f"'--device', {device!r}, '--prompt', 'hi', '--n-predict', '8']\n"
             f"try:\n    runpy.run_path({str(ROOT / 'speculative.py')!r}, run_name='__main__')\n"
             "finally:\n    print('imported:', sorted(m for m in ('torch._dynamo', 'torch._inductor', 'sympy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
