@@ -142,15 +142,15 @@ def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
 
 
 def _json_depth(data) -> int:
-    """How deeply lists and objects nest (without recursion, whatever the depth)."""
+    """How many lists and objects nest in each other, counted without recursion up to MAX_JSON_DEPTH + 1."""
     depth, level = 0, [data]
-    while level:
-        depth += 1
-        level = [v for item in level if isinstance(item, (dict, list))
-                 for v in (item.values() if isinstance(item, dict) else item)]
-        if depth > MAX_JSON_DEPTH:
+    while depth <= MAX_JSON_DEPTH:
+        containers = [item for item in level if isinstance(item, (dict, list))]
+        if not containers:
             break
-    return depth - 1
+        depth += 1
+        level = [v for c in containers for v in (c.values() if isinstance(c, dict) else c)]
+    return depth
 
 
 def checkpoint_arch(config: dict) -> str | None:

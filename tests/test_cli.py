@@ -298,3 +298,44 @@ def test_ids_beyond_the_tokenizer_in_a_padded_vocabulary_decode_to_nothing(tiny_
     record = json.loads(run_cli("--repo-id-or-model-path", folder, "--prompt", "hi", "--n-predict", 16, "--warmup", 0,
                                 "--json", check_exit=0).stdout.splitlines()[-1])
     assert any(i >= 600 for i in record["token_ids"])  # the case this test is about did occur
+
+
+def interrupt_when_reached(tmp_path, folder, patch: str):
+    """Run the CLI with `patch` applied (it touches `marker` where the interrupt should land), send SIGINT
+    once the marker exists, and return (status, stderr)."""
+    import signal
+    import time
+
+    marker = tmp_path / "reached"
+    code = (f"import pathlib, runpy, sys, time\nmarker = pathlib.Path({str(marker)!r})\n{patch}\n"
+            f"sys.argv = ['speculative.py', '--repo-id-or-model-path', {str(folder)!r}, '--prompt', 'hi', "
+            f"'--n-predict', '8', '--warmup', '0']\n"
+            f"runpy.run_path({str(ROOT / 'speculative.py')!r}, run_name='__main__')\n")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), process.stderr.read() if process.poll() is not None else "marker never reached"
+    process.send_signal(signal.SIGINT)
+    return process.wait(timeout=60), process.stderr.read().decode()
+
+
+def test_ctrl_c_while_loading_and_while_generating(tiny_7b, tmp_path):
+    loading = ("import selfspec.checkpoint as c\nread = c._read_weight_file\n"
+               "def slow(path):\n    marker.touch()\n    time.sleep(120)\n    yield from read(path)\n"
+               "c._read_weight_file = slow")
+    assert interrupt_when_reached(tmp_path, tiny_7b, loading) == (130, "interrupted\n")
+    generating = ("import selfspec.generate as g\ngenerate = g.generate\n"
+                  "def endless(*args, **kwargs):\n    marker.touch()\n    while True:\n        generate(*args, **kwargs)\n"
+                  "g.generate = endless")
+    (tmp_path / "reached").unlink()
+    assert interrupt_when_reached(tmp_path, tiny_7b, generating) == (130, "interrupted\n")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_stdout_on_a_full_disk(tiny_7b):
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, str(ROOT / "speculative.py"), "--repo-id-or-model-path", str(tiny_7b),
+                                 "--prompt", "hi", "--n-predict", "8", "--warmup", "0"],
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert (result.returncode, result.stderr) == (1, "error: cannot write the output: No space left on device\n")
