@@ -47,6 +47,9 @@ def test_make_proxy_bad_sources(tmp_path, tiny_7b):
     assert_clean_error(run_script("make_proxy.py", tmp_path / "missing", tmp_path / "out"), "does not exist")
     assert_clean_error(run_script("make_proxy.py", tiny_7b, tmp_path / "out"), "Llama")
     assert not (tmp_path / "out").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    assert_clean_error(run_script("make_proxy.py", tiny_7b, tmp_path / "full"), "not empty", "--force")
 
 
 def test_convert_gguf_bad_files(tmp_path, tiny_7b):
