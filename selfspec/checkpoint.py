@@ -40,6 +40,7 @@ STAGING_BYTES = 64 << 20  # each of the two pinned buffers that weights pass thr
 # Bounds on what a checkpoint folder may ask for, far above any real checkpoint: beyond them the folder is
 # refused before anything is allocated (folders are untrusted input).
 MAX_JSON_BYTES, MAX_JSON_DEPTH = 64 << 20, 32  # config, generation config, index, tokenizer config
+MAX_TOKENIZER_BYTES = 256 << 20  # tokenizer.model, tokenizer.json (the largest public ones: about 35 MB)
 # A chat template is a program from the checkpoint: its source, time, memory and output are bounded.
 MAX_TEMPLATE_CHARS, TEMPLATE_SECONDS = 1 << 20, 1.0
 TEMPLATE_OUTPUT_CHARS, TEMPLATE_MEMORY_BYTES = 1 << 20, 256 << 20  # plus 8 chars, 64 bytes per conversation char
@@ -293,9 +294,10 @@ def find_weight_files(folder: Path) -> list[Path]:
                 raise CheckpointError(f"{index} has no weight_map from tensor names to file names")
             names = list(dict.fromkeys(weight_map.values()))
             files = [checkpoint_file(folder, name, required=False) for name in names]
-            missing = [name for name, f in zip(names, files) if f is None]
+            missing = [_short_repr(name) for name, f in zip(names, files) if f is None]
             if missing:
-                raise CheckpointError(f"{index} lists missing weight files: {', '.join(missing)}")
+                more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+                raise CheckpointError(f"{index} lists missing weight files: {', '.join(missing[:3])}{more}")
             return files
         path = checkpoint_file(folder, single, required=False)
         if path is not None:
@@ -502,6 +504,12 @@ def _normalize_rows_(weight: torch.Tensor) -> None:
         rows.copy_(F.normalize(rows.float(), dim=1).to(weight.dtype))
 
 
+def _check_tokenizer_size(path: Path) -> None:
+    """The tokenizer libraries read a whole file into memory: refuse one far larger than any real tokenizer."""
+    if path.stat().st_size > MAX_TOKENIZER_BYTES:
+        raise CheckpointError(f"tokenizer file {path} is larger than {MAX_TOKENIZER_BYTES >> 20} MiB")
+
+
 class Tokenizer:
     """SentencePiece tokenizer.model (Baichuan2); encode adds no BOS/EOS, as Baichuan2's tokenizer."""
 
@@ -509,6 +517,7 @@ class Tokenizer:
         model_file = Path(model_file)
         if not model_file.is_file():
             raise CheckpointError(f"tokenizer file {model_file} not found")
+        _check_tokenizer_size(model_file)
         try:
             self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
         except (OSError, RuntimeError) as err:
@@ -541,6 +550,7 @@ class HFTokenizer:
         path = checkpoint_file(folder, "tokenizer.json", required=False)
         if path is None:
             raise CheckpointError(f"tokenizer file {folder / 'tokenizer.json'} not found")
+        _check_tokenizer_size(path)
         try:
             self.tok = FastTokenizer.from_file(str(path))
         except Exception as err:  # the Rust side raises plain Exceptions

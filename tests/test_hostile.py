@@ -425,3 +425,21 @@ def test_a_long_template_is_refused(llama, tmp_path):
     (folder / "chat_template.jinja").write_text("x" * (checkpoint.MAX_TEMPLATE_CHARS + 1))
     with pytest.raises(CheckpointError, match="chat template is longer than"):
         load_tokenizer(open_checkpoint(str(folder)))
+
+
+def test_a_tokenizer_larger_than_the_bound_is_not_read(tiny_copy, monkeypatch):
+    folder = tiny_copy()
+    monkeypatch.setattr(checkpoint, "MAX_TOKENIZER_BYTES", 1000)
+    monkeypatch.setattr(checkpoint, "spm", None)  # never reached
+    with pytest.raises(CheckpointError, match="tokenizer.model is larger than"):
+        load_tokenizer(open_checkpoint(str(folder)))
+
+
+def test_an_index_of_many_missing_files_is_one_short_line(tmp_path):
+    folder = write_tiny_checkpoint(tmp_path / "ckpt", fmt="sharded-safetensors")
+    index = json.loads((folder / INDEX).read_text())
+    index["weight_map"] = {f"w{i}": f"missing-{i}\nline.safetensors" for i in range(10_000)}
+    (folder / INDEX).write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="and 9997 more") as info:
+        open_checkpoint(str(folder))
+    assert "\n" not in str(info.value) and len(str(info.value)) < 500
