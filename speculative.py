@@ -79,8 +79,9 @@ def check_args(args):
     if args.max_step_draft < 1:
         raise InputError(f"--max-step-draft must be at least 1, got {args.max_step_draft}")
     given = {name: getattr(args, name) for name in SAMPLING_DEFAULTS if getattr(args, name) is not None}
-    for error in sampling_errors(**given):  # "top_p must be in (0, 1], got 0" names the flag
-        raise InputError("--" + error.replace("_", "-", 1))
+    errors = sampling_errors(**given)  # ["top_p must be in (0, 1] (1: off), got 0.0"]: the flag's name first
+    if errors:
+        raise InputError("--" + errors[0].replace("_", "-", 1))
     if args.repetition_penalty is not None and not 0 < args.repetition_penalty < float("inf"):
         raise InputError(f"--repetition-penalty must be positive and finite, got {args.repetition_penalty}")
     if args.seed is not None and not 0 <= args.seed < 2**64:

@@ -585,7 +585,9 @@ class HFTokenizer:
         conversation = sum(len(m["content"]) for m in messages)
         max_chars, max_bytes = TEMPLATE_OUTPUT_CHARS + 8 * conversation, TEMPLATE_MEMORY_BYTES + 64 * conversation
         try:
-            with _time_limit(TEMPLATE_SECONDS), _memory_limit(max_bytes):
+            # The timer is the inner bound: it is stopped before the memory bound is lifted, so that it
+            # cannot fire in between and leave the process bounded.
+            with _memory_limit(max_bytes), _time_limit(TEMPLATE_SECONDS):
                 chunks, size = [], 0
                 stream = _compile_template(self.chat_template).generate(
                     messages=messages, add_generation_prompt=add_generation_prompt, **self.special_tokens

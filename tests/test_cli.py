@@ -131,6 +131,11 @@ def damage(kind, tiny_copy):
         state["model.norm.weight"] = {"weights complex": norm.to(torch.complex64), "weights int64": norm.long(),
                                       "weights NaN": norm.clone().fill_(float("nan"))}[kind]
         save_file(state, path / "model.safetensors")
+    elif kind == "weight_map leaves the folder":  # crafted: the loader must not read another folder's file
+        path = tiny_copy(fmt="sharded-safetensors")
+        index = json.loads((path / "model.safetensors.index.json").read_text())
+        index["weight_map"] = {key: "../" * 30 + "etc/passwd" for key in index["weight_map"]}
+        (path / "model.safetensors.index.json").write_text(json.dumps(index))
     elif kind == "weight_map of lists":
         path = tiny_copy(fmt="sharded-safetensors")
         index = json.loads((path / "model.safetensors.index.json").read_text())
@@ -152,6 +157,8 @@ def damage(kind, tiny_copy):
             config["rope_theta"] = float("inf")
         elif kind == "context too large to allocate":
             config["max_position_embeddings"] = 10**12
+        elif kind == "a billion layers":
+            config["num_hidden_layers"] = 10**9
         (path / "config.json").write_text(json.dumps(config))
     return path
 
@@ -160,7 +167,7 @@ BAD_CHECKPOINTS = [
     "no config", "no weights", "not baichuan", "truncated safetensors", "corrupted bin", "legacy pickle bin",
     "weights complex", "weights int64", "weights NaN", "weight_map of lists", "shape mismatch",
     "architectures not a list", "rope_parameters not an object", "rms_norm_eps NaN", "rope_theta infinite",
-    "context too large to allocate",
+    "context too large to allocate", "weight_map leaves the folder", "a billion layers",
 ]
 
 
