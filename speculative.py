@@ -4,13 +4,12 @@
 """
 import argparse
 import json
-import os
 import sys
 
 import torch
 
-from selfspec import InputError
-from selfspec.checkpoint import SAMPLING_DEFAULTS, load_checkpoint, valid_sampling
+from selfspec import InputError, run_main
+from selfspec.checkpoint import SAMPLING_DEFAULTS, load_checkpoint, sampling_errors
 from selfspec.cuda_graphs import graph_models
 from selfspec.generate import TextStreamer, generate, pick_device
 from selfspec.quantize import make_draft
@@ -80,8 +79,9 @@ def check_args(args):
     if args.max_step_draft < 1:
         raise InputError(f"--max-step-draft must be at least 1, got {args.max_step_draft}")
     given = {name: getattr(args, name) for name in SAMPLING_DEFAULTS if getattr(args, name) is not None}
-    if not valid_sampling(**{**SAMPLING_DEFAULTS, **given}):
-        raise InputError("need 0 < --temperature < inf, --top-k >= 0 and 0 < --top-p <= 1")
+    errors = sampling_errors(**given)  # ["top_p must be in (0, 1] (1: off), got 0.0"]: the flag's name first
+    if errors:
+        raise InputError("--" + errors[0].replace("_", "-", 1))
     if args.repetition_penalty is not None and not 0 < args.repetition_penalty < float("inf"):
         raise InputError(f"--repetition-penalty must be positive and finite, got {args.repetition_penalty}")
     if args.seed is not None and not 0 <= args.seed < 2**64:
@@ -101,16 +101,16 @@ def check_args(args):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        return run(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except torch.OutOfMemoryError as e:  # the check before loading only refuses what can never fit
-        reason = ". ".join(str(e).split(". ")[:3])  # "CUDA out of memory. Tried to allocate ... is free"
-        hint = "" if args.no_speculative else "; --no-speculative leaves out the INT4 draft"
-        print(f"error: {reason}. Another process may be using the device{hint}.", file=sys.stderr)
-        return 2
+
+    def run_explaining_out_of_memory():
+        try:
+            return run(args)
+        except torch.OutOfMemoryError as e:  # the check before loading only refuses what can never fit
+            reason = ". ".join(str(e).split(". ")[:3])  # "CUDA out of memory. Tried to allocate ... is free"
+            hint = "" if args.no_speculative else "; --no-speculative leaves out the INT4 draft"
+            raise InputError(f"{reason}. Another process may be using the device{hint}.") from None
+
+    return run_main(run_explaining_out_of_memory)  # one `error:` line and status 2 for bad input, and so on
 
 
 def run(args) -> int:
@@ -126,14 +126,17 @@ def run(args) -> int:
     context = model.max_seq_len
     if args.n_predict >= context:
         raise InputError(f"--n-predict {args.n_predict} leaves no room for the prompt in the context of {context}")
+    room = context - args.n_predict
+    # The user's message must fit whole (in the chat format); only the system text may be cut to make room.
+    needed = len(tokenizer.encode(args.prompt) if args.raw_prompt else
+                 ckpt.chat_ids(tokenizer, args.prompt, max_input_tokens=sys.maxsize)[0])
+    if needed > room:
+        raise InputError(f"--n-predict {args.n_predict} leaves room for {room} prompt tokens in the context of "
+                         f"{context}, and the prompt needs {needed}: shorten the prompt or lower --n-predict")
     if args.raw_prompt:
-        input_ids = tokenizer.encode(args.prompt)
-        truncated = len(input_ids) > context - args.n_predict
-        input_ids = input_ids[-(context - args.n_predict):]
+        input_ids, truncated = tokenizer.encode(args.prompt), False
     else:
-        input_ids, truncated = ckpt.chat_ids(
-            tokenizer, args.prompt, system=args.system, max_input_tokens=context - args.n_predict
-        )
+        input_ids, truncated = ckpt.chat_ids(tokenizer, args.prompt, system=args.system, max_input_tokens=room)
     if truncated:
         print(f"warning: prompt truncated from the left to {len(input_ids)} tokens to leave room for "
               f"{args.n_predict} new tokens", file=sys.stderr)
@@ -183,8 +186,4 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as command-line tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exiting does not flush into it
-        sys.exit(1)
+    sys.exit(main())

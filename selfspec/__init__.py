@@ -1,5 +1,4 @@
 """Baichuan2 FP16 inference with self-speculative decoding (INT4 draft of the same weights)."""
-import sys
 
 
 class InputError(Exception):
@@ -9,10 +8,4 @@ class InputError(Exception):
     """
 
 
-def run_main(main) -> int:
-    """Run a command-line entry point: an InputError becomes one `error:` line on stderr and status 2."""
-    try:
-        return main() or 0
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+from selfspec.cli import run_main  # noqa: E402  (after InputError, which selfspec.cli imports)

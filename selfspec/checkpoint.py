@@ -5,11 +5,16 @@ user/assistant marker tokens) and Llama (q/k/v fused into W_pack at load, groupe
 or tied lm_head, tokenizer.json, Jinja chat template). Only data files are read (json, tokenizer files,
 weights); the .py files that hub checkpoints ship for trust_remote_code are never imported or downloaded.
 """
+import contextlib
 import json
 import math
+import os
 import pickle
 import re
+import signal
+import stat
 import sys
+import threading
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -32,6 +37,19 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "org/name": no leading /
 HUB_PATTERNS = ["*.json", "*.jinja", "*.model", "*.safetensors", "*.bin"]  # never *.py
 PROGRESS_MIN_BYTES = 1 << 30  # progress bars only for real checkpoints, so tests stay quiet
 STAGING_BYTES = 64 << 20  # each of the two pinned buffers that weights pass through on their way to a GPU
+# Bounds on what a checkpoint folder may ask for, far above any real checkpoint: beyond them the folder is
+# refused before anything is allocated (folders are untrusted input).
+MAX_JSON_BYTES, MAX_JSON_DEPTH = 64 << 20, 32  # config, generation config, index, tokenizer config
+MAX_TOKENIZER_BYTES = 256 << 20  # tokenizer.model, tokenizer.json (the largest public ones: about 35 MB)
+# A chat template is a program from the checkpoint: its source, time, memory and output are bounded.
+MAX_TEMPLATE_CHARS, TEMPLATE_SECONDS = 1 << 20, 1.0
+TEMPLATE_OUTPUT_CHARS, TEMPLATE_MEMORY_BYTES = 1 << 20, 256 << 20  # plus 8 chars, 64 bytes per conversation char
+MAX_TEMPLATE_INT_BITS = 1 << 16  # for * and ** on integers, which run in C without a chance to stop them
+MAX_SIZES = {  # config.json fields; the largest public models stay well inside (hidden 16384, 126 layers)
+    "vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18, "num_hidden_layers": 1024,
+    "num_attention_heads": 1024, "num_key_value_heads": 1024, "max_position_embeddings": 1 << 22,
+    "model_max_length": 1 << 22,
+}
 
 
 class CheckpointError(InputError):
@@ -71,16 +89,69 @@ def resolve_model_path(path_or_id: str) -> Path:
         ) from None
 
 
-def read_json(path: Path) -> dict:
+def _allowed_roots(folder: Path) -> tuple[Path, ...]:
+    """Where the files of a checkpoint folder may lie once symlinks are followed: the folder, and for a
+    snapshot of the Hugging Face cache (models--org--name/snapshots/REV, whose files link to ../../blobs)
+    that cache entry's blobs."""
+    root = Path(folder).resolve()
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+        return root, root.parent.parent / "blobs"
+    return (root,)
+
+
+def checkpoint_file(folder: Path, name: str, required: bool = True) -> Path | None:
+    """folder/name, checked to be a regular file inside the folder once symlinks are followed (a checkpoint
+    folder is untrusted: `name` may come from its index, links may point anywhere, a fifo would block the
+    reader). A missing file is None, or a CheckpointError if `required`."""
+    path = Path(folder) / name
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        real = path.resolve()
+    except (OSError, RuntimeError, ValueError) as err:  # a symlink loop, a NUL byte in the name, ...
+        raise CheckpointError(f"{path} cannot be opened: {_one_line(err)}") from None
+    if not any(real.is_relative_to(root) for root in _allowed_roots(folder)):
+        raise CheckpointError(f"{path} lies outside the checkpoint folder {folder}: only the folder's own files are read")
+    try:
+        mode = os.stat(real).st_mode
+    except OSError:
+        if required:
+            raise CheckpointError(f"{path} not found") from None
+        return None
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"{path} is not a regular file")
+    return path
+
+
+def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
+    """A JSON object from a file of at most `max_bytes`, nested at most MAX_JSON_DEPTH deep."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+        if len(raw) > max_bytes:
+            raise CheckpointError(f"{path} is larger than {max_bytes >> 20} MiB")
+        data = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path} not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON: {_one_line(err)}") from None
-    if not isinstance(data, dict):
+    except RecursionError:
+        data = None  # nested deeper than the parser can follow: refused below
+    if not isinstance(data, dict) and data is not None:
         raise CheckpointError(f"{path} is not a JSON object")
+    if data is None or _json_depth(data) > MAX_JSON_DEPTH:
+        raise CheckpointError(f"{path} is nested more than {MAX_JSON_DEPTH} levels deep")
     return data
+
+
+def _json_depth(data) -> int:
+    """How many lists and objects nest in each other, counted without recursion up to MAX_JSON_DEPTH + 1."""
+    depth, level = 0, [data]
+    while depth <= MAX_JSON_DEPTH:
+        containers = [item for item in level if isinstance(item, (dict, list))]
+        if not containers:
+            break
+        depth += 1
+        level = [v for c in containers for v in (c.values() if isinstance(c, dict) else c)]
+    return depth
 
 
 def checkpoint_arch(config: dict) -> str | None:
@@ -96,13 +167,13 @@ def checkpoint_arch(config: dict) -> str | None:
 
 def load_config(folder: Path) -> dict:
     """config.json, checked to describe a Baichuan or Llama model."""
-    path = folder / "config.json"
-    if not path.is_file():
+    path = checkpoint_file(folder, "config.json", required=False)
+    if path is None:
         raise CheckpointError(f"{folder} has no config.json (not a Hugging Face checkpoint folder?)")
     config = read_json(path)
     if checkpoint_arch(config) is None:
         found = config.get("model_type") or config.get("architectures") or "unknown"
-        raise CheckpointError(f"{path} describes a {found} model, not Baichuan2 or Llama")
+        raise CheckpointError(f"{path} describes a {_short_repr(found)} model, not Baichuan2 or Llama")
     return config
 
 
@@ -113,7 +184,9 @@ def model_args_from_config(config: dict, max_seq_len: int | None = None) -> Mode
     def positive_int(key):
         value = config.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise CheckpointError(f"config.json: {key} must be a positive integer, got {value!r}")
+            raise CheckpointError(f"config.json: {key} must be a positive integer, got {_short_repr(value)}")
+        if value > MAX_SIZES[key]:
+            raise CheckpointError(f"config.json: {key} {value} is beyond any real model (at most {MAX_SIZES[key]})")
         return value
 
     llama = checkpoint_arch(config) == "llama"
@@ -128,19 +201,21 @@ def model_args_from_config(config: dict, max_seq_len: int | None = None) -> Mode
     if llama:
         _check_llama_features(config, hidden // heads)
     rope = llama or "max_position_embeddings" in config
+    if rope and (hidden // heads) % 2:
+        raise CheckpointError(f"config.json: RoPE needs an even head size, hidden_size / num_attention_heads is {hidden // heads}")
     context = positive_int("max_position_embeddings" if rope else "model_max_length")
     if max_seq_len is not None and not 0 < max_seq_len <= context:
         raise InputError(f"max sequence length {max_seq_len} must be between 1 and the model's context {context}")
     eps = config.get("rms_norm_eps", 1e-6)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
-        raise CheckpointError(f"config.json: rms_norm_eps must be a positive number, got {eps!r}")
+        raise CheckpointError(f"config.json: rms_norm_eps must be a positive number, got {_short_repr(eps)}")
     # transformers 5 writes rope_parameters: {"rope_theta": ...}; older configs a top-level rope_theta.
     rope_parameters = config.get("rope_parameters") or {}
     if not isinstance(rope_parameters, dict):
-        raise CheckpointError(f"config.json: rope_parameters must be an object, got {rope_parameters!r}")
+        raise CheckpointError(f"config.json: rope_parameters must be an object, got {_short_repr(rope_parameters)}")
     theta = rope_parameters.get("rope_theta", config.get("rope_theta", 10000.0))
     if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 < theta < math.inf:
-        raise CheckpointError(f"config.json: rope_theta must be a positive number, got {theta!r}")
+        raise CheckpointError(f"config.json: rope_theta must be a positive number, got {_short_repr(theta)}")
     return ModelArgs(
         vocab_size=positive_int("vocab_size"),
         hidden_size=hidden,
@@ -155,6 +230,15 @@ def model_args_from_config(config: dict, max_seq_len: int | None = None) -> Mode
     )
 
 
+def _short_repr(value, limit: int = 60) -> str:
+    """repr for messages, cut: config values may be anything (long strings, deep lists)."""
+    try:
+        text = value if isinstance(value, str) and value.isprintable() else repr(value)
+    except RecursionError:
+        text = f"a deeply nested {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _check_llama_features(config: dict, head_dim: int) -> None:
     """Refuse Llama variants the model does not implement, rather than compute something else."""
     if config.get("head_dim") not in (None, head_dim):
@@ -165,11 +249,11 @@ def _check_llama_features(config: dict, head_dim: int) -> None:
         if config.get(key):
             raise CheckpointError(f"config.json: {key} is not supported")
     if config.get("hidden_act", "silu") != "silu":
-        raise CheckpointError(f"config.json: hidden_act {config['hidden_act']!r} is not supported (only silu)")
+        raise CheckpointError(f"config.json: hidden_act {_short_repr(config['hidden_act'])} is not supported (only silu)")
     scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}
     kind = scaling.get("rope_type", scaling.get("type", "default")) if isinstance(scaling, dict) else scaling
     if kind != "default":
-        raise CheckpointError(f"config.json: RoPE scaling {kind!r} is not supported")
+        raise CheckpointError(f"config.json: RoPE scaling {_short_repr(kind)} is not supported")
 
 
 def is_tied(config: dict) -> bool:
@@ -203,17 +287,21 @@ def _ignored(config: dict, key: str) -> bool:
 def find_weight_files(folder: Path) -> list[Path]:
     """Weight files in load order; safetensors preferred over .bin when a folder has both."""
     for index_name, single in ((SAFETENSORS_INDEX, SAFETENSORS_FILE), (BIN_INDEX, BIN_FILE)):
-        if (folder / index_name).is_file():
-            weight_map = read_json(folder / index_name).get("weight_map")
+        index = checkpoint_file(folder, index_name, required=False)
+        if index is not None:
+            weight_map = read_json(index).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
-                raise CheckpointError(f"{folder / index_name} has no weight_map from tensor names to file names")
-            files = [folder / name for name in dict.fromkeys(weight_map.values())]
-            missing = [f.name for f in files if not f.is_file()]
+                raise CheckpointError(f"{index} has no weight_map from tensor names to file names")
+            names = list(dict.fromkeys(weight_map.values()))
+            files = [checkpoint_file(folder, name, required=False) for name in names]
+            missing = [_short_repr(name) for name, f in zip(names, files) if f is None]
             if missing:
-                raise CheckpointError(f"{folder / index_name} lists missing weight files: {', '.join(missing)}")
+                more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+                raise CheckpointError(f"{index} lists missing weight files: {', '.join(missing[:3])}{more}")
             return files
-        if (folder / single).is_file():
-            return [folder / single]
+        path = checkpoint_file(folder, single, required=False)
+        if path is not None:
+            return [path]
     raise CheckpointError(f"{folder} has no weights ({SAFETENSORS_FILE}, {BIN_FILE} or a sharded index)")
 
 
@@ -229,7 +317,15 @@ def _read_weight_file(path: Path):
             # about old formats are dropped: the error below says what to do.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+                try:
+                    state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+                except pickle.UnpicklingError:
+                    raise
+                except Exception as err:  # damaged bytes lead the unpickler anywhere: IndexError, KeyError, ...
+                    raise CheckpointError(
+                        f"cannot read weights file {path}: not a PyTorch checkpoint, or a damaged one "
+                        f"({type(err).__name__}: {_one_line(err)})"
+                    ) from None
             if not isinstance(state, dict):
                 raise CheckpointError(f"weights file {path} does not hold a state dict")
             yield from state.items()
@@ -302,17 +398,53 @@ def model_from_state_dict(config: dict, state_dict: dict, dtype: torch.dtype, de
     return _assemble(config, args, tensors, dtype, device)
 
 
+def _wanted(source, config: dict, expected: dict, key, shape: tuple) -> bool:
+    """Whether the model takes the checkpoint's tensor `key` (False: ignored); refuses unknown keys and
+    shapes other than config.json implies."""
+    if _ignored(config, key):
+        return False
+    if key not in expected:
+        raise CheckpointError(f"{source}: unexpected weight {_short_repr(key)} for the model described by config.json")
+    if shape != expected[key]:
+        raise CheckpointError(f"{source}: {key} has shape {shape}, config.json implies {expected[key]}")
+    return True
+
+
+def check_weights_match_config(config: dict, args: ModelArgs, files: list[Path]) -> None:
+    """Compare config.json with the tensors the safetensors headers describe, before any weight is read (.bin
+    files describe theirs only once loaded: load_model checks each tensor as it comes)."""
+    if not all(path.suffix == ".safetensors" for path in files):
+        return
+    shapes = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                shapes.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
+        except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+            raise CheckpointError(f"cannot read weights file {path} (truncated or corrupted?): {_one_line(err)}") from None
+    embed = shapes.get("model.embed_tokens.weight")
+    if embed is not None and embed != (args.vocab_size, args.hidden_size):
+        raise CheckpointError(f"config.json: vocab_size {args.vocab_size} and hidden_size {args.hidden_size} do not "
+                              f"match model.embed_tokens.weight of shape {embed} in the weights")
+    layers = {key.split(".")[2] for key in shapes if key.startswith("model.layers.") and key.count(".") > 2}
+    if len(layers) != args.num_layers:
+        raise CheckpointError(f"config.json: num_hidden_layers {args.num_layers}, but the weights hold {len(layers)} layers")
+    source = files[0].parent
+    expected = checkpoint_weight_shapes(config, args)
+    for key, shape in shapes.items():
+        _wanted(source, config, expected, key, shape)
+    _check_complete(source, expected, shapes)
+
+
 def _checked_tensors(source, config: dict, expected: dict, items, to_device) -> dict:
     """(key, tensor) pairs -> {key: to_device(tensor)}, refusing unknown keys, wrong shapes and values that
     are not finite in the model's dtype."""
     tensors = {}
     for key, tensor in items:
-        if _ignored(config, key):
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{source}: {_short_repr(key)} is a {type(tensor).__name__}, not a tensor")
+        if not _wanted(source, config, expected, key, tuple(tensor.shape)):
             continue
-        if key not in expected:
-            raise CheckpointError(f"{source}: unexpected weight {key} for the model described by config.json")
-        if tuple(tensor.shape) != expected[key]:
-            raise CheckpointError(f"{source}: {key} has shape {tuple(tensor.shape)}, config.json implies {expected[key]}")
         if not tensor.is_floating_point():
             raise CheckpointError(f"{source}: {key} holds {tensor.dtype} values, not floating-point weights")
         tensors[key] = to_device(tensor)
@@ -372,6 +504,12 @@ def _normalize_rows_(weight: torch.Tensor) -> None:
         rows.copy_(F.normalize(rows.float(), dim=1).to(weight.dtype))
 
 
+def _check_tokenizer_size(path: Path) -> None:
+    """The tokenizer libraries read a whole file into memory: refuse one far larger than any real tokenizer."""
+    if path.stat().st_size > MAX_TOKENIZER_BYTES:
+        raise CheckpointError(f"tokenizer file {path} is larger than {MAX_TOKENIZER_BYTES >> 20} MiB")
+
+
 class Tokenizer:
     """SentencePiece tokenizer.model (Baichuan2); encode adds no BOS/EOS, as Baichuan2's tokenizer."""
 
@@ -379,6 +517,7 @@ class Tokenizer:
         model_file = Path(model_file)
         if not model_file.is_file():
             raise CheckpointError(f"tokenizer file {model_file} not found")
+        _check_tokenizer_size(model_file)
         try:
             self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
         except (OSError, RuntimeError) as err:
@@ -414,15 +553,16 @@ class HFTokenizer:
         folder = Path(folder)
         from tokenizers import Tokenizer as FastTokenizer  # imported late: only Llama checkpoints need it
 
-        path = folder / "tokenizer.json"
-        if not path.is_file():
-            raise CheckpointError(f"tokenizer file {path} not found")
+        path = checkpoint_file(folder, "tokenizer.json", required=False)
+        if path is None:
+            raise CheckpointError(f"tokenizer file {folder / 'tokenizer.json'} not found")
+        _check_tokenizer_size(path)
         try:
             self.tok = FastTokenizer.from_file(str(path))
         except Exception as err:  # the Rust side raises plain Exceptions
             raise CheckpointError(f"tokenizer file {path} is not a tokenizers JSON file: {_one_line(err)}") from None
-        config_path = folder / "tokenizer_config.json"
-        config = read_json(config_path) if config_path.is_file() else {}
+        config_path = checkpoint_file(folder, "tokenizer_config.json", required=False)
+        config = read_json(config_path) if config_path is not None else {}
         # Tokens are strings or serialized AddedTokens ({"content": ...}).
         self.special_tokens = {}
         for name in self.SPECIAL_NAMES:
@@ -453,12 +593,33 @@ class HFTokenizer:
             raise InputError("the checkpoint has no chat template (tokenizer_config.json); use --raw-prompt")
         import jinja2  # imported late: only Llama checkpoints need it
 
+        conversation = sum(len(m["content"]) for m in messages)
+        max_chars, max_bytes = TEMPLATE_OUTPUT_CHARS + 8 * conversation, TEMPLATE_MEMORY_BYTES + 64 * conversation
         try:
-            return _compile_template(self.chat_template).render(
-                messages=messages, add_generation_prompt=add_generation_prompt, **self.special_tokens
-            )
+            # The timer is the inner bound: it is stopped before the memory bound is lifted, so that it
+            # cannot fire in between and leave the process bounded.
+            with _memory_limit(max_bytes), _time_limit(TEMPLATE_SECONDS):
+                chunks, size = [], 0
+                stream = _compile_template(self.chat_template).generate(
+                    messages=messages, add_generation_prompt=add_generation_prompt, **self.special_tokens
+                )
+                for chunk in stream:
+                    size += len(chunk)
+                    if size > max_chars:
+                        raise TemplateLimit(f"writes more than {max_chars:,} characters")
+                    chunks.append(chunk)
         except jinja2.TemplateError as err:
             raise InputError(f"the chat template rejected the conversation: {_one_line(err)}") from None
+        except TemplateLimit as err:
+            raise CheckpointError(f"the checkpoint's chat template {err}: refused") from None
+        except MemoryError:
+            raise CheckpointError(f"the checkpoint's chat template needs more than {max_bytes >> 20} MiB of memory: "
+                                  "refused") from None
+        except RecursionError:
+            raise CheckpointError("the checkpoint's chat template recurses too deeply: refused") from None
+        except Exception as err:  # the template is the checkpoint's code: any failure of it is the checkpoint's
+            raise CheckpointError(f"the checkpoint's chat template failed: {type(err).__name__}: {_one_line(err)}") from None
+        return "".join(chunks)
 
 
 def _chat_template(folder: Path, config: dict) -> str | None:
@@ -468,21 +629,99 @@ def _chat_template(folder: Path, config: dict) -> str | None:
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
-    if isinstance(template, str):
-        return template
-    jinja_file = folder / "chat_template.jinja"
-    return jinja_file.read_text(encoding="utf-8") if jinja_file.is_file() else None
+    if not isinstance(template, str):
+        jinja_file = checkpoint_file(folder, "chat_template.jinja", required=False)
+        if jinja_file is None:
+            return None
+        try:
+            with open(jinja_file, encoding="utf-8") as f:
+                template = f.read(MAX_TEMPLATE_CHARS + 1)
+        except (OSError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"cannot read {jinja_file}: {_one_line(err)}") from None
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise CheckpointError(f"{folder}: the chat template is longer than {MAX_TEMPLATE_CHARS:,} characters")
+    return template
+
+
+class TemplateLimit(BaseException):
+    """A chat template went past a bound. A BaseException, so that no `except Exception` on the way
+    (Jinja's, or one the template reaches) swallows it."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Interrupt the block after `seconds` (SIGALRM: in the main thread, where there is one; else unbounded)."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum, frame):
+        raise TemplateLimit(f"runs longer than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def _memory_limit(extra_bytes: int):
+    """Let the process's address space grow by at most `extra_bytes` in the block (RLIMIT_AS, lowered and
+    raised back; Linux): allocations past it raise MemoryError instead of eating the machine's memory."""
+    try:
+        import resource
+
+        with open("/proc/self/statm") as f:
+            used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):
+        yield
+        return
+    limit = used + extra_bytes
+    if (soft != resource.RLIM_INFINITY and soft <= limit) or (hard != resource.RLIM_INFINITY and hard < limit):
+        yield  # already limited at least as tightly
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _bounded_binop(operator: str, left, right):
+    """* and ** of the sandbox, refusing integers and repeated sequences too large to compute in a bound."""
+    ints = isinstance(left, int) and isinstance(right, int)
+    if operator == "**" and ints and right > 0 and left.bit_length() * right > MAX_TEMPLATE_INT_BITS:
+        raise TemplateLimit(f"computes an integer of more than {MAX_TEMPLATE_INT_BITS} bits")
+    if operator == "*":
+        if ints and left.bit_length() + right.bit_length() > MAX_TEMPLATE_INT_BITS:
+            raise TemplateLimit(f"computes an integer of more than {MAX_TEMPLATE_INT_BITS} bits")
+        count, sequence = (left, right) if isinstance(left, int) else (right, left)
+        if isinstance(count, int) and hasattr(sequence, "__len__") and count * len(sequence) > TEMPLATE_OUTPUT_CHARS:
+            raise TemplateLimit(f"repeats a sequence past {TEMPLATE_OUTPUT_CHARS:,} items")
+    return left ** right if operator == "**" else left * right
 
 
 _templates: dict = {}
 
 
 def _compile_template(source: str):
-    """A sandboxed Jinja environment configured like transformers' (templates come from the hub)."""
+    """A sandboxed Jinja environment configured like transformers' (templates come from the hub), whose
+    * and ** are bounded (see render_chat for the bounds on time, memory and output)."""
     if source not in _templates:
         import jinja2
         import jinja2.ext
         from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        class BoundedEnvironment(ImmutableSandboxedEnvironment):
+            intercepted_binops = frozenset({"*", "**"})  # also keeps them from being folded at compile time
+
+            def call_binop(self, context, operator, left, right):
+                return _bounded_binop(operator, left, right) if operator in ("*", "**") else super().call_binop(
+                    context, operator, left, right)
 
         def raise_exception(message):
             raise jinja2.TemplateError(message)
@@ -490,7 +729,7 @@ def _compile_template(source: str):
         def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
             return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-        env = ImmutableSandboxedEnvironment(
+        env = BoundedEnvironment(
             trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
         )
         env.filters["tojson"] = tojson
@@ -592,8 +831,21 @@ def build_template_chat_ids(
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}  # top_k 0 and top_p 1: off
 
 
+SAMPLING_RULES = {  # name -> (test, what it must be)
+    "temperature": (lambda v: 0 < v < math.inf, "positive and finite"),
+    "top_k": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "top_p": (lambda v: 0.0 < v <= 1.0, "in (0, 1] (1: off)"),
+}
+
+
+def sampling_errors(**settings) -> list[str]:
+    """'NAME must be ..., got VALUE' for each setting out of range."""
+    return [f"{name} must be {what}, got {settings[name]}" for name, (ok, what) in SAMPLING_RULES.items()
+            if name in settings and not ok(settings[name])]
+
+
 def valid_sampling(temperature: float, top_k: int, top_p: float) -> bool:
-    return 0 < temperature < math.inf and top_k >= 0 and 0.0 < top_p <= 1.0
+    return not sampling_errors(temperature=temperature, top_k=top_k, top_p=top_p)
 
 
 @dataclass
@@ -636,9 +888,10 @@ class Checkpoint:
         given = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         settings = {name: next(v for v in (given[name], getattr(self, name), default) if v is not None)
                     for name, default in SAMPLING_DEFAULTS.items()}
-        if not valid_sampling(**settings):
-            raise CheckpointError(f"{self.folder / 'generation_config.json'} gives sampling settings out of range "
-                                  f"({settings}); pass --temperature, --top-k and --top-p")
+        errors = sampling_errors(**settings)
+        if errors:  # the flags were checked before: the value comes from the checkpoint
+            flag = "--" + errors[0].split()[0].replace("_", "-")
+            raise CheckpointError(f"{self.folder / 'generation_config.json'}: {errors[0]}; pass {flag}")
         return settings
 
     def chat_ids(self, tokenizer, messages_or_prompt, *, system: str = "", max_input_tokens: int):
@@ -681,23 +934,24 @@ def open_checkpoint(path_or_id: str, max_seq_len: int | None = None) -> Checkpoi
     arch = checkpoint_arch(config)
     args = model_args_from_config(config, max_seq_len)
     weight_files = find_weight_files(folder)
+    check_weights_match_config(config, args, weight_files)
     tokenizer_file = "tokenizer.model" if arch == "baichuan" else "tokenizer.json"
-    if not (folder / tokenizer_file).is_file():
+    if checkpoint_file(folder, tokenizer_file, required=False) is None:
         raise CheckpointError(f"{folder} has no {tokenizer_file}")
     values = {"eos_token_ids": _eos_ids(config.get("eos_token_id")) or ()}
-    generation_path = folder / "generation_config.json"
-    if generation_path.is_file():
+    generation_path = checkpoint_file(folder, "generation_config.json", required=False)
+    if generation_path is not None:
         generation = read_json(generation_path)
         if generation.get("eos_token_id") is not None:
             values["eos_token_ids"] = _eos_ids(generation["eos_token_id"])
             if not values["eos_token_ids"]:
                 raise CheckpointError(
-                    f"{generation_path}: eos_token_id has invalid value {generation['eos_token_id']!r}"
+                    f"{generation_path}: eos_token_id has invalid value {_short_repr(generation['eos_token_id'])}"
                 )
         for key, kind in GENERATION_FIELDS.items():
             if key in generation:
                 if not _is_kind(generation[key], kind):
-                    raise CheckpointError(f"{generation_path}: {key} has invalid value {generation[key]!r}")
+                    raise CheckpointError(f"{generation_path}: {key} has invalid value {_short_repr(generation[key])}")
                 values[key] = kind(generation[key])
     ckpt = Checkpoint(folder=folder, config=config, args=args, weight_files=weight_files, arch=arch, **values)
     ids = {"eos_token_id": ckpt.eos_token_ids}
@@ -712,7 +966,10 @@ def open_checkpoint(path_or_id: str, max_seq_len: int | None = None) -> Checkpoi
 
 def load_tokenizer(ckpt: Checkpoint) -> Tokenizer | HFTokenizer:
     """The checkpoint's tokenizer, its eos_token_id set to the one generation stops at."""
-    tokenizer = Tokenizer(ckpt.folder / "tokenizer.model") if ckpt.arch == "baichuan" else HFTokenizer(ckpt.folder)
+    if ckpt.arch == "baichuan":
+        tokenizer = Tokenizer(checkpoint_file(ckpt.folder, "tokenizer.model"))
+    else:
+        tokenizer = HFTokenizer(ckpt.folder)
     if tokenizer.vocab_size > ckpt.args.vocab_size:
         name = "tokenizer.model" if ckpt.arch == "baichuan" else "tokenizer.json"
         raise CheckpointError(
@@ -759,6 +1016,7 @@ def check_memory(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device, dra
     """Refuse, before reading any weight, a model that cannot fit the device at all."""
     total = device_memory_bytes(torch.device(device))
     if total is None:
+        _check_cache_fits_ram(ckpt, dtype)
         return
     need = memory_needed(ckpt, dtype, draft_group_size)
     if sum(need.values()) <= total:
@@ -769,6 +1027,20 @@ def check_memory(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device, dra
     hint = f"; without the draft it needs {without_draft / gib:.1f} GiB" if draft_group_size and without_draft <= total else ""
     raise CheckpointError(f"{ckpt.folder} needs at least {sum(need.values()) / gib:.1f} GiB on {device} ({parts}) "
                           f"and the device has {total / gib:.1f} GiB{hint}")
+
+
+def _check_cache_fits_ram(ckpt: Checkpoint, dtype: torch.dtype) -> None:
+    """On CPU only the KV cache is checked (weights may stay pages of a memory-mapped file): it is zero-filled
+    when allocated, so one larger than the machine's memory would swap or be killed, not fail cleanly."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to compare with
+        return
+    a = ckpt.args
+    cache = 2 * a.num_layers * a.max_seq_len * a.num_kv_heads * a.head_dim * dtype.itemsize
+    if cache > ram:
+        raise CheckpointError(f"{ckpt.folder}: the KV cache for a context of {a.max_seq_len:,} tokens needs "
+                              f"{cache / 2**30:.1f} GiB, more than this machine's {ram / 2**30:.1f} GiB of memory")
 
 
 def load_checkpoint(

@@ -134,7 +134,8 @@ def test_sampling_settings_come_from_the_flags_then_the_generation_config(tiny_7
     folder = tiny_copy()
     (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.0, "top_p": 0.9}))
     ckpt = open_checkpoint(str(folder))  # greedy decoding never reads these, so opening it is fine
-    with pytest.raises(CheckpointError, match="generation_config.json gives sampling settings out of range"):
+    with pytest.raises(CheckpointError, match=r"generation_config.json: temperature must be positive and finite, "
+                                              r"got 0.0; pass --temperature"):
         ckpt.sampling()
     assert ckpt.sampling(temperature=0.5) == {"temperature": 0.5, "top_k": 0, "top_p": 0.9}
 

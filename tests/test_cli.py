@@ -89,12 +89,16 @@ def test_repetition_penalty_through_the_cli(tiny_7b):
     assert sampled.stderr == ""  # the penalty is given: no warning about the checkpoint's
 
 
-def test_raw_prompt_and_truncation_warning(tiny_7b):
+def test_a_prompt_that_does_not_fit_is_an_error_and_a_long_system_text_is_cut(tiny_7b):
     long_prompt = "the river flows to the sea " * 200  # far beyond the tiny 256-token context
     result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", long_prompt, "--raw-prompt", "--n-predict", 8,
-                     "--warmup", 0, "--json", check_exit=0)
+                     "--warmup", 0, "--json")
+    assert_clean_error(result, "--n-predict 8 leaves room for 248 prompt tokens in the context of 256", "needs")
+    # The user's message fits; the system text before it is cut from the left to make room.
+    result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--system", "Be brief. " * 100,
+                     "--n-predict", 200, "--warmup", 0, "--json", check_exit=0)
     assert result.stderr.count("\n") == 1 and "truncated" in result.stderr
-    assert json.loads(result.stdout.splitlines()[-1])["prompt_tokens"] == 256 - 8
+    assert json.loads(result.stdout.splitlines()[-1])["prompt_tokens"] == 256 - 200
 
 
 def damage(kind, tiny_copy):
@@ -127,6 +131,11 @@ def damage(kind, tiny_copy):
         state["model.norm.weight"] = {"weights complex": norm.to(torch.complex64), "weights int64": norm.long(),
                                       "weights NaN": norm.clone().fill_(float("nan"))}[kind]
         save_file(state, path / "model.safetensors")
+    elif kind == "weight_map leaves the folder":  # crafted: the loader must not read another folder's file
+        path = tiny_copy(fmt="sharded-safetensors")
+        index = json.loads((path / "model.safetensors.index.json").read_text())
+        index["weight_map"] = {key: "../" * 30 + "etc/passwd" for key in index["weight_map"]}
+        (path / "model.safetensors.index.json").write_text(json.dumps(index))
     elif kind == "weight_map of lists":
         path = tiny_copy(fmt="sharded-safetensors")
         index = json.loads((path / "model.safetensors.index.json").read_text())
@@ -148,6 +157,8 @@ def damage(kind, tiny_copy):
             config["rope_theta"] = float("inf")
         elif kind == "context too large to allocate":
             config["max_position_embeddings"] = 10**12
+        elif kind == "a billion layers":
+            config["num_hidden_layers"] = 10**9
         (path / "config.json").write_text(json.dumps(config))
     return path
 
@@ -156,7 +167,7 @@ BAD_CHECKPOINTS = [
     "no config", "no weights", "not baichuan", "truncated safetensors", "corrupted bin", "legacy pickle bin",
     "weights complex", "weights int64", "weights NaN", "weight_map of lists", "shape mismatch",
     "architectures not a list", "rope_parameters not an object", "rms_norm_eps NaN", "rope_theta infinite",
-    "context too large to allocate",
+    "context too large to allocate", "weight_map leaves the folder", "a billion layers",
 ]
 
 
@@ -170,7 +181,7 @@ def assert_clean_error(result, *words):
 
 @pytest.mark.parametrize("kind", BAD_CHECKPOINTS)
 def test_bad_checkpoints(kind, tiny_copy):
-    result = run_cli("--repo-id-or-model-path", damage(kind, tiny_copy), "--n-predict", 4, "--warmup", 0)
+    result = run_cli("--repo-id-or-model-path", damage(kind, tiny_copy), "--prompt", "hi", "--n-predict", 4, "--warmup", 0)
     assert_clean_error(result)
     assert "weights_only set to False" not in result.stderr  # torch's advice; this project never takes it
 
@@ -186,7 +197,10 @@ def test_missing_path_and_uncached_hub_id(tmp_path):
     (["--n-predict", 256], ["n-predict"]),
     (["--th-stop-draft", 1.5], ["th-stop-draft"]),
     (["--max-step-draft", 0], ["max-step-draft"]),
-    (["--top-p", 0], ["top-p"]),
+    (["--top-p", 0], ["--top-p must be in (0, 1]"]),
+    (["--top-k", -1], ["--top-k must be >= 0"]),
+    (["--do-sample", "--temperature", 0], ["--temperature must be positive"]),
+    (["--prompt", "hello there, how are you?", "--n-predict", 250], ["room for 6 prompt tokens", "needs 15"]),
     (["--do-sample", "--temperature", "nan"], ["temperature"]),
     (["--do-sample", "--temperature", "inf"], ["temperature"]),
     (["--do-sample", "--seed", 2**64], ["seed"]),
@@ -223,7 +237,7 @@ def test_closed_stdout_is_not_a_traceback(tiny_7b):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     process.stdout.close()  # the reader is gone before the answer is printed (as with `| head -c 0`)
-    assert process.wait(timeout=300) == 1
+    assert process.wait(timeout=300) == 141  # as a tool that SIGPIPE ends
     assert process.stderr.read() == b""
 
 
@@ -274,7 +288,7 @@ def test_out_of_memory_on_cuda_is_one_line(tiny_7b):
 def test_nothing_imports_torch_compile_machinery(tiny_7b, device):
     # TorchDynamo and what it pulls in (sympy, ...) cost 1.7 s of start-up with bytecode caches, more without.
     code = (f"import runpy, sys; sys.argv = ['speculative.py', '--repo-id-or-model-path', {str(tiny_7b)!r}, "
-            f"'--device', {device!r}, '--n-predict', '8']\n"
+            f"'--device', {device!r}, '--prompt', 'hi', '--n-predict', '8']\n"
             f"try:\n    runpy.run_path({str(ROOT / 'speculative.py')!r}, run_name='__main__')\n"
             "finally:\n    print('imported:', sorted(m for m in ('torch._dynamo', 'torch._inductor', 'sympy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -291,3 +305,44 @@ def test_ids_beyond_the_tokenizer_in_a_padded_vocabulary_decode_to_nothing(tiny_
     record = json.loads(run_cli("--repo-id-or-model-path", folder, "--prompt", "hi", "--n-predict", 16, "--warmup", 0,
                                 "--json", check_exit=0).stdout.splitlines()[-1])
     assert any(i >= 600 for i in record["token_ids"])  # the case this test is about did occur
+
+
+def interrupt_when_reached(tmp_path, folder, patch: str):
+    """Run the CLI with `patch` applied (it touches `marker` where the interrupt should land), send SIGINT
+    once the marker exists, and return (status, stderr)."""
+    import signal
+    import time
+
+    marker = tmp_path / "reached"
+    code = (f"import pathlib, runpy, sys, time\nmarker = pathlib.Path({str(marker)!r})\n{patch}\n"
+            f"sys.argv = ['speculative.py', '--repo-id-or-model-path', {str(folder)!r}, '--prompt', 'hi', "
+            f"'--n-predict', '8', '--warmup', '0']\n"
+            f"runpy.run_path({str(ROOT / 'speculative.py')!r}, run_name='__main__')\n")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), process.stderr.read() if process.poll() is not None else "marker never reached"
+    process.send_signal(signal.SIGINT)
+    return process.wait(timeout=60), process.stderr.read().decode()
+
+
+def test_ctrl_c_while_loading_and_while_generating(tiny_7b, tmp_path):
+    loading = ("import selfspec.checkpoint as c\nread = c._read_weight_file\n"
+               "def slow(path):\n    marker.touch()\n    time.sleep(120)\n    yield from read(path)\n"
+               "c._read_weight_file = slow")
+    assert interrupt_when_reached(tmp_path, tiny_7b, loading) == (130, "interrupted\n")
+    generating = ("import selfspec.generate as g\ngenerate = g.generate\n"
+                  "def endless(*args, **kwargs):\n    marker.touch()\n    while True:\n        generate(*args, **kwargs)\n"
+                  "g.generate = endless")
+    (tmp_path / "reached").unlink()
+    assert interrupt_when_reached(tmp_path, tiny_7b, generating) == (130, "interrupted\n")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_stdout_on_a_full_disk(tiny_7b):
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, str(ROOT / "speculative.py"), "--repo-id-or-model-path", str(tiny_7b),
+                                 "--prompt", "hi", "--n-predict", "8", "--warmup", "0"],
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert (result.returncode, result.stderr) == (1, "error: cannot write the output: No space left on device\n")

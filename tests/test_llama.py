@@ -187,15 +187,16 @@ def test_missing_tokenizer_and_template(tmp_path):
 
 
 def test_cli_on_a_llama_checkpoint(tied_gqa):
-    def run(*args):
+    def run(*args, status=0):
         result = subprocess.run([sys.executable, str(ROOT / "speculative.py"), "--repo-id-or-model-path", str(tied_gqa),
                                  "--n-predict", "24", "--dtype", "float32", "--warmup", "0", "--json", *args],
                                 capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout.splitlines()[-1]), result.stderr
+        assert result.returncode == status, result.stderr
+        return json.loads(result.stdout.splitlines()[-1]) if status == 0 else None, result.stderr
 
     spec, _ = run("--prompt", "Tell me about the sea.", "--system", "Be brief.")
     plain, _ = run("--prompt", "Tell me about the sea.", "--system", "Be brief.", "--no-speculative")
     assert spec["token_ids"] == plain["token_ids"] and spec["drafted"] > 0
-    raw, stderr = run("--prompt", "the sea " * 300, "--raw-prompt")
-    assert "truncated" in stderr and raw["prompt_tokens"] == 256 - 24
+    # A message longer than the room the answer leaves is refused, not cut (from the left, as it was).
+    _, stderr = run("--prompt", "the sea " * 300, "--raw-prompt", status=2)
+    assert stderr.startswith("error: --n-predict 24 leaves room for 232 prompt tokens") and stderr.count("\n") == 1

