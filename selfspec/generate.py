@@ -411,7 +411,7 @@ def generate(
             buf[1 : m + 1].copy_(staging[:m], non_blocking=True)
             if do_sample:  # q = one-hot(d): accepted with probability p(d)
                 draft_probs[:m].zero_().scatter_(1, buf[1 : m + 1, None], 1.0)
-        if draft is not None and (m == 0 or draft_after_lookup):
+        if draft is not None and (m == 0 or draft_after_lookup and m < k_max):
             draft_seen = None if seen is None else seen.clone()
             if draft_seen is not None and m:
                 draft_seen.index_fill_(0, buf[1 : m + 1], True)

@@ -90,7 +90,7 @@ def test_lookup_equals_plain_on_passage_and_code_prompts(smollm2):
     draft = make_draft(model, group_size=64)
     lookup_accepted = 0
     for prompt in (PROMPTS[9], PROMPTS[-1]):  # extract from the passage; edit the code
-        ids, _ = ckpt.chat_ids(tokenizer, prompt)
+        ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=model.max_seq_len - 48)
         for penalty in (1.0, 1.1):
             options = dict(eos_token_id=ckpt.eos_token_id, repetition_penalty=penalty)
             plain, _ = generate(model, ids, 48, **options)
