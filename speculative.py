@@ -11,7 +11,7 @@ import torch
 from selfspec import InputError, run_main
 from selfspec.checkpoint import SAMPLING_DEFAULTS, load_checkpoint, sampling_errors
 from selfspec.cuda_graphs import graph_models
-from selfspec.generate import TextStreamer, generate, pick_device
+from selfspec.generate import DRAFT_SOURCES, TextStreamer, generate, pick_device
 from selfspec.quantize import make_draft
 
 DEFAULT_PROMPT = (
@@ -24,6 +24,7 @@ DEFAULT_PROMPT = (
     "如今，江苏和浙江境内的河段仍在通航，每年承担着大量煤炭、建材等货物的运输。"
     "请根据上面的材料回答：大运河在历史上为什么重要，后来又为什么衰落？"
 )
+DEFAULT_DRAFT = "lookup+int4"
 
 
 def parse_args(argv=None):
@@ -42,6 +43,10 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"],
                    help="default: float16 on GPUs, bfloat16 on CPU")
     p.add_argument("--no-speculative", action="store_true", help="plain decoding with the same engine")
+    p.add_argument("--draft", choices=DRAFT_SOURCES,
+                   help=f"where drafts come from: int4 (the INT4 copy of the weights), lookup (tokens that followed the "
+                        f"context's last few tokens earlier in the prompt or the answer), lookup+int4 (the lookup when it "
+                        f"finds a match, else the INT4 draft) (default: {DEFAULT_DRAFT})")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float,
                    help="with --do-sample (default: the checkpoint's generation_config.json, else 1)")
@@ -97,6 +102,8 @@ def check_args(args):
         print("warning: --temperature, --top-k and --top-p apply only with --do-sample", file=sys.stderr)
     if args.raw_prompt and args.system:
         print("warning: --system is not used with --raw-prompt", file=sys.stderr)
+    if args.no_speculative and args.draft is not None:
+        print("warning: --draft is not used with --no-speculative", file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -121,8 +128,10 @@ def run(args) -> int:
         return 0
     device = pick_device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cpu" else "float16"))
+    draft_source = None if args.no_speculative else args.draft or DEFAULT_DRAFT
+    uses_int4 = draft_source in ("int4", "lookup+int4")
     ckpt, model, tokenizer = load_checkpoint(args.repo_id_or_model_path, dtype, device,
-                                             draft_group_size=None if args.no_speculative else args.group_size)
+                                             draft_group_size=args.group_size if uses_int4 else None)
     context = model.max_seq_len
     if args.n_predict >= context:
         raise InputError(f"--n-predict {args.n_predict} leaves no room for the prompt in the context of {context}")
@@ -148,12 +157,13 @@ def run(args) -> int:
         if ckpt.repetition_penalty not in (None, 1.0) and args.repetition_penalty is None:
             print(f"warning: the checkpoint's repetition_penalty {ckpt.repetition_penalty} is not applied "
                   f"(--repetition-penalty {ckpt.repetition_penalty} applies it)", file=sys.stderr)
-    draft = None if args.no_speculative else make_draft(model, group_size=args.group_size)
+    draft = make_draft(model, group_size=args.group_size) if uses_int4 else None
     if device.type == "cuda":  # replay decode steps as CUDA graphs (captured during the warm-up)
         model, draft = graph_models(model, draft)
     options = dict(
-        draft=draft, do_sample=args.do_sample, **sampling, repetition_penalty=repetition_penalty,
-        th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft, eos_token_id=ckpt.eos_token_id,
+        draft=draft, draft_source=draft_source or "int4", do_sample=args.do_sample, **sampling,
+        repetition_penalty=repetition_penalty, th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft,
+        eos_token_id=ckpt.eos_token_id,
     )
 
     def seeded():  # a fresh generator per run: the timed run samples the same whatever --warmup is
@@ -167,7 +177,7 @@ def run(args) -> int:
     answer_ids = [t for t in output_ids if t != ckpt.eos_token_id]
     if args.json:
         record = {"text": tokenizer.decode(answer_ids), "token_ids": output_ids, **stats.as_dict(),
-                  "speculative": draft is not None, "sampling": sampling or None,
+                  "speculative": draft_source is not None, "draft_source": draft_source, "sampling": sampling or None,
                   "repetition_penalty": repetition_penalty, "device": device.type,
                   "dtype": str(dtype).removeprefix("torch.")}
         print(json.dumps(record, ensure_ascii=False))
@@ -175,13 +185,20 @@ def run(args) -> int:
     print(f"Tokens generated {stats.tokens_generated}")
     print(f"E2E Generation time {stats.e2e_time_s:.4f}s")
     print(f"First token latency {stats.first_token_latency_s:.4f}s")
-    if draft is not None:
+    if draft_source is not None:
         print(f"Draft tokens proposed {stats.drafted}")
         print(f"Draft tokens accepted {stats.accepted}")
         print(f"Acceptance rate {stats.acceptance_rate:.2%}")
         print(f"Verification steps {stats.verify_steps}")
         print(f"Tokens per verification step {stats.tokens_per_step:.2f}")
     print(f"Decode speed {stats.decode_tokens_per_s:.2f} tokens/s")
+    if draft_source in ("lookup", "lookup+int4"):  # where the drafts above came from
+        print(f"Lookup tokens proposed {stats.lookup_drafted}")
+        print(f"Lookup tokens accepted {stats.lookup_accepted}")
+        print(f"Lookup verification steps {stats.lookup_steps}")
+    if draft_source == "lookup+int4":
+        print(f"INT4 draft tokens proposed {stats.drafted - stats.lookup_drafted}")
+        print(f"INT4 draft tokens accepted {stats.accepted - stats.lookup_accepted}")
     return 0
 
 

@@ -24,13 +24,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from selfspec import InputError, run_main  # noqa: E402
 from selfspec.generate import generate, synchronize  # noqa: E402
 from selfspec.model import Baichuan2, ModelArgs  # noqa: E402
+from measure_acceptance import VARIANTS  # noqa: E402
 from selfspec.quantize import (  # noqa: E402
-    LM_HEADS, Int4Linear, Int8Linear, frequent_vocab, make_draft, quantize_int4, weight_bytes,
+    LM_HEADS, Int8Linear, frequent_vocab, make_draft, quantize_int4, weight_bytes,
 )
 
 SHAPES = {
@@ -47,6 +48,9 @@ def parse_args():
     p.add_argument("--proxy", help="a Llama checkpoint folder (e.g. SmolLM2 from scripts/convert_gguf.py) embedded "
                    "exactly into the 7B shape on the GPU (scripts/make_proxy.py): real acceptance at 7B cost, on the "
                    "chat prompts of scripts/measure_acceptance.py")
+    p.add_argument("--draft", nargs="+", default=["int4", "lookup+int4", "lookup+int4+continue"], choices=list(VARIANTS),
+                   help="with --proxy: the draft variants timed against plain decoding, each on every prompt "
+                        "(scripts/measure_acceptance.py's VARIANTS; default: %(default)s)")
     p.add_argument("--prompt-tokens", type=int, default=1024)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--max-step-draft", type=int, default=8)
@@ -356,8 +360,9 @@ def bench_shape(shape: str, args, bandwidth: float) -> dict:
 
 @torch.inference_mode()
 def bench_proxy(args) -> dict:
-    """Plain vs self-speculative on a real model embedded into the 7B shape, per chat prompt; and
-    transformers' eager generate on a same-sized Llama (its cost does not depend on the weights)."""
+    """Plain vs self-speculative decoding (each draft variant of --draft) on a real model embedded into the
+    7B shape, per chat prompt; and transformers' eager generate on a same-sized Llama (its cost does not
+    depend on the weights)."""
     from make_proxy import BAICHUAN2_7B_SHAPE, embed_llama, read_llama
     from measure_acceptance import PROMPTS
 
@@ -379,28 +384,36 @@ def bench_proxy(args) -> dict:
     model_g, draft_g = graph_models(model, draft, pdl=not args.no_pdl)
     options = dict(max_step_draft=args.max_step_draft, min_step_draft=args.min_step_draft, th_stop_draft=args.th_stop_draft,
                    eos_token_id=ckpt.eos_token_id)
+    runs = [("plain", None, {})] + [
+        (v, None if VARIANTS[v]["draft_source"] == "lookup" else draft_g, VARIANTS[v]) for v in args.draft]
     rows = []
     for prompt in PROMPTS:
         ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=args.prompt_tokens)
         row = {"prompt": prompt[:60], "prompt_tokens": len(ids)}
-        for name, d in (("plain", None), ("speculative", draft_g)):
-            generate(model_g, ids, args.new_tokens, draft=d, **options)  # warm-up: captures graphs
-            out, stats = generate(model_g, ids, args.new_tokens, draft=d, **options)
+        for name, d, variant in runs:
+            generate(model_g, ids, args.new_tokens, draft=d, **options, **variant)  # warm-up: captures graphs
+            out, stats = generate(model_g, ids, args.new_tokens, draft=d, **options, **variant)
             row[name] = {**stats.as_dict(), "token_ids": out}
-        row["identical"] = row["plain"]["token_ids"] == row["speculative"]["token_ids"]
+        for name in args.draft:
+            row[name]["identical"] = row[name]["token_ids"] == row["plain"]["token_ids"]
+            row[name]["speedup"] = row[name]["decode_tokens_per_s"] / row["plain"]["decode_tokens_per_s"]
         rows.append(row)
-    decode = {n: sum(r[n]["e2e_time_s"] - r[n]["first_token_latency_s"] for r in rows) for n in ("plain", "speculative")}
-    tokens = sum(r["plain"]["tokens_generated"] - 1 for r in rows)
-    spec_tokens = sum(r["speculative"]["tokens_generated"] - 1 for r in rows)
-    drafted = sum(r["speculative"]["drafted"] for r in rows)
-    result = {
-        "shape": "7b proxy of " + Path(args.proxy).name, "weights": "real (embedded)", "prompts": rows,
-        "plain_decode_tokens_per_s": tokens / decode["plain"],
-        "speculative_decode_tokens_per_s": spec_tokens / decode["speculative"],
-        "acceptance_rate": sum(r["speculative"]["accepted"] for r in rows) / drafted if drafted else 0.0,
-        "all_identical": all(r["identical"] for r in rows),
-    }
-    result["speedup"] = result["speculative_decode_tokens_per_s"] / result["plain_decode_tokens_per_s"]
+
+    def decode_tokens_per_s(name):
+        tokens = sum(r[name]["tokens_generated"] - 1 for r in rows)
+        return tokens / sum(r[name]["e2e_time_s"] - r[name]["first_token_latency_s"] for r in rows)
+
+    result = {"shape": "7b proxy of " + Path(args.proxy).name, "weights": "real (embedded)", "prompts": rows,
+              "plain_decode_tokens_per_s": decode_tokens_per_s("plain"), "variants": {}}
+    for name in args.draft:
+        totals = {key: sum(r[name][key] for r in rows)
+                  for key in ("drafted", "accepted", "lookup_drafted", "lookup_accepted", "lookup_steps", "verify_steps")}
+        result["variants"][name] = {
+            "decode_tokens_per_s": decode_tokens_per_s(name),
+            "speedup": decode_tokens_per_s(name) / result["plain_decode_tokens_per_s"],
+            "acceptance_rate": totals["accepted"] / totals["drafted"] if totals["drafted"] else 0.0,
+            **totals, "all_identical": all(r[name]["identical"] for r in rows),
+        }
     if args.peers:
         result["peers"] = proxy_peer_rows(model, ckpt, tokenizer, rows, args)
     del model, draft, model_g, draft_g
@@ -411,7 +424,8 @@ def bench_proxy(args) -> dict:
         prompt = torch.randint(3, VOCAB, (256,), generator=gen).tolist()
         result["transformers_eager"] = run_transformers("7b", prompt, args, compile_=False)
         hf_decode = 1e3 / result["transformers_eager"]["ms_per_token"]
-        result["speculative_over_transformers_eager"] = result["speculative_decode_tokens_per_s"] / hf_decode
+        for summary in result["variants"].values():
+            summary["over_transformers_eager"] = summary["decode_tokens_per_s"] / hf_decode
     return result
 
 
@@ -662,19 +676,32 @@ def peers_markdown(r: dict) -> str:
 
 
 def proxy_markdown(r: dict, meta: dict) -> str:
+    def split(row, source):
+        drafted = row["lookup_drafted"] if source == "lookup" else row["drafted"] - row["lookup_drafted"]
+        accepted = row["lookup_accepted"] if source == "lookup" else row["accepted"] - row["lookup_accepted"]
+        return f"{accepted}/{drafted}"
+
     lines = [f"Device: {meta['device']}; torch {meta['torch']}; {r['shape']}; greedy, up to {meta['new_tokens']} new tokens.",
-             "", "| prompt | prompt tokens | tokens | plain tok/s | speculative tok/s | acceptance | tokens/round | identical |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "", "| prompt | prompt tokens | draft | tokens | plain tok/s | tok/s | speedup | acceptance | "
+             "lookup accepted/drafted | INT4 accepted/drafted | tokens/round | identical |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for p in r["prompts"]:
-        a, b = p["plain"], p["speculative"]
-        lines.append(f"| {' '.join(p['prompt'].split())[:40]} | {p['prompt_tokens']} | {b['tokens_generated']} | "
-                     f"{a['decode_tokens_per_s']:.1f} | {b['decode_tokens_per_s']:.1f} | {b['acceptance_rate']:.1%} | "
-                     f"{b['tokens_per_step']:.2f} | {'yes' if p['identical'] else 'no'} |")
-    lines += ["", f"Decode tokens/s over all prompts: plain {r['plain_decode_tokens_per_s']:.1f}, speculative "
-              f"{r['speculative_decode_tokens_per_s']:.1f} ({r['speedup']:.2f}x); acceptance {r['acceptance_rate']:.1%}."]
+        a, prompt = p["plain"], " ".join(p["prompt"].split())[:40].replace("|", "\\|")
+        for name in r["variants"]:
+            b = p[name]
+            lines.append(f"| {prompt} | {p['prompt_tokens']} | {name} | {b['tokens_generated']} | "
+                         f"{a['decode_tokens_per_s']:.1f} | {b['decode_tokens_per_s']:.1f} | {b['speedup']:.2f}x | "
+                         f"{b['acceptance_rate']:.1%} | {split(b, 'lookup')} | {split(b, 'int4')} | "
+                         f"{b['tokens_per_step']:.2f} | {'yes' if b['identical'] else 'no'} |")
+    lines += ["", f"Decode tokens/s over all prompts: plain {r['plain_decode_tokens_per_s']:.1f}."]
+    for name, v in r["variants"].items():
+        lines.append(f"{name}: {v['decode_tokens_per_s']:.1f} ({v['speedup']:.2f}x); acceptance {v['acceptance_rate']:.1%}; "
+                     f"lookup {split(v, 'lookup')} in {v['lookup_steps']} of {v['verify_steps']} rounds, INT4 "
+                     f"{split(v, 'int4')}; outputs identical to plain: {'all' if v['all_identical'] else 'NOT all'}"
+                     + (f"; {v['over_transformers_eager']:.1f}x transformers eager" if "over_transformers_eager" in v
+                        else "") + ".")
     if "transformers_eager" in r:
-        lines.append(f"transformers eager generate, same dims: {1e3 / r['transformers_eager']['ms_per_token']:.1f} tokens/s "
-                     f"(speculative is {r['speculative_over_transformers_eager']:.1f}x that).")
+        lines.append(f"transformers eager generate, same dims: {1e3 / r['transformers_eager']['ms_per_token']:.1f} tokens/s.")
     return "\n".join(lines) + "\n"
 
 

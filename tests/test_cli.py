@@ -22,22 +22,63 @@ def run_cli(*args, check_exit=None):
     return result
 
 
-def test_human_output(tiny_7b):
+# The lines after "Decode speed": where the drafts came from, per --draft.
+SOURCE_LINES = {
+    "int4": [],
+    "lookup": [r"Lookup tokens proposed \d+", r"Lookup tokens accepted \d+", r"Lookup verification steps \d+"],
+    "lookup+int4": [r"Lookup tokens proposed \d+", r"Lookup tokens accepted \d+", r"Lookup verification steps \d+",
+                    r"INT4 draft tokens proposed \d+", r"INT4 draft tokens accepted \d+"],
+}
+
+
+@pytest.mark.parametrize("draft", [None, "int4", "lookup", "lookup+int4"])
+def test_human_output(tiny_7b, draft):
     result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "Tell me about the river.", "--n-predict", 24,
-                     check_exit=0)
-    lines = result.stdout.splitlines()
-    assert re.fullmatch(r"Tokens generated \d+", lines[-9]), result.stdout
-    n = int(lines[-9].split()[-1])
+                     *(["--draft", draft] if draft else []), check_exit=0)
+    extra = SOURCE_LINES[draft or "lookup+int4"]  # the default
+    lines = result.stdout.splitlines()[-9 - len(extra):]
+    assert re.fullmatch(r"Tokens generated \d+", lines[0]), result.stdout
+    n = int(lines[0].split()[-1])
     assert 1 <= n <= 24
-    assert re.fullmatch(r"E2E Generation time \d+\.\d{4}s", lines[-8])
-    assert re.fullmatch(r"First token latency \d+\.\d{4}s", lines[-7])
-    assert re.fullmatch(r"Draft tokens proposed \d+", lines[-6])
-    assert re.fullmatch(r"Draft tokens accepted \d+", lines[-5])
-    assert re.fullmatch(r"Acceptance rate \d+\.\d\d%", lines[-4])
-    assert re.fullmatch(r"Verification steps \d+", lines[-3])
-    assert re.fullmatch(r"Tokens per verification step \d+\.\d\d", lines[-2])
-    assert re.fullmatch(r"Decode speed \d+\.\d\d tokens/s", lines[-1])
+    assert re.fullmatch(r"E2E Generation time \d+\.\d{4}s", lines[1])
+    assert re.fullmatch(r"First token latency \d+\.\d{4}s", lines[2])
+    assert re.fullmatch(r"Draft tokens proposed \d+", lines[3])
+    assert re.fullmatch(r"Draft tokens accepted \d+", lines[4])
+    assert re.fullmatch(r"Acceptance rate \d+\.\d\d%", lines[5])
+    assert re.fullmatch(r"Verification steps \d+", lines[6])
+    assert re.fullmatch(r"Tokens per verification step \d+\.\d\d", lines[7])
+    assert re.fullmatch(r"Decode speed \d+\.\d\d tokens/s", lines[8])
+    for pattern, line in zip(extra, lines[9:], strict=True):
+        assert re.fullmatch(pattern, line), result.stdout
+    if draft == "lookup+int4":  # the split adds up to the totals
+        numbers = [int(line.split()[-1]) for line in lines[3:5] + lines[9:]]
+        assert numbers[0] == numbers[2] + numbers[5] and numbers[1] == numbers[3] + numbers[6]
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize("draft", ["int4", "lookup", "lookup+int4"])
+def test_draft_sources_are_lossless_and_report_the_split(tiny_7b, draft):
+    common = ["--repo-id-or-model-path", tiny_7b, "--prompt", "the river, the river, the river",
+              "--n-predict", 40, "--dtype", "float32", "--warmup", 0, "--json"]
+    spec = json.loads(run_cli(*common, "--draft", draft, check_exit=0).stdout.splitlines()[-1])
+    plain = json.loads(run_cli(*common, "--no-speculative", check_exit=0).stdout.splitlines()[-1])
+    assert spec["token_ids"] == plain["token_ids"]
+    assert spec["draft_source"] == draft and spec["speculative"] and plain["draft_source"] is None
+    assert 0 <= spec["lookup_accepted"] <= spec["lookup_drafted"] <= spec["drafted"]
+    assert spec["lookup_steps"] <= spec["verify_steps"]
+    if draft == "int4":  # (whether a tiny random model's answer repeats the context is left to chance)
+        assert spec["lookup_drafted"] == spec["lookup_steps"] == 0
+    if draft == "lookup":
+        assert spec["drafted"] == spec["lookup_drafted"] and spec["accepted"] == spec["lookup_accepted"]
+
+
+def test_bad_draft_source_and_ignored_draft(tiny_7b):
+    result = run_cli("--repo-id-or-model-path", tiny_7b, "--draft", "ngram", "--n-predict", 4)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert "--draft" in result.stderr
+    result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--n-predict", 4, "--warmup", 0,
+                     "--no-speculative", "--draft", "lookup", "--json", check_exit=0)
+    assert result.stderr == "warning: --draft is not used with --no-speculative\n"
 
 
 @pytest.mark.parametrize("fixture", ["tiny_7b", "tiny_13b_sharded"])

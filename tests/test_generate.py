@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from selfspec.checkpoint import HFTokenizer, Tokenizer
-from selfspec.generate import (GenerationStats, Sampling, TextStreamer, count_accepted, generate, greedy_pick,
-                               penalize, seen_by_row, speculative_accept, spread)
+from selfspec.generate import (GenerationStats, Sampling, TextStreamer, adapt_th_stop_draft, count_accepted, generate,
+                               greedy_pick, penalize, seen_by_row, speculative_accept, spread)
 from selfspec.quantize import make_draft
 from smollm2 import smollm2_folder
 from utils import random_model
@@ -94,6 +94,166 @@ def test_speculative_with_repetition_penalty_equals_plain_float32(model_and_draf
         sampled, _ = generate(model, prompt, 50, draft=draft, repetition_penalty=penalty, do_sample=True, top_k=1)
         assert sampled == plain  # top-k 1 sampling is greedy: the penalty reaches the sampling path too
     assert accepted > 0
+
+
+LOOKUP_VARIANTS = [("lookup", False), ("lookup+int4", False), ("lookup+int4", True)]  # (source, draft_after_lookup)
+
+
+def repeating_prompt(rng, vocab_size):
+    """A prompt that repeats a phrase, so that the lookup finds the answer's n-grams in it (the answers of
+    random models also repeat themselves)."""
+    phrase = [rng.randrange(vocab_size) for _ in range(rng.randrange(4, 12))]
+    return [rng.randrange(vocab_size) for _ in range(rng.randrange(0, 5))] + phrase * rng.randrange(2, 4)
+
+
+# A penalty under 1 favours repeated tokens, so that lookup drafts are accepted under a penalty too.
+@pytest.mark.parametrize("penalty", [1.0, 1.2, 0.7])
+def test_lookup_greedy_equals_plain_greedy_float32(model_and_draft, penalty):
+    model, draft = model_and_draft
+    rng = random.Random(5)
+    totals = dict(lookup_drafted=0, lookup_accepted=0, int4_drafted=0)
+    for trial in range(6):
+        prompt = repeating_prompt(rng, model.args.vocab_size)
+        n = rng.randrange(20, 60)
+        plain, _ = generate(model, prompt, n, repetition_penalty=penalty)
+        for source, after in LOOKUP_VARIANTS:
+            spec, stats = generate(
+                model, prompt, n, draft=None if source == "lookup" else draft, draft_source=source,
+                draft_after_lookup=after, repetition_penalty=penalty, max_step_draft=rng.randrange(1, 10),
+                th_stop_draft=rng.random(), lookup_min_ngram=rng.choice([1, 2]), lookup_max_ngram=rng.choice([2, 4]),
+            )
+            assert spec == plain, (trial, source, after)
+            assert stats.tokens_generated == len(plain)
+            assert stats.lookup_accepted <= stats.lookup_drafted <= stats.drafted and stats.accepted <= stats.drafted
+            assert stats.lookup_steps <= stats.verify_steps and stats.lookup_accepted <= stats.accepted
+            if source == "lookup":
+                assert stats.drafted == stats.lookup_drafted
+            totals["lookup_drafted"] += stats.lookup_drafted
+            totals["lookup_accepted"] += stats.lookup_accepted
+            totals["int4_drafted"] += stats.drafted - stats.lookup_drafted
+    # The lookup proposed, was accepted (where the penalty allows repeating) and was rejected; the INT4
+    # draft drafted in the other rounds.
+    assert totals["lookup_accepted"] < totals["lookup_drafted"] and totals["int4_drafted"] > 0
+    assert totals["lookup_accepted"] > 0 or penalty > 1
+
+
+def lookup_rounds(model, prompt, n):
+    """The rounds of lookup-only decoding, as lists of emitted tokens (a round of more than one token had
+    lookup drafts accepted), and the output."""
+    rounds = []
+
+    class Rounds:
+        def put(self, ids):
+            rounds.append(list(ids))
+
+        def end(self):
+            pass
+
+    out, _ = generate(model, prompt, n, draft_source="lookup", streamer=Rounds())
+    return rounds, out
+
+
+@pytest.mark.parametrize("source,after", LOOKUP_VARIANTS)
+def test_lookup_runs_cut_by_eos_and_by_the_budget(model_and_draft, source, after):
+    """EOS among the accepted tokens of a lookup run ends the output there, and a budget that ends inside a
+    run cuts its proposal; both as plain decoding does."""
+    model, draft = model_and_draft
+    rng = random.Random(11)
+    cases = 0
+    for _ in range(80):
+        prompt = repeating_prompt(rng, model.args.vocab_size)
+        rounds, plain = lookup_rounds(model, prompt, 60)
+        start = 0
+        for r in rounds:
+            if len(r) >= 3:  # lookup tokens r[0], r[1] accepted: a budget that leaves room for one or two drafts
+                for cut in (start + 2, start + 3):
+                    options = dict(draft=None if source == "lookup" else draft, draft_source=source,
+                                   draft_after_lookup=after)
+                    out, stats = generate(model, prompt, cut, **options)
+                    assert out == plain[:cut] and stats.tokens_generated == cut
+                    if plain.index(plain[cut - 1]) == cut - 1:  # plain[cut - 1] first appears here: make it EOS
+                        out, _ = generate(model, prompt, 60, eos_token_id=plain[cut - 1], **options)
+                        assert out == plain[:cut]
+                        cases += 1
+            start += len(r)
+        if cases >= 3:
+            break
+    assert cases >= 3
+
+
+def test_lookup_alone_works_without_a_draft_and_plain_decoding_is_unchanged():
+    model = random_model("rope", max_seq_len=160)
+    prompt = [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6]
+    plain, plain_stats = generate(model, prompt, 40)
+    assert plain_stats.drafted == plain_stats.lookup_drafted == 0 and plain_stats.verify_steps == 39
+    out, stats = generate(model, prompt, 40, draft_source="lookup")
+    assert out == plain and stats.lookup_drafted == stats.drafted > 0
+    assert stats.final_th_stop_draft == 0.6  # no INT4 round: the threshold never moved
+
+
+def test_stop_threshold_adapts_to_int4_rounds_only(model_and_draft, monkeypatch):
+    import selfspec.generate as generation
+
+    model, draft = model_and_draft
+    calls = []
+
+    def recording(th, match_ema, accepted, drafted, max_step_draft):
+        calls.append((accepted, drafted))
+        return adapt_th_stop_draft(th, match_ema, accepted, drafted, max_step_draft)
+
+    monkeypatch.setattr(generation, "adapt_th_stop_draft", recording)
+    rng = random.Random(2)
+    for after in (False, True):
+        for _ in range(3):
+            calls.clear()
+            prompt = prompt_where_lookup_is_accepted(model, rng, 50)
+            _, stats = generate(model, prompt, 50, draft=draft, draft_source="lookup+int4", draft_after_lookup=after)
+            assert stats.lookup_drafted > 0 and calls
+            int4_drafted, int4_accepted = stats.drafted - stats.lookup_drafted, stats.accepted - stats.lookup_accepted
+            if after:  # rounds whose INT4 drafts the target never reached (a lookup token was rejected) do not count
+                assert sum(d for _, d in calls) <= int4_drafted and sum(a for a, _ in calls) <= int4_accepted
+            else:
+                assert sum(d for _, d in calls) == int4_drafted and sum(a for a, _ in calls) == int4_accepted
+
+
+def prompt_where_lookup_is_accepted(model, rng, n=40) -> list[int]:
+    """A repeating prompt whose greedy answer accepts lookup drafts (random models' answers repeat the
+    context only now and then)."""
+    for _ in range(100):
+        prompt = repeating_prompt(rng, model.args.vocab_size)
+        if generate(model, prompt, n, draft_source="lookup")[1].lookup_accepted > 0:
+            return prompt
+    raise AssertionError("no prompt found")
+
+
+def test_lookup_sampling_with_top_k_1_is_greedy(model_and_draft):
+    model, draft = model_and_draft
+    prompt = prompt_where_lookup_is_accepted(model, random.Random(8))
+    plain, _ = generate(model, prompt, 40)
+    for source, after in LOOKUP_VARIANTS:
+        sampled, stats = generate(model, prompt, 40, draft=None if source == "lookup" else draft, draft_source=source,
+                                  draft_after_lookup=after, do_sample=True, temperature=0.7, top_k=1)
+        assert sampled == plain and stats.lookup_drafted > 0
+
+
+def test_seeded_lookup_sampling_is_reproducible(model_and_draft):
+    model, draft = model_and_draft
+    prompt = prompt_where_lookup_is_accepted(model, random.Random(9))
+    runs = [generate(model, prompt, 40, draft=draft, draft_source="lookup+int4", do_sample=True, temperature=0.5,
+                     generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert runs[0][0] == runs[1][0]
+
+
+def test_rejects_bad_draft_sources():
+    model = random_model("rope", max_seq_len=64)
+    with pytest.raises(ValueError, match="draft_source must be one of"):
+        generate(model, [1], 5, draft_source="ngram")
+    with pytest.raises(ValueError, match="draft=None"):
+        generate(model, [1], 5, draft=model, draft_source="lookup")
+    with pytest.raises(ValueError, match="needs the INT4 draft"):
+        generate(model, [1], 5, draft_source="lookup+int4")
+    with pytest.raises(ValueError, match="min_n"):
+        generate(model, [1], 5, draft_source="lookup", lookup_min_ngram=0)
 
 
 def test_perfect_draft_accepts_everything():
@@ -292,10 +452,13 @@ def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return 0.5 * erfc(z / sqrt(2))
 
 
+@pytest.mark.parametrize("proposal", ["int4", "lookup", "lookup+int4"])
 @pytest.mark.parametrize("support", [None, 4])
-def test_speculative_sampling_reproduces_the_target_distribution(support):
+def test_speculative_sampling_reproduces_the_target_distribution(support, proposal):
     """The first emitted token, and the second given the first was the draft's, follow the target's p; p
-    over the whole vocabulary, or (as top-k gives it) over `support` token ids per row."""
+    over the whole vocabulary, or (as top-k gives it) over `support` token ids per row. Drafts sampled from
+    the INT4 draft's q, or fixed lookup tokens d with q = one-hot(d) (both rows, or the first row followed
+    by a sampled one, as when the draft continues after a lookup run)."""
     g = torch.Generator().manual_seed(0)
     vocab, trials = 6, 20000
     p = torch.rand(3, vocab, generator=g) ** 3
@@ -306,6 +469,9 @@ def test_speculative_sampling_reproduces_the_target_distribution(support):
     p /= p.sum(-1, keepdim=True)
     q = torch.rand(2, vocab, generator=g) ** 3
     q /= q.sum(-1, keepdim=True)
+    lookup_rows = {"int4": 0, "lookup": 2, "lookup+int4": 1}[proposal]
+    for row in range(lookup_rows):  # a lookup token the target gives some probability (never all)
+        q[row] = torch.nn.functional.one_hot(p[row].argmax(), vocab).float()
     likely = int(torch.minimum(p[0], q[0]).argmax())  # the draft token accepted most often
     first = torch.zeros(vocab)
     second_given_d1 = torch.zeros(vocab)
@@ -327,8 +493,9 @@ def test_speculative_sampling_reproduces_the_target_distribution(support):
     # Given that draft token was accepted, the next token follows p[1] restricted to paths through draft 0.
     assert second_given_d1.sum() > 500
     assert chi_square_p_value(second_given_d1, p[1]) > 1e-4
-    # And a wrong sampler is caught: the draft's own distribution is rejected.
-    assert chi_square_p_value(first, q[0]) < 1e-6
+    # And a wrong sampler is caught: the draft's own distribution (or, for a lookup token, half of it) is
+    # rejected.
+    assert chi_square_p_value(first, q[0] if lookup_rows == 0 else (p[0] + q[0]) / 2) < 1e-6
 
 
 def test_speculative_sampling_with_a_draft_over_part_of_the_vocabulary():
@@ -351,9 +518,10 @@ def test_speculative_sampling_with_a_draft_over_part_of_the_vocabulary():
 
 def test_statistics_record():
     stats = GenerationStats(tokens_generated=11, e2e_time_s=2.0, first_token_latency_s=0.5, drafted=20,
-                            accepted=15, verify_steps=4)
+                            accepted=15, verify_steps=4, lookup_drafted=8, lookup_accepted=6, lookup_steps=2)
     d = stats.as_dict()
     assert d["acceptance_rate"] == 0.75 and d["tokens_per_step"] == 2.5
+    assert (d["lookup_drafted"], d["lookup_accepted"], d["lookup_steps"]) == (8, 6, 2)
     assert d["decode_tokens_per_s"] == pytest.approx(10 / 1.5) and d["tokens_per_s"] == 5.5
 
 

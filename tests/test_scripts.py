@@ -89,7 +89,7 @@ def test_default_max_seq_len(tiny_7b, tiny_13b, tiny_copy):
 def test_measure_acceptance_small_context(tiny_13b):
     result = run_script("measure_acceptance.py", "--model", tiny_13b, "--n-predict", 4)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.splitlines()[-1])["summary"]["tokens"] > 0
+    assert json.loads(result.stdout.splitlines()[-1])["variants"]["int4"]["summary"]["tokens"] > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")

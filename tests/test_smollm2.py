@@ -78,3 +78,25 @@ def test_speculative_equals_plain_and_acceptance(smollm2):
     totals = summary(records)
     assert totals["drafted"] > 0 and 0.3 < totals["acceptance_rate"] <= 1.0
     assert totals["tokens_per_step"] > 1.5
+
+
+def test_lookup_equals_plain_on_passage_and_code_prompts(smollm2):
+    """Prompt lookup alone, before the INT4 draft, and with the draft continuing after it: greedy output equals
+    plain output (float32), with and without a repetition penalty, on prompts whose answers quote them; the
+    lookup's drafts are accepted there."""
+    from selfspec.generate import generate
+
+    _, ckpt, model, tokenizer = smollm2
+    draft = make_draft(model, group_size=64)
+    lookup_accepted = 0
+    for prompt in (PROMPTS[9], PROMPTS[-1]):  # extract from the passage; edit the code
+        ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=model.max_seq_len - 48)
+        for penalty in (1.0, 1.1):
+            options = dict(eos_token_id=ckpt.eos_token_id, repetition_penalty=penalty)
+            plain, _ = generate(model, ids, 48, **options)
+            for source, after in (("lookup", False), ("lookup+int4", False), ("lookup+int4", True)):
+                spec, stats = generate(model, ids, 48, draft=None if source == "lookup" else draft, draft_source=source,
+                                       draft_after_lookup=after, **options)
+                assert spec == plain, (prompt[:30], penalty, source, after)
+                lookup_accepted += stats.lookup_accepted
+    assert lookup_accepted > 0
