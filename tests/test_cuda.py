@@ -334,6 +334,21 @@ def test_speculative_with_graphs_equals_plain_float32(position_encoding, num_hea
 
 
 @cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_frequent_vocab_head_with_graphs_equals_plain(dtype):
+    model = random_model("rope", num_heads=4, max_seq_len=300, dtype=dtype).cuda()
+    model.setup_caches(300)
+    draft = make_draft(model, group_size=32, head_vocab=torch.arange(0, 320, 2))  # even ids only
+    model_g, draft_g = graph_models(model, draft, bucket=64)
+    rng = random.Random(2)
+    for _ in range(4):
+        prompt = [rng.randrange(320) for _ in range(rng.randrange(1, 100))]
+        plain, _ = generate(model_g, prompt, 60)
+        spec, stats = generate(model_g, prompt, 60, draft=draft_g)
+        assert spec == plain and 0 < stats.accepted < stats.drafted
+
+
+@cuda
 @pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
 def test_repetition_penalty_with_graphs_equals_plain_float32(position_encoding, num_heads):
     model = cuda_model(position_encoding, num_heads, max_seq_len=300)
