@@ -273,6 +273,7 @@ def generate(
     repetition_penalty: float = 1.0,
     streamer=None,
     generator: torch.Generator | None = None,
+    cached_tokens: int = 0,
 ) -> tuple[list[int], GenerationStats]:
     """Generate up to `max_new_tokens` after `input_ids`. With `draft` (see quantize.make_draft) decode
     self-speculatively, else one target step per token. `model` and `draft` may be modules or
@@ -287,6 +288,10 @@ def generate(
     `repetition_penalty` (1: none) penalizes the prompt's and the answer's tokens as transformers does,
     before temperature, top-k and top-p and in greedy decoding too; the draft and each row of a verify pass
     count the drafts before them as seen, so speculative decoding still gives what plain decoding gives.
+
+    `cached_tokens`: the first that many of `input_ids` are in the KV cache already, at positions 0.. (a
+    conversation's earlier turns: an earlier call's input_ids and all its new ids but the last); only the
+    rest is prefilled. At least the last id of `input_ids` must be new.
     """
     target = getattr(model, "module", model)
     max_seq_len = target.max_seq_len
@@ -294,6 +299,8 @@ def generate(
         raise ValueError("the prompt is empty")
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
+    if not 0 <= cached_tokens < len(input_ids):
+        raise ValueError(f"cached_tokens must be in [0, {len(input_ids)}), got {cached_tokens}")
     if len(input_ids) + max_new_tokens > max_seq_len:
         raise ValueError(
             f"prompt ({len(input_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of {max_seq_len}"
@@ -341,7 +348,8 @@ def generate(
     # made per step is a launch on the host's path between two steps.
     positions = torch.arange(max_seq_len, device=device)
     n_prompt = len(input_ids)
-    logits = model(torch.tensor([input_ids], device=device), positions[:n_prompt], n_prompt, last_only=True)
+    logits = model(torch.tensor([input_ids[cached_tokens:]], device=device), positions[cached_tokens:n_prompt],
+                   n_prompt, last_only=True)
     # buf holds [last token, d1..dk] for the round in flight, on the device. A round never drafts more
     # tokens than are left to generate.
     draft_slots = min(max_step_draft, max_new_tokens)
