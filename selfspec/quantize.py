@@ -220,7 +220,7 @@ LM_HEADS = ("shared", "int8", "int4")  # the draft's lm_head: the target's own 1
 
 
 def make_draft(target: Baichuan2, group_size: int = 64, lm_head: str = "int8",
-               clip_ratios=CLIP_RATIOS) -> Baichuan2:
+               clip_ratios=CLIP_RATIOS, on_weight=None) -> Baichuan2:
     """A draft model over the target's own weights: every nn.Linear of the layers becomes an Int4Linear (gate
     and up one fused Int4MLP matrix); lm_head is an Int8Linear (default), an Int4Linear or the target's own
     (`"shared"`); everything else (embeddings, norms, KV cache, RoPE/ALiBi tables) is the same tensor object
@@ -231,9 +231,19 @@ def make_draft(target: Baichuan2, group_size: int = 64, lm_head: str = "int8",
     one on an H100 and accepts as often as the 16-bit one.
 
     Call after `target.setup_caches()`: the draft shares the cache that exists at that moment.
+    `on_weight(weight)`, if given, is called with each nn.Linear weight of the target once it is done (for a
+    progress bar: at 7B on CPU this takes minutes).
     """
     if lm_head not in LM_HEADS:
         raise ValueError(f"lm_head must be one of {LM_HEADS}, got {lm_head!r}")
+
+    def convert_and_report(module: nn.Module, name: str) -> nn.Module:
+        converted = convert(module, name)
+        if on_weight is not None and isinstance(module, (MLP, nn.Linear)):
+            for linear in module.modules():
+                if isinstance(linear, nn.Linear):
+                    on_weight(linear.weight)
+        return converted
 
     def convert(module: nn.Module, name: str) -> nn.Module:
         if isinstance(module, MLP):
@@ -249,7 +259,7 @@ def make_draft(target: Baichuan2, group_size: int = 64, lm_head: str = "int8",
         clone = copy.copy(module)  # shallow: parameters and buffers are the target's tensors
         clone._parameters = dict(module._parameters)
         clone._buffers = dict(module._buffers)
-        clone._modules = {child: convert(sub, child) for child, sub in module._modules.items()}
+        clone._modules = {child: convert_and_report(sub, child) for child, sub in module._modules.items()}
         return clone
 
     return convert(target, "")

@@ -178,3 +178,12 @@ def test_draft_predicts_like_the_target():
     agreement = (target_logits.argmax(-1) == draft_logits.argmax(-1)).float().mean()
     assert agreement > 0.5
     assert (draft_logits - target_logits).norm() / target_logits.norm() < 0.3
+
+
+@pytest.mark.parametrize("lm_head", ["shared", "int8"])
+def test_draft_reports_each_target_weight_once_for_its_progress_bar(lm_head):
+    model = random_model("rope", num_heads=4, max_seq_len=64)
+    reported = []
+    make_draft(model, group_size=32, lm_head=lm_head, on_weight=reported.append)
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert sorted(map(id, reported)) == sorted(map(id, linears))  # layers' 7 matrices each and the head
