@@ -1,6 +1,8 @@
 """Baichuan2 FP16 inference with self-speculative decoding (INT4 draft of the same weights)."""
 import sys
 
+__version__ = "0.1.0"
+
 
 class InputError(Exception):
     """Bad user input (paths, checkpoints, arguments, devices).

@@ -194,7 +194,7 @@ def test_cli_on_a_llama_checkpoint(tied_gqa):
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout.splitlines()[-1]), result.stderr
 
-    spec, _ = run("--prompt", "Tell me about the sea.", "--system", "Be brief.")
+    spec, _ = run("--prompt", "Tell me about the sea.", "--system", "Be brief.", "--speculative")
     plain, _ = run("--prompt", "Tell me about the sea.", "--system", "Be brief.", "--no-speculative")
     assert spec["token_ids"] == plain["token_ids"] and spec["drafted"] > 0
     raw, stderr = run("--prompt", "the sea " * 300, "--raw-prompt")
