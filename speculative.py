@@ -285,9 +285,9 @@ def chat(args, ckpt, model, tokenizer, options: dict, fields: dict, generator) -
     budget = model.max_seq_len - args.n_predict  # most ids of a turn's input
     if sys.stdin.isatty():
         print(f"Chat with the model; an empty line or {END_OF_CHAT} ends it.", file=sys.stderr)
-    for _ in range(args.warmup):  # as in a single run: on CUDA this captures the graphs before the first turn
+    for _ in range(args.warmup):  # a short one: on CUDA it captures the first graphs before the user waits
         greeting, _ = ckpt.chat_ids(tokenizer, "Hello", system=args.system, max_input_tokens=budget)
-        generate(model, greeting, args.n_predict, **options)
+        generate(model, greeting, min(args.n_predict, 16), **options)
     messages: list[dict] = []  # the conversation in the context: user and assistant messages, alternating
     cached: list[int] = []  # the ids whose keys and values the KV cache holds, from position 0
     message = args.prompt  # --prompt or --prompt-file opens the chat
