@@ -335,6 +335,7 @@ def ulp(x: float, dtype) -> float:
     return 2.0 ** math.floor(math.log2(abs(x))) * torch.finfo(dtype).eps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("position_encoding,num_heads", SIZES)
 def test_half_precision_diverges_only_at_near_ties(dtype, position_encoding, num_heads):
