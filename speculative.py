@@ -173,7 +173,8 @@ def run(args) -> int:
         return 0
     device = pick_device(args.device)
     # On CPU a verify pass over k+1 tokens costs about k+1 one-token steps (arithmetic-bound), so plain
-    # decoding is the faster default there (README, docs/performance.md).
+    # decoding is the faster default there (README, docs/performance.md). Kept on args for main()'s
+    # out-of-memory hint.
     args.speculative = args.speculative or (not args.no_speculative and device.type != "cpu")
     speculative = args.speculative
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cpu" else "float16"))
