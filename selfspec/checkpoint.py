@@ -367,6 +367,13 @@ def device_copier(device: torch.device | str, dtype: torch.dtype, slice_bytes: i
     return copy
 
 
+def _counted(items, bar):
+    """(key, tensor) items as they are, each tensor's bytes counted on the progress bar."""
+    for key, tensor in items:
+        bar.update(tensor.numel() * tensor.element_size())
+        yield key, tensor
+
+
 def load_model(folder: Path, dtype: torch.dtype, device: torch.device | str, max_seq_len: int | None = None) -> Baichuan2:
     """Read the weights shard by shard (converted as read, shapes checked), then build the model."""
     folder = Path(folder)
@@ -374,11 +381,14 @@ def load_model(folder: Path, dtype: torch.dtype, device: torch.device | str, max
     args = model_args_from_config(config, max_seq_len)
     files = find_weight_files(folder)
     expected = checkpoint_weight_shapes(config, args)
-    show_progress = sum(f.stat().st_size for f in files) > PROGRESS_MIN_BYTES
+    total_bytes = sum(f.stat().st_size for f in files)
     tensors, to_device = {}, device_copier(device, dtype)
-    for path in files:
-        shard = tqdm(_read_weight_file(path), desc=path.name, file=sys.stderr, disable=not show_progress)
-        tensors.update(_checked_tensors(path, config, expected, shard, to_device))
+    with tqdm(total=total_bytes, desc="loading weights", unit="B", unit_scale=True, unit_divisor=1024,
+              file=sys.stderr, disable=total_bytes <= PROGRESS_MIN_BYTES) as bar:
+        for path in files:
+            end = bar.n + path.stat().st_size
+            tensors.update(_checked_tensors(path, config, expected, _counted(_read_weight_file(path), bar), to_device))
+            bar.update(end - bar.n)  # the file's headers: the bar ends at its size
     _check_complete(folder, expected, tensors)
     return _assemble(config, args, tensors, dtype, device)
 

@@ -287,6 +287,7 @@ def generate(
     lookup_max_ngram: int = 4,
     streamer=None,
     generator: torch.Generator | None = None,
+    cached_tokens: int = 0,
 ) -> tuple[list[int], GenerationStats]:
     """Generate up to `max_new_tokens` after `input_ids`. With `draft` (see quantize.make_draft) decode
     self-speculatively, else one target step per token. `model` and `draft` may be modules or
@@ -309,6 +310,10 @@ def generate(
     draft pass over the lookup tokens, then a token at a time). With sampling, a lookup token d is a
     proposal with q = one-hot(d): kept with probability p(d), else replaced by a sample of p without d.
     The adaptive stop threshold follows the INT4 draft's own tokens only.
+
+    `cached_tokens`: the first that many of `input_ids` are in the KV cache already, at positions 0.. (a
+    conversation's earlier turns: an earlier call's input_ids and all its new ids but the last); only the
+    rest is prefilled. At least the last id of `input_ids` must be new.
     """
     target = getattr(model, "module", model)
     max_seq_len = target.max_seq_len
@@ -316,6 +321,8 @@ def generate(
         raise ValueError("the prompt is empty")
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
+    if not 0 <= cached_tokens < len(input_ids):
+        raise ValueError(f"cached_tokens must be in [0, {len(input_ids)}), got {cached_tokens}")
     if len(input_ids) + max_new_tokens > max_seq_len:
         raise ValueError(
             f"prompt ({len(input_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of {max_seq_len}"
@@ -372,7 +379,8 @@ def generate(
     # made per step is a launch on the host's path between two steps.
     positions = torch.arange(max_seq_len, device=device)
     n_prompt = len(input_ids)
-    logits = model(torch.tensor([input_ids], device=device), positions[:n_prompt], n_prompt, last_only=True)
+    logits = model(torch.tensor([input_ids[cached_tokens:]], device=device), positions[cached_tokens:n_prompt],
+                   n_prompt, last_only=True)
     if draft_source != "int4":  # indexed while the device runs the prefill
         lookup = NgramLookup(input_ids, lookup_min_ngram, lookup_max_ngram)
     # buf holds [last token, d1..dk] for the round in flight, on the device. A round never drafts more

@@ -249,7 +249,7 @@ LM_HEADS = ("shared", "int8", "int4")  # the draft's lm_head: the target's own 1
 
 
 def make_draft(target: Baichuan2, group_size: int = 64, lm_head: str = "int8",
-               clip_ratios=CLIP_RATIOS, head_vocab: torch.Tensor | None = None) -> Baichuan2:
+               clip_ratios=CLIP_RATIOS, head_vocab: torch.Tensor | None = None, on_weight=None) -> Baichuan2:
     """A draft model over the target's own weights: every nn.Linear of the layers becomes an Int4Linear (gate
     and up one fused Int4MLP matrix); lm_head is an Int8Linear (default), an Int4Linear or the target's own
     (`"shared"`); everything else (embeddings, norms, KV cache, RoPE/ALiBi tables) is the same tensor object
@@ -259,7 +259,9 @@ def make_draft(target: Baichuan2, group_size: int = 64, lm_head: str = "int8",
     than the shared 16-bit head but cost eight points of acceptance; an INT8 head is as cheap as the INT4
     one on an H100 and accepts as often as the 16-bit one.
 
-    `head_vocab` (token ids): the head covers these tokens only (FrequentVocabHead).
+    `head_vocab` (token ids): the head covers these tokens only (FrequentVocabHead). `on_weight(weight)`, if
+    given, is called with each nn.Linear weight of the target once it is done (for a progress bar: at 7B on
+    CPU this takes minutes).
 
     Call after `target.setup_caches()`: the draft shares the cache that exists at that moment.
     """
@@ -275,6 +277,14 @@ def make_draft(target: Baichuan2, group_size: int = 64, lm_head: str = "int8",
             shared = model.Linear(weight.shape[1], weight.shape[0])
         shared.weight = nn.Parameter(weight, requires_grad=False)
         return shared
+
+    def convert_and_report(module: nn.Module, name: str) -> nn.Module:
+        converted = convert(module, name)
+        if on_weight is not None and isinstance(module, (MLP, nn.Linear)):
+            for linear in module.modules():
+                if isinstance(linear, nn.Linear):
+                    on_weight(linear.weight)
+        return converted
 
     def convert(module: nn.Module, name: str) -> nn.Module:
         if isinstance(module, MLP):
@@ -293,7 +303,7 @@ def make_draft(target: Baichuan2, group_size: int = 64, lm_head: str = "int8",
         clone = copy.copy(module)  # shallow: parameters and buffers are the target's tensors
         clone._parameters = dict(module._parameters)
         clone._buffers = dict(module._buffers)
-        clone._modules = {child: convert(sub, child) for child, sub in module._modules.items()}
+        clone._modules = {child: convert_and_report(sub, child) for child, sub in module._modules.items()}
         return clone
 
     return convert(target, "")

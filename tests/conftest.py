@@ -14,6 +14,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 from make_tiny_checkpoint import write_tiny_checkpoint  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: long or exhaustive cases (real-model runs, Triton's interpreter, many random prompts); they "
+                   "run by default, as in CI; `-m 'not slow'` leaves them out for a quick run")
+
+
 def _tiny(tmp_path_factory, name, **kwargs) -> Path:
     return write_tiny_checkpoint(tmp_path_factory.mktemp(name), **kwargs)
 
@@ -48,3 +54,16 @@ def tiny_copy(tmp_path):
         return write_tiny_checkpoint(tmp_path / "ckpt", **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """(folder, checkpoint, float32 model with a 1,024-token cache, tokenizer) of the real SmolLM2, converted
+    and loaded once per session for every test module that uses it."""
+    import torch
+    from smollm2 import smollm2_folder
+
+    from selfspec.checkpoint import load_checkpoint
+
+    folder = smollm2_folder(tmp_path_factory)
+    return (folder, *load_checkpoint(str(folder), torch.float32, "cpu", max_seq_len=1024))

@@ -94,6 +94,7 @@ def check_kernels(device: str, exact_rows: bool):
         torch.testing.assert_close(prefill_attention(q, kc, vc, pos, slopes, blocks), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the compiled kernels are tested instead")
 def test_kernel_logic_in_the_interpreter():
     pytest.importorskip("triton")

@@ -12,10 +12,11 @@ from safetensors.torch import load_file, save_file
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args, check_exit=None):
+def run_cli(*args, check_exit=None, stdin=""):
     result = subprocess.run(  # bytes arguments pass as they are (not UTF-8 ones, for example)
         [sys.executable, str(ROOT / "speculative.py"), *(a if isinstance(a, bytes) else str(a) for a in args)],
         capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+        input=stdin,
     )
     if check_exit is not None:
         assert result.returncode == check_exit, result.stderr
@@ -34,7 +35,7 @@ SOURCE_LINES = {
 @pytest.mark.parametrize("draft", [None, "int4", "lookup", "lookup+int4"])
 def test_human_output(tiny_7b, draft):
     result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "Tell me about the river.", "--n-predict", 24,
-                     *(["--draft", draft] if draft else []), check_exit=0)
+                     "--speculative", *(["--draft", draft] if draft else []), check_exit=0)
     extra = SOURCE_LINES[draft or "lookup+int4"]  # the default
     lines = result.stdout.splitlines()[-9 - len(extra):]
     assert re.fullmatch(r"Tokens generated \d+", lines[0]), result.stdout
@@ -86,7 +87,7 @@ def test_json_and_lossless_through_the_cli(fixture, request):
     path = request.getfixturevalue(fixture)
     common = ["--repo-id-or-model-path", path, "--prompt", "北京是哪个国家的首都？", "--n-predict", 40,
               "--dtype", "float32", "--warmup", 0, "--json"]
-    spec = json.loads(run_cli(*common, check_exit=0).stdout.splitlines()[-1])
+    spec = json.loads(run_cli(*common, "--speculative", check_exit=0).stdout.splitlines()[-1])
     plain = json.loads(run_cli(*common, "--no-speculative", check_exit=0).stdout.splitlines()[-1])
     for key in ("text", "token_ids", "tokens_generated", "e2e_time_s", "first_token_latency_s", "drafted",
                 "accepted", "acceptance_rate", "verify_steps", "tokens_per_s"):
@@ -102,7 +103,8 @@ def test_json_and_lossless_through_the_cli(fixture, request):
 def test_sampling_options_and_alias(tiny_13b):
     result = run_cli("--repo-id-or-model-path", tiny_13b, "--prompt", "hi", "--n-predict", 16, "--do-sample",
                      "--temperature", 0.8, "--top-k", 20, "--top-p", 0.9, "--seed", 3, "--th_stop_draft", 0.4,
-                     "--max-step-draft", 4, "--system", "You are terse.", "--warmup", 0, "--json", check_exit=0)
+                     "--max-step-draft", 4, "--system", "You are terse.", "--warmup", 0, "--json", "--speculative",
+                     check_exit=0)
     record = json.loads(result.stdout.splitlines()[-1])
     assert 1 <= record["tokens_generated"] <= 16
     assert record["sampling"] == {"temperature": 0.8, "top_k": 20, "top_p": 0.9}
@@ -122,7 +124,7 @@ def test_sampling_defaults_come_from_the_generation_config(tiny_7b):
 def test_repetition_penalty_through_the_cli(tiny_7b):
     common = ["--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--n-predict", 24, "--dtype", "float32",
               "--warmup", 0, "--json", "--repetition-penalty", 1.5]
-    spec = run_cli(*common, check_exit=0)
+    spec = run_cli(*common, "--speculative", check_exit=0)
     plain = run_cli(*common, "--no-speculative", check_exit=0)
     records = [json.loads(r.stdout.splitlines()[-1]) for r in (spec, plain)]
     assert records[0]["repetition_penalty"] == 1.5 and records[0]["token_ids"] == records[1]["token_ids"]
@@ -258,7 +260,7 @@ def test_impossible_arguments(args, words, tiny_7b):
 def test_seed_repeats_whatever_the_warmup(tiny_7b):
     def sample(warmup):
         result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--n-predict", 12, "--do-sample",
-                         "--seed", 7, "--warmup", warmup, "--json", check_exit=0)
+                         "--seed", 7, "--warmup", warmup, "--json", "--speculative", check_exit=0)
         return json.loads(result.stdout.splitlines()[-1])["token_ids"]
 
     assert sample(0) == sample(2)
@@ -266,7 +268,7 @@ def test_seed_repeats_whatever_the_warmup(tiny_7b):
 
 def test_ignored_options_warn_and_huge_draft_length_is_fine(tiny_7b):
     result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--n-predict", 6, "--temperature", 0.5,
-                     "--max-step-draft", 10**12, "--warmup", 0, "--json", check_exit=0)
+                     "--max-step-draft", 10**12, "--warmup", 0, "--json", "--speculative", check_exit=0)
     assert result.stderr.startswith("warning: ") and result.stderr.count("\n") == 1, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["tokens_generated"] >= 1
 
@@ -294,7 +296,7 @@ def test_model_larger_than_the_device_is_refused_and_out_of_memory_is_one_line(t
     import speculative
     from selfspec import checkpoint
 
-    argv = ["--repo-id-or-model-path", str(tiny_7b), "--prompt", "hi", "--n-predict", "4", "--warmup", "0"]
+    argv = ["--repo-id-or-model-path", str(tiny_7b), "--prompt", "hi", "--n-predict", "4", "--warmup", "0", "--speculative"]
     monkeypatch.setattr(checkpoint, "device_memory_bytes", lambda device: 1000)  # as on a GPU of 1,000 bytes
     assert speculative.main(argv) == 2
     err = capsys.readouterr().err
@@ -329,7 +331,7 @@ def test_out_of_memory_on_cuda_is_one_line(tiny_7b):
 def test_nothing_imports_torch_compile_machinery(tiny_7b, device):
     # TorchDynamo and what it pulls in (sympy, ...) cost 1.7 s of start-up with bytecode caches, more without.
     code = (f"import runpy, sys; sys.argv = ['speculative.py', '--repo-id-or-model-path', {str(tiny_7b)!r}, "
-            f"'--device', {device!r}, '--prompt', 'hi', '--n-predict', '8']\n"
+            f"'--device', {device!r}, '--prompt', 'hi', '--n-predict', '8', '--speculative']\n"
             f"try:\n    runpy.run_path({str(ROOT / 'speculative.py')!r}, run_name='__main__')\n"
             "finally:\n    print('imported:', sorted(m for m in ('torch._dynamo', 'torch._inductor', 'sympy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -341,10 +343,10 @@ def test_ids_beyond_the_tokenizer_in_a_padded_vocabulary_decode_to_nothing(tiny_
     # 4,096 rows for a tokenizer of about 500 pieces: random weights pick padded ids most of the time.
     folder = tiny_copy(vocab_size=4096)
     result = run_cli("--repo-id-or-model-path", folder, "--prompt", "hi", "--n-predict", 16, "--warmup", 0,
-                     check_exit=0)
+                     "--speculative", check_exit=0)
     assert "Tokens generated 16" in result.stdout
     record = json.loads(run_cli("--repo-id-or-model-path", folder, "--prompt", "hi", "--n-predict", 16, "--warmup", 0,
-                                "--json", check_exit=0).stdout.splitlines()[-1])
+                                "--json", "--speculative", check_exit=0).stdout.splitlines()[-1])
     assert any(i >= 600 for i in record["token_ids"])  # the case this test is about did occur
 
 
@@ -387,3 +389,140 @@ def test_stdout_on_a_full_disk(tiny_7b):
                                  "--prompt", "hi", "--n-predict", "8", "--warmup", "0"],
                                 stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
     assert (result.returncode, result.stderr) == (1, "error: cannot write the output: No space left on device\n")
+
+
+def json_records(result) -> list[dict]:
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def test_plain_decoding_is_the_default_on_cpu(tiny_7b):
+    common = ["--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--n-predict", 8, "--warmup", 0]
+    default, = json_records(run_cli(*common, "--json", check_exit=0))
+    assert not default["speculative"] and default["drafted"] == 0
+    forced, = json_records(run_cli(*common, "--json", "--speculative", check_exit=0))
+    assert forced["speculative"] and forced["drafted"] > 0
+    human = run_cli(*common, check_exit=0).stdout.splitlines()
+    assert human[-2].startswith("First token latency") and human[-1].startswith("Decode speed")  # no draft lines
+    assert_clean_error(run_cli(*common, "--speculative", "--no-speculative"), "--no-speculative", "--speculative")
+    assert "plain decoding with the same engine (the default on CPU)" in " ".join(run_cli("--help").stdout.split())
+
+
+def test_version():
+    from selfspec import __version__
+
+    result = run_cli("--version", check_exit=0)
+    assert result.stdout == f"speculative.py {__version__}\n" and re.fullmatch(r"\d+\.\d+\.\d+", __version__)
+
+
+def test_prompt_from_a_file_or_stdin_equals_the_argument(tiny_7b, tmp_path):
+    passage = "The river flows to the sea.\n北京是哪个国家的首都？ " * 3 + "Summarize."
+    common = ["--repo-id-or-model-path", tiny_7b, "--n-predict", 8, "--dtype", "float32", "--warmup", 0, "--json"]
+    from_argument, = json_records(run_cli(*common, "--prompt", passage, check_exit=0))
+    (tmp_path / "prompt.txt").write_text(passage + "\n", encoding="utf-8")  # an editor's final newline is dropped
+    from_file, = json_records(run_cli(*common, "--prompt-file", tmp_path / "prompt.txt", check_exit=0))
+    from_stdin, = json_records(run_cli(*common, "--prompt", "-", stdin=passage + "\n", check_exit=0))
+    assert from_argument["prompt_tokens"] == from_file["prompt_tokens"] == from_stdin["prompt_tokens"]
+    assert from_argument["token_ids"] == from_file["token_ids"] == from_stdin["token_ids"]
+
+
+def test_bad_prompt_files(tiny_7b, tmp_path):
+    common = ["--repo-id-or-model-path", tiny_7b, "--n-predict", 4, "--warmup", 0]
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9")
+    (tmp_path / "empty.txt").write_text("\n")
+    assert_clean_error(run_cli(*common, "--prompt-file", tmp_path / "missing.txt"), "--prompt-file", "no such file")
+    assert_clean_error(run_cli(*common, "--prompt-file", tmp_path), "--prompt-file", "directory")
+    assert_clean_error(run_cli(*common, "--prompt-file", tmp_path / "latin1.txt"), "--prompt-file", "UTF-8")
+    assert_clean_error(run_cli(*common, "--prompt-file", tmp_path / "empty.txt"), "--prompt-file", "empty")
+    assert_clean_error(run_cli(*common, "--prompt", "-", stdin=""), "--prompt -", "empty")
+    assert_clean_error(run_cli(*common, "--prompt", "hi", "--prompt-file", tmp_path / "latin1.txt"), "not allowed")
+    assert_clean_error(run_cli(*common, "--interactive", "--prompt", "-"), "--interactive", "stdin")
+    assert_clean_error(run_cli(*common, "--interactive", "--raw-prompt"), "--interactive", "--raw-prompt")
+
+
+STATS_LINE = re.compile(r"(Tokens generated|E2E Generation time|First token latency|Decode speed|Draft tokens proposed"
+                        r"|Draft tokens accepted|Acceptance rate|Verification steps|Tokens per verification step) ")
+
+
+@pytest.mark.parametrize("options", [[], ["--speculative", "--do-sample", "--seed", 5, "--repetition-penalty", 1.05]], ids=["plain-greedy",
+                                                                                              "speculative-sampled"])
+def test_interactive_chat_streams_each_answer_and_its_statistics(tiny_7b, options):
+    result = run_cli("--repo-id-or-model-path", tiny_7b, "--interactive", "--n-predict", 12, "--warmup", 0, *options,
+                     stdin="Hello!\nTell me about the river.\n北京是哪个国家的首都？\n", check_exit=0)
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert sum(line.startswith("Tokens generated ") for line in lines) == 3
+    assert sum(line.startswith("Decode speed ") for line in lines) == 3 and lines[-1].startswith("Decode speed ")
+    assert sum(line.startswith("Acceptance rate ") for line in lines) == (3 if options else 0)
+    answers = [line for line in lines if not STATS_LINE.match(line)]
+    assert len(answers) >= 3  # each answer streamed before its statistics (an answer may hold line breaks)
+
+
+def test_interactive_chat_keeps_the_conversation_in_the_cache(tiny_7b, monkeypatch, capsys):
+    """In process, to see what each turn prefills: only what the cache lacks; the first message may come from
+    --prompt; an empty line ends the chat."""
+    import io
+
+    import speculative
+
+    turns = []
+
+    def recording_generate(model, input_ids, max_new_tokens, cached_tokens=0, **options):
+        output_ids, stats = generate(model, input_ids, max_new_tokens, cached_tokens=cached_tokens, **options)
+        turns.append((list(input_ids), cached_tokens, output_ids))
+        return output_ids, stats
+
+    generate = speculative.generate
+    monkeypatch.setattr(speculative, "generate", recording_generate)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("And the sea?\nWhy?\n\nnever read\n".encode())))
+    argv = ["--repo-id-or-model-path", str(tiny_7b), "--interactive", "--prompt", "Tell me about the river.",
+            "--n-predict", "16", "--warmup", "0", "--json", "--speculative"]
+    assert speculative.main(argv) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(turns) == len(records) == 3
+    for (input_ids, cached, output_ids), record in zip(turns, records):
+        assert record["token_ids"] == output_ids and record["prompt_tokens"] == len(input_ids)
+    assert turns[0][1] == 0
+    for (earlier_ids, _, _), (input_ids, cached, _) in zip(turns, turns[1:]):
+        assert input_ids[: len(earlier_ids)] == earlier_ids  # the conversation grows at its end
+        assert len(earlier_ids) <= cached < len(input_ids)  # the earlier turns are not prefilled again
+
+
+def test_interactive_chat_drops_the_oldest_turns_when_the_context_fills(tiny_7b, monkeypatch, capsys):
+    import io
+
+    import speculative
+
+    cached_by_turn = []
+
+    def recording_generate(model, input_ids, max_new_tokens, cached_tokens=0, **options):
+        assert len(input_ids) + max_new_tokens <= 256
+        cached_by_turn.append(cached_tokens)
+        return generate(model, input_ids, max_new_tokens, cached_tokens=cached_tokens, **options)
+
+    generate = speculative.generate
+    monkeypatch.setattr(speculative, "generate", recording_generate)
+    messages = "".join(f"{turn}: tell me everything about the long river that flows to the sea, again and again.\n"
+                       for turn in range(4))  # about 70 tokens each: two turns and their answers fill the context
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(messages.encode())))
+    argv = ["--repo-id-or-model-path", str(tiny_7b), "--interactive", "--n-predict", "40", "--warmup", "0", "--json"]
+    assert speculative.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 4
+    assert "warning: dropped the 1 oldest turn(s) of the conversation" in err
+    assert 0 < cached_by_turn[1] and cached_by_turn[-1] < cached_by_turn[1]  # after a drop, the cache is refilled
+
+
+def test_loading_shows_progress_in_bytes_with_a_total(tiny_7b_sharded, monkeypatch, capsys):
+    """A real checkpoint (over PROGRESS_MIN_BYTES) gets one bar over all its shards, in bytes; here a tiny one
+    is made to count as real."""
+    from tqdm import tqdm
+
+    from selfspec import checkpoint
+
+    monkeypatch.setattr(checkpoint, "PROGRESS_MIN_BYTES", 0)
+    files = checkpoint.find_weight_files(tiny_7b_sharded)
+    checkpoint.load_model(tiny_7b_sharded, torch.float32, "cpu")
+    final = capsys.readouterr().err.split("\r")[-1]
+    total = tqdm.format_sizeof(sum(f.stat().st_size for f in files), divisor=1024)
+    assert len(files) == 3 and final.startswith("loading weights: 100%") and f" {total}/{total} " in final, final
+    assert "B/s]" in final  # bytes per second

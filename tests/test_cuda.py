@@ -122,6 +122,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the compiled kernel is tested instead")
 def test_triton_kernel_logic_in_the_interpreter():
     pytest.importorskip("triton")

@@ -531,6 +531,7 @@ def ulp(x: float, dtype) -> float:
     return 2.0 ** math.floor(math.log2(abs(x))) * torch.finfo(dtype).eps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("position_encoding,num_heads", SIZES)
 def test_half_precision_diverges_only_at_near_ties(dtype, position_encoding, num_heads):
@@ -554,3 +555,39 @@ def test_half_precision_diverges_only_at_near_ties(dtype, position_encoding, num
         top2 = logits.topk(2).values
         assert float(top2[0] - top2[1]) <= 4 * ulp(float(top2[0]), dtype)
     assert identical >= 5
+
+
+class CountingModel:
+    """The model, recording (number of tokens, first position) of each forward pass."""
+
+    def __init__(self, module):
+        self.module, self.passes = module, []
+
+    def __call__(self, tokens, input_pos, end=None, last_only=False):
+        self.passes.append((tokens.shape[1], int(input_pos[0])))
+        return self.module(tokens, input_pos, end, last_only)
+
+
+@pytest.mark.parametrize("speculative", [False, True], ids=["plain", "speculative"])
+@pytest.mark.parametrize("sampling", [{}, {"do_sample": True, "temperature": 0.8, "top_k": 20}], ids=["greedy", "sampled"])
+def test_continuing_after_cached_turns_equals_prefilling_the_conversation(model_and_draft, speculative, sampling):
+    """Three turns of a conversation, each starting after the ids the earlier turns left in the KV cache and
+    prefilling only its new ids, give the tokens that a prefill of the whole conversation gives (float32)."""
+    model, draft = model_and_draft
+    options = dict(draft=draft if speculative else None, repetition_penalty=1.2, **sampling)
+    rng = random.Random(1)
+    conversation, cached, turns = [], 0, []
+    for turn, message_length in enumerate((30, 12, 5)):
+        conversation = conversation + [rng.randrange(model.args.vocab_size) for _ in range(message_length)]
+        counting = CountingModel(model)
+        answer, _ = generate(counting, conversation, 20, cached_tokens=cached,
+                             generator=torch.Generator().manual_seed(turn), **options)
+        assert counting.passes[0] == (len(conversation) - cached, cached)  # the prefill: the new ids only
+        turns.append((conversation, answer))
+        conversation = conversation + answer
+        cached = len(conversation) - 1  # the last answer id was emitted, never run through the model
+    for turn, (prompt, answer) in enumerate(turns):  # after the whole chain, which never prefilled from 0
+        from_scratch, _ = generate(model, prompt, 20, generator=torch.Generator().manual_seed(turn), **options)
+        assert answer == from_scratch, turn
+    with pytest.raises(ValueError, match="cached_tokens"):
+        generate(model, [1, 2, 3], 4, cached_tokens=3)

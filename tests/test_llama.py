@@ -194,7 +194,7 @@ def test_cli_on_a_llama_checkpoint(tied_gqa):
         assert result.returncode == status, result.stderr
         return json.loads(result.stdout.splitlines()[-1]) if status == 0 else None, result.stderr
 
-    spec, _ = run("--prompt", "Tell me about the sea.", "--system", "Be brief.")
+    spec, _ = run("--prompt", "Tell me about the sea.", "--system", "Be brief.", "--speculative")
     plain, _ = run("--prompt", "Tell me about the sea.", "--system", "Be brief.", "--no-speculative")
     assert spec["token_ids"] == plain["token_ids"] and spec["drafted"] > 0
     # A message longer than the room the answer leaves is refused, not cut (from the left, as it was).

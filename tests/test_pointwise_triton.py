@@ -43,6 +43,7 @@ def test_compiled_kernels_match_eager():
     check_kernels("cuda")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the compiled kernels are tested instead")
 def test_kernel_logic_in_the_interpreter():
     pytest.importorskip("triton")

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from make_proxy import embed_llama, read_llama
-from smollm2 import smollm2_folder
 from tiny_llama import write_tiny_llama
 
 from selfspec.checkpoint import load_checkpoint, model_from_state_dict
@@ -104,11 +103,11 @@ def test_impossible_shapes(tiny):
         embed_llama(state, config, {**base, "num_attention_heads": 8, "hidden_size": 256, "num_key_value_heads": 2})
 
 
+@pytest.mark.slow
 @torch.inference_mode()
-def test_smollm2_proxy(tmp_path_factory):
+def test_smollm2_proxy(smollm2):
     """The real model, padded in every dimension (a head beyond its 9, width 64 -> 128, one extra layer)."""
-    folder = smollm2_folder(tmp_path_factory)
-    ckpt, original, tokenizer = load_checkpoint(str(folder), torch.float32, "cpu", max_seq_len=512)
+    folder, ckpt, original, tokenizer = smollm2
     state, config = read_llama(folder)
     shape = dict(hidden_size=1280, num_hidden_layers=31, num_attention_heads=10, num_key_value_heads=10,
                  intermediate_size=1600, vocab_size=49152 + 64)

@@ -208,3 +208,12 @@ def test_draft_bytes_count_a_frequent_vocab_head(lm_head):
     expected = draft_bytes(model.args, torch.float32, 32, lm_head, head_vocab_size=ids.numel())
     assert expected == weight_bytes(draft, quantized_only=True)
     assert expected < draft_bytes(model.args, torch.float32, 32, lm_head)
+
+
+@pytest.mark.parametrize("lm_head", ["shared", "int8"])
+def test_draft_reports_each_target_weight_once_for_its_progress_bar(lm_head):
+    model = random_model("rope", num_heads=4, max_seq_len=64)
+    reported = []
+    make_draft(model, group_size=32, lm_head=lm_head, on_weight=reported.append)
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert sorted(map(id, reported)) == sorted(map(id, linears))  # layers' 7 matrices each and the head

@@ -14,16 +14,9 @@ import torch.nn.functional as F
 from measure_acceptance import PROMPTS, markdown, measure, summary
 from smollm2 import smollm2_folder
 
-from selfspec.checkpoint import load_checkpoint
 from selfspec.quantize import make_draft
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    folder = smollm2_folder(tmp_path_factory)
-    return (folder, *load_checkpoint(str(folder), torch.float32, "cpu", max_seq_len=1024))
 
 
 def test_answers_a_chat_question_through_the_cli(tmp_path_factory):
@@ -67,6 +60,7 @@ def test_gguf_qk_row_order_is_undone(smollm2):
     assert converted < 2.5 < permuted, (converted, permuted)
 
 
+@pytest.mark.slow
 def test_speculative_equals_plain_and_acceptance(smollm2):
     """Greedy speculative output equals plain output token for token (float32), on English and Chinese
     chat and passage prompts; the acceptance figures are printed (pytest -s)."""
