@@ -382,6 +382,14 @@ def test_ctrl_c_while_loading_and_while_generating(tiny_7b, tmp_path):
     assert interrupt_when_reached(tmp_path, tiny_7b, generating) == (130, "interrupted\n")
 
 
+def test_ctrl_c_while_importing_torch(tiny_7b, tmp_path):
+    importing = ("import builtins\nreal_import = builtins.__import__\n"
+                 "def slow(name, *args, **kwargs):\n    if name == 'torch':\n        marker.touch()\n"
+                 "        time.sleep(120)\n    return real_import(name, *args, **kwargs)\n"
+                 "builtins.__import__ = slow")
+    assert interrupt_when_reached(tmp_path, tiny_7b, importing) == (130, "interrupted\n")
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_stdout_on_a_full_disk(tiny_7b):
     with open("/dev/full", "w") as full:
@@ -440,7 +448,9 @@ def test_bad_prompt_files(tiny_7b, tmp_path):
 
 
 STATS_LINE = re.compile(r"(Tokens generated|E2E Generation time|First token latency|Decode speed|Draft tokens proposed"
-                        r"|Draft tokens accepted|Acceptance rate|Verification steps|Tokens per verification step) ")
+                        r"|Draft tokens accepted|Acceptance rate|Verification steps|Tokens per verification step"
+                        r"|Lookup tokens proposed|Lookup tokens accepted|Lookup verification steps"
+                        r"|INT4 draft tokens proposed|INT4 draft tokens accepted) ")
 
 
 @pytest.mark.parametrize("options", [[], ["--speculative", "--do-sample", "--seed", 5, "--repetition-penalty", 1.05]], ids=["plain-greedy",
@@ -451,7 +461,7 @@ def test_interactive_chat_streams_each_answer_and_its_statistics(tiny_7b, option
     assert result.stderr == ""
     lines = result.stdout.splitlines()
     assert sum(line.startswith("Tokens generated ") for line in lines) == 3
-    assert sum(line.startswith("Decode speed ") for line in lines) == 3 and lines[-1].startswith("Decode speed ")
+    assert sum(line.startswith("Decode speed ") for line in lines) == 3 and STATS_LINE.match(lines[-1])
     assert sum(line.startswith("Acceptance rate ") for line in lines) == (3 if options else 0)
     answers = [line for line in lines if not STATS_LINE.match(line)]
     assert len(answers) >= 3  # each answer streamed before its statistics (an answer may hold line breaks)

