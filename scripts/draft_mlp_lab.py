@@ -4,7 +4,7 @@ copies of the weights (read from DRAM, as in a draft step), CUDA graph, PDL.
 
     python scripts/draft_mlp_lab.py [--shape 7b] [--json OUT.json]
 
-The persistent kernel (not used by the engine: on an H200 it ran 1.7-2.2x slower than the three kernels,
+The persistent kernel (not used by the engine: slower than the three kernels, docs/performance.md and
 docs/perf/h200-2026-12-04-draft-mlp-lab.json; an ncu profile of an earlier version beside it): the
 residual add, RMS norm, gate/up with SiLU-multiply, and down in one launch instead of three.
 
