@@ -368,9 +368,11 @@ def device_copier(device: torch.device | str, dtype: torch.dtype, slice_bytes: i
 
 
 def _counted(items, bar):
-    """(key, tensor) items as they are, each tensor's bytes counted on the progress bar."""
+    """(key, tensor) items as they are, each tensor's bytes counted on the progress bar (anything else is
+    passed on uncounted, for the checks after this to refuse)."""
     for key, tensor in items:
-        bar.update(tensor.numel() * tensor.element_size())
+        if isinstance(tensor, torch.Tensor):
+            bar.update(tensor.numel() * tensor.element_size())
         yield key, tensor
 
 

@@ -204,7 +204,7 @@ def test_native_is_the_default_and_never_loads_the_backend(tiny_7b):
     script = ("import sys, speculative; code = speculative.main(sys.argv[1:]); "
               "print(sorted(m for m in sys.modules if 'ipex_llm' in m)); sys.exit(code)")
     result = subprocess.run([sys.executable, "-c", script, "--repo-id-or-model-path", str(tiny_7b),
-                             "--n-predict", "4", "--warmup", "0", "--device", "cpu", "--json"],
+                             "--prompt", "hi", "--n-predict", "4", "--warmup", "0", "--device", "cpu", "--json"],
                             capture_output=True, text=True, timeout=120, cwd=ROOT,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
