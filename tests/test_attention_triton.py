@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from selfspec.model import alibi_slopes, apply_rope
-from utils import random_model, run_in_triton_interpreter
+from helpers import random_model, run_in_triton_interpreter
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

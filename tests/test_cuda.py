@@ -17,7 +17,7 @@ from selfspec.quantize import (
     Int4Linear, Int4MLP, Int8Linear, dequantize_int4, draft_bytes, make_draft, pack_half2_words, pack_nibbles, quantize_int4,
     weight_bytes,
 )
-from utils import random_model, run_in_triton_interpreter
+from helpers import random_model, run_in_triton_interpreter
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -9,7 +9,7 @@ from selfspec.generate import (GenerationStats, Sampling, TextStreamer, adapt_th
                                greedy_pick, penalize, seen_by_row, speculative_accept, spread)
 from selfspec.quantize import make_draft
 from smollm2 import smollm2_folder
-from utils import random_model
+from helpers import random_model
 
 SIZES = [("rope", 4), ("alibi", 5)]  # 7B-style and 13B-style (non-power-of-two heads)
 

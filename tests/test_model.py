@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from selfspec.model import alibi_slopes
-from utils import random_model
+from helpers import random_model
 
 
 def full_forward(model, tokens):

@@ -5,7 +5,7 @@ from selfspec.quantize import (
     Int4Linear, Int4MLP, Int8Linear, dequantize_int4, draft_bytes, frequent_vocab, make_draft, pack_half2_words, pack_nibbles,
     quantize_int4, unpack_half2_words, unpack_nibbles, weight_bytes,
 )
-from utils import random_model
+from helpers import random_model
 
 
 @pytest.mark.parametrize("group_size", [32, 64, 128])

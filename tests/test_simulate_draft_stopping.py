@@ -11,7 +11,7 @@ from selfspec.generate import generate  # noqa: E402
 from selfspec.quantize import make_draft  # noqa: E402
 from selfspec import InputError  # noqa: E402
 from simulate_draft_stopping import RULES, compare_rules, draft_chains, replay, saved_chains  # noqa: E402
-from utils import random_model  # noqa: E402
+from helpers import random_model  # noqa: E402
 
 
 @pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])

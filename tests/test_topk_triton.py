@@ -7,7 +7,7 @@ interpreter is chosen when Triton is imported)."""
 import pytest
 import torch
 
-from utils import run_in_triton_interpreter
+from helpers import run_in_triton_interpreter
 
 
 def check_kernels(device: str):
