@@ -12,9 +12,10 @@ NVRTC version need not match the driver's), once per (device, GROUP, K, GLU, res
 and launched with cuLaunchKernelEx on torch's current stream, so CUDA-graph capture records it. Compile
 outside capture (the usual warm-up call does).
 
-Needs the `cuda-python` bindings (`cuda.bindings`, or the older `cuda.cuda`/`cuda.nvrtc` names) and the NVRTC
-library; torch's CUDA wheels bring NVRTC (nvidia-cuda-nvrtc), where the bindings find it. `available()` says
-whether all of that is there, and `unavailable_reason` why not.
+Needs the `cuda-python` bindings (`cuda.bindings`, or the older `cuda.cuda`/`cuda.nvrtc` names; in
+requirements.txt, importable without a GPU) and the NVRTC library of the same CUDA major version; torch's CUDA
+wheels bring NVRTC (nvidia-cuda-nvrtc), where the bindings find it. `available()` says whether all of that is
+there, and `unavailable_reason` why not.
 """
 import ctypes
 import math
@@ -33,6 +34,20 @@ except ImportError:
         driver = nvrtc = None
 
 unavailable_reason = "" if nvrtc is not None else "cuda-python (cuda.bindings) is not installed"
+
+
+def nvrtc_loads() -> bool:
+    """The bindings are installed and find an NVRTC library of their CUDA major version (12.x bindings for a
+    +cu12x torch, 13.x for +cu13x); the reason is kept in `unavailable_reason` if not."""
+    global unavailable_reason
+    if nvrtc is None:
+        return False
+    try:
+        _check(nvrtc.nvrtcVersion())
+    except Exception as error:  # noqa: BLE001 - a missing or mismatched library, whatever the bindings raise
+        unavailable_reason = f"NVRTC cannot be loaded: {error}"
+        return False
+    return True
 
 
 def _asm_string(ptx: str) -> str:
@@ -274,7 +289,7 @@ def available(device: torch.device) -> bool:
     """cuda-python and NVRTC are there, `device` is CUDA with compute capability 8.0 or more, and a small kernel
     compiles and loads on it. Otherwise False, with the reason in `unavailable_reason`."""
     global unavailable_reason
-    if nvrtc is None:
+    if not nvrtc_loads():
         return False
     if device.type != "cuda" or not torch.cuda.is_available():
         unavailable_reason = f"{device} is not a CUDA device"

@@ -7,7 +7,7 @@ from selfspec import int4_cuda
 from selfspec.int4_cuda import Tiling
 from selfspec.quantize import dequantize_int4, pack_half2_words, quantize_int4
 
-needs_nvrtc = pytest.mark.skipif(int4_cuda.nvrtc is None, reason="needs cuda-python and NVRTC")
+needs_nvrtc = pytest.mark.skipif(not int4_cuda.nvrtc_loads(), reason="needs cuda-python and NVRTC")
 cuda = pytest.mark.skipif(not (torch.cuda.is_available() and int4_cuda.available(torch.device("cuda"))),
                           reason="needs a CUDA GPU (compute capability 8.0+) and cuda-python")
 TOLERANCE = 2e-3  # relative norm: f16x2 sums of four products per word, float32 beyond, fp16 output
