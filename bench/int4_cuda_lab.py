@@ -38,7 +38,7 @@ MODELS = {  # name: (layers, [(name, N, K, glu)]) of Baichuan2's decoder layers,
 }
 TILINGS = [Tiling(rows=2, unroll=4, warps=4), Tiling(rows=4, unroll=4, warps=4), Tiling(rows=2, unroll=8, warps=4),
            Tiling(rows=4, unroll=2, warps=4), Tiling(rows=2, unroll=4, warps=8), Tiling(rows=1, unroll=8, warps=4),
-           Tiling(rows=4, unroll=4, warps=2)]
+           Tiling(rows=4, unroll=4, warps=2), Tiling(rows=1, unroll=12, warps=4), Tiling(rows=2, unroll=6, warps=4)]
 
 
 def random_weights(n, k, group, gain=1.0):
@@ -171,6 +171,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "tolerance": TOLERANCE,
+              "nvrtc": ".".join(map(str, int4_cuda.nvrtc_version())), "default_tiling": str(int4_cuda.default_tiling(4096, 4096)),
               "shapes": [], "steps": {}}
     failed = []
     print(f"{'model':5} {'matrix':8} {'group':>5} {'cuda us':>8} {'pdl us':>7} {'best us':>8} {'triton us':>9} "

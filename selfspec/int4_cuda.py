@@ -36,18 +36,17 @@ except ImportError:
 unavailable_reason = "" if nvrtc is not None else "cuda-python (cuda.bindings) is not installed"
 
 
-def nvrtc_loads() -> bool:
-    """The bindings are installed and find an NVRTC library of their CUDA major version (12.x bindings for a
-    +cu12x torch, 13.x for +cu13x); the reason is kept in `unavailable_reason` if not."""
+def nvrtc_version() -> tuple[int, int] | None:
+    """(major, minor) of the NVRTC library that the bindings load: one of their own CUDA major version (12.x
+    bindings for a +cu12x torch, 13.x for +cu13x). None if there is none, the reason in `unavailable_reason`."""
     global unavailable_reason
     if nvrtc is None:
-        return False
+        return None
     try:
-        _check(nvrtc.nvrtcVersion())
+        return tuple(_check(nvrtc.nvrtcVersion()))
     except Exception as error:  # noqa: BLE001 - a missing or mismatched library, whatever the bindings raise
         unavailable_reason = f"NVRTC cannot be loaded: {error}"
-        return False
-    return True
+        return None
 
 
 def _asm_string(ptx: str) -> str:
@@ -289,7 +288,7 @@ def available(device: torch.device) -> bool:
     """cuda-python and NVRTC are there, `device` is CUDA with compute capability 8.0 or more, and a small kernel
     compiles and loads on it. Otherwise False, with the reason in `unavailable_reason`."""
     global unavailable_reason
-    if not nvrtc_loads():
+    if nvrtc_version() is None:
         return False
     if device.type != "cuda" or not torch.cuda.is_available():
         unavailable_reason = f"{device} is not a CUDA device"
@@ -360,6 +359,7 @@ def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group:
     tiling = tiling or default_tiling(n, k)
     device = torch.device("cuda", x.device.index if x.device.index is not None else torch.cuda.current_device())
     function = _kernel(device, group, k, glu, residual is not None, tiling)
+    pdl = pdl and torch.cuda.get_device_capability(device) >= (9, 0)
     grid = (math.ceil(n / (tiling.rows * tiling.warps)), m, 1)
     stream = torch.cuda.current_stream(device).cuda_stream
     args = (words.data_ptr(), scales.data_ptr(), flat.data_ptr(), out.data_ptr(),

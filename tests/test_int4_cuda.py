@@ -1,5 +1,7 @@
 """The CUDA C++ INT4 GEMV (selfspec/int4_cuda.py): NVRTC builds it without a GPU where cuda-python and NVRTC are
 installed; on a GPU it matches a float32 reference, alone, in CUDA graphs and with programmatic dependent launch."""
+import types
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from selfspec import int4_cuda
 from selfspec.int4_cuda import Tiling
 from selfspec.quantize import dequantize_int4, pack_half2_words, quantize_int4
 
-needs_nvrtc = pytest.mark.skipif(not int4_cuda.nvrtc_loads(), reason="needs cuda-python and NVRTC")
+needs_nvrtc = pytest.mark.skipif(int4_cuda.nvrtc_version() is None, reason="needs cuda-python and NVRTC")
 cuda = pytest.mark.skipif(not (torch.cuda.is_available() and int4_cuda.available(torch.device("cuda"))),
                           reason="needs a CUDA GPU (compute capability 8.0+) and cuda-python")
 TOLERANCE = 2e-3  # relative norm: f16x2 sums of four products per word, float32 beyond, fp16 output
@@ -44,6 +46,16 @@ def test_build_refuses_shapes_the_kernel_cannot_walk():
 def test_not_available_on_cpu_with_a_reason():
     assert not int4_cuda.available(torch.device("cpu"))
     assert int4_cuda.unavailable_reason
+
+
+def test_a_missing_nvrtc_library_means_unavailable(monkeypatch):
+    def not_found():
+        raise RuntimeError("libnvrtc.so not found")
+
+    monkeypatch.setattr(int4_cuda, "nvrtc", types.SimpleNamespace(nvrtcVersion=not_found))
+    assert int4_cuda.nvrtc_version() is None
+    assert not int4_cuda.available(torch.device("cuda"))
+    assert "NVRTC cannot be loaded: libnvrtc.so not found" in int4_cuda.unavailable_reason
 
 
 def test_arguments_are_checked_before_anything_runs():
