@@ -38,7 +38,8 @@ MODELS = {  # name: (layers, [(name, N, K, glu)]) of Baichuan2's decoder layers,
 }
 TILINGS = [Tiling(rows=2, unroll=4, warps=4), Tiling(rows=4, unroll=4, warps=4), Tiling(rows=2, unroll=8, warps=4),
            Tiling(rows=4, unroll=2, warps=4), Tiling(rows=2, unroll=4, warps=8), Tiling(rows=1, unroll=8, warps=4),
-           Tiling(rows=4, unroll=4, warps=2), Tiling(rows=1, unroll=12, warps=4), Tiling(rows=2, unroll=6, warps=4)]
+           Tiling(rows=4, unroll=4, warps=2), Tiling(rows=1, unroll=12, warps=4), Tiling(rows=2, unroll=6, warps=4),
+           Tiling(rows=2, unroll=4, warps=4, l2_prefetch=True), Tiling(rows=4, unroll=4, warps=4, l2_prefetch=True)]
 
 
 def random_weights(n, k, group, gain=1.0):

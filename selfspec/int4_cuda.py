@@ -5,7 +5,8 @@ quantize.pack_half2_words, fp16 scales [N, K/GROUP], the `_HALF2_DOT` dequantisa
 thing a batch-1 GEMV needs: many bytes of weights in flight on every SM. Each warp owns ROWS rows and walks
 along K; each thread issues ROWS * UNROLL independent 16-byte weight loads before it uses any of them. The
 first batch of loads is issued before the kernel waits for the kernel before it (programmatic dependent
-launch, PDL): the weights do not depend on it, only x does.
+launch, PDL): the weights do not depend on it, only x does, which each block then copies once into shared
+memory.
 
 The source is compiled to a cubin for the device's own architecture (no PTX JIT by the driver, so the
 NVRTC version need not match the driver's), once per (device, GROUP, K, GLU, residual, tiling) in a process,
@@ -57,7 +58,7 @@ def _asm_string(ptx: str) -> str:
 
 _SOURCE = r"""
 // Compile-time: GROUP, K_COLS, ROWS (rows per warp), UNROLL (16-byte loads per thread per row per step),
-// WARPS (per block), GLU (rows interleave gate and up), RESIDUAL (add a [M, N] fp16 tensor).
+// WARPS (per block), L2_PREFETCH (a load hint), GLU (rows interleave gate and up), RESIDUAL (add [M, N] fp16).
 typedef unsigned int u32;
 typedef unsigned short u16;
 
@@ -74,12 +75,17 @@ __HALF2_DOT__
     return out;
 }
 
+#if L2_PREFETCH  // DRAM read in 256-byte pieces: each warp's load covers 512 contiguous bytes anyway
+#define LOAD_WEIGHTS "ld.global.nc.L1::no_allocate.L2::256B.v4.u32"
+#else
+#define LOAD_WEIGHTS "ld.global.nc.L1::no_allocate.v4.u32"
+#endif
+
 // Weights are read once: bypass L1 (no_allocate) and the coherent path (nc). volatile keeps these loads
 // ahead of the grid-dependency wait, where they were written.
 __device__ __forceinline__ uint4 load_weights(const uint4* p) {
     uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    asm volatile(LOAD_WEIGHTS " {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
     return v;
 }
 
@@ -89,12 +95,21 @@ __device__ __forceinline__ u16 load_scale(const u16* p) {
     return v;
 }
 
-// x was written by the kernel before this one, maybe while this one already ran (PDL): read it at L2 (.cg).
-__device__ __forceinline__ uint4 load_activations(const uint4* p) {
-    uint4 v;
-    asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p) : "memory");
-    return v;
+// x is copied once per block into shared memory, at position swizzle(j) for its 16-byte piece j. A lane reads
+// pieces 4c..4c+3 for its chunk c, so the 8 lanes of a 128-bit access phase would hit only two of the eight
+// 16-byte bank groups (4-way conflicts); XOR-ing bits 3-4 of j into bits 0-1 spreads them over all eight.
+__device__ __forceinline__ int swizzle(int j) { return j ^ ((j >> 3) & 3); }
+
+// x was written by the kernel before this one, maybe while this one already ran (PDL): copy it at L2 (.cg),
+// asynchronously, so that all pieces are in flight together.
+__device__ __forceinline__ void copy_activations(uint4* shared, const uint4* x) {
+#pragma unroll
+    for (int j = threadIdx.x; j < K_COLS / 8; j += WARPS * 32) {
+        const u32 to = (u32)__cvta_generic_to_shared(shared + swizzle(j));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(to), "l"(x + j) : "memory");
+    }
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    __syncthreads();
 }
 
 __device__ __forceinline__ float half_to_float(u16 h) {
@@ -127,11 +142,11 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
           const u16* residual, int n) {
     const int lane = threadIdx.x % 32;
     const int row0 = (blockIdx.x * WARPS + threadIdx.x / 32) * ROWS;
-    if (row0 >= n) return;  // counts as having let the next kernel launch
     const int m = blockIdx.y;
-    const uint4* xm = x + (long long)m * (K_COLS / 8);
+    __shared__ uint4 xs[K_COLS / 8];
 
-    // Rows past n (last warp) load row n - 1 again and store nothing: loads stay unconditional.
+    // Rows past n (last block) load row n - 1 again and store nothing: loads stay unconditional, and every
+    // warp takes part in the block's copy of x.
     const uint4* row_words[ROWS];
     const u16* row_scales[ROWS];
 #pragma unroll
@@ -161,14 +176,17 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
                 }
             }
         }
-        if (base == 0) wait_for_inputs();
+        if (base == 0) {
+            wait_for_inputs();
+            copy_activations(xs, x + (long long)m * (K_COLS / 8));
+        }
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
             const int c = base + u * 32 + lane;
             if (CHUNKS % STEP == 0 || c < CHUNKS) {
                 // 32 activations: four words' worth, each word's eight as four half2 pairs.
-                const uint4 x0 = load_activations(xm + 4 * c), x1 = load_activations(xm + 4 * c + 1),
-                            x2 = load_activations(xm + 4 * c + 2), x3 = load_activations(xm + 4 * c + 3);
+                const uint4 x0 = xs[swizzle(4 * c)], x1 = xs[swizzle(4 * c + 1)], x2 = xs[swizzle(4 * c + 2)],
+                            x3 = xs[swizzle(4 * c + 3)];
 #pragma unroll
                 for (int r = 0; r < ROWS; ++r) {
                     const float dot = word_dot(w[u][r].x, x0.x, x0.y, x0.z, x0.w)
@@ -221,6 +239,7 @@ class Tiling:
     rows: int = 2  # rows per warp (even with GLU)
     unroll: int = 4  # 16-byte loads per thread per row before any is used
     warps: int = 4  # per block
+    l2_prefetch: bool = False  # the .L2::256B hint on weight loads
 
 
 def default_tiling(n: int, k: int) -> Tiling:
@@ -243,7 +262,7 @@ def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tili
     if glu and tiling.rows % 2:
         raise ValueError("GLU needs an even number of rows per warp")
     defines = dict(GROUP=group, K_COLS=k, ROWS=tiling.rows, UNROLL=tiling.unroll, WARPS=tiling.warps,
-                   GLU=int(glu), RESIDUAL=int(residual))
+                   L2_PREFETCH=int(tiling.l2_prefetch), GLU=int(glu), RESIDUAL=int(residual))
     options = [f"--gpu-architecture=sm_{arch}", "-std=c++17"] + [f"-D{key}={value}" for key, value in defines.items()]
     program = _check(nvrtc.nvrtcCreateProgram(_SOURCE.encode(), b"int4_cuda.cu", 0, [], []))
     try:
