@@ -8,8 +8,8 @@ first batch of loads is issued before the kernel waits for the kernel before it 
 launch, PDL): the weights do not depend on it, only x does, which each block then copies once into shared
 memory.
 
-The source is compiled to a cubin for the device's own architecture (no PTX JIT by the driver, so the
-NVRTC version need not match the driver's), once per (device, GROUP, K, GLU, residual, tiling) in a process,
+The source is compiled to a cubin for the device's own architecture (no PTX for the driver to JIT: a driver
+refuses PTX from a newer NVRTC than itself), once per (device, GROUP, K, GLU, residual, tiling) in a process,
 and launched with cuLaunchKernelEx on torch's current stream, so CUDA-graph capture records it. Compile
 outside capture (the usual warm-up call does).
 
@@ -371,6 +371,8 @@ def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group:
     if out.shape != (*x.shape[:-1], n_out) or out.dtype != torch.float16 or not out.is_contiguous():
         raise ValueError(f"int4_gemv: out must be a contiguous float16 tensor of shape {(*x.shape[:-1], n_out)}")
     if residual is not None:
+        if residual.shape != out.shape or residual.dtype != torch.float16:
+            raise ValueError(f"int4_gemv: residual must be float16 of shape {tuple(out.shape)}")
         residual = residual.reshape(m, n).contiguous()
     words, scales = words.contiguous(), scales.contiguous()
     if words.data_ptr() % 16:

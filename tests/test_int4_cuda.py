@@ -65,6 +65,8 @@ def test_arguments_are_checked_before_anything_runs():
         int4_cuda.int4_gemv(x.float(), words, scales, 64)
     with pytest.raises(ValueError, match="do not fit"):
         int4_cuda.int4_gemv(x, words, scales, 32)
+    with pytest.raises(ValueError, match="residual"):
+        int4_cuda.int4_gemv(x, words, scales, 64, residual=torch.zeros(1, 8))
     with pytest.raises(ValueError, match="GLU"):
         int4_cuda.int4_gemv(x, words, scales, 64, glu=True, residual=torch.zeros(1, 8, dtype=torch.float16))
 
