@@ -1,6 +1,9 @@
 """The CUDA C++ INT4 GEMV (selfspec/int4_cuda.py): NVRTC builds it without a GPU where cuda-python and NVRTC are
 installed; on a GPU it matches a float32 reference, alone, in CUDA graphs and with programmatic dependent launch."""
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,6 +72,14 @@ def test_arguments_are_checked_before_anything_runs():
         int4_cuda.int4_gemv(x, words, scales, 64, residual=torch.zeros(1, 8))
     with pytest.raises(ValueError, match="GLU"):
         int4_cuda.int4_gemv(x, words, scales, 64, glu=True, residual=torch.zeros(1, 8, dtype=torch.float16))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the lab runs for real where there is a GPU")
+def test_lab_without_a_gpu_is_one_error_line(tmp_path):
+    lab = Path(__file__).resolve().parents[1] / "bench" / "int4_cuda_lab.py"
+    result = subprocess.run([sys.executable, lab, "--out", tmp_path], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr == "error: the INT4 CUDA lab needs a CUDA GPU\n"
+    assert not list(tmp_path.iterdir())
 
 
 def _weights(n, k, group):
