@@ -1,7 +1,7 @@
 """The draft's INT4 GEMV at one token: f16x2 (int4_triton, fp16 activations) against dp4a with int8
 activations (below), per Baichuan2 shape, weights read from DRAM (copies cycled: no L2 hits).
 
-    python scripts/w4a8_kernel_lab.py [--shapes 7b 13b] [--json OUT.json]
+    python bench/w4a8_kernel_lab.py [--shapes 7b 13b] [--json OUT.json]
 
 Times are CUDA-graph replays of back-to-back calls with programmatic dependent launch as the draft uses it,
 median of 20 replays; bytes are the packed weights and their scales.
@@ -27,20 +27,19 @@ Under Triton's CPU interpreter (TRITON_INTERPRET=1), which cannot run inline PTX
 shifts and multiplies: the same integers, so the kernels' logic can be checked on CPU against
 `matmul_reference`.
 """
-import argparse
-import json
 import os
 import sys
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import triton
+import triton.language as tl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-from benchmark import SHAPES, graph_ms, require_cuda  # noqa: E402
+if not __package__:  # run as a file: the packages live in the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import SHAPES, cycled_copies, graph_ms, parser, require_cuda, write_json  # noqa: E402
 from selfspec import launch, pointwise_triton, run_main  # noqa: E402
 from selfspec.int4_triton import int4_matmul_half2  # noqa: E402
 from selfspec.launch import let_next_kernel_launch, wait_for_inputs  # noqa: E402
@@ -268,7 +267,7 @@ def matrices(shape: str) -> dict:
 
 @torch.inference_mode()
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--shapes", nargs="+", default=["7b"], choices=sorted(SHAPES))
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--json")
@@ -290,20 +289,19 @@ def main():
             layouts = {"half2": pack_half2_words(q), "w4a8": pack_nibbles(q, group).view(torch.int32)}
             for layout, words in layouts.items():
                 nbytes = words.numel() * 4 + s16.numel() * 2
-                copies = [(words, s16)] + [(words.clone(), s16.clone()) for _ in range(-(-400_000_000 // nbytes))]
+                next_copy, n_copies = cycled_copies((words, s16), 400_000_000)
                 configs = [None] if layout == "half2" else CONFIGS
                 for config in configs:
-                    turn = iter(range(10**9))
 
                     def call():
-                        wc, sc = copies[next(turn) % len(copies)]
+                        wc, sc = next_copy()
                         if layout == "half2":
                             return int4_matmul_half2(x, wc, sc, group, glu=glu)
                         return w4a8_matmul(xq, wc, sc, glu=glu, config=config)
 
                     y = call()
                     err = float((y.float() - ref).norm() / ref.norm())
-                    us = graph_ms(call, calls=len(copies)) * 1e3
+                    us = graph_ms(call, calls=n_copies) * 1e3
                     cfg = None if config is None else [*config.kwargs.values(), config.num_warps, config.num_stages]
                     results.append({"shape": shape, "matrix": name, "layout": layout, "config": cfg, "us": us,
                                     "GB/s": nbytes / us / 1e3, "rel_error": err})
@@ -320,8 +318,7 @@ def main():
         quant_us = graph_ms(lambda: norm_quantize(x, d, wt, 1e-6, group)) * 1e3
         print(f"{shape} add+norm {norm_us:.2f} us, add+norm+quantize {quant_us:.2f} us")
         results.append({"shape": shape, "add_rms_norm_us": norm_us, "norm_quantize_us": quant_us})
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

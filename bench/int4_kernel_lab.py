@@ -1,7 +1,7 @@
 """Compare the Triton INT4 GEMV layouts at M=1 on Baichuan2-7B shapes, sweeping block configurations.
 
-    python scripts/int4_kernel_lab.py [--json OUT.json]   # GB/s per shape, layout and config, best first
-    python scripts/int4_kernel_lab.py --layouts half2 --cold  # weights from DRAM, as in a decode step
+    python bench/int4_kernel_lab.py [--json OUT.json]   # GB/s per shape, layout and config, best first
+    python bench/int4_kernel_lab.py --layouts half2 --cold  # weights from DRAM, as in a decode step
 
 "half2" is the kernel in use on NVIDIA GPUs with fp16 activations (selfspec/int4_triton.py: lop3 nibbles
 to half2, f16x2 arithmetic in inline PTX); "bytes" the portable one (uint8 pairs, integer-to-float
@@ -18,8 +18,6 @@ read the same weights, which for the smaller matrices stay in the H100's 50 MB L
 cycle through copies of the weights (at least 200 MB in all), so that every call reads DRAM as the draft
 step does, and the half2 sweep adds deeper pipelines (num_stages 3, 4).
 """
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -27,9 +25,10 @@ import torch
 import triton
 import triton.language as tl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import graph_ms, require_cuda  # noqa: E402
+if not __package__:  # run as a file: the packages live in the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import cycled_copies, graph_ms, parser, require_cuda, write_json  # noqa: E402
 from selfspec import run_main  # noqa: E402
 from selfspec.int4_triton import _HALF2_DOT, _int4_gemv_kernel, _int4_half2_gemv_kernel, _whole_tiles  # noqa: E402
 from selfspec.quantize import dequantize_int4, pack_half2_words, pack_nibbles, quantize_int4  # noqa: E402
@@ -233,11 +232,11 @@ def pack_int4_words(q: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", help="write all results here")
-    parser.add_argument("--layouts", nargs="+", default=["half2", "words", "bytes", "prefetch", "mma"])
-    parser.add_argument("--cold", action="store_true", help="each call reads other copies of the weights (no L2 hits)")
-    args = parser.parse_args()
+    p = parser(__doc__)
+    p.add_argument("--json", help="write all results here")
+    p.add_argument("--layouts", nargs="+", default=["half2", "words", "bytes", "prefetch", "mma"])
+    p.add_argument("--cold", action="store_true", help="each call reads other copies of the weights (no L2 hits)")
+    args = p.parse_args()
     require_cuda("the INT4 lab")
     shapes = {"o_proj": (4096, 4096), "W_pack": (12288, 4096), "gate": (11008, 4096), "gate+up": (22016, 4096),
               "down": (4096, 11008), "lm_head": (125696, 4096)}
@@ -274,9 +273,7 @@ def main():
                 continue
             packed = pack(q, group)
             nbytes = packed.numel() * packed.element_size() + s16.numel() * 2
-            copies = [(packed, s16)] + [(packed.clone(), s16.clone()) for _ in range(-(-200_000_000 // nbytes) - 1)
-                                        if args.cold]
-            turn = iter(range(10**9))
+            next_copy, n_copies = cycled_copies((packed, s16), 200_000_000 if args.cold else 0)
             found = []
             for bn, bg, nw, ns in sweeps[layout]:
                 blocks = {"BLOCK_N": bn, ("BLOCK_B" if layout == "mma" else "BLOCK_G"): bg}
@@ -287,14 +284,14 @@ def main():
                                   SUM_PER_WORD=True)
 
                 def call():
-                    w_copy, s_copy = copies[next(turn) % len(copies)]
+                    w_copy, s_copy = next_copy()
                     xs, stride = (x.view(torch.int32), k // 2) if layout.startswith("half2") else (x, k)
                     call_args = (xs, w_copy, s_copy, y, n, k, stride, n)
                     kernel[(triton.cdiv(n, bn), 1)](*call_args, GROUP=group, **blocks, num_warps=nw, num_stages=ns)
                 try:
                     call()
                     err = float((y.float() - ref).norm() / ref.norm())
-                    ms = graph_ms(call, calls=max(20, len(copies)))
+                    ms = graph_ms(call, calls=max(20, n_copies))
                 except Exception as e:  # noqa: BLE001
                     print(name, layout, (bn, bg, nw, ns), "failed", str(e)[:80])
                     continue
@@ -304,8 +301,7 @@ def main():
             for r in found[:4]:
                 print(f"  {layout:8s} {r['GB/s']:6.0f} GB/s {r['us']:7.1f} us {r['config']} err {r['rel_error']:.1e}")
             results += found
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":
