@@ -41,7 +41,7 @@ if not __package__:  # run as a file: the packages live in the repository root
 
 from bench.harness import SHAPES, cycled_copies, graph_ms, parser, require_cuda, write_json  # noqa: E402
 from selfspec import launch, pointwise_triton, run_main  # noqa: E402
-from selfspec.int4_triton import int4_matmul_half2  # noqa: E402
+from selfspec.int4_triton import int4_matmul_half2, store_rows  # noqa: E402
 from selfspec.launch import let_next_kernel_launch, wait_for_inputs  # noqa: E402
 from selfspec.quantize import dequantize_int4, pack_half2_words, pack_nibbles, quantize_int4, unpack_nibbles  # noqa: E402
 
@@ -154,14 +154,11 @@ def _w4a8_gemv_kernel(
         exact = tl.sum(dots, axis=2) - 8 * x_sum[None, :]
         acc += exact.to(tl.float32) * (scale.to(tl.float32) * x_scale[None, :])
     let_next_kernel_launch(PDL)
-    y = tl.sum(acc, axis=1)
-    if GLU:  # rows interleave gate and up: write silu(gate) * up, half as many outputs
-        gate, up = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
-        out_rows = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-        out = gate / (1.0 + tl.exp(-gate)) * up
-        tl.store(y_ptr + m * (N // 2) + out_rows, out.to(y_ptr.dtype.element_ty), mask=out_rows < N // 2)
+    if GLU:  # rows interleave gate and up: silu(gate) * up is stored, half as many outputs
+        out_ptr = y_ptr + m * (N // 2)
     else:
-        tl.store(y_ptr + m * N + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+        out_ptr = y_ptr + m * N
+    store_rows(tl.sum(acc, axis=1), out_ptr, tl.program_id(0) * BLOCK_N, N, BLOCK_N, GLU)
 
 CONFIGS = [
     triton.Config({"BLOCK_N": bn, "BLOCK_G": bg}, num_warps=w, num_stages=s)
@@ -172,8 +169,6 @@ CONFIGS = [
 def _whole_tiles(meta) -> bool:
     return meta["N"] % meta["BLOCK_N"] == 0 and meta["K"] // meta["GROUP"] % meta["BLOCK_G"] == 0
 
-_w4a8_gemv_tuned = launch.autotune(configs=CONFIGS, key=["N", "K", "GLU"])(
-    triton.heuristics({"EVEN": _whole_tiles})(_w4a8_gemv_kernel))
 
 @triton.jit
 def _norm_quantize_kernel(x_ptr, delta_ptr, w_ptr, h_ptr, q_ptr, s_ptr, sum_ptr, eps,
@@ -234,11 +229,11 @@ def quantize(x: torch.Tensor, group_size: int) -> QuantizedActivation:
     return _norm_quantize(x, None, None, 0.0, group_size)[1]
 
 
-def w4a8_matmul(x: QuantizedActivation, words: torch.Tensor, scales: torch.Tensor, glu: bool = False,
-                dtype=torch.float16, config=None) -> torch.Tensor:
+def w4a8_matmul(x: QuantizedActivation, words: torch.Tensor, scales: torch.Tensor, config: triton.Config,
+                glu: bool = False, dtype=torch.float16) -> torch.Tensor:
     """Quantized activations [..., K] times the INT4 weight as int32 words [N, K/8] (quantize.pack_nibbles's
-    bytes viewed as int32), scales [N, K/group]. With `glu` the rows interleave gate and up and the result is
-    silu(gate) * up, [..., N/2]. `config`, one of CONFIGS, skips autotuning (tests, the interpreter)."""
+    bytes viewed as int32), scales [N, K/group], with `config`, one of CONFIGS (the lab times each). With
+    `glu` the rows interleave gate and up and the result is silu(gate) * up, [..., N/2]."""
     n, k = words.shape[0], words.shape[1] * 8
     group = x.group_size
     if k != x.q.shape[1] or scales.shape[1] != k // group:
@@ -246,17 +241,12 @@ def w4a8_matmul(x: QuantizedActivation, words: torch.Tensor, scales: torch.Tenso
     n_out = n // 2 if glu else n
     m = x.q.shape[0]
     y = torch.empty(m, n_out, dtype=dtype, device=words.device)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), m)  # noqa: E731
-    args = (x.q.view(torch.int32), x.scales, x.sums, words, scales, y, n, k)
-    meta = dict(ASM=_DP4A_WORD, EMULATE=os.environ.get("TRITON_INTERPRET") == "1", GROUP=group, GLU=glu,
-                PDL=launch.enabled, launch_pdl=launch.enabled)
-    if config is None:
-        _w4a8_gemv_tuned[grid](*args, **meta)
-    else:
-        blocks = config.kwargs
-        even = _whole_tiles(dict(blocks, N=n, K=k, GROUP=group))
-        _w4a8_gemv_kernel[grid(blocks)](*args, **meta, **blocks, EVEN=even, num_warps=config.num_warps,
-                                        num_stages=config.num_stages)
+    blocks = config.kwargs
+    _w4a8_gemv_kernel[(triton.cdiv(n, blocks["BLOCK_N"]), m)](
+        x.q.view(torch.int32), x.scales, x.sums, words, scales, y, n, k,
+        ASM=_DP4A_WORD, EMULATE=os.environ.get("TRITON_INTERPRET") == "1", GROUP=group, GLU=glu,
+        PDL=launch.enabled, launch_pdl=launch.enabled, EVEN=_whole_tiles(dict(blocks, N=n, K=k, GROUP=group)),
+        **blocks, num_warps=config.num_warps, num_stages=config.num_stages)
     return y.view(*x.shape[:-1], n_out)
 
 
@@ -297,7 +287,7 @@ def main():
                         wc, sc = next_copy()
                         if layout == "half2":
                             return int4_matmul_half2(x, wc, sc, group, glu=glu)
-                        return w4a8_matmul(xq, wc, sc, glu=glu, config=config)
+                        return w4a8_matmul(xq, wc, sc, config, glu=glu)
 
                     y = call()
                     err = float((y.float() - ref).norm() / ref.norm())

@@ -72,7 +72,8 @@ def test_benchmark_missing_model(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA they run")
-@pytest.mark.parametrize("script", ["profile_step.py", "int4_kernel_lab.py", "attention_kernel_lab.py"])
+@pytest.mark.parametrize("script", ["profile_step.py", "int4_kernel_lab.py", "attention_kernel_lab.py", "w4a8_kernel_lab.py",
+                                    "draft_mlp_lab.py"])
 def test_gpu_tools_without_cuda(script):
     assert_clean_error(run_bench(script), "CUDA")
 
@@ -101,6 +102,36 @@ def test_attention_lab_launches_the_kernels_as_the_engine_does():
     decode_attention computes, under Triton's CPU interpreter."""
     pytest.importorskip("triton")
     run_in_triton_interpreter(ATTENTION_LAB_CHECK)
+
+
+W4A8_LAB_CHECK = """
+import torch
+from bench.w4a8_kernel_lab import CONFIGS, matmul_reference, quantize, quantize_reference, w4a8_matmul
+from selfspec.quantize import pack_nibbles, quantize_int4
+torch.manual_seed(0)
+for n, k, m, glu, config in [(32, 256, 1, False, CONFIGS[1]), (48, 512, 2, True, CONFIGS[4])]:
+    q, scales = quantize_int4(torch.randn(n, k), 64)
+    packed, s16 = pack_nibbles(q, 64), scales.half()
+    x = torch.randn(m, k)
+    xq = quantize(x, 64)
+    expected_xq = quantize_reference(x, 64)
+    assert torch.equal(xq.q, expected_xq.q) and torch.equal(xq.sums, expected_xq.sums)
+    torch.testing.assert_close(xq.scales, expected_xq.scales)
+    y = w4a8_matmul(xq, packed.view(torch.int32), s16, config, glu=glu, dtype=torch.float32)
+    ref = matmul_reference(xq, packed, s16)
+    if glu:
+        ref = torch.nn.functional.silu(ref[:, 0::2]) * ref[:, 1::2]
+    torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the lab itself runs")
+def test_w4a8_lab_kernels_compute_their_reference():
+    """The W4A8 lab's activation quantizer and dp4a GEMV (dp4a emulated) against its torch references, under
+    Triton's CPU interpreter: rows of x and gate/up pairs land where they belong."""
+    pytest.importorskip("triton")
+    run_in_triton_interpreter(W4A8_LAB_CHECK)
 
 
 def test_run_xpu_keeps_relative_model_paths(tiny_7b):
