@@ -1,6 +1,7 @@
 """The tools in scripts/ and bench/ as a user runs them: bad input is one `error:` line and status 2."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,18 @@ def test_w4a8_lab_kernels_compute_their_reference():
     Triton's CPU interpreter: rows of x and gate/up pairs land where they belong."""
     pytest.importorskip("triton")
     run_in_triton_interpreter(W4A8_LAB_CHECK)
+
+
+@pytest.mark.slow
+def test_int4_sass_count_compiles_every_variant_without_a_gpu():
+    triton = pytest.importorskip("triton")
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").is_file():
+        pytest.skip("this Triton carries no cuobjdump")
+    result = run_bench("int4_sass_count.py")
+    assert result.returncode == 0, result.stderr
+    # Four variants at each of three tile configurations, each with its loop's instruction count.
+    counts = [int(n) for n in re.findall(r"(\d+) per iteration,", result.stdout)]
+    assert len(counts) == 12 and min(counts) > 0, result.stdout
 
 
 def test_run_xpu_keeps_relative_model_paths(tiny_7b):
