@@ -66,6 +66,21 @@ def test_convert_gguf_bad_files(tmp_path, tiny_7b):
     assert not (tmp_path / "out").exists()
 
 
+BENCH_TOOLS = sorted(str(path.relative_to(BENCH)) for path in BENCH.rglob("*.py")
+                     if path.name not in ("__init__.py", "harness.py", "llamacpp.py"))
+
+
+@pytest.mark.parametrize("tool", BENCH_TOOLS)
+def test_bench_tools_run_as_files(tool):
+    result = run_bench(tool, "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage:"), result.stderr
+
+
+def test_bench_tools_run_as_modules():
+    result = run(sys.executable, "-m", "bench.peers.write_gguf", "--help", cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.startswith("usage:"), result.stderr
+
+
 def test_benchmark_missing_model(tmp_path):
     # Without CUDA the benchmark stops at its own CUDA message before looking at --model.
     result = run_bench("benchmark.py", "--model", tmp_path / "missing", "--out", tmp_path / "out")
