@@ -1,8 +1,7 @@
-"""scripts/peers: the GGUF writer reads back as the same tensors, llama.cpp's printed numbers are parsed
+"""bench/peers: the GGUF writer reads back as the same tensors, llama.cpp's printed numbers are parsed
 (samples recorded from a llama.cpp build, in tests/data/llamacpp/), and peer rows skip cleanly when
 llama.cpp's tools are absent. llama.cpp itself is not built here."""
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +10,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "llamacpp"
-sys.path.insert(0, str(ROOT / "scripts"))
 
 gguf = pytest.importorskip("gguf")
 
-from peers import llamacpp  # noqa: E402
-from peers.write_gguf import permute_for_rope, read_gguf_tensors, tokenizer_fields, write_gguf  # noqa: E402
-
+from bench import benchmark  # noqa: E402
+from bench.peers import llamacpp  # noqa: E402
+from bench.peers.write_gguf import permute_for_rope, read_gguf_tensors, tokenizer_fields, write_gguf  # noqa: E402
 from selfspec import InputError  # noqa: E402
 from selfspec.checkpoint import load_checkpoint  # noqa: E402
 
@@ -170,8 +168,6 @@ def test_missing_tools_are_reported_not_run(tmp_path):
 
 
 def test_peer_rows_skip_cleanly_without_llamacpp(tmp_path):
-    import benchmark
-
     args = argparse.Namespace(llamacpp_bin=str(tmp_path / "nowhere"), model=None, skip_hf=True,
                               gguf_dir=str(tmp_path / "gguf"), tokenizer_gguf=None)
     peers = benchmark.shape_peer_rows("7b", args, [1, 2, 3], 64)
@@ -187,7 +183,6 @@ def test_transformers_prompt_lookup_rows_equal_our_plain_greedy(tmp_path):
     """The transformers peer runs the same weights as our rows: in float32 its greedy output with prompt
     lookup equals our plain greedy output, token for token, and the row says so."""
     pytest.importorskip("transformers")
-    import benchmark
     from make_proxy import read_llama
     from tiny_llama import write_tiny_llama
 
@@ -211,7 +206,6 @@ def test_transformers_prompt_lookup_rows_equal_our_plain_greedy(tmp_path):
 
 def test_hf_llama_refuses_a_state_dict_with_wrong_keys(tmp_path):
     pytest.importorskip("transformers")
-    import benchmark
     from make_proxy import read_llama
     from tiny_llama import write_tiny_llama
 
@@ -240,8 +234,7 @@ def stand_in_tools(folder: Path) -> Path:
 def test_proxy_peer_rows_with_stand_in_tools(tmp_path):
     """The llama.cpp rows end to end with stand-ins for its tools: the GGUF is written, the Q4_0 copy made,
     every mode run per prompt and summarized, and the table lists them."""
-    import benchmark
-    from measure_acceptance import PROMPTS
+    from bench.measure_acceptance import PROMPTS
     from tiny_llama import write_tiny_llama
 
     from selfspec.generate import generate

@@ -1,6 +1,7 @@
-"""The scripts in scripts/ as a user runs them: bad input is one `error:` line and status 2."""
+"""The tools in scripts/ and bench/ as a user runs them: bad input is one `error:` line and status 2."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from measure_acceptance import default_max_seq_len
-
+from bench.measure_acceptance import default_max_seq_len
+from helpers import run_in_triton_interpreter
 from selfspec import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
+BENCH = ROOT / "bench"
 # run_xpu.sh runs `python`: make it this interpreter.
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
@@ -26,6 +28,10 @@ def run_script(name, *args, cwd=None):
     return run(sys.executable, SCRIPTS / name, *args, cwd=cwd)
 
 
+def run_bench(name, *args):
+    return run(sys.executable, BENCH / name, *args)
+
+
 def assert_clean_error(result, *words):
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
@@ -35,12 +41,12 @@ def assert_clean_error(result, *words):
 
 @pytest.mark.parametrize("script", ["measure_acceptance.py", "simulate_draft_stopping.py"])
 def test_missing_model(script, tmp_path):
-    assert_clean_error(run_script(script, "--model", tmp_path / "missing"), "does not exist")
+    assert_clean_error(run_bench(script, "--model", tmp_path / "missing"), "does not exist")
 
 
 @pytest.mark.parametrize("script", ["measure_acceptance.py", "simulate_draft_stopping.py"])
 def test_max_seq_len_beyond_the_context(script, tiny_7b):
-    assert_clean_error(run_script(script, "--model", tiny_7b, "--max-seq-len", 4096), "context 256")
+    assert_clean_error(run_bench(script, "--model", tiny_7b, "--max-seq-len", 4096), "context 256")
 
 
 def test_make_proxy_bad_sources(tmp_path, tiny_7b):
@@ -60,16 +66,100 @@ def test_convert_gguf_bad_files(tmp_path, tiny_7b):
     assert not (tmp_path / "out").exists()
 
 
+BENCH_TOOLS = sorted(str(path.relative_to(BENCH)) for path in BENCH.rglob("*.py")
+                     if path.name not in ("__init__.py", "harness.py", "llamacpp.py"))
+
+
+@pytest.mark.parametrize("tool", BENCH_TOOLS)
+def test_bench_tools_run_as_files(tool):
+    result = run_bench(tool, "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage:"), result.stderr
+
+
+def test_bench_tools_run_as_modules():
+    result = run(sys.executable, "-m", "bench.peers.write_gguf", "--help", cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.startswith("usage:"), result.stderr
+
+
 def test_benchmark_missing_model(tmp_path):
     # Without CUDA the benchmark stops at its own CUDA message before looking at --model.
-    result = run_script("benchmark.py", "--model", tmp_path / "missing", "--out", tmp_path / "out")
+    result = run_bench("benchmark.py", "--model", tmp_path / "missing", "--out", tmp_path / "out")
     assert_clean_error(result, "does not exist" if torch.cuda.is_available() else "CUDA")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA they run")
-@pytest.mark.parametrize("script", ["profile_step.py", "int4_kernel_lab.py", "attention_kernel_lab.py"])
+@pytest.mark.parametrize("script", ["profile_step.py", "int4_kernel_lab.py", "attention_kernel_lab.py", "w4a8_kernel_lab.py",
+                                    "draft_mlp_lab.py"])
 def test_gpu_tools_without_cuda(script):
-    assert_clean_error(run_script(script), "CUDA")
+    assert_clean_error(run_bench(script), "CUDA")
+
+
+ATTENTION_LAB_CHECK = """
+import torch
+from bench.attention_kernel_lab import attention_call
+from selfspec import attention_triton
+torch.manual_seed(0)
+k_cache = torch.randn(1, 2, 96, 16)
+v_cache = torch.randn_like(k_cache)
+for T, live in [(1, 70), (3, 50)]:
+    pos = torch.arange(live - T, live)
+    q = torch.randn(T, 2, 16)
+    call, y = attention_call(q, k_cache, v_cache, pos, 96, 32, 2, 8)
+    call()
+    expected = attention_triton.decode_attention(q, k_cache, v_cache, pos, 96)
+    torch.testing.assert_close(y, expected, atol=1e-4, rtol=1e-4)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the lab itself runs")
+def test_attention_lab_launches_the_kernels_as_the_engine_does():
+    """The lab's launch of the decode attention kernels (every argument they require) computes what
+    decode_attention computes, under Triton's CPU interpreter."""
+    pytest.importorskip("triton")
+    run_in_triton_interpreter(ATTENTION_LAB_CHECK)
+
+
+W4A8_LAB_CHECK = """
+import torch
+from bench.w4a8_kernel_lab import CONFIGS, matmul_reference, quantize, quantize_reference, w4a8_matmul
+from selfspec.quantize import pack_nibbles, quantize_int4
+torch.manual_seed(0)
+for n, k, m, glu, config in [(32, 256, 1, False, CONFIGS[1]), (48, 512, 2, True, CONFIGS[4])]:
+    q, scales = quantize_int4(torch.randn(n, k), 64)
+    packed, s16 = pack_nibbles(q, 64), scales.half()
+    x = torch.randn(m, k)
+    xq = quantize(x, 64)
+    expected_xq = quantize_reference(x, 64)
+    assert torch.equal(xq.q, expected_xq.q) and torch.equal(xq.sums, expected_xq.sums)
+    torch.testing.assert_close(xq.scales, expected_xq.scales)
+    y = w4a8_matmul(xq, packed.view(torch.int32), s16, config, glu=glu, dtype=torch.float32)
+    ref = matmul_reference(xq, packed, s16)
+    if glu:
+        ref = torch.nn.functional.silu(ref[:, 0::2]) * ref[:, 1::2]
+    torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the lab itself runs")
+def test_w4a8_lab_kernels_compute_their_reference():
+    """The W4A8 lab's activation quantizer and dp4a GEMV (dp4a emulated) against its torch references, under
+    Triton's CPU interpreter: rows of x and gate/up pairs land where they belong."""
+    pytest.importorskip("triton")
+    run_in_triton_interpreter(W4A8_LAB_CHECK)
+
+
+@pytest.mark.slow
+def test_int4_sass_count_compiles_every_variant_without_a_gpu():
+    triton = pytest.importorskip("triton")
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").is_file():
+        pytest.skip("this Triton carries no cuobjdump")
+    result = run_bench("int4_sass_count.py")
+    assert result.returncode == 0, result.stderr
+    # Four variants at each of three tile configurations, each with its loop's instruction count.
+    counts = [int(n) for n in re.findall(r"(\d+) per iteration,", result.stdout)]
+    assert len(counts) == 12 and min(counts) > 0, result.stdout
 
 
 def test_run_xpu_keeps_relative_model_paths(tiny_7b):
@@ -87,14 +177,14 @@ def test_default_max_seq_len(tiny_7b, tiny_13b, tiny_copy):
 
 
 def test_measure_acceptance_small_context(tiny_13b):
-    result = run_script("measure_acceptance.py", "--model", tiny_13b, "--n-predict", 4)
+    result = run_bench("measure_acceptance.py", "--model", tiny_13b, "--n-predict", 4)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["variants"]["int4"]["summary"]["tokens"] > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")
 def test_measure_acceptance_on_a_missing_gpu(tiny_7b):
-    assert_clean_error(run_script("measure_acceptance.py", "--model", tiny_7b, "--device", "cuda"), "'cuda' is not available")
+    assert_clean_error(run_bench("measure_acceptance.py", "--model", tiny_7b, "--device", "cuda"), "'cuda' is not available")
 
 
 def test_missing_smollm2_package_is_input_error(monkeypatch):

@@ -1,17 +1,13 @@
-"""scripts/simulate_draft_stopping.py: its replay of a stopping rule must be generate() itself."""
+"""bench/simulate_draft_stopping.py: its replay of a stopping rule must be generate() itself."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-from selfspec.generate import generate  # noqa: E402
-from selfspec.quantize import make_draft  # noqa: E402
-from selfspec import InputError  # noqa: E402
-from simulate_draft_stopping import RULES, compare_rules, draft_chains, replay, saved_chains  # noqa: E402
-from helpers import random_model  # noqa: E402
+from bench.simulate_draft_stopping import RULES, compare_rules, draft_chains, replay, saved_chains
+from selfspec.generate import generate
+from selfspec.quantize import make_draft
+from selfspec import InputError
+from helpers import random_model
 
 
 @pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])

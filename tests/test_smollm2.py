@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from measure_acceptance import PROMPTS, markdown, measure, summary
+from bench.measure_acceptance import PROMPTS, markdown, measure, summary
 from smollm2 import smollm2_folder
 
 from selfspec.quantize import make_draft

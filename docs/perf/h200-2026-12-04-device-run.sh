@@ -21,13 +21,13 @@ a)
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt"
     run gpu-tests 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_attention_triton.py \
         tests/test_topk_triton.py tests/test_pointwise_triton.py tests/test_lookup.py
-    run shapes 150 python3 scripts/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
-    run shapes-vocab32k 90 python3 scripts/benchmark.py --shapes 7b --skip-hf --draft-vocab 32768 --out "$OUT/shapes-vocab32k"
+    run shapes 150 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
+    run shapes-vocab32k 90 python3 bench/benchmark.py --shapes 7b --skip-hf --draft-vocab 32768 --out "$OUT/shapes-vocab32k"
     ;;
 b)
     run convert 120 python3 scripts/convert_gguf.py "$GGUF" /tmp/smollm2
-    run proxy 200 python3 scripts/benchmark.py --proxy /tmp/smollm2 --skip-hf --out "$OUT/proxy"
-    run proxy-vocab32k 150 python3 scripts/benchmark.py --proxy /tmp/smollm2 --skip-hf --draft-vocab 32768 \
+    run proxy 200 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --out "$OUT/proxy"
+    run proxy-vocab32k 150 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --draft-vocab 32768 \
         --draft int4 lookup+int4 --out "$OUT/proxy-vocab32k"
     ;;
 c)

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Build the llama.cpp tools the benchmark runs, from the folder fetch_llamacpp.sh made.
 #
-#     bash scripts/peers/build_llamacpp.sh [--cuda] [--quick] [--configure-only] [-jN] [SRC]
+#     bash bench/peers/build_llamacpp.sh [--cuda] [--quick] [--configure-only] [-jN] [SRC]
 #
-# SRC defaults to scripts/peers/llama.cpp.
+# SRC defaults to bench/peers/llama.cpp.
 #
-# Binaries land in scripts/peers/build/bin (build-cuda/bin with --cuda, build-quick/bin with --quick), outside
+# Binaries land in bench/peers/build/bin (build-cuda/bin with --cuda, build-quick/bin with --quick), outside
 # SRC so that copying SRC to another machine again does not replace a build there.
 # --quick compiles with -O1: about half the time, for checking outputs on a small CPU, not for timing. --cuda builds the CUDA backend for
 # sm_90 (H100/H200) only, with flash-attention kernels for F16 K/V only (the benchmark's cache type)
@@ -30,7 +30,7 @@ for arg in "$@"; do
     esac
 done
 if [ ! -f "$SRC/CMakeLists.txt" ]; then
-    echo "error: $SRC has no llama.cpp sources; run scripts/peers/fetch_llamacpp.sh first" >&2
+    echo "error: $SRC has no llama.cpp sources; run bench/peers/fetch_llamacpp.sh first" >&2
     exit 2
 fi
 TARGETS="llama-bench llama-speculative llama-speculative-simple llama-lookup llama-simple llama-completion llama-quantize"

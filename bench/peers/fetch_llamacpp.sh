@@ -5,7 +5,7 @@
 # its web UI and the examples not built are dropped, so the folder is small enough to copy to a GPU
 # machine without network access.
 #
-#     bash scripts/peers/fetch_llamacpp.sh [DEST]     # DEST defaults to scripts/peers/llama.cpp (git-ignored)
+#     bash bench/peers/fetch_llamacpp.sh [DEST]     # DEST defaults to bench/peers/llama.cpp (git-ignored)
 set -euo pipefail
 VERSION=0.3.36  # llama-cpp-python; its vendor/llama.cpp is the llama.cpp that is built
 COMMIT=0c1e57098bba  # that llama.cpp's commit (2026-10-01), per the git metadata inside the sdist

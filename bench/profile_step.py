@@ -1,24 +1,23 @@
 """Where a decode step's GPU time goes: kernel totals of one eager plain step and one draft step.
 
-    python scripts/profile_step.py --shape 7b
+    python bench/profile_step.py --shape 7b
 """
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+if not __package__:  # run as a file: the packages live in the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark import SHAPES, random_model, require_cuda  # noqa: E402
+from bench.harness import SHAPES, parser, random_model, require_cuda  # noqa: E402
 from selfspec import run_main  # noqa: E402
 from selfspec.quantize import make_draft  # noqa: E402
 
 
 @torch.inference_mode()
 def main():
-    p = argparse.ArgumentParser(description=__doc__)
+    p = parser(__doc__)
     p.add_argument("--shape", default="7b", choices=sorted(SHAPES))
     p.add_argument("--pos", type=int, default=1100)
     args = p.parse_args()

@@ -1,0 +1,1 @@
+"""Benchmark, profiling, kernel labs and acceptance studies: developer tools, not part of the engine."""

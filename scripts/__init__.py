@@ -1,0 +1,1 @@
+"""User tools: tiny and proxy checkpoints, GGUF conversion, the IPEX-LLM launcher."""
