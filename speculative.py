@@ -19,9 +19,11 @@ signal.signal(signal.SIGINT, lambda *_: (print("interrupted", file=sys.stderr), 
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from selfspec import InputError, __version__, run_main  # noqa: E402
-from selfspec.checkpoint import SAMPLING_DEFAULTS, load_checkpoint, sampling_errors  # noqa: E402
+from selfspec import __version__  # noqa: E402
+from selfspec.checkpoint import load_checkpoint  # noqa: E402
+from selfspec.config import SAMPLING_DEFAULTS, sampling_errors  # noqa: E402
 from selfspec.cuda_graphs import graph_models  # noqa: E402
+from selfspec.errors import InputError, run_main  # noqa: E402
 from selfspec.generate import DRAFT_SOURCES, TextStreamer, generate, pick_device  # noqa: E402
 from selfspec.quantize import make_draft  # noqa: E402
 

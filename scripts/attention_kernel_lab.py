@@ -17,7 +17,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import graph_ms, require_cuda  # noqa: E402
-from selfspec import run_main  # noqa: E402
+from selfspec.errors import run_main  # noqa: E402
 from selfspec import attention_triton as at  # noqa: E402
 
 HEADS, HEAD_DIM, MAX_SEQ = 32, 128, 4096

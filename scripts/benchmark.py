@@ -26,7 +26,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from selfspec import InputError, run_main  # noqa: E402
+from selfspec.errors import InputError, run_main  # noqa: E402
 from selfspec.generate import generate, synchronize  # noqa: E402
 from selfspec.model import Baichuan2, ModelArgs  # noqa: E402
 from measure_acceptance import VARIANTS  # noqa: E402
@@ -366,11 +366,12 @@ def bench_proxy(args) -> dict:
     from make_proxy import BAICHUAN2_7B_SHAPE, embed_llama, read_llama
     from measure_acceptance import PROMPTS
 
-    from selfspec.checkpoint import load_tokenizer, model_from_state_dict, open_checkpoint
+    from selfspec.checkpoint import open_checkpoint
     from selfspec.cuda_graphs import graph_models
+    from selfspec.weights import model_from_state_dict
 
     ckpt = open_checkpoint(args.proxy)
-    tokenizer = load_tokenizer(ckpt)
+    tokenizer = ckpt.tokenizer
     state, config = read_llama(args.proxy, device="cuda")
     state, config = embed_llama(state, config, BAICHUAN2_7B_SHAPE, dtype=torch.float16)
     max_seq_len = args.prompt_tokens + args.new_tokens + args.max_step_draft + 1

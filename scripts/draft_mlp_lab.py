@@ -29,7 +29,8 @@ import triton.language as tl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import SHAPES, cuda_ms, require_cuda  # noqa: E402
-from selfspec import int4_triton, launch, pointwise_triton, run_main  # noqa: E402
+from selfspec import int4_triton, launch, pointwise_triton  # noqa: E402
+from selfspec.errors import run_main  # noqa: E402
 from selfspec.int4_triton import half2_rows, int4_matmul_half2, store_rows  # noqa: E402
 from selfspec.launch import let_next_kernel_launch, wait_for_inputs  # noqa: E402
 from selfspec.quantize import pack_half2_words, quantize_int4  # noqa: E402

@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from benchmark import SHAPES, graph_ms, require_cuda  # noqa: E402
-from selfspec import launch, pointwise_triton, run_main  # noqa: E402
+from selfspec import launch, pointwise_triton  # noqa: E402
+from selfspec.errors import run_main  # noqa: E402
 from selfspec.int4_triton import int4_matmul_half2  # noqa: E402
 from selfspec.launch import let_next_kernel_launch, wait_for_inputs  # noqa: E402
 from selfspec.quantize import dequantize_int4, pack_half2_words, pack_nibbles, quantize_int4, unpack_nibbles  # noqa: E402

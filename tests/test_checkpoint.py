@@ -11,21 +11,17 @@ from make_tiny_checkpoint import tiny_state_dict, write_tiny_checkpoint, write_w
 from safetensors.torch import save_file
 from tiny_llama import write_tiny_llama
 
-from selfspec import InputError
-from selfspec.quantize import make_draft, weight_bytes
 from selfspec import checkpoint as ckpt_mod
-from selfspec.checkpoint import (
-    CheckpointError,
-    Tokenizer,
-    build_chat_ids,
-    find_weight_files,
-    load_checkpoint,
-    load_model,
-    memory_needed,
-    model_args_from_config,
-    open_checkpoint,
-    resolve_model_path,
-)
+from selfspec import memory as memory_mod
+from selfspec.chat import build_chat_ids
+from selfspec.checkpoint import load_checkpoint, open_checkpoint
+from selfspec.config import model_args_from_config
+from selfspec.errors import CheckpointError, InputError
+from selfspec.hub import resolve_model_path
+from selfspec.memory import memory_needed
+from selfspec.quantize import make_draft, weight_bytes
+from selfspec.tokenizer import Tokenizer
+from selfspec.weights import find_weight_files, load_model
 
 CONFIG_7B = {
     "architectures": ["BaichuanForCausalLM"], "model_type": "baichuan", "hidden_size": 4096,
@@ -108,11 +104,11 @@ def test_checkpoint_values(tiny_7b, tiny_13b):
     assert ckpt.user_token_id == sp.piece_to_id("<reserved_106>")
     assert ckpt.assistant_token_id == sp.piece_to_id("<reserved_107>")
     assert (ckpt.eos_token_id, ckpt.top_k, ckpt.top_p, ckpt.temperature) == (2, 5, 0.85, 0.3)
-    assert ckpt.repetition_penalty == 1.05 and ckpt.do_sample is True and ckpt.max_new_tokens == 64
-    assert ckpt.context_length == 256 and ckpt.args.position_encoding == "rope"
+    assert ckpt.repetition_penalty == 1.05
+    assert ckpt.args.max_seq_len == 256 and ckpt.args.position_encoding == "rope"
     assert ckpt.weight_files == [tiny_7b / "model.safetensors"]
     ckpt13 = open_checkpoint(str(tiny_13b))
-    assert ckpt13.context_length == 256 and ckpt13.args.position_encoding == "alibi"
+    assert ckpt13.args.max_seq_len == 256 and ckpt13.args.position_encoding == "alibi"
     assert ckpt13.args.num_heads == 5
 
 
@@ -122,7 +118,6 @@ def test_generation_config_defaults(tiny_copy):
     (folder / "generation_config.json").unlink()
     ckpt = open_checkpoint(str(folder))
     assert (ckpt.user_token_id, ckpt.assistant_token_id, ckpt.eos_token_id) == (195, 196, 2)
-    assert ckpt.max_new_tokens == 2048
     assert (ckpt.temperature, ckpt.top_k, ckpt.top_p, ckpt.repetition_penalty) == (None, None, None, None)
     assert ckpt.sampling() == {"temperature": 1.0, "top_k": 0, "top_p": 1.0}  # nothing declared: plain sampling
 
@@ -318,16 +313,16 @@ def test_model_larger_than_the_gpu_is_refused_before_reading_weights(tiny_copy, 
     total, draft = sum(need.values()), need["INT4 draft"]
     monkeypatch.setattr(ckpt_mod, "load_model", lambda *a, **k: pytest.fail("weights read before the memory check"))
     for memory, hint in ((total - draft // 2, True), (total - draft - 1, False)):
-        monkeypatch.setattr(ckpt_mod, "device_memory_bytes", lambda device, memory=memory: memory)
+        monkeypatch.setattr(memory_mod, "device_memory_bytes", lambda device, memory=memory: memory)
         with pytest.raises(CheckpointError, match=r"needs at least 0\.0 GiB on cpu \(float16 weights 0\.0, KV cache "
                                                   r"for 256 tokens 0\.0, INT4 draft 0\.0\) and the device has") as e:
             load_checkpoint(folder, torch.float16, "cpu", draft_group_size=64)
         assert ("without the draft it needs" in str(e.value)) == hint
     with pytest.raises(CheckpointError, match="needs at least"):  # the draft's bytes are counted only if asked for
         load_checkpoint(folder, torch.float16, "cpu")
-    monkeypatch.setattr(ckpt_mod, "device_memory_bytes", lambda device: total)
+    monkeypatch.setattr(memory_mod, "device_memory_bytes", lambda device: total)
     monkeypatch.undo()
-    assert ckpt_mod.device_memory_bytes(torch.device("cpu")) is None  # the CPU is not checked
+    assert memory_mod.device_memory_bytes(torch.device("cpu")) is None  # the CPU is not checked
 
 
 def test_invalid_tokenizer(tiny_copy):

@@ -294,10 +294,10 @@ def test_unavailable_device(device, tiny_7b):
 
 def test_model_larger_than_the_device_is_refused_and_out_of_memory_is_one_line(tiny_7b, monkeypatch, capsys):
     import speculative
-    from selfspec import checkpoint
+    from selfspec import memory
 
     argv = ["--repo-id-or-model-path", str(tiny_7b), "--prompt", "hi", "--n-predict", "4", "--warmup", "0", "--speculative"]
-    monkeypatch.setattr(checkpoint, "device_memory_bytes", lambda device: 1000)  # as on a GPU of 1,000 bytes
+    monkeypatch.setattr(memory, "device_memory_bytes", lambda device: 1000)  # as on a GPU of 1,000 bytes
     assert speculative.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "needs at least" in err, err
@@ -371,7 +371,7 @@ def interrupt_when_reached(tmp_path, folder, patch: str):
 
 
 def test_ctrl_c_while_loading_and_while_generating(tiny_7b, tmp_path):
-    loading = ("import selfspec.checkpoint as c\nread = c._read_weight_file\n"
+    loading = ("import selfspec.weights as c\nread = c._read_weight_file\n"
                "def slow(path):\n    marker.touch()\n    time.sleep(120)\n    yield from read(path)\n"
                "c._read_weight_file = slow")
     assert interrupt_when_reached(tmp_path, tiny_7b, loading) == (130, "interrupted\n")
@@ -527,11 +527,11 @@ def test_loading_shows_progress_in_bytes_with_a_total(tiny_7b_sharded, monkeypat
     is made to count as real."""
     from tqdm import tqdm
 
-    from selfspec import checkpoint
+    from selfspec import weights
 
-    monkeypatch.setattr(checkpoint, "PROGRESS_MIN_BYTES", 0)
-    files = checkpoint.find_weight_files(tiny_7b_sharded)
-    checkpoint.load_model(tiny_7b_sharded, torch.float32, "cpu")
+    monkeypatch.setattr(weights, "PROGRESS_MIN_BYTES", 0)
+    files = weights.find_weight_files(tiny_7b_sharded)
+    weights.load_model(tiny_7b_sharded, torch.float32, "cpu")
     final = capsys.readouterr().err.split("\r")[-1]
     total = tqdm.format_sizeof(sum(f.stat().st_size for f in files), divisor=1024)
     assert len(files) == 3 and final.startswith("loading weights: 100%") and f" {total}/{total} " in final, final

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import speculative
-from selfspec import InputError, ipex_llm_backend
+from selfspec import ipex_llm_backend
+from selfspec.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 

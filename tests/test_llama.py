@@ -10,10 +10,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tiny_llama import CHAT_TEMPLATE, read_json, write_tiny_llama
 
-from selfspec import InputError
-from selfspec.checkpoint import CheckpointError, load_checkpoint, model_from_state_dict, open_checkpoint
+from selfspec.checkpoint import load_checkpoint, open_checkpoint
+from selfspec.errors import CheckpointError, InputError
 from selfspec.generate import generate
 from selfspec.quantize import make_draft
+from selfspec.weights import model_from_state_dict
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def test_system_argument_and_truncation(tied_gqa):
 
 def test_eos_list_prefers_the_tokenizers_eos(tmp_path):
     folder = write_tiny_llama(tmp_path / "ckpt", eos_token_id=[0, 2])  # tokenizer's eos is <|im_end|> = 2
-    assert open_checkpoint(str(folder)).eos_token_ids == (0, 2)
+    assert open_checkpoint(str(folder)).eos_token_ids == (2, 0)  # final when opened: the tokenizer's EOS first
     ckpt, _, tokenizer = load_checkpoint(str(folder), torch.float32, "cpu")
     assert (ckpt.eos_token_id, ckpt.eos_token_ids, tokenizer.eos_token_id) == (2, (2, 0), 2)
     (folder / "generation_config.json").unlink()

@@ -18,8 +18,8 @@ gguf = pytest.importorskip("gguf")
 from peers import llamacpp  # noqa: E402
 from peers.write_gguf import permute_for_rope, read_gguf_tensors, tokenizer_fields, write_gguf  # noqa: E402
 
-from selfspec import InputError  # noqa: E402
 from selfspec.checkpoint import load_checkpoint  # noqa: E402
+from selfspec.errors import InputError  # noqa: E402
 
 
 def tokenizer_gguf(path: Path, n_tokens: int = 10) -> Path:

