@@ -182,7 +182,7 @@ def main(argv=None) -> int:
 def run(args) -> int:
     check_args(args)
     if args.backend == "ipex-llm":  # imported here: only this path needs the ipex_llm package
-        from selfspec.ipex_llm_backend import print_record, run_ipex_llm
+        from backends.ipex_llm import print_record, run_ipex_llm
         print_record(run_ipex_llm(args, defaults=parse_args([])), args.json)
         return 0
     device = pick_device(args.device)

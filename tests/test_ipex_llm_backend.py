@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import speculative
-from selfspec import ipex_llm_backend
+from backends import ipex_llm as ipex_llm_backend
 from selfspec.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
