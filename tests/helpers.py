@@ -1,5 +1,6 @@
 """Random in-memory models for tests that do not need a checkpoint on disk, and a runner for Triton's
 CPU interpreter."""
+import json
 import os
 import subprocess
 import sys
@@ -42,3 +43,13 @@ def run_in_triton_interpreter(code: str):
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)})
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+# --- Checkpoint folders and the command line (speculative.py as a user runs it) -------------------------------
+
+def read_config(folder: Path) -> dict:
+    return json.loads((Path(folder) / "config.json").read_text())
+
+
+def write_config(folder: Path, config: dict) -> None:
+    (Path(folder) / "config.json").write_text(json.dumps(config))
