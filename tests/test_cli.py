@@ -7,20 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_clean_error, run_cli, run_cli_in_process
 from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args, check_exit=None, stdin=""):
-    result = subprocess.run(  # bytes arguments pass as they are (not UTF-8 ones, for example)
-        [sys.executable, str(ROOT / "speculative.py"), *(a if isinstance(a, bytes) else str(a) for a in args)],
-        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
-        input=stdin,
-    )
-    if check_exit is not None:
-        assert result.returncode == check_exit, result.stderr
-    return result
 
 
 # The lines after "Decode speed": where the drafts came from, per --draft.
@@ -75,8 +65,7 @@ def test_draft_sources_are_lossless_and_report_the_split(tiny_7b, draft):
 
 def test_bad_draft_source_and_ignored_draft(tiny_7b):
     result = run_cli("--repo-id-or-model-path", tiny_7b, "--draft", "ngram", "--n-predict", 4)
-    assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
-    assert "--draft" in result.stderr
+    assert_clean_error(result, "--draft")
     result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--n-predict", 4, "--warmup", 0,
                      "--no-speculative", "--draft", "lookup", "--json", check_exit=0)
     assert result.stderr == "warning: --draft is not used with --no-speculative\n"
@@ -214,14 +203,6 @@ BAD_CHECKPOINTS = [
 ]
 
 
-def assert_clean_error(result, *words):
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
-    for word in words:
-        assert word.lower() in result.stderr.lower(), result.stderr
-
-
 @pytest.mark.parametrize("kind", BAD_CHECKPOINTS)
 def test_bad_checkpoints(kind, tiny_copy):
     result = run_cli("--repo-id-or-model-path", damage(kind, tiny_copy), "--prompt", "hi", "--n-predict", 4, "--warmup", 0)
@@ -298,9 +279,7 @@ def test_model_larger_than_the_device_is_refused_and_out_of_memory_is_one_line(t
 
     argv = ["--repo-id-or-model-path", str(tiny_7b), "--prompt", "hi", "--n-predict", "4", "--warmup", "0", "--speculative"]
     monkeypatch.setattr(memory, "device_memory_bytes", lambda device: 1000)  # as on a GPU of 1,000 bytes
-    assert speculative.main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "needs at least" in err, err
+    assert_clean_error(run_cli_in_process(capsys, *argv), "needs at least")
     monkeypatch.undo()
 
     def out_of_memory(*args, **kwargs):  # what torch raises when an allocation fails on a GPU
@@ -437,7 +416,7 @@ def test_bad_prompt_files(tiny_7b, tmp_path):
     common = ["--repo-id-or-model-path", tiny_7b, "--n-predict", 4, "--warmup", 0]
     (tmp_path / "latin1.txt").write_bytes(b"caf\xe9")
     (tmp_path / "empty.txt").write_text("\n")
-    assert_clean_error(run_cli(*common, "--prompt-file", tmp_path / "missing.txt"), "--prompt-file", "no such file")
+    assert_clean_error(run_cli(*common, "--prompt-file", tmp_path / "missing.txt"), "--prompt-file", "No such file")
     assert_clean_error(run_cli(*common, "--prompt-file", tmp_path), "--prompt-file", "directory")
     assert_clean_error(run_cli(*common, "--prompt-file", tmp_path / "latin1.txt"), "--prompt-file", "UTF-8")
     assert_clean_error(run_cli(*common, "--prompt-file", tmp_path / "empty.txt"), "--prompt-file", "empty")
