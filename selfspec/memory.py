@@ -24,8 +24,9 @@ def memory_needed(ckpt, dtype: torch.dtype, draft_group_size: int | None = None)
         f"KV cache for {a.max_seq_len:,} tokens": kv_cache_bytes(a, dtype),
     }
     if draft_group_size:
-        # What make_draft adds with this group size and its other settings at their defaults.
-        need["INT4 draft"] = draft_bytes(a, dtype, draft_group_size)
+        # The one place the check counts the draft: what make_draft adds with this group size and its other
+        # settings (INT8 head over the whole vocabulary) at their defaults.
+        need["INT4 draft"] = draft_bytes(a, dtype, group_size=draft_group_size)
     return need
 
 
