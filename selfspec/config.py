@@ -123,8 +123,9 @@ GENERATION_FIELDS = {
 
 
 def _is_kind(value, kind) -> bool:
-    if kind is bool or isinstance(value, bool):  # bool is an int subclass: keep flags and numbers apart
-        return kind is bool and isinstance(value, bool)
+    """An int, or for a float field an int or a float; never a bool (an int subclass, but a flag)."""
+    if isinstance(value, bool):
+        return False
     return isinstance(value, int) or (kind is float and isinstance(value, float))
 
 

@@ -79,6 +79,11 @@ def test_bad_generation_config(tiny_copy):
     (folder / "generation_config.json").write_text(json.dumps({"top_k": "five"}))
     with pytest.raises(CheckpointError, match="generation_config.json: top_k"):
         open_checkpoint(str(folder))
+    (folder / "generation_config.json").write_text(json.dumps({"temperature": True}))  # a flag is not a number
+    with pytest.raises(CheckpointError, match="generation_config.json: temperature has invalid value True"):
+        open_checkpoint(str(folder))
+    (folder / "generation_config.json").write_text(json.dumps({"do_sample": "yes", "max_new_tokens": None}))
+    assert open_checkpoint(str(folder)).temperature is None  # fields the engine does not use are left alone
 
 
 def test_not_baichuan(tiny_copy):
