@@ -1,4 +1,5 @@
 """selfspec.checkpoint: what a checkpoint folder declares, checked before any weight is read, and the loaded model."""
+import dataclasses
 import json
 
 import pytest
@@ -71,3 +72,12 @@ def test_missing_tokenizer_fails_before_reading_weights(tiny_copy, monkeypatch):
         load_checkpoint(str(folder), torch.float32, "cpu")
     with pytest.raises(CheckpointError, match="tokenizer.model not found"):
         Tokenizer(folder / "tokenizer.model")
+
+
+def test_the_checkpoint_is_final_when_opened(tiny_7b):
+    ckpt = open_checkpoint(str(tiny_7b))
+    assert ckpt.tokenizer.eos_token_id == ckpt.eos_token_id == ckpt.eos_token_ids[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ckpt.eos_token_ids = (0,)
+    loaded, _, tokenizer = load_checkpoint(str(tiny_7b), torch.float32, "cpu")
+    assert tokenizer is loaded.tokenizer and loaded.eos_token_ids == ckpt.eos_token_ids
