@@ -18,7 +18,7 @@ from selfspec.folder import checkpoint_file
 from selfspec.hub import resolve_model_path
 from selfspec.memory import check_memory
 from selfspec.model import Baichuan2, ModelArgs
-from selfspec.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
+from selfspec.tokenizer import TOKENIZER_FILES, HFTokenizer, Tokenizer, load_tokenizer
 from selfspec.weights import check_weights_match_config, find_weight_files, load_model
 
 BAICHUAN2_USER, BAICHUAN2_ASSISTANT, BAICHUAN2_EOS = 195, 196, 2  # Baichuan2-Chat's, where its configs are silent
@@ -93,9 +93,8 @@ def open_checkpoint(path_or_id: str, max_seq_len: int | None = None) -> Checkpoi
     args = model_args_from_config(config, max_seq_len)
     weight_files = find_weight_files(folder)
     check_weights_match_config(config, args, weight_files)
-    tokenizer_file = "tokenizer.model" if arch == "baichuan" else "tokenizer.json"
-    if checkpoint_file(folder, tokenizer_file, required=False) is None:
-        raise CheckpointError(f"{folder} has no {tokenizer_file}")
+    if checkpoint_file(folder, TOKENIZER_FILES[arch], required=False) is None:
+        raise CheckpointError(f"{folder} has no {TOKENIZER_FILES[arch]}")
     values = read_generation_config(folder, config)
     if arch == "baichuan":
         values["eos_token_ids"] = values["eos_token_ids"] or (BAICHUAN2_EOS,)

@@ -10,6 +10,7 @@ from selfspec.folder import checkpoint_file, read_json
 
 MAX_TOKENIZER_BYTES = 256 << 20  # tokenizer.model, tokenizer.json (the largest public ones: about 35 MB)
 MAX_TEMPLATE_CHARS = 1 << 20  # a chat template's source
+TOKENIZER_FILES = {"baichuan": "tokenizer.model", "llama": "tokenizer.json"}  # per checkpoint_arch
 
 
 def _check_tokenizer_size(path: Path) -> None:
@@ -124,7 +125,7 @@ def _chat_template(folder: Path, config: dict) -> str | None:
 def load_tokenizer(folder: Path, arch: str, vocab_size: int) -> Tokenizer | HFTokenizer:
     """The checkpoint's tokenizer (tokenizer.model for Baichuan2, tokenizer.json for Llama), checked to fit the
     model's vocabulary."""
-    name = "tokenizer.model" if arch == "baichuan" else "tokenizer.json"
+    name = TOKENIZER_FILES[arch]
     tokenizer = Tokenizer(checkpoint_file(folder, name)) if arch == "baichuan" else HFTokenizer(folder)
     if tokenizer.vocab_size > vocab_size:
         raise CheckpointError(
