@@ -19,9 +19,11 @@ signal.signal(signal.SIGINT, lambda *_: (print("interrupted", file=sys.stderr), 
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from selfspec import InputError, __version__, run_main  # noqa: E402
-from selfspec.checkpoint import SAMPLING_DEFAULTS, load_checkpoint, sampling_errors  # noqa: E402
+from selfspec import __version__  # noqa: E402
+from selfspec.checkpoint import load_checkpoint  # noqa: E402
+from selfspec.config import SAMPLING_DEFAULTS, SAMPLING_RULES, sampling_errors  # noqa: E402
 from selfspec.cuda_graphs import graph_models  # noqa: E402
+from selfspec.errors import InputError, run_main  # noqa: E402
 from selfspec.generate import DRAFT_SOURCES, TextStreamer, generate, pick_device  # noqa: E402
 from selfspec.quantize import make_draft  # noqa: E402
 
@@ -142,12 +144,10 @@ def check_args(args):
         raise InputError(f"--th-stop-draft must be in [0, 1], got {args.th_stop_draft}")
     if args.max_step_draft < 1:
         raise InputError(f"--max-step-draft must be at least 1, got {args.max_step_draft}")
-    given = {name: getattr(args, name) for name in SAMPLING_DEFAULTS if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in SAMPLING_RULES if getattr(args, name) is not None}
     errors = sampling_errors(**given)  # ["top_p must be in (0, 1] (1: off), got 0.0"]: the flag's name first
     if errors:
         raise InputError("--" + errors[0].replace("_", "-", 1))
-    if args.repetition_penalty is not None and not 0 < args.repetition_penalty < float("inf"):
-        raise InputError(f"--repetition-penalty must be positive and finite, got {args.repetition_penalty}")
     if args.seed is not None and not 0 <= args.seed < 2**64:
         raise InputError(f"--seed must be in [0, 2**64), got {args.seed}")
     if args.warmup < 0:
@@ -157,7 +157,7 @@ def check_args(args):
             text.encode("utf-8")
         except UnicodeEncodeError:  # bytes that are not UTF-8 arrive as lone surrogates
             raise InputError(f"{flag} is not valid UTF-8 text") from None
-    if not args.do_sample and given:
+    if not args.do_sample and any(name in given for name in SAMPLING_DEFAULTS):
         print("warning: --temperature, --top-k and --top-p apply only with --do-sample", file=sys.stderr)
     if args.raw_prompt and args.system:
         print("warning: --system is not used with --raw-prompt", file=sys.stderr)
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
 def run(args) -> int:
     check_args(args)
     if args.backend == "ipex-llm":  # imported here: only this path needs the ipex_llm package
-        from selfspec.ipex_llm_backend import print_record, run_ipex_llm
+        from backends.ipex_llm import print_record, run_ipex_llm
         print_record(run_ipex_llm(args, defaults=parse_args([])), args.json)
         return 0
     device = pick_device(args.device)

@@ -16,7 +16,8 @@ if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import graph_ms, parser, require_cuda, write_json  # noqa: E402
-from selfspec import launch, run_main  # noqa: E402
+from selfspec import launch  # noqa: E402
+from selfspec.errors import run_main  # noqa: E402
 from selfspec import attention_triton as at  # noqa: E402
 
 HEADS, HEAD_DIM, MAX_SEQ = 32, 128, 4096

@@ -29,7 +29,7 @@ from bench.harness import (  # noqa: E402
     write_json,
 )
 from bench.measure_acceptance import VARIANTS  # noqa: E402
-from selfspec import run_main  # noqa: E402
+from selfspec.errors import run_main  # noqa: E402
 from selfspec.generate import generate, synchronize  # noqa: E402
 from selfspec.quantize import (  # noqa: E402
     LM_HEADS, Int8Linear, frequent_vocab, make_draft, quantize_int4, weight_bytes,
@@ -309,11 +309,12 @@ def bench_proxy(args) -> dict:
     7B shape, per chat prompt; and transformers' eager generate on a same-sized Llama (its cost does not
     depend on the weights)."""
     from bench.measure_acceptance import PROMPTS
-    from selfspec.checkpoint import load_tokenizer, open_checkpoint
+    from selfspec.checkpoint import open_checkpoint
     from selfspec.cuda_graphs import graph_models
+    from selfspec.weights import model_from_state_dict
 
     ckpt = open_checkpoint(args.proxy)
-    tokenizer = load_tokenizer(ckpt)
+    tokenizer = ckpt.tokenizer
     max_seq_len = args.prompt_tokens + args.new_tokens + args.max_step_draft + 1
     model = proxy_model(args.proxy, "cuda", torch.float16, max_seq_len)
     head_vocab = None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from selfspec import InputError
+from selfspec.errors import InputError
 from selfspec.model import Baichuan2, ModelArgs
 
 SHAPES = {
@@ -125,7 +125,7 @@ def proxy_state(folder, device, dtype) -> tuple[dict, dict]:
 
 def proxy_model(folder, device="cpu", dtype=torch.float16, max_seq_len: int = 4096) -> Baichuan2:
     """The 7B-shaped proxy of a Llama checkpoint folder as this engine's model."""
-    from selfspec.checkpoint import model_from_state_dict
+    from selfspec.weights import model_from_state_dict
 
     state, config = proxy_state(folder, device, dtype)
     return model_from_state_dict(config, state, dtype, device, max_seq_len)

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from selfspec import InputError, int4_cuda, int4_triton, launch, run_main  # noqa: E402
+from selfspec import int4_cuda, int4_triton, launch  # noqa: E402
+from selfspec.errors import InputError, run_main  # noqa: E402
 from selfspec.int4_cuda import Tiling  # noqa: E402
 from selfspec.quantize import unpack_half2_words  # noqa: E402
 

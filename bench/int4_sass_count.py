@@ -24,7 +24,7 @@ if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import parser  # noqa: E402
-from selfspec import run_main  # noqa: E402
+from selfspec.errors import run_main  # noqa: E402
 from selfspec.int4_triton import _HALF2_DOT, _int4_half2_gemv_kernel  # noqa: E402
 
 SIGNATURE = {"x_ptr": "*i32", "w_ptr": "*i32", "s_ptr": "*fp16", "y_ptr": "*fp16", "N": "i32", "K": "i32",

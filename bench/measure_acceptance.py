@@ -32,10 +32,11 @@ if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import model_folder, parser, proxy_model  # noqa: E402
-from selfspec import InputError, run_main  # noqa: E402
-from selfspec.checkpoint import load_checkpoint, load_tokenizer, open_checkpoint  # noqa: E402
+from selfspec.errors import InputError, run_main  # noqa: E402
+from selfspec.checkpoint import load_checkpoint, open_checkpoint  # noqa: E402
 from selfspec.generate import generate, pick_device  # noqa: E402
 from selfspec.quantize import CLIP_RATIOS, LM_HEADS, make_draft  # noqa: E402
+from selfspec.weights import model_from_state_dict  # noqa: E402
 
 PASSAGE_EN = (
     "The Grand Canal of China runs from Beijing in the north to Hangzhou in the south, about 1,800 kilometres. "
@@ -139,7 +140,7 @@ def measure(model, draft, ckpt, tokenizer, prompts=PROMPTS, n_predict=128, th_st
 def default_max_seq_len(folder, max_seq_len: int | None) -> int:
     """--max-seq-len if given (checked against the context when the model loads), else 2048 or the
     checkpoint's own context if shorter (tiny test models have 256)."""
-    return max_seq_len if max_seq_len is not None else min(2048, open_checkpoint(str(folder)).context_length)
+    return max_seq_len if max_seq_len is not None else min(2048, open_checkpoint(str(folder)).args.max_seq_len)
 
 
 def summary(records) -> dict:
@@ -218,7 +219,7 @@ def main():
         max_seq_len = default_max_seq_len(folder, args.max_seq_len)
         if args.proxy:
             ckpt = open_checkpoint(str(folder))
-            tokenizer = load_tokenizer(ckpt)
+            tokenizer = ckpt.tokenizer
             model = proxy_model(folder, device, dtype, max_seq_len)
         else:
             ckpt, model, tokenizer = load_checkpoint(str(folder), dtype, device, max_seq_len)

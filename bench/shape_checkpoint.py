@@ -23,7 +23,7 @@ if not __package__:  # run as a file: the packages live in the repository root
 
 from bench.harness import SHAPES, VOCAB, parser  # noqa: E402
 from scripts.make_tiny_checkpoint import layer_weights, write_tiny_checkpoint, write_weights  # noqa: E402
-from selfspec import run_main  # noqa: E402
+from selfspec.errors import run_main  # noqa: E402
 
 LAYERS_PER_SHARD = 4
 

@@ -26,8 +26,9 @@ if not __package__:  # run as a file: the packages live in the repository root
 
 from bench.harness import model_folder, parser  # noqa: E402
 from bench.measure_acceptance import PROMPTS, default_max_seq_len  # noqa: E402
-from selfspec import InputError, run_main  # noqa: E402
-from selfspec.checkpoint import load_checkpoint, read_json  # noqa: E402
+from selfspec.errors import InputError, run_main  # noqa: E402
+from selfspec.checkpoint import load_checkpoint  # noqa: E402
+from selfspec.folder import read_json  # noqa: E402
 from selfspec.generate import adapt_th_stop_draft, generate  # noqa: E402
 from selfspec.quantize import make_draft  # noqa: E402
 

@@ -40,7 +40,8 @@ if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import SHAPES, cycled_copies, graph_ms, parser, require_cuda, write_json  # noqa: E402
-from selfspec import launch, pointwise_triton, run_main  # noqa: E402
+from selfspec import launch, pointwise_triton  # noqa: E402
+from selfspec.errors import run_main  # noqa: E402
 from selfspec.int4_triton import int4_matmul_half2, store_rows  # noqa: E402
 from selfspec.launch import let_next_kernel_launch, wait_for_inputs  # noqa: E402
 from selfspec.quantize import dequantize_int4, pack_half2_words, pack_nibbles, quantize_int4, unpack_nibbles  # noqa: E402

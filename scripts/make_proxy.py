@@ -46,11 +46,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from selfspec import InputError, run_main  # noqa: E402
-from selfspec.checkpoint import (  # noqa: E402
-    _read_weight_file, checkpoint_file, find_weight_files, load_config, model_args_from_config,
-)
-from selfspec.cli import output_folder  # noqa: E402
+from selfspec.config import load_config, model_args_from_config  # noqa: E402
+from selfspec.errors import InputError, run_main  # noqa: E402
+from selfspec.folder import checkpoint_file, output_folder  # noqa: E402
+from selfspec.weights import _read_weight_file, find_weight_files  # noqa: E402
 
 BAICHUAN2_7B_SHAPE = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
                           intermediate_size=11008, vocab_size=125696)
@@ -103,7 +102,7 @@ def residual_bound(state: dict, config: dict) -> float:
 
 
 def _check(config: dict, shape: dict) -> None:
-    from selfspec.checkpoint import checkpoint_arch
+    from selfspec.config import checkpoint_arch
 
     if checkpoint_arch(config) != "llama":
         raise ProxyError("embed_llama needs a Llama checkpoint")

@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from selfspec.cli import output_folder, run_main  # noqa: E402
+from selfspec.errors import run_main  # noqa: E402
+from selfspec.folder import output_folder  # noqa: E402
 
 FORMATS = ("bin", "sharded-bin", "safetensors", "sharded-safetensors")
 USER_PIECE, ASSISTANT_PIECE = "<reserved_106>", "<reserved_107>"  # ids 195/196 in the real tokenizer

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import InputError, topk_triton
+from . import topk_triton
+from .errors import InputError
 from .lookup import NgramLookup
 
 # IPEX-LLM's auto_th_stop_draft: an EMA of the per-round match ratio steers the stop threshold.

@@ -1,5 +1,6 @@
 """Random in-memory models for tests that do not need a checkpoint on disk, and a runner for Triton's
 CPU interpreter."""
+import json
 import os
 import subprocess
 import sys
@@ -42,3 +43,50 @@ def run_in_triton_interpreter(code: str):
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)})
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
+
+
+# --- Checkpoint folders and the command line (speculative.py as a user runs it) -------------------------------
+
+def read_config(folder: Path) -> dict:
+    return json.loads((Path(folder) / "config.json").read_text())
+
+
+def write_config(folder: Path, config: dict) -> None:
+    (Path(folder) / "config.json").write_text(json.dumps(config))
+
+
+CLI = Path(__file__).resolve().parents[1] / "speculative.py"
+
+
+def run_cli(*args, stdin: str = "", pythonpath=None, check_exit: int | None = None, timeout: float = 300):
+    """speculative.py in a fresh process, offline, as a user runs it; bytes arguments pass as they are (not
+    UTF-8 ones, for example). `check_exit`: the exit status the run must end with."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    result = subprocess.run([sys.executable, str(CLI), *(a if isinstance(a, bytes) else str(a) for a in args)],
+                            capture_output=True, text=True, timeout=timeout, env=env, input=stdin)
+    if check_exit is not None:
+        assert result.returncode == check_exit, result.stderr
+    return result
+
+
+def run_cli_in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """speculative.main in this process, for tests that patch what it calls; reported as run_cli reports."""
+    import speculative
+
+    argv = [str(a) for a in args]
+    status = speculative.main(argv)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, status, out, err)
+
+
+def assert_clean_error(result, *words):
+    """How bad input ends: exit status 2, nothing on stdout, and one `error:` line on stderr, no traceback,
+    naming each of `words`."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert result.stdout == "", result.stdout
+    for word in words:
+        assert word in result.stderr, result.stderr

@@ -7,20 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_clean_error, run_cli, run_cli_in_process
 from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args, check_exit=None, stdin=""):
-    result = subprocess.run(  # bytes arguments pass as they are (not UTF-8 ones, for example)
-        [sys.executable, str(ROOT / "speculative.py"), *(a if isinstance(a, bytes) else str(a) for a in args)],
-        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
-        input=stdin,
-    )
-    if check_exit is not None:
-        assert result.returncode == check_exit, result.stderr
-    return result
 
 
 # The lines after "Decode speed": where the drafts came from, per --draft.
@@ -75,8 +65,7 @@ def test_draft_sources_are_lossless_and_report_the_split(tiny_7b, draft):
 
 def test_bad_draft_source_and_ignored_draft(tiny_7b):
     result = run_cli("--repo-id-or-model-path", tiny_7b, "--draft", "ngram", "--n-predict", 4)
-    assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
-    assert "--draft" in result.stderr
+    assert_clean_error(result, "--draft")
     result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--n-predict", 4, "--warmup", 0,
                      "--no-speculative", "--draft", "lookup", "--json", check_exit=0)
     assert result.stderr == "warning: --draft is not used with --no-speculative\n"
@@ -214,14 +203,6 @@ BAD_CHECKPOINTS = [
 ]
 
 
-def assert_clean_error(result, *words):
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
-    for word in words:
-        assert word.lower() in result.stderr.lower(), result.stderr
-
-
 @pytest.mark.parametrize("kind", BAD_CHECKPOINTS)
 def test_bad_checkpoints(kind, tiny_copy):
     result = run_cli("--repo-id-or-model-path", damage(kind, tiny_copy), "--prompt", "hi", "--n-predict", 4, "--warmup", 0)
@@ -294,13 +275,11 @@ def test_unavailable_device(device, tiny_7b):
 
 def test_model_larger_than_the_device_is_refused_and_out_of_memory_is_one_line(tiny_7b, monkeypatch, capsys):
     import speculative
-    from selfspec import checkpoint
+    from selfspec import memory
 
     argv = ["--repo-id-or-model-path", str(tiny_7b), "--prompt", "hi", "--n-predict", "4", "--warmup", "0", "--speculative"]
-    monkeypatch.setattr(checkpoint, "device_memory_bytes", lambda device: 1000)  # as on a GPU of 1,000 bytes
-    assert speculative.main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "needs at least" in err, err
+    monkeypatch.setattr(memory, "device_memory_bytes", lambda device: 1000)  # as on a GPU of 1,000 bytes
+    assert_clean_error(run_cli_in_process(capsys, *argv), "needs at least")
     monkeypatch.undo()
 
     def out_of_memory(*args, **kwargs):  # what torch raises when an allocation fails on a GPU
@@ -371,7 +350,7 @@ def interrupt_when_reached(tmp_path, folder, patch: str):
 
 
 def test_ctrl_c_while_loading_and_while_generating(tiny_7b, tmp_path):
-    loading = ("import selfspec.checkpoint as c\nread = c._read_weight_file\n"
+    loading = ("import selfspec.weights as c\nread = c._read_weight_file\n"
                "def slow(path):\n    marker.touch()\n    time.sleep(120)\n    yield from read(path)\n"
                "c._read_weight_file = slow")
     assert interrupt_when_reached(tmp_path, tiny_7b, loading) == (130, "interrupted\n")
@@ -437,7 +416,7 @@ def test_bad_prompt_files(tiny_7b, tmp_path):
     common = ["--repo-id-or-model-path", tiny_7b, "--n-predict", 4, "--warmup", 0]
     (tmp_path / "latin1.txt").write_bytes(b"caf\xe9")
     (tmp_path / "empty.txt").write_text("\n")
-    assert_clean_error(run_cli(*common, "--prompt-file", tmp_path / "missing.txt"), "--prompt-file", "no such file")
+    assert_clean_error(run_cli(*common, "--prompt-file", tmp_path / "missing.txt"), "--prompt-file", "No such file")
     assert_clean_error(run_cli(*common, "--prompt-file", tmp_path), "--prompt-file", "directory")
     assert_clean_error(run_cli(*common, "--prompt-file", tmp_path / "latin1.txt"), "--prompt-file", "UTF-8")
     assert_clean_error(run_cli(*common, "--prompt-file", tmp_path / "empty.txt"), "--prompt-file", "empty")
@@ -527,11 +506,11 @@ def test_loading_shows_progress_in_bytes_with_a_total(tiny_7b_sharded, monkeypat
     is made to count as real."""
     from tqdm import tqdm
 
-    from selfspec import checkpoint
+    from selfspec import weights
 
-    monkeypatch.setattr(checkpoint, "PROGRESS_MIN_BYTES", 0)
-    files = checkpoint.find_weight_files(tiny_7b_sharded)
-    checkpoint.load_model(tiny_7b_sharded, torch.float32, "cpu")
+    monkeypatch.setattr(weights, "PROGRESS_MIN_BYTES", 0)
+    files = weights.find_weight_files(tiny_7b_sharded)
+    weights.load_model(tiny_7b_sharded, torch.float32, "cpu")
     final = capsys.readouterr().err.split("\r")[-1]
     total = tqdm.format_sizeof(sum(f.stat().st_size for f in files), divisor=1024)
     assert len(files) == 3 and final.startswith("loading weights: 100%") and f" {total}/{total} " in final, final

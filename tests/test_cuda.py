@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from selfspec import gemv_triton, int4_triton, launch
-from selfspec.checkpoint import device_copier, load_model
 from selfspec.cuda_graphs import GraphedModel, graph_models
 from selfspec.generate import generate
 from selfspec.model import Linear
+from selfspec.weights import device_copier, load_model
 from selfspec.quantize import (
     Int4Linear, Int4MLP, Int8Linear, dequantize_int4, draft_bytes, make_draft, pack_half2_words, pack_nibbles, quantize_int4,
     weight_bytes,

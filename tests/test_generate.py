@@ -4,10 +4,10 @@ import random
 import pytest
 import torch
 
-from selfspec.checkpoint import HFTokenizer, Tokenizer
 from selfspec.generate import (GenerationStats, Sampling, TextStreamer, adapt_th_stop_draft, count_accepted, generate,
                                greedy_pick, penalize, seen_by_row, speculative_accept, spread)
 from selfspec.quantize import make_draft
+from selfspec.tokenizer import HFTokenizer, Tokenizer
 from smollm2 import smollm2_folder
 from helpers import random_model
 

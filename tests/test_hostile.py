@@ -20,8 +20,10 @@ import torch
 from make_tiny_checkpoint import write_tiny_checkpoint
 from tiny_llama import write_tiny_llama
 
-from selfspec import checkpoint
-from selfspec.checkpoint import CheckpointError, load_model, load_tokenizer, open_checkpoint
+from selfspec import checkpoint, folder as folder_files, memory, tokenizer as tokenizers_mod, weights
+from selfspec.checkpoint import open_checkpoint
+from selfspec.errors import CheckpointError, InputError
+from selfspec.weights import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD = "model-00001-of-00002.safetensors"
@@ -54,9 +56,9 @@ def recording_opens(monkeypatch):
             return open_native(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(checkpoint, "safe_open", recorded(checkpoint.safe_open, lambda path, *a, **k: path))
+    monkeypatch.setattr(weights, "safe_open", recorded(weights.safe_open, lambda path, *a, **k: path))
     processor = recorded(sentencepiece.SentencePieceProcessor, lambda *a, model_file=None, **k: model_file)
-    monkeypatch.setattr(checkpoint, "spm", types.SimpleNamespace(SentencePieceProcessor=processor))
+    monkeypatch.setattr(tokenizers_mod, "spm", types.SimpleNamespace(SentencePieceProcessor=processor))
     from_file = recorded(tokenizers.Tokenizer.from_file, lambda path: path)
     monkeypatch.setattr(tokenizers, "Tokenizer", types.SimpleNamespace(from_file=from_file))
     _opened = opened
@@ -88,7 +90,7 @@ def assert_opened_only_inside(opened, folder: Path, reads_expected=False):
 def load_everything(folder: Path):
     """What the CLI does with a folder, short of generating: validate, tokenizer, weights, chat prompt."""
     ckpt = open_checkpoint(str(folder))
-    tokenizer = load_tokenizer(ckpt)
+    tokenizer = ckpt.tokenizer
     load_model(folder, torch.float32, "cpu")
     return ckpt.chat_ids(tokenizer, "hi", max_input_tokens=100)
 
@@ -250,7 +252,7 @@ def test_links_inside_the_folder_are_followed(tmp_path, monkeypatch):
 
 def test_the_recording_sees_what_is_opened_outside(outside, tmp_path, monkeypatch):
     with recording_opens(monkeypatch) as opened:
-        with checkpoint.safe_open(str(outside / SHARD), framework="pt"):  # native: seen through the wrapper
+        with weights.safe_open(str(outside / SHARD), framework="pt"):  # native: seen through the wrapper
             pass
         with open(outside / "config.json"):  # Python: seen through the audit hook
             pass
@@ -290,7 +292,7 @@ def never_reads_weights(monkeypatch):
     def refuse(path):
         raise AssertionError(f"weights read from {path}")
 
-    monkeypatch.setattr(checkpoint, "_read_weight_file", refuse)
+    monkeypatch.setattr(weights, "_read_weight_file", refuse)
 
 
 @pytest.mark.parametrize("change,words", [
@@ -322,8 +324,8 @@ def test_config_sizes_are_checked_before_anything_is_allocated(change, words, ti
 def test_a_kv_cache_larger_than_the_machine_is_refused_before_reading_weights(tiny_copy, monkeypatch):
     folder = tiny_copy(max_position_embeddings=1 << 20)  # 1 GiB of float32 cache for the tiny model
     sysconf = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": (512 << 20) // 4096}  # as on a machine of 512 MiB
-    monkeypatch.setattr(checkpoint.os, "sysconf", sysconf.__getitem__)
-    monkeypatch.setattr(checkpoint, "_read_weight_file", None)
+    monkeypatch.setattr(memory.os, "sysconf", sysconf.__getitem__)
+    monkeypatch.setattr(weights, "_read_weight_file", None)
     with pytest.raises(CheckpointError, match=r"KV cache for a context of 1,048,576 tokens needs 1.0 GiB, more than "
                                               r"this machine's 0.5 GiB"):
         checkpoint.load_checkpoint(str(folder), torch.float32, "cpu")
@@ -348,8 +350,8 @@ def test_json_that_is_not_a_config(text, words, tiny_copy):
 
 def test_json_larger_than_the_bound_is_not_read_whole(tiny_copy, monkeypatch):
     folder = tiny_copy()
-    monkeypatch.setattr(checkpoint, "MAX_JSON_BYTES", 100)
-    monkeypatch.setattr(checkpoint.read_json, "__defaults__", (100,))
+    monkeypatch.setattr(folder_files, "MAX_JSON_BYTES", 100)
+    monkeypatch.setattr(folder_files.read_json, "__defaults__", (100,))
     with pytest.raises(CheckpointError, match="larger than"):
         open_checkpoint(str(folder))
 
@@ -409,10 +411,10 @@ HOSTILE_TEMPLATES = {  # template -> what the error says
 
 @pytest.mark.parametrize("template", HOSTILE_TEMPLATES)
 def test_hostile_chat_templates_are_stopped(template, llama):
-    tokenizer = load_tokenizer(open_checkpoint(str(llama)))
+    tokenizer = open_checkpoint(str(llama)).tokenizer
     tokenizer.chat_template = template
     limits, handler = resource.getrlimit(resource.RLIMIT_AS), signal.getsignal(signal.SIGALRM)
-    with pytest.raises(checkpoint.InputError, match=HOSTILE_TEMPLATES[template]):
+    with pytest.raises(InputError, match=HOSTILE_TEMPLATES[template]):
         tokenizer.render_chat([{"role": "user", "content": "hi"}])
     # The bounds are lifted again, and the template's own conversations still render.
     assert resource.getrlimit(resource.RLIMIT_AS) == limits and signal.getsignal(signal.SIGALRM) == handler
@@ -422,17 +424,17 @@ def test_hostile_chat_templates_are_stopped(template, llama):
 def test_a_long_template_is_refused(llama, tmp_path):
     folder = tmp_path / "ckpt"
     shutil.copytree(llama, folder)
-    (folder / "chat_template.jinja").write_text("x" * (checkpoint.MAX_TEMPLATE_CHARS + 1))
+    (folder / "chat_template.jinja").write_text("x" * (tokenizers_mod.MAX_TEMPLATE_CHARS + 1))
     with pytest.raises(CheckpointError, match="chat template is longer than"):
-        load_tokenizer(open_checkpoint(str(folder)))
+        open_checkpoint(str(folder))
 
 
 def test_a_tokenizer_larger_than_the_bound_is_not_read(tiny_copy, monkeypatch):
     folder = tiny_copy()
-    monkeypatch.setattr(checkpoint, "MAX_TOKENIZER_BYTES", 1000)
-    monkeypatch.setattr(checkpoint, "spm", None)  # never reached
+    monkeypatch.setattr(tokenizers_mod, "MAX_TOKENIZER_BYTES", 1000)
+    monkeypatch.setattr(tokenizers_mod, "spm", None)  # never reached
     with pytest.raises(CheckpointError, match="tokenizer.model is larger than"):
-        load_tokenizer(open_checkpoint(str(folder)))
+        open_checkpoint(str(folder))
 
 
 def test_an_index_of_many_missing_files_is_one_short_line(tmp_path):

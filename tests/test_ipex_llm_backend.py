@@ -17,9 +17,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import assert_clean_error, run_cli, run_cli_in_process
 
 import speculative
-from selfspec import InputError, ipex_llm_backend
+from backends import ipex_llm as ipex_llm_backend
+from selfspec.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,9 +101,8 @@ def fake_ipex(tmp_path, monkeypatch):
 
 
 def run_main(capsys, *args):
-    code = speculative.main(["--backend", "ipex-llm", *map(str, args)])
-    out, err = capsys.readouterr()
-    return code, out, err
+    result = run_cli_in_process(capsys, "--backend", "ipex-llm", *args)
+    return result.returncode, result.stdout, result.stderr
 
 
 def test_wiring_matches_the_ipex_llm_example(fake_ipex, capsys):
@@ -154,14 +155,6 @@ def test_json_record(stats, fake_ipex, capsys, monkeypatch):
         assert record["drafted"] is None and record["accepted"] is None and record["acceptance_rate"] is None
 
 
-def assert_one_line_error(code, out, err, *words):
-    assert code == 2 and out == ""
-    assert err.count("\n") == 1 and err.startswith("error: "), err
-    assert "Traceback" not in err
-    for word in words:
-        assert word in err, err
-
-
 @pytest.mark.parametrize("args,word", [
     (["--device", "cpu"], "--device xpu"),
     (["--device", "cuda"], "--device xpu"),
@@ -173,30 +166,20 @@ def assert_one_line_error(code, out, err, *words):
 ])
 def test_refused_before_ipex_llm_is_needed(args, word, capsys):
     """Checked first, so the answer is the same whether or not ipex_llm is installed."""
-    code, out, err = run_main(capsys, *args)
-    assert_one_line_error(code, out, err, word, "ipex-llm")
-    assert "requirements-xpu.txt" not in err
-
-
-def run_cli(*args, pythonpath=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    if pythonpath:
-        env["PYTHONPATH"] = str(pythonpath)
-    result = subprocess.run([sys.executable, str(ROOT / "speculative.py"), *map(str, args)],
-                            capture_output=True, text=True, timeout=120, env=env)
-    return result.returncode, result.stdout, result.stderr
+    result = run_cli_in_process(capsys, "--backend", "ipex-llm", *args)
+    assert_clean_error(result, word, "ipex-llm")
+    assert "requirements-xpu.txt" not in result.stderr
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ipex_llm") is not None, reason="ipex_llm is installed here")
 def test_missing_ipex_llm():
-    code, out, err = run_cli("--backend", "ipex-llm")
-    assert_one_line_error(code, out, err, "ipex_llm", "pip install -r requirements-xpu.txt")
+    assert_clean_error(run_cli("--backend", "ipex-llm"), "ipex_llm", "pip install -r requirements-xpu.txt")
 
 
 @pytest.mark.skipif(torch.xpu.is_available(), reason="an XPU is available here")
 def test_ipex_llm_without_an_xpu_device(tmp_path):
-    code, out, err = run_cli("--backend", "ipex-llm", pythonpath=write_fake_ipex_llm(tmp_path))
-    assert_one_line_error(code, out, err, "no XPU device", "setvars.sh")
+    result = run_cli("--backend", "ipex-llm", pythonpath=write_fake_ipex_llm(tmp_path))
+    assert_clean_error(result, "no XPU device", "setvars.sh")
 
 
 def test_native_is_the_default_and_never_loads_the_backend(tiny_7b):

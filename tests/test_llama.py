@@ -1,22 +1,20 @@
 """Llama checkpoints (written by transformers' save_pretrained): weights, GQA, tied heads, tokenizer.json,
 chat template, EOS lists; transformers is the reference throughout."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_clean_error, run_cli
 from safetensors.torch import load_file, save_file
 from tiny_llama import CHAT_TEMPLATE, read_json, write_tiny_llama
 
-from selfspec import InputError
-from selfspec.checkpoint import CheckpointError, load_checkpoint, model_from_state_dict, open_checkpoint
+from selfspec.checkpoint import load_checkpoint, open_checkpoint
+from selfspec.errors import CheckpointError, InputError
 from selfspec.generate import generate
 from selfspec.quantize import make_draft
+from selfspec.weights import model_from_state_dict
 
 transformers = pytest.importorskip("transformers")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +115,7 @@ def test_system_argument_and_truncation(tied_gqa):
 
 def test_eos_list_prefers_the_tokenizers_eos(tmp_path):
     folder = write_tiny_llama(tmp_path / "ckpt", eos_token_id=[0, 2])  # tokenizer's eos is <|im_end|> = 2
-    assert open_checkpoint(str(folder)).eos_token_ids == (0, 2)
+    assert open_checkpoint(str(folder)).eos_token_ids == (2, 0)  # final when opened: the tokenizer's EOS first
     ckpt, _, tokenizer = load_checkpoint(str(folder), torch.float32, "cpu")
     assert (ckpt.eos_token_id, ckpt.eos_token_ids, tokenizer.eos_token_id) == (2, (2, 0), 2)
     (folder / "generation_config.json").unlink()
@@ -188,15 +186,16 @@ def test_missing_tokenizer_and_template(tmp_path):
 
 def test_cli_on_a_llama_checkpoint(tied_gqa):
     def run(*args, status=0):
-        result = subprocess.run([sys.executable, str(ROOT / "speculative.py"), "--repo-id-or-model-path", str(tied_gqa),
-                                 "--n-predict", "24", "--dtype", "float32", "--warmup", "0", "--json", *args],
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == status, result.stderr
-        return json.loads(result.stdout.splitlines()[-1]) if status == 0 else None, result.stderr
+        return run_cli("--repo-id-or-model-path", tied_gqa, "--n-predict", 24, "--dtype", "float32", "--warmup", 0,
+                       "--json", *args, check_exit=status)
 
-    spec, _ = run("--prompt", "Tell me about the sea.", "--system", "Be brief.", "--speculative")
-    plain, _ = run("--prompt", "Tell me about the sea.", "--system", "Be brief.", "--no-speculative")
+    def answer(decoding):
+        result = run("--prompt", "Tell me about the sea.", "--system", "Be brief.", decoding)
+        return json.loads(result.stdout.splitlines()[-1])
+
+    spec, plain = answer("--speculative"), answer("--no-speculative")
     assert spec["token_ids"] == plain["token_ids"] and spec["drafted"] > 0
     # A message longer than the room the answer leaves is refused, not cut (from the left, as it was).
-    _, stderr = run("--prompt", "the sea " * 300, "--raw-prompt", status=2)
-    assert stderr.startswith("error: --n-predict 24 leaves room for 232 prompt tokens") and stderr.count("\n") == 1
+    refused = run("--prompt", "the sea " * 300, "--raw-prompt", status=2)
+    assert_clean_error(refused)
+    assert refused.stderr.startswith("error: --n-predict 24 leaves room for 232 prompt tokens")

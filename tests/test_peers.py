@@ -16,7 +16,7 @@ gguf = pytest.importorskip("gguf")
 from bench import benchmark  # noqa: E402
 from bench.peers import llamacpp  # noqa: E402
 from bench.peers.write_gguf import permute_for_rope, read_gguf_tensors, tokenizer_fields, write_gguf  # noqa: E402
-from selfspec import InputError  # noqa: E402
+from selfspec.errors import InputError  # noqa: E402
 from selfspec.checkpoint import load_checkpoint  # noqa: E402
 
 

@@ -10,9 +10,10 @@ import torch
 from make_proxy import embed_llama, read_llama
 from tiny_llama import write_tiny_llama
 
-from selfspec.checkpoint import load_checkpoint, model_from_state_dict
+from selfspec.checkpoint import load_checkpoint
 from selfspec.generate import generate
 from selfspec.quantize import make_draft
+from selfspec.weights import model_from_state_dict
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]

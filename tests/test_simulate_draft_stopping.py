@@ -6,7 +6,7 @@ import pytest
 from bench.simulate_draft_stopping import RULES, compare_rules, draft_chains, replay, saved_chains
 from selfspec.generate import generate
 from selfspec.quantize import make_draft
-from selfspec import InputError
+from selfspec.errors import InputError
 from helpers import random_model
 
 

@@ -4,29 +4,21 @@ Its linear weights come from a Q4_1 GGUF (already on an asymmetric 4-bit grid, b
 draft's symmetric grid differs, so acceptance here is that of a real model, though not of bf16 weights.
 """
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_cli
 from bench.measure_acceptance import PROMPTS, markdown, measure, summary
 from smollm2 import smollm2_folder
 
 from selfspec.quantize import make_draft
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def test_answers_a_chat_question_through_the_cli(tmp_path_factory):
     folder = smollm2_folder(tmp_path_factory)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "speculative.py"), "--repo-id-or-model-path", str(folder), "--prompt",
-         "What is the capital of France?", "--n-predict", "32", "--dtype", "float32", "--warmup", "0", "--json"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_cli("--repo-id-or-model-path", folder, "--prompt", "What is the capital of France?", "--n-predict", 32,
+                     "--dtype", "float32", "--warmup", 0, "--json", check_exit=0)
     record = json.loads(result.stdout.splitlines()[-1])
     assert "Paris" in record["text"], record["text"]
     assert record["token_ids"][-1] == 2  # stopped at <|im_end|>

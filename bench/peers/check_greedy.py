@@ -27,9 +27,11 @@ from bench.peers import llamacpp  # noqa: E402
 from bench.peers.write_gguf import write_gguf  # noqa: E402
 from scripts.convert_gguf import convert, installed_smollm2_gguf  # noqa: E402
 from scripts.make_proxy import embed_llama, read_llama  # noqa: E402
-from selfspec import InputError, run_main  # noqa: E402
-from selfspec.checkpoint import load_checkpoint, model_from_state_dict  # noqa: E402
+from selfspec.errors import InputError, run_main  # noqa: E402
+from selfspec.checkpoint import load_checkpoint
+from selfspec.weights import model_from_state_dict  # noqa: E402
 from selfspec.generate import generate  # noqa: E402
+from selfspec.weights import model_from_state_dict  # noqa: E402
 
 # SmolLM2 (576 hidden, 30 layers, 9 heads of 64, 3 KV heads) embedded with head width 128, as in the 7B proxy.
 SMALL_PROXY_SHAPE = dict(hidden_size=1152, num_hidden_layers=32, num_attention_heads=9, num_key_value_heads=3,

@@ -29,7 +29,7 @@ if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.harness import parser, proxy_model, random_model  # noqa: E402
-from selfspec import InputError, run_main  # noqa: E402
+from selfspec.errors import InputError, run_main  # noqa: E402
 
 FILE_TYPES = {"f32": 0, "f16": 1}  # llama_ftype: ALL_F32, MOSTLY_F16
 LLAMACPP = Path(__file__).resolve().parent / "llama.cpp"  # fetch_llamacpp.sh's folder

@@ -1,14 +1,38 @@
-"""What every command-line entry point shares: one-line errors and exit statuses, and output folders that
-appear whole or not at all."""
-import contextlib
+"""Errors of bad input and how command-line entry points report them: one line on stderr and an exit status,
+never a traceback."""
 import errno
 import os
-import secrets
-import shutil
 import sys
-from pathlib import Path
 
-from selfspec import InputError
+
+class InputError(Exception):
+    """Bad user input (paths, checkpoints, arguments, devices).
+
+    The CLI prints the message as one line on stderr and exits with status 2.
+    """
+
+
+class CheckpointError(InputError):
+    """A checkpoint folder or hub id that cannot be used (missing, incomplete, corrupted, unsupported)."""
+
+
+def one_line(err: Exception) -> str:
+    """The first line of an error message; its first sentence if the line is long."""
+    text = str(err).strip().splitlines()
+    line = text[0] if text else ""
+    if len(line) > 200:
+        line = line.split(". ")[0][:200]
+    return line or type(err).__name__
+
+
+def short_repr(value, limit: int = 60) -> str:
+    """repr for messages, cut: config values may be anything (long strings, deep lists)."""
+    try:
+        text = value if isinstance(value, str) and value.isprintable() else repr(value)
+    except RecursionError:
+        text = f"a deeply nested {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit] + "..."
+
 
 EXIT_BAD_INPUT, EXIT_WRITE_FAILED, EXIT_INTERRUPTED, EXIT_CLOSED_PIPE = 2, 1, 130, 141  # 130, 141: 128 + SIGINT, SIGPIPE
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}  # a full or failing disk, not bad input
@@ -57,37 +81,3 @@ def _discard_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError, AttributeError):  # stdout replaced by something without a file descriptor
         pass
-
-
-@contextlib.contextmanager
-def output_folder(target, force: bool = False):
-    """Yield a new empty folder beside `target`, to be written; when the block ends without an exception it
-    becomes `target`, else it is removed. A `target` that exists must be an empty folder, unless `force`:
-    then the old folder is replaced (removed after the new one is in place). So a failure, Ctrl-C included,
-    never leaves a half-written folder and never mixes new files with old ones."""
-    target = Path(target).expanduser().absolute()
-    if target.is_symlink():
-        target = target.resolve()  # the folder the link names is the one to replace
-    if target.exists():
-        if not target.is_dir():
-            raise InputError(f"{target} exists and is not a folder")
-        if not force and any(target.iterdir()):
-            raise InputError(f"{target} is not empty; choose a new folder, or pass --force to replace it")
-    partial = target.parent / f".{target.name}.partial-{secrets.token_hex(4)}"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial.mkdir()
-    except OSError as err:
-        raise InputError(f"cannot create {target}: {err.strerror}") from None
-    try:
-        yield partial
-        if target.exists() and any(target.iterdir()):
-            old = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
-            target.rename(old)
-            partial.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            partial.rename(target)  # rename(2) replaces an empty folder
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise

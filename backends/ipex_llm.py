@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from selfspec import InputError
+from selfspec.errors import InputError
 
 PROMPT_FORMAT = "<reserved_106> {prompt} <reserved_107>"  # as the IPEX-LLM Baichuan2 example wraps it
 INSTALL_HINT = "install it with: pip install -r requirements-xpu.txt (see the comments there)"

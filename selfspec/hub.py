@@ -1,0 +1,34 @@
+"""A checkpoint argument -> a local folder: a folder as is, or a hub id from the cache or the hub. Only data
+files are downloaded (json, tokenizer files, weights), never the .py files hub checkpoints ship for
+trust_remote_code."""
+import re
+from pathlib import Path
+
+from selfspec.errors import CheckpointError, one_line
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "org/name": no leading / or ., one slash
+HUB_PATTERNS = ["*.json", "*.jinja", "*.model", "*.safetensors", "*.bin"]  # never *.py
+
+
+def resolve_model_path(path_or_id: str) -> Path:
+    """Local folder as is; otherwise an "org/name" hub id from the cache, else downloaded (data files only)."""
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"model path {path} is not a folder")
+        return path
+    if not HUB_ID.match(path_or_id):
+        raise CheckpointError(f"model path {path_or_id} does not exist")
+    from huggingface_hub import snapshot_download  # imported late: only hub ids need it
+
+    try:
+        return Path(snapshot_download(path_or_id, local_files_only=True))
+    except Exception:
+        pass  # not cached: try the hub
+    try:
+        return Path(snapshot_download(path_or_id, allow_patterns=HUB_PATTERNS))
+    except Exception as err:
+        raise CheckpointError(
+            f"{path_or_id} is not a local folder, not in the Hugging Face cache, and could not be downloaded "
+            f"({one_line(err)}); pass a local checkpoint folder with --repo-id-or-model-path"
+        ) from None

@@ -1,0 +1,68 @@
+"""The memory check: refuse, before any weight is read, a model that cannot fit its device at all."""
+import math
+import os
+
+import torch
+
+from selfspec.errors import CheckpointError
+from selfspec.quantize import draft_bytes
+from selfspec.weights import checkpoint_weight_shapes
+
+
+def kv_cache_bytes(args, dtype: torch.dtype) -> int:
+    """The static KV cache: keys and values for every layer and position."""
+    return 2 * args.num_layers * args.max_seq_len * args.num_kv_heads * args.head_dim * dtype.itemsize
+
+
+def memory_needed(ckpt, dtype: torch.dtype, draft_group_size: int | None = None) -> dict[str, int]:
+    """Bytes the model will keep on its device: weights and KV cache, and the INT4 draft's with a group size.
+    Activations, CUDA graphs and the allocator's slack come on top (together about 2% at 7B on an H100)."""
+    a = ckpt.args
+    name = str(dtype).removeprefix("torch.")
+    need = {
+        f"{name} weights": sum(math.prod(shape) for shape in checkpoint_weight_shapes(ckpt.config, a).values()) * dtype.itemsize,
+        f"KV cache for {a.max_seq_len:,} tokens": kv_cache_bytes(a, dtype),
+    }
+    if draft_group_size:
+        # The one place the check counts the draft: what make_draft adds with this group size and its other
+        # settings (INT8 head over the whole vocabulary) at their defaults.
+        need["INT4 draft"] = draft_bytes(a, dtype, group_size=draft_group_size)
+    return need
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """Total memory of a GPU; None for the CPU, whose memory the system may overcommit or swap."""
+    if device.type in ("cuda", "xpu"):
+        return getattr(torch, device.type).get_device_properties(device).total_memory
+    return None
+
+
+def check_memory(ckpt, dtype: torch.dtype, device: torch.device, draft_group_size: int | None) -> None:
+    """Refuse, before reading any weight, a model that cannot fit the device at all."""
+    total = device_memory_bytes(torch.device(device))
+    if total is None:
+        _check_cache_fits_ram(ckpt, dtype)
+        return
+    need = memory_needed(ckpt, dtype, draft_group_size)
+    if sum(need.values()) <= total:
+        return
+    gib = 2**30
+    parts = ", ".join(f"{what} {size / gib:.1f}" for what, size in need.items())
+    without_draft = sum(need.values()) - need.get("INT4 draft", 0)
+    hint = f"; without the draft it needs {without_draft / gib:.1f} GiB" if draft_group_size and without_draft <= total else ""
+    raise CheckpointError(f"{ckpt.folder} needs at least {sum(need.values()) / gib:.1f} GiB on {device} ({parts}) "
+                          f"and the device has {total / gib:.1f} GiB{hint}")
+
+
+def _check_cache_fits_ram(ckpt, dtype: torch.dtype) -> None:
+    """On CPU only the KV cache is checked (weights may stay pages of a memory-mapped file): it is zero-filled
+    when allocated, so one larger than the machine's memory would swap or be killed, not fail cleanly."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to compare with
+        return
+    a = ckpt.args
+    cache = kv_cache_bytes(a, dtype)
+    if cache > ram:
+        raise CheckpointError(f"{ckpt.folder}: the KV cache for a context of {a.max_seq_len:,} tokens needs "
+                              f"{cache / 2**30:.1f} GiB, more than this machine's {ram / 2**30:.1f} GiB of memory")

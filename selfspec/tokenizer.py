@@ -1,0 +1,134 @@
+"""Tokenizers: Baichuan2's SentencePiece tokenizer.model, or a Llama checkpoint's tokenizer.json with the
+special tokens and chat template of its tokenizer_config.json."""
+from pathlib import Path
+
+import sentencepiece as spm
+
+from selfspec.chat import render_template
+from selfspec.errors import CheckpointError, one_line
+from selfspec.folder import checkpoint_file, read_json
+
+MAX_TOKENIZER_BYTES = 256 << 20  # tokenizer.model, tokenizer.json (the largest public ones: about 35 MB)
+MAX_TEMPLATE_CHARS = 1 << 20  # a chat template's source
+TOKENIZER_FILES = {"baichuan": "tokenizer.model", "llama": "tokenizer.json"}  # per checkpoint_arch
+
+
+def _check_tokenizer_size(path: Path) -> None:
+    """The tokenizer libraries read a whole file into memory: refuse one far larger than any real tokenizer."""
+    if path.stat().st_size > MAX_TOKENIZER_BYTES:
+        raise CheckpointError(f"tokenizer file {path} is larger than {MAX_TOKENIZER_BYTES >> 20} MiB")
+
+
+class Tokenizer:
+    """SentencePiece tokenizer.model (Baichuan2); encode adds no BOS/EOS, as Baichuan2's tokenizer."""
+
+    def __init__(self, model_file: Path):
+        model_file = Path(model_file)
+        if not model_file.is_file():
+            raise CheckpointError(f"tokenizer file {model_file} not found")
+        _check_tokenizer_size(model_file)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+        except (OSError, RuntimeError) as err:
+            raise CheckpointError(f"tokenizer file {model_file} is not a SentencePiece model: {one_line(err)}") from None
+        self.vocab_size = self.sp.vocab_size()
+        self.bos_token_id, self.eos_token_id = self.sp.bos_id(), self.sp.eos_id()
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def decode(self, ids) -> str:
+        # A padded vocabulary (config vocab_size above the tokenizer's) can emit ids with no piece: no text.
+        return self.sp.decode([int(i) for i in ids if int(i) < self.vocab_size])
+
+    def ids_by_frequency(self) -> list[int]:
+        """Token ids, most frequent first, as the model file ranks them: a SentencePiece piece's score is
+        its log probability (unigram) or minus its merge order (BPE), higher for more frequent pieces."""
+        scores = [self.sp.get_score(i) for i in range(self.vocab_size)]
+        return sorted(range(self.vocab_size), key=lambda i: -scores[i])
+
+
+class HFTokenizer:
+    """tokenizer.json through the `tokenizers` library (what transformers' fast tokenizers run), with
+    the special tokens and chat template of tokenizer_config.json (or chat_template.jinja).
+
+    encode(text) gives what the checkpoint's tokenizer gives for tokenizer(text): its post-processor
+    decides about BOS. Rendered chat templates are encoded without it, as apply_chat_template does.
+    """
+
+    SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+    def __init__(self, folder: Path):
+        folder = Path(folder)
+        from tokenizers import Tokenizer as FastTokenizer  # imported late: only Llama checkpoints need it
+
+        path = checkpoint_file(folder, "tokenizer.json", required=False)
+        if path is None:
+            raise CheckpointError(f"tokenizer file {folder / 'tokenizer.json'} not found")
+        _check_tokenizer_size(path)
+        try:
+            self.tok = FastTokenizer.from_file(str(path))
+        except Exception as err:  # the Rust side raises plain Exceptions
+            raise CheckpointError(f"tokenizer file {path} is not a tokenizers JSON file: {one_line(err)}") from None
+        config_path = checkpoint_file(folder, "tokenizer_config.json", required=False)
+        config = read_json(config_path) if config_path is not None else {}
+        # Tokens are strings or serialized AddedTokens ({"content": ...}).
+        self.special_tokens = {}
+        for name in self.SPECIAL_NAMES:
+            value = config.get(name)
+            value = value.get("content") if isinstance(value, dict) else value
+            if isinstance(value, str):
+                self.special_tokens[name] = value
+        self.chat_template = _chat_template(folder, config)
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+        self.bos_token_id, self.eos_token_id = (
+            self.tok.token_to_id(self.special_tokens.get(name, "")) for name in ("bos_token", "eos_token")
+        )
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def ids_by_frequency(self) -> list[int]:
+        """Token ids, most frequent first, taken as id order: a BPE vocabulary numbers its tokens in the
+        order of their merges, and the earlier merges are the more frequent pairs."""
+        return list(range(self.vocab_size))
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The checkpoint's chat template, rendered as transformers' apply_chat_template does."""
+        return render_template(self.chat_template, messages, add_generation_prompt, self.special_tokens)
+
+
+def _chat_template(folder: Path, config: dict) -> str | None:
+    """tokenizer_config.json's chat_template (a string, or named templates: "default"), else the
+    chat_template.jinja file newer transformers versions write."""
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if not isinstance(template, str):
+        jinja_file = checkpoint_file(folder, "chat_template.jinja", required=False)
+        if jinja_file is None:
+            return None
+        try:
+            with open(jinja_file, encoding="utf-8") as f:
+                template = f.read(MAX_TEMPLATE_CHARS + 1)
+        except (OSError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"cannot read {jinja_file}: {one_line(err)}") from None
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise CheckpointError(f"{folder}: the chat template is longer than {MAX_TEMPLATE_CHARS:,} characters")
+    return template
+
+
+def load_tokenizer(folder: Path, arch: str, vocab_size: int) -> Tokenizer | HFTokenizer:
+    """The checkpoint's tokenizer (tokenizer.model for Baichuan2, tokenizer.json for Llama), checked to fit the
+    model's vocabulary."""
+    name = TOKENIZER_FILES[arch]
+    tokenizer = Tokenizer(checkpoint_file(folder, name)) if arch == "baichuan" else HFTokenizer(folder)
+    if tokenizer.vocab_size > vocab_size:
+        raise CheckpointError(
+            f"{folder}: {name} has {tokenizer.vocab_size} tokens, more than vocab_size {vocab_size} in config.json"
+        )
+    return tokenizer
