@@ -21,7 +21,7 @@ from tqdm import tqdm  # noqa: E402
 
 from selfspec import InputError, __version__, run_main  # noqa: E402
 from selfspec.checkpoint import SAMPLING_DEFAULTS, load_checkpoint, sampling_errors  # noqa: E402
-from selfspec.cuda_graphs import graph_models  # noqa: E402
+from selfspec import accel  # noqa: E402
 from selfspec.generate import DRAFT_SOURCES, TextStreamer, generate, pick_device  # noqa: E402
 from selfspec.quantize import make_draft  # noqa: E402
 
@@ -214,8 +214,8 @@ def run(args) -> int:
             print(f"warning: the checkpoint's repetition_penalty {ckpt.repetition_penalty} is not applied "
                   f"(--repetition-penalty {ckpt.repetition_penalty} applies it)", file=sys.stderr)
     draft = build_draft(model, args.group_size, quiet=args.json) if uses_int4 else None
-    if device.type == "cuda":  # replay decode steps as CUDA graphs (captured during the warm-up)
-        model, draft = graph_models(model, draft)
+    # The device's kernels; on CUDA decode steps replay as CUDA graphs (captured during the warm-up).
+    model, draft = accel.apply(model, draft)
     options = dict(
         draft=draft, draft_source=draft_source or "int4", do_sample=args.do_sample, **sampling,
         repetition_penalty=repetition_penalty, th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft,

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import InputError, topk_triton
+from . import InputError, accel
+from .accel import topk
 from .lookup import NgramLookup
 
 # IPEX-LLM's auto_th_stop_draft: an EMA of the per-round match ratio steers the stop threshold.
@@ -80,13 +81,10 @@ class Sampling:
     def distribution(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Temperature, then top-k, then top-p, over the last dimension: (float32 probabilities, the token ids
         they belong to). With top-k both are [..., k], the most likely first, and the vocabulary is passed over
-        once (on CUDA in topk_triton); exactly k are kept: of tokens that tie with the k-th, the lower ids on
+        once (on CUDA in accel/topk.py); exactly k are kept: of tokens that tie with the k-th, the lower ids on
         CUDA, torch.topk's choice elsewhere. Without top-k the probabilities cover the vocabulary, ids None."""
         if 0 < self.top_k < logits.shape[-1]:
-            if topk_triton.supported(logits, self.top_k):
-                values, ids, _ = topk_triton.top_k(logits, self.top_k)
-            else:
-                values, ids = torch.topk(logits.float(), self.top_k, dim=-1)
+            values, ids = topk.largest(logits, self.top_k)
             values = values / max(self.temperature, 1e-5)
             probs = values.softmax(-1)
             if self.top_p < 1.0:  # the top-p rule below, on the k
@@ -118,11 +116,8 @@ class Sampling:
 
 def greedy_pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(argmax, its softmax probability in float32) over the last dimension of logits; the first index on
-    ties, as torch.argmax. One pass over the vocabulary on CUDA (topk_triton)."""
-    if topk_triton.supported(logits):
-        return topk_triton.argmax_and_prob(logits)
-    tokens = logits.argmax(-1)
-    return tokens, logits.float().softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    ties, as torch.argmax. One pass over the vocabulary on CUDA (accel/topk.py)."""
+    return topk.greedy(logits)
 
 
 def spread(probs: torch.Tensor, ids: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
@@ -339,6 +334,10 @@ def generate(
         raise ValueError("draft_source 'lookup' drafts from the context alone: pass draft=None")
     if draft_source == "lookup+int4" and draft is None:
         raise ValueError("draft_source 'lookup+int4' needs the INT4 draft")
+    limit = accel.pass_limit(model)
+    if limit is not None and (draft is not None or draft_source != "int4") and max_step_draft + 1 > limit:
+        raise ValueError(f"max_step_draft {max_step_draft} needs verify passes of {max_step_draft + 1} tokens; the "
+                         f"fast path of this device takes at most {limit} (max_step_draft {limit - 1})")
     if draft is not None:
         draft_module = getattr(draft, "module", draft)
         if draft_module.model.layers[0].self_attn.kv_cache is not target.model.layers[0].self_attn.kv_cache:

@@ -1,4 +1,4 @@
-"""The Triton attention (attention_triton.py: decode-sized passes, ALiBi prefills) against PyTorch's SDPA
+"""The Triton attention (accel/attention.py: decode-sized passes, ALiBi prefills) against PyTorch's SDPA
 over the same cache.
 
 On CUDA the kernels run compiled, and a one-token call must reproduce each row of a multi-token call
@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from selfspec import accel
 from selfspec.model import alibi_slopes, apply_rope
 from helpers import random_model, run_in_triton_interpreter
 
@@ -43,7 +44,7 @@ def reference_attention(q, kc, vc, pos, slopes, end):
 
 
 def check_kernels(device: str, exact_rows: bool):
-    from selfspec.attention_triton import decode_attention, prefill_attention, rope_and_store
+    from selfspec.accel.attention import decode_attention, prefill_attention, rope_and_store
 
     torch.manual_seed(0)
     for H, KVH, D, S, T, start, alibi in CASES:
@@ -112,18 +113,20 @@ def test_compiled_kernels_match_sdpa_and_rows_are_exact():
 @pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
 def test_model_steps_match_the_sdpa_path(position_encoding, num_heads, dtype, tol):
-    model = random_model(position_encoding, num_heads=num_heads, max_seq_len=300, dtype=dtype).cuda()
-    model.setup_caches(300)
+    # The plain model (SDPA) against the same weights with the CUDA kernels swapped in, each with its cache.
+    plain, fast = (random_model(position_encoding, num_heads=num_heads, max_seq_len=300, dtype=dtype).cuda()
+                   for _ in range(2))
+    for model in (plain, fast):
+        model.setup_caches(300)
+    accel.use_kernels(fast)
+    assert fast.attention_kernels
     tokens = torch.randint(0, 320, (1, 260), device="cuda")
     prefill = tokens[:, :100], torch.arange(100, device="cuda")
-    model.use_attention_kernels = False
-    expected = model(*prefill).float()
-    model.use_attention_kernels = True  # the Triton prefill kernel, then the decode kernels
-    torch.testing.assert_close(model(*prefill).float(), expected, atol=tol, rtol=tol)
+    expected = plain(*prefill).float()
+    # the Triton prefill kernel, then the decode kernels
+    torch.testing.assert_close(fast(*prefill).float(), expected, atol=tol, rtol=tol)
     for pos in range(100, 250, 13):
         t = 1 + pos % 9
         step, positions = tokens[:, pos : pos + t], torch.arange(pos, pos + t, device="cuda")
-        model.use_attention_kernels = False
-        expected = model(step, positions).float()
-        model.use_attention_kernels = True
-        torch.testing.assert_close(model(step, positions).float(), expected, atol=tol, rtol=tol)
+        expected = plain(step, positions).float()
+        torch.testing.assert_close(fast(step, positions).float(), expected, atol=tol, rtol=tol)

@@ -8,13 +8,15 @@ import random
 import pytest
 import torch
 
-from selfspec import gemv_triton, int4_triton, launch
+from selfspec import accel
+from selfspec.accel import gemv, int4, launch
+from selfspec.accel import graph_models
+from selfspec.accel.cuda_graphs import GraphedModel
 from selfspec.checkpoint import device_copier, load_model
-from selfspec.cuda_graphs import GraphedModel, graph_models
 from selfspec.generate import generate
 from selfspec.model import Linear
 from selfspec.quantize import (
-    Int4Linear, Int4MLP, Int8Linear, dequantize_int4, draft_bytes, make_draft, pack_half2_words, pack_nibbles, quantize_int4,
+    CLIP_RATIOS, Int4Linear, Int4MLP, Int8Linear, dequantize_int4, draft_bytes, make_draft, pack_half2_words, quantize_int4,
     weight_bytes,
 )
 from helpers import random_model, run_in_triton_interpreter
@@ -25,6 +27,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def cuda_model(position_encoding: str, num_heads: int, max_seq_len: int):
     model = random_model(position_encoding, num_heads=num_heads, max_seq_len=max_seq_len).cuda()
     model.setup_caches(max_seq_len)
+    accel.use_kernels(model)
     return model
 
 
@@ -47,7 +50,7 @@ def test_draft_quantization_on_the_gpu_matches_torch_on_cpu(shape, group_size):
     torch.manual_seed(0)
     w = (torch.randn(shape) * shape[1] ** -0.5).half()
     w[::97, ::89] *= 20  # outliers, so that clipping matters
-    q, s = quantize_int4(w.cuda(), group_size)  # the Triton kernel
+    q, s = int4.quantize_groups(w.cuda(), group_size, CLIP_RATIOS)  # the Triton kernel
     q_ref, s_ref = quantize_int4(w, group_size)  # torch's version
     # Only the squared errors' summation order differs: a group may choose another ratio where two give
     # the same error to float32 rounding, nowhere else.
@@ -78,7 +81,7 @@ def test_loading_onto_the_gpu_gives_the_weights_loaded_on_cpu(request, fixture):
 
 INTERPRETER_CHECK = """
 import torch
-from selfspec.int4_triton import int4_matmul
+from selfspec.accel.int4 import int4_matmul
 from selfspec.quantize import dequantize_int4, pack_nibbles, quantize_int4
 torch.manual_seed(0)
 for n, k, m, g, blocks in [(24, 192, 1, 64, (8, 2)), (40, 320, 3, 32, (16, 4)), (16, 1056, 1, 32, (4, 8))]:
@@ -89,7 +92,7 @@ for n, k, m, g, blocks in [(24, 192, 1, 64, (8, 2)), (40, 320, 3, 32, (16, 4)), 
     ref = x @ dequantize_int4(q, s).T
     err = float((y - ref).norm() / ref.norm())
     assert err < 1e-5, (n, k, m, g, err)
-from selfspec.int8_triton import int8_matmul
+from selfspec.accel.int8 import int8_matmul
 for n, k, m, blocks in [(24, 192, 1, (8, 64)), (37, 320, 3, (4, 128)), (16, 1000, 2, (16, 256))]:
     q = torch.randint(-127, 128, (n, k), dtype=torch.int8)
     s = torch.rand(n) / 127
@@ -98,7 +101,7 @@ for n, k, m, blocks in [(24, 192, 1, (8, 64)), (37, 320, 3, (4, 128)), (16, 1000
     ref = x @ (q.float() * s[:, None]).T
     err = float((y - ref).norm() / ref.norm())
     assert err < 1e-5, (n, k, m, err)
-from selfspec.gemv_triton import matmul
+from selfspec.accel.gemv import matmul
 for n, k, m, blocks in [(24, 192, 1, (16, 64)), (37, 320, 1, (32, 128)), (5, 1000, 1, (16, 256)),
                         (40, 192, 9, (32, 64)), (37, 320, 16, (16, 128)), (5, 1000, 2, (16, 256))]:
     w = torch.randn(n, k)
@@ -108,7 +111,7 @@ for n, k, m, blocks in [(24, 192, 1, (16, 64)), (37, 320, 1, (32, 128)), (5, 100
     assert y.shape == (1, m, n), y.shape
     err = float((y - ref).norm() / ref.norm())
     assert err < 1e-5, (n, k, m, err)
-from selfspec.int4_triton import quantize_groups
+from selfspec.accel.int4 import quantize_groups
 from selfspec.quantize import CLIP_RATIOS
 for n, k, g in [(24, 192, 64), (40, 320, 32), (3, 128, 128)]:
     w = torch.randn(n, k)
@@ -136,6 +139,7 @@ def test_triton_kernel_logic_in_the_interpreter():
 def test_triton_int4_matches_dequantized_matmul(n, k, m, dtype, kernel):
     w = torch.randn(n, k, device="cuda", dtype=dtype)
     layer = Int4Linear(w, 64)
+    accel.use_kernels(layer)
     assert layer.kernel == kernel
     x = torch.randn(m, k, device="cuda", dtype=dtype)
     q, s = quantize_int4(w, layer.group_size)
@@ -147,7 +151,7 @@ def test_triton_int4_matches_dequantized_matmul(n, k, m, dtype, kernel):
 
 
 @cuda
-@pytest.mark.parametrize("config", range(len(getattr(int4_triton, "HALF2_CONFIGS", []))))
+@pytest.mark.parametrize("config", range(len(getattr(int4, "HALF2_CONFIGS", []))))
 @pytest.mark.parametrize("n,k,glu", [(4096, 4096, False), (4096, 11008, False), (22016, 4096, True), (1000, 320, False),
                                      (200, 320, True)])
 def test_every_half2_configuration_matches_dequantized_matmul(config, n, k, glu):
@@ -159,8 +163,7 @@ def test_every_half2_configuration_matches_dequantized_matmul(config, n, k, glu)
     ref = x.float() @ dequantize_int4(q, s.half().float()).T
     if glu:
         ref = torch.nn.functional.silu(ref[:, 0::2]) * ref[:, 1::2]
-    y = int4_triton.int4_matmul_half2(x, pack_half2_words(q), s.half(), 64, glu=glu,
-                                      config=int4_triton.HALF2_CONFIGS[config])
+    y = int4.int4_matmul_half2(x, pack_half2_words(q), s.half(), 64, glu=glu, config=int4.HALF2_CONFIGS[config])
     assert y.shape == ref.shape and float((y.float() - ref).norm() / ref.norm()) < 2e-3
 
 
@@ -171,9 +174,11 @@ def test_every_half2_configuration_matches_dequantized_matmul(config, n, k, glu)
 def test_triton_linear_serves_decode_sizes_and_matches_float32(n, k, m, dtype):
     layer = Linear(k, n).to("cuda", dtype)
     x = torch.randn(1, m, k, device="cuda", dtype=dtype)
-    assert gemv_triton.supported(x, layer.weight)
-    assert not gemv_triton.supported(torch.randn(1, 17, k, device="cuda", dtype=dtype), layer.weight)  # a prefill
-    assert not gemv_triton.supported(x.float(), layer.weight.float())  # float32 stays with cuBLAS
+    assert not gemv.serves(layer.weight.float())  # float32 stays with cuBLAS
+    accel.use_kernels(layer)
+    assert isinstance(layer, gemv.GemvLinear)
+    prefill = torch.randn(1, 17, k, device="cuda", dtype=dtype)  # past MAX_VERIFY_TOKENS: cuBLAS
+    assert torch.equal(layer(prefill), torch.nn.functional.linear(prefill, layer.weight))
     y = layer(x)
     ref = torch.nn.functional.linear(x.float(), layer.weight.float())
     assert y.dtype == dtype and y.shape == (1, m, n)
@@ -189,6 +194,7 @@ def test_triton_linear_serves_decode_sizes_and_matches_float32(n, k, m, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_triton_int8_matches_dequantized_matmul(n, k, m, dtype):
     layer = Int8Linear(torch.nn.functional.normalize(torch.randn(n, k, device="cuda"), dim=1).to(dtype))
+    accel.use_kernels(layer)
     assert layer.kernel == "triton"
     x = torch.randn(m, k, device="cuda", dtype=dtype)
     ref = x.float() @ (layer.q.float() * layer.scales.float()[:, None]).T
@@ -203,8 +209,11 @@ def test_draft_mlp_applies_silu_in_the_gate_up_kernel(dtype):
     model = random_model("rope", num_heads=8, head_dim=32, intermediate_size=688, dtype=dtype).cuda()
     mlp = model.model.layers[0].mlp
     fused = Int4MLP(mlp, 64)
+    accel.use_kernels(fused)
     assert fused.gate_up_proj.kernel == ("triton_half2" if dtype == torch.float16 else "triton")
     gate, up, down = (Int4Linear(lin.weight, 64) for lin in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+    for layer in (gate, up, down):
+        accel.use_kernels(layer)
     for m in (1, 3):
         x = torch.randn(1, m, 256, device="cuda", dtype=dtype)
         hidden = torch.nn.functional.silu(gate(x).float()) * up(x).float()
@@ -220,6 +229,7 @@ def test_draft_mlp_applies_silu_in_the_gate_up_kernel(dtype):
 def test_draft_bytes_on_the_gpu(dtype):
     model = random_model("rope", num_heads=8, head_dim=16, intermediate_size=256, dtype=dtype).cuda()
     draft = make_draft(model, group_size=64)
+    accel.use_kernels(model, draft)
     assert {m.kernel for m in draft.modules() if isinstance(m, Int4Linear)} == {
         "triton_half2" if dtype == torch.float16 else "triton"}
     assert draft_bytes(model.args, dtype, 64) == weight_bytes(draft, quantized_only=True)
@@ -232,6 +242,7 @@ def test_half2_kernel_keeps_small_and_large_activations(scale):
     # no flush of small x.
     w = torch.randn(512, 1024, device="cuda", dtype=torch.float16)
     layer = Int4Linear(w, 64)
+    accel.use_kernels(layer)
     x = torch.randn(3, 1024, device="cuda", dtype=torch.float16) * scale
     q, s = quantize_int4(w, 64)
     ref = x.float() @ dequantize_int4(q, s.half().float()).T
@@ -256,7 +267,9 @@ def test_graphs_replay_the_eager_step(position_encoding, num_heads):
 
 
 def test_programmatic_dependent_launch_stays_off_where_there_is_none():
-    assert launch.enable(torch.device("cpu")) is False and launch.enabled is False
+    assert launch.available(torch.device("cpu")) is False
+    with launch.pdl(torch.device("cpu")) as enabled:
+        assert enabled is False and launch.enabled is False
 
 
 @cuda
@@ -269,18 +282,18 @@ def test_programmatic_dependent_launch_changes_no_result(position_encoding, num_
                          dtype=torch.float16).cuda()
     model.setup_caches(300)
     draft = make_draft(model, group_size=32)
+    accel.use_kernels(model, draft)
     tokens = torch.randint(0, 320, (1, 200), device="cuda")
     model(tokens, torch.arange(200, device="cuda"))
     results = {}
-    try:
-        for pdl in (False, True):
-            assert launch.enable(torch.device("cuda"), pdl) == pdl
-            graphed = [GraphedModel(m, bucket=64) for m in (model, draft)]
+    for pdl in (False, True):
+        graphed = [GraphedModel(m, bucket=64, pdl=pdl) for m in (model, draft)]
+        with launch.pdl(torch.device("cuda"), pdl) as enabled:
+            assert enabled == pdl
             for name, m in [("target", model), ("draft", draft), ("target graph", graphed[0]), ("draft graph", graphed[1])]:
                 for t in (1, 5):
                     results[pdl, name, t] = m(tokens[:, 150 : 150 + t], torch.arange(150, 150 + t, device="cuda"), 150 + t).clone()
-    finally:
-        launch.enable(torch.device("cuda"), False)
+    assert launch.enabled is False  # nothing is left on after the block
     for key, logits in results.items():
         if key[0]:
             assert torch.equal(logits, results[(False, *key[1:])]), key
@@ -309,8 +322,8 @@ def test_float16_speculative_with_graphs_equals_plain(position_encoding, num_hea
     model = random_model(position_encoding, num_heads=num_heads, max_seq_len=300, dtype=torch.float16).cuda()
     model.setup_caches(300)
     draft = make_draft(model, group_size=32, lm_head="int4")
-    assert draft.lm_head.kernel == draft.model.layers[0].self_attn.W_pack.kernel == "triton_half2"
     model_g, draft_g = graph_models(model, draft, bucket=64)
+    assert draft.lm_head.kernel == draft.model.layers[0].self_attn.W_pack.kernel == "triton_half2"
     rng = random.Random(1)
     for _ in range(8):
         prompt = [rng.randrange(320) for _ in range(rng.randrange(1, 100))]

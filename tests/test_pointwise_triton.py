@@ -1,4 +1,4 @@
-"""The Triton pointwise kernels (pointwise_triton.py) against the eager functions of model.py, which the
+"""The Triton pointwise kernels (accel/pointwise.py) against the eager functions of model.py, which the
 CPU runs: residual add + RMS norm, RMS norm, SiLU-multiply.
 
 Compiled on CUDA; without CUDA their logic runs under Triton's CPU interpreter (a subprocess: the
@@ -10,7 +10,8 @@ from helpers import run_in_triton_interpreter
 
 
 def check_kernels(device: str):
-    from selfspec import model, pointwise_triton
+    from selfspec import model
+    from selfspec.accel import pointwise
 
     torch.manual_seed(0)
     cases = [(torch.float32, 1e-5), (torch.float16, 1e-3)]
@@ -21,19 +22,20 @@ def check_kernels(device: str):
             x = (torch.randn(1, rows, dim, device=device) * 30).to(dtype)
             delta = torch.randn(1, rows, dim, device=device).to(dtype)
             weight = (torch.rand(dim, device=device) + 0.5).to(dtype)
-            h, out = pointwise_triton.add_rms_norm(x, delta, weight, 1e-6)
-            h_ref, out_ref = model.add_rms_norm(x.cpu(), delta.cpu(), weight.cpu(), 1e-6)
+            h, out = pointwise.add_rms_norm(x, delta, weight, 1e-6)
+            h_ref = x.cpu() + delta.cpu()
+            out_ref = model.rms_norm(h_ref, weight.cpu(), 1e-6)
             assert h.shape == out.shape == x.shape and out.dtype == dtype
             assert torch.equal(h.cpu(), h_ref), (dtype, rows, dim)  # one rounded add either way
             # The sum of squares runs in another order: float32 agrees to rounding, 16 bits to an ulp or two.
             torch.testing.assert_close(out.cpu(), out_ref, atol=tol, rtol=tol)
-            torch.testing.assert_close(pointwise_triton.rms_norm(x, weight, 1e-6).cpu(),
+            torch.testing.assert_close(pointwise.rms_norm(x, weight, 1e-6).cpu(),
                                        model.rms_norm(x.cpu(), weight.cpu(), 1e-6), atol=tol, rtol=tol)
         for rows, cols in [(1, 11008), (9, 1000), (300, 64)]:
             y = (torch.randn(1, rows, 2 * cols, device=device) * 4).to(dtype)
             # Separate gate and up tensors (the FP16 MLP), and interleaved halves of one (the INT4 draft's).
             for gate, up in ((y[..., :cols].contiguous(), y[..., cols:].contiguous()), (y[..., 0::2], y[..., 1::2])):
-                out = pointwise_triton.silu_mul(gate, up)
+                out = pointwise.silu_mul(gate, up)
                 assert out.shape == gate.shape and out.dtype == dtype
                 torch.testing.assert_close(out.cpu(), model.silu_mul(gate.cpu(), up.cpu()), atol=tol, rtol=tol)
 

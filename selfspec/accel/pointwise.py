@@ -5,10 +5,12 @@ torch.compile would fuse the same arithmetic, but kernels of our own take part i
 launch (launch.py: the kernel after them may launch at once, and they wait on the device for the kernel
 before them; a draft step 2-5% shorter on an H100), and the engine then needs neither TorchDynamo nor
 TorchInductor, whose import and compilation were a large part of the command's start-up
-(docs/performance.md). Each rounds as the eager functions in model.py do.
+(docs/performance.md). Each rounds as the eager functions in model.py do. `KernelMLP` is model.MLP with
+the SiLU-multiply kernel swapped in (accel.use_kernels).
 """
 import torch
 
+from ..model import MLP
 from . import launch
 
 try:
@@ -18,10 +20,6 @@ try:
     from .launch import let_next_kernel_launch, wait_for_inputs
 except ImportError:  # CPU-only installs
     triton = None
-
-
-def supported(x: torch.Tensor) -> bool:
-    return triton is not None and x.device.type == "cuda"
 
 
 if triton is not None:
@@ -94,3 +92,8 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         PDL=launch.enabled, launch_pdl=launch.enabled, num_warps=4,
     )
     return out.view(shape)
+
+
+class KernelMLP(MLP):
+    def forward(self, x):
+        return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))

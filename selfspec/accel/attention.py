@@ -16,10 +16,13 @@ Prefills use `prefill_attention`, a flash-attention kernel (one program per bloc
 online softmax over the keys up to the block's last position) that computes the ALiBi bias itself: SDPA
 would need it as a [heads, T, T] tensor, which rules out its causal kernels that skip the masked half. For
 RoPE models it is as fast as SDPA's causal kernel, and one prefill path is simpler than two.
+
+`attend` is model.Attention's forward with these kernels (accel/transformer.py calls it).
 """
 import torch
 
 from . import launch
+from .launch import MAX_VERIFY_TOKENS
 
 try:
     import triton
@@ -29,7 +32,6 @@ try:
 except ImportError:  # CPU-only installs
     triton = None
 
-MAX_TOKENS = 16  # query rows per program (tl.dot needs >= 16)
 LOG2E = 1.4426950408889634  # the prefill's softmax runs in base 2: exp(x) = exp2(x * LOG2E)
 BLOCK_KV = 128  # with 4 warps and 32 blocks per merge step: the best of a sweep on an H100 (1,152 and 4,000 keys)
 
@@ -239,7 +241,7 @@ def rope_and_store(qkv, input_pos, rope, k_cache, v_cache, num_heads: int, num_k
     max_seq_len, head_dim = k_cache.shape[2], k_cache.shape[3]
     q = torch.empty(T, num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
     cos, sin = rope if rope is not None else (qkv, qkv)  # unused without RoPE
-    block_t = 1 if T <= MAX_TOKENS else 16
+    block_t = 1 if T <= MAX_VERIFY_TOKENS else 16
     _rope_and_store_kernel[(triton.cdiv(T, block_t), num_heads + 2 * num_kv_heads)](
         qkv, input_pos, cos, sin, q, k_cache, v_cache, T, max_seq_len,
         HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, ROPE=rope is not None, BLOCK_T=block_t,
@@ -260,7 +262,7 @@ def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None
     _attention_blocks_kernel[(num_heads, num_blocks)](
         q, k_cache, v_cache, input_pos, alibi_slopes if alibi_slopes is not None else m, o, m, l,
         T, max_seq_len, num_blocks, head_dim ** -0.5,
-        HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_T=MAX_TOKENS, BLOCK_KV=BLOCK_KV,
+        HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_T=MAX_VERIFY_TOKENS, BLOCK_KV=BLOCK_KV,
         ALIBI=alibi_slopes is not None, IEEE=q.dtype == torch.float32, PDL=launch.enabled, launch_pdl=launch.enabled,
     )
     y = torch.empty(T, num_heads * head_dim, dtype=q.dtype, device=q.device)
@@ -290,3 +292,17 @@ def prefill_attention(q, k_cache, v_cache, input_pos, alibi_slopes=None, blocks=
     else:
         _prefill_attention_kernel[grid](*args, **constants, BLOCK_M=blocks[0], BLOCK_N=blocks[1], PDL=False)
     return y
+
+
+def attend(attn, x, input_pos, end: int, rope, alibi_slopes) -> torch.Tensor:
+    """model.Attention `attn` over x [1, T, hidden] at positions input_pos with these kernels: `rope` the
+    whole (cos, sin) tables or None, `alibi_slopes` or None; the cache is read over [0, end)."""
+    T = x.shape[1]
+    cache = attn.kv_cache
+    qkv = attn.W_pack(x)
+    q = rope_and_store(qkv.view(T, -1), input_pos, rope, cache.k, cache.v, attn.num_heads, attn.num_kv_heads)
+    if T <= MAX_VERIFY_TOKENS:
+        y = decode_attention(q, cache.k, cache.v, input_pos, end, alibi_slopes)
+    else:
+        y = prefill_attention(q, cache.k, cache.v, input_pos, alibi_slopes)
+    return attn.o_proj(y.view(1, T, attn.num_heads * attn.head_dim))

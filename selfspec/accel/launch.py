@@ -7,10 +7,11 @@ have passed `let_next_kernel_launch` (the attention and pointwise kernels at the
 after its loop); the next kernel's programs then wait on the device (`wait_for_inputs`, before reading or
 writing anything) until the kernel before them is complete. Kernels that are not launched this way
 (cuBLAS, torch's) keep the ordinary stream order, so the chain stays correct whatever sits between two of
-ours. Off by default; `enable` switches it on where the GPU has it (cuda_graphs.graph_models does). A small
-gain on an H100 (docs/performance.md).
+ours. Off by default: whoever launches (cuda_graphs.GraphedModel, for the graphs it captures) switches it on
+for its own launches with `pdl(device)`. A small gain on an H100 (docs/performance.md).
 """
 import inspect
+from contextlib import contextmanager
 
 import torch
 
@@ -20,14 +21,28 @@ try:
 except ImportError:  # CPU-only installs
     triton = None
 
-enabled = False
+# The most tokens one decode-sized pass takes (a plain step, a draft step, or a verify pass over a round's
+# drafts and the token before them): tl.dot's smallest tile, so the GEMV and attention kernels handle them
+# in one tile, and the CUDA graphs are captured up to it. A longer verify pass would leave the fast path.
+MAX_VERIFY_TOKENS = 16
+
+enabled = False  # read by the kernels at launch; only `pdl` changes it
 
 
-def enable(device: torch.device, on: bool = True) -> bool:
-    """Use PDL for the kernels launched from now on (and graphs captured from now on) if `device` has it."""
+def available(device: torch.device) -> bool:
+    """Whether `device` can launch kernels with PDL (NVIDIA Hopper and later, with Triton)."""
+    return triton is not None and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+@contextmanager
+def pdl(device: torch.device, on: bool = True):
+    """Launch this package's kernels (and capture graphs) with PDL inside the block, where `device` has it."""
     global enabled
-    enabled = on and triton is not None and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
-    return enabled
+    previous, enabled = enabled, on and available(device)
+    try:
+        yield enabled
+    finally:
+        enabled = previous
 
 
 if triton is not None:

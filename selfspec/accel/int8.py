@@ -3,9 +3,11 @@
 One program streams BLOCK_N rows of int8 weights once; rows of x (M > 1) are separate programs. Plain
 Triton (no inline PTX): at one byte per weight, converting and multiplying in float32 keeps up with
 memory, unlike INT4's two weights per byte. Runs on any Triton target and under the CPU interpreter.
+`Int8TritonLinear` and `Int8CpuLinear` are quantize.Int8Linear with a kernel swapped in (accel.use_kernels).
 """
 import torch
 
+from ..quantize import Int8Linear
 from . import launch
 
 try:
@@ -66,3 +68,20 @@ def int8_matmul(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, blocks=N
     else:
         _int8_gemv_kernel[grid](*args, BLOCK_N=blocks[0], BLOCK_K=blocks[1], PDL=False)
     return y.view(*x.shape[:-1], n)
+
+
+class Int8TritonLinear(Int8Linear):
+    kernel = "triton"
+
+    def forward(self, x):
+        return int8_matmul(x, self.q, self.scales)
+
+
+class Int8CpuLinear(Int8Linear):
+    """torch's CPU int8 kernel."""
+
+    kernel = "cpu_int8pack"
+
+    def forward(self, x):
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features), self.q, self.scales)
+        return y.view(*x.shape[:-1], self.out_features)

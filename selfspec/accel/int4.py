@@ -9,15 +9,17 @@ packed weights once. Rows of x (M > 1) are separate programs. Two kernels:
 - `int4_matmul` (any Triton target, fp16/bf16/fp32 activations): uint8 pairs unpacked with integer
   arithmetic and float conversions. Triton also targets Intel GPUs, so it can serve `xpu`; it also runs
   under Triton's CPU interpreter, which cannot run inline PTX.
-GROUP/2 (and GROUP/8) must be powers of two. Importing this module without Triton is fine: `available()`
-says False.
+GROUP/2 (and GROUP/8) must be powers of two. `Int4Half2Linear`, `Int4TritonLinear` and `Int4CpuLinear` are
+quantize.Int4Linear with a kernel swapped in (accel.use_kernels). Importing this module without Triton is
+fine: `available()` says False.
 
 `quantize_groups` builds the draft: the clipping search of quantize.quantize_int4 in one pass over the
 weights (torch's version makes about 60 passes over float32 copies: 1.4 s for a 7B draft on an H100).
 """
 import torch
 
-from . import launch
+from .. import model, quantize
+from . import launch, pointwise
 
 try:
     import triton
@@ -303,3 +305,81 @@ def quantize_groups(weight: torch.Tensor, group_size: int, clip_ratios) -> tuple
         weight, q, scales, ratios, scales.numel(), GROUP=group_size, NUM_RATIOS=len(clip_ratios), BLOCK=block,
     )
     return q, scales
+
+
+def quantizer(device: torch.device):
+    """The function that rounds a draft's weights on `device` (quantize.quantize_int4's signature)."""
+    if not available(device):
+        return quantize.quantize_int4
+
+    def quantize_on_device(weight, group_size: int, clip_ratios=quantize.CLIP_RATIOS):
+        if group_size & (group_size - 1):  # the kernel's groups are powers of two
+            return quantize.quantize_int4(weight, group_size, clip_ratios)
+        return quantize_groups(weight, group_size, clip_ratios)
+
+    return quantize_on_device
+
+
+def half2_gemv(device: torch.device):
+    """The GEMV over half2 words on `device`: (x, words, scales, group_size, glu=False) -> y.
+
+    A CUDA kernel over the same words (int4_cuda.py: `available(device)`, `int4_gemv(x, words, scales, group,
+    glu=False, out=None, pdl=False)`) goes first here where it is available, launched with
+    pdl=launch.enabled; the Triton kernel serves every other NVIDIA GPU."""
+    return int4_matmul_half2
+
+
+class Int4Half2Linear(quantize.Int4Linear):
+    """The weights as half2 words (quantize.pack_half2_words) multiplied by `gemv`, which also applies
+    silu(gate) * up (float16 activations on NVIDIA GPUs, groups of a multiple of 8)."""
+
+    kernel = "triton_half2"
+
+    def prepare(self):
+        self.gemv = half2_gemv(self.packed.device)
+        self.packed = quantize.pack_half2_words(quantize.unpack_nibbles(self.packed, self.group_size))
+
+    def forward(self, x):
+        return self.gemv(x, self.packed, self.scales, self.group_size, glu=self.glu)
+
+
+class Int4TritonLinear(quantize.Int4Linear):
+    """The nibbles multiplied by `int4_matmul`, Triton's portable kernel (CUDA and XPU, any float dtype)."""
+
+    kernel = "triton"
+
+    def prepare(self):
+        # silu(gate) * up of the interleaved rows: pointwise.py's kernel on CUDA
+        self.silu_mul = pointwise.silu_mul if self.packed.device.type == "cuda" else model.silu_mul
+
+    def forward(self, x):
+        y = int4_matmul(x, self.packed, self.scales, self.group_size)
+        return self.silu_mul(y[..., 0::2], y[..., 1::2]) if self.glu else y
+
+
+CPU_INT4_GROUP_SIZES = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
+
+
+def cpu_kernel_serves(layer: quantize.Int4Linear) -> bool:
+    rows = layer.packed.shape[0]
+    return (layer.group_size in CPU_INT4_GROUP_SIZES and rows % 16 == 0
+            and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"))
+
+
+class Int4CpuLinear(quantize.Int4Linear):
+    """torch's CPU int4 kernel (tinygemm) in bfloat16: callers in other dtypes are cast, fine for a draft
+    whose output is only a proposal."""
+
+    kernel = "cpu_int4pack"
+
+    def prepare(self):
+        q = quantize.unpack_nibbles(self.packed, self.group_size)
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32) + 8, 1)
+        zeros = torch.zeros_like(self.scales)  # symmetric: tinygemm computes (q - 8) * scale + zero
+        self.scales = torch.stack((self.scales, zeros), dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+
+    def forward(self, x):
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size, self.scales)
+        y = y.to(x.dtype).view(*x.shape[:-1], -1)
+        return model.silu_mul(y[..., 0::2], y[..., 1::2]) if self.glu else y

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from . import launch
+from .launch import MAX_VERIFY_TOKENS
 
 
 @dataclass
@@ -26,14 +27,18 @@ class _Graph:
 
 class GraphedModel:
     """Callable like the model, `(tokens, input_pos, end, last_only) -> logits`; the returned logits are a
-    graph's static output, valid until the same graph replays again (stream order makes that safe)."""
+    graph's static output, valid until the same graph replays again (stream order makes that safe).
 
-    def __init__(self, module, bucket: int = 256, max_graph_tokens: int = 16, prefill_bucket: int = 128, pool=None):
+    With `pdl` this package's kernels are launched with programmatic dependent launch (launch.py) where the
+    GPU has it, in the graphs and in the passes that run eagerly, and nowhere else."""
+
+    def __init__(self, module, bucket: int = 256, prefill_bucket: int = 128, pool=None, pdl: bool = False):
         self.module = module
         self.bucket = bucket
-        self.max_graph_tokens = max_graph_tokens
+        self.max_graph_tokens = MAX_VERIFY_TOKENS
         self.prefill_bucket = prefill_bucket
         self.pool = pool if pool is not None else torch.cuda.graph_pool_handle()
+        self.pdl = pdl
         self.graphs: dict[tuple[int, int], _Graph] = {}
         self.prefill_graphs: dict[int, _Graph] = {}
 
@@ -42,6 +47,10 @@ class GraphedModel:
         return self.module.max_seq_len
 
     def __call__(self, tokens, input_pos, end: int | None = None, last_only: bool = False):
+        with launch.pdl(tokens.device, self.pdl):
+            return self._run(tokens, input_pos, end, last_only)
+
+    def _run(self, tokens, input_pos, end: int | None, last_only: bool):
         num_tokens = tokens.shape[1]
         if end is None:
             return self.module(tokens, input_pos, end, last_only)
@@ -88,9 +97,8 @@ class GraphedModel:
 
 
 def graph_models(model, draft=None, bucket: int = 256, pdl: bool = True):
-    """Wrap the target (and draft) for CUDA-graph replay, sharing one memory pool; this package's Triton
-    kernels use programmatic dependent launch where the GPU has it (`pdl`; launch.py)."""
-    launch.enable(next(model.buffers()).device, pdl)
+    """Wrap the target (and draft) for CUDA-graph replay, sharing one memory pool, their kernels launched
+    with PDL where the GPU has it (`pdl`)."""
     pool = torch.cuda.graph_pool_handle()
-    graphed = GraphedModel(model, bucket, pool=pool)
-    return graphed, (GraphedModel(draft, bucket, pool=pool) if draft is not None else None)
+    graphed = GraphedModel(model, bucket, pool=pool, pdl=pdl)
+    return graphed, (GraphedModel(draft, bucket, pool=pool, pdl=pdl) if draft is not None else None)

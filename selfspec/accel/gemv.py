@@ -10,12 +10,15 @@ The same compiled kernel serves every row count, and a tensor-core product's row
 other rows, so a verify pass over k+1 tokens gives exactly the logits of k+1 one-token steps, in float16
 too: greedy self-speculative decoding then equals plain decoding token for token. (A plain float32 GEMV
 for one row was 4% faster still, but rounded differently from the verify pass and split the outputs of
-plain and speculative decoding at near-ties.) Importing this module without Triton is fine: `supported()`
-says False.
+plain and speculative decoding at near-ties.) `GemvLinear` is model.Linear with this kernel swapped in
+(accel.use_kernels). Importing this module without Triton is fine.
 """
 import torch
+import torch.nn.functional as F
 
+from ..model import Linear
 from . import launch
+from .launch import MAX_VERIFY_TOKENS
 
 try:
     import triton
@@ -25,13 +28,12 @@ try:
 except ImportError:  # CPU-only installs
     triton = None
 
-MAX_ROWS = 16  # rows of x per call: tl.dot's smallest tile, and the most tokens of a verify pass
 
 
-def supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether `matmul` serves x [..., K] (1..16 rows) times this weight [N, K]."""
-    return (triton is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
-            and weight.dtype == x.dtype and x.numel() <= MAX_ROWS * weight.shape[1] and weight.is_contiguous())
+def serves(weight: torch.Tensor) -> bool:
+    """Whether `matmul` serves this weight [N, K]: 16-bit on CUDA (float32 stays with cuBLAS)."""
+    return (triton is not None and weight.is_cuda and weight.dtype in (torch.float16, torch.bfloat16)
+            and weight.is_contiguous())
 
 
 if triton is not None:
@@ -68,7 +70,7 @@ if triton is not None:
 
 
 def matmul(x: torch.Tensor, weight: torch.Tensor, blocks=None) -> torch.Tensor:
-    """x [..., K] (1..16 rows) times weight [N, K]: [..., N] (see `supported`).
+    """x [..., K] (1..MAX_VERIFY_TOKENS rows) times weight [N, K] (see `serves`): [..., N].
 
     `blocks=(BLOCK_N, BLOCK_K)` skips autotuning (Triton's CPU interpreter cannot time configs)."""
     n, k = weight.shape
@@ -77,8 +79,18 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, blocks=None) -> torch.Tensor:
     args = (flat, weight, y, flat.shape[0], n, k)
     if blocks is None:
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-        _matmul_tuned[grid](*args, BLOCK_M=MAX_ROWS, PDL=launch.enabled, launch_pdl=launch.enabled)
+        _matmul_tuned[grid](*args, BLOCK_M=MAX_VERIFY_TOKENS, PDL=launch.enabled, launch_pdl=launch.enabled)
     else:
-        _matmul_kernel[(triton.cdiv(n, blocks[0]),)](*args, BLOCK_M=MAX_ROWS, BLOCK_N=blocks[0], BLOCK_K=blocks[1],
+        _matmul_kernel[(triton.cdiv(n, blocks[0]),)](*args, BLOCK_M=MAX_VERIFY_TOKENS, BLOCK_N=blocks[0], BLOCK_K=blocks[1],
                                                      PDL=False)
     return y.view(*x.shape[:-1], n)
+
+
+class GemvLinear(Linear):
+    """model.Linear on a weight that `serves`: decode-sized products (up to MAX_VERIFY_TOKENS rows) in
+    `matmul`, longer ones (prefills) in cuBLAS."""
+
+    def forward(self, x):
+        if x.numel() <= MAX_VERIFY_TOKENS * self.in_features:
+            return matmul(x, self.weight)
+        return F.linear(x, self.weight)

@@ -5,7 +5,8 @@ The draft's stopping rule needs the argmax and its probability after every draft
 argmax after every step, sampling the top k logits. torch takes a float copy, a softmax and a max over the
 whole row for the first (62 us on an H100 for Baichuan2's 125,696 logits), 0.1 ms for a top-k, and its
 reductions over one long row keep few SMs busy. Here blocks of the row are reduced in parallel and then
-merged per row: two short kernels, 4-5 us for the greedy pick (docs/performance.md).
+merged per row: two short kernels, 4-5 us for the greedy pick (docs/performance.md). `greedy` and
+`largest` are what sampling calls: these kernels where they serve, torch elsewhere.
 """
 import torch
 
@@ -18,7 +19,7 @@ except ImportError:  # CPU-only installs
 MAX_K = 32  # each of the k picks is a reduction over a block: a larger k takes the torch path
 
 
-def supported(logits: torch.Tensor, k: int = 1) -> bool:
+def serves(logits: torch.Tensor, k: int = 1) -> bool:
     return triton is not None and logits.device.type == "cuda" and 1 <= k <= min(MAX_K, logits.shape[-1])
 
 
@@ -92,3 +93,20 @@ def argmax_and_prob(logits: torch.Tensor):
     probability [...] float32)."""
     _, indices, probs = top_k(logits, 1)
     return indices[..., 0], probs
+
+
+def greedy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(argmax, its softmax probability in float32) over the last dimension of logits; the first index on
+    ties, as torch.argmax."""
+    if serves(logits):
+        return argmax_and_prob(logits)
+    tokens = logits.argmax(-1)
+    return tokens, logits.float().softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def largest(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the k largest logits in float32, their ids), the largest first; of ties with the k-th, the lower
+    ids with the kernel, torch.topk's choice elsewhere."""
+    if serves(logits, k):
+        return top_k(logits, k)[:2]
+    return torch.topk(logits.float(), k, dim=-1)
