@@ -422,3 +422,15 @@ def test_lookup_with_graphs_equals_plain(position_encoding, num_heads, dtype):
             lookup_accepted += stats.lookup_accepted
             assert generate(model_g, prompt, 60, do_sample=True, top_k=1, **options)[0] == plain
     assert lookup_accepted > 0
+
+
+@cuda
+def test_a_verify_pass_past_the_fast_path_is_refused():
+    model = cuda_model("rope", 4, max_seq_len=300)
+    model_g, draft_g = graph_models(model, make_draft(model, group_size=32), bucket=64)
+    assert accel.pass_limit(model_g) == accel.pass_limit(model) == accel.MAX_VERIFY_TOKENS
+    last = accel.MAX_VERIFY_TOKENS - 1  # drafts that still fit with the token before them
+    assert generate(model_g, [1, 2, 3], 40, draft=draft_g, max_step_draft=last)[1].drafted > 0
+    for draft, source in ((draft_g, "int4"), (None, "lookup")):
+        with pytest.raises(ValueError, match="max_step_draft"):
+            generate(model_g, [1, 2, 3], 40, draft=draft, draft_source=source, max_step_draft=last + 1)

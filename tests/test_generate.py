@@ -4,6 +4,7 @@ import random
 import pytest
 import torch
 
+from selfspec import accel
 from selfspec.checkpoint import HFTokenizer, Tokenizer
 from selfspec.generate import (GenerationStats, Sampling, TextStreamer, adapt_th_stop_draft, count_accepted, generate,
                                greedy_pick, penalize, seen_by_row, speculative_accept, spread)
@@ -18,7 +19,17 @@ SIZES = [("rope", 4), ("alibi", 5)]  # 7B-style and 13B-style (non-power-of-two 
 def model_and_draft(request):
     position_encoding, num_heads = request.param
     model = random_model(position_encoding, num_heads=num_heads, max_seq_len=160)
-    return model, make_draft(model, group_size=32)
+    draft = make_draft(model, group_size=32)
+    accel.use_kernels(model, draft)  # on CPU: torch's int4 and int8 kernels for the draft
+    return model, draft
+
+
+def test_a_round_may_draft_past_the_gpu_pass_limit_on_cpu(model_and_draft):
+    model, draft = model_and_draft
+    assert accel.pass_limit(model) is None  # the limit belongs to the CUDA kernels and graphs
+    prompt = [3, 1, 4, 1, 5]
+    spec, stats = generate(model, prompt, 60, draft=draft, th_stop_draft=0.0, max_step_draft=accel.MAX_VERIFY_TOKENS + 4)
+    assert spec == generate(model, prompt, 60)[0] and stats.drafted > accel.MAX_VERIFY_TOKENS
 
 
 def test_speculative_greedy_equals_plain_greedy_float32(model_and_draft):
