@@ -28,7 +28,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from selfspec import InputError, run_main  # noqa: E402
 from selfspec.generate import generate, synchronize  # noqa: E402
-from selfspec.model import Baichuan2, ModelArgs  # noqa: E402
+from selfspec.model import ModelArgs, Transformer as Baichuan2  # noqa: E402
 from measure_acceptance import VARIANTS  # noqa: E402
 from selfspec.quantize import (  # noqa: E402
     LM_HEADS, Int8Linear, frequent_vocab, make_draft, quantize_int4, weight_bytes,

@@ -28,7 +28,7 @@ from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 
 from selfspec import InputError
-from selfspec.model import Baichuan2, ModelArgs
+from selfspec.model import ModelArgs, Transformer as Baichuan2  # the one model class of both families
 from selfspec.quantize import draft_bytes, rows_per_slice
 
 SAFETENSORS_INDEX, SAFETENSORS_FILE = "model.safetensors.index.json", "model.safetensors"

@@ -1,7 +1,7 @@
-"""Baichuan2 transformer (7B: RoPE, 13B: ALiBi) with a static KV cache.
+"""The decoder-only transformer of Baichuan2 (7B: RoPE, 13B: ALiBi) and Llama, with a static KV cache.
 
-Module and parameter names follow the hub checkpoints (`model.layers.N.self_attn.W_pack.weight`, ...)
-so weights load without renaming. The KV cache is a preallocated buffer written by position: rolling
+Each layer adds attention(norm(x)) to x, then mlp(norm(x)). Module and parameter names follow the hub
+checkpoints (`model.layers.N.self_attn.W_pack.weight`, ...) so weights load without renaming. The KV cache is a preallocated buffer written by position: rolling
 back rejected draft tokens is only a matter of which positions later queries may attend to.
 
 This is the plain eager model, which runs anywhere; accel.use_kernels swaps a device's fast paths in.
@@ -167,8 +167,9 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
-class Baichuan2(nn.Module):
-    """Causal LM. `lm_head.weight` must hold row-normalized weights (NormHead, normalized once at load)."""
+class Transformer(nn.Module):
+    """Causal LM. For Baichuan2 `lm_head.weight` holds row-normalized weights (NormHead, normalized once at
+    load); Llama's head may be tied to the embeddings."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import model
-from .model import MLP, Baichuan2, ModelArgs
+from .model import MLP, ModelArgs, Transformer
 
 # Clipping ratios tried per group: the scale that minimises the group's squared error wins.
 # Calibration-free; it recovers much of the accuracy that plain absmax scaling loses to outliers.
@@ -201,8 +201,8 @@ def frequent_vocab(ranked_ids, size: int, vocab_size: int, always=()) -> torch.T
 LM_HEADS = ("shared", "int8", "int4")  # the draft's lm_head: the target's own 16-bit one, or a quantized copy
 
 
-def make_draft(target: Baichuan2, group_size: int = 64, lm_head: str = "int8",
-               clip_ratios=CLIP_RATIOS, head_vocab: torch.Tensor | None = None, on_weight=None) -> Baichuan2:
+def make_draft(target: Transformer, group_size: int = 64, lm_head: str = "int8",
+               clip_ratios=CLIP_RATIOS, head_vocab: torch.Tensor | None = None, on_weight=None) -> Transformer:
     """A draft model over the target's own weights: every nn.Linear of the layers becomes an Int4Linear (gate
     and up one fused Int4MLP matrix); lm_head is an Int8Linear (default), an Int4Linear or the target's own
     (`"shared"`); everything else (embeddings, norms, KV cache, RoPE/ALiBi tables) is the same tensor object

@@ -8,19 +8,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from selfspec.model import Baichuan2, ModelArgs
+from selfspec.model import ModelArgs, Transformer
 
 
 def random_model(position_encoding="rope", num_heads=4, head_dim=16, num_layers=2, vocab_size=320,
-                 intermediate_size=128, max_seq_len=256, dtype=torch.float32, seed=0) -> Baichuan2:
-    """A tiny Baichuan2 with weights scaled so that logits are peaked enough to be realistic."""
+                 intermediate_size=128, max_seq_len=256, dtype=torch.float32, seed=0) -> Transformer:
+    """A tiny Baichuan2-style model with weights scaled so that logits are peaked enough to be realistic."""
     args = ModelArgs(
         vocab_size=vocab_size, hidden_size=num_heads * head_dim, intermediate_size=intermediate_size,
         num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_heads, max_seq_len=max_seq_len,
         position_encoding=position_encoding,
     )
     generator = torch.Generator().manual_seed(seed)
-    model = Baichuan2(args)
+    model = Transformer(args)
     for name, p in model.named_parameters():
         if "norm" in name:
             p.data = 1 + 0.1 * torch.randn(p.shape, generator=generator)

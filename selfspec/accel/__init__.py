@@ -14,7 +14,7 @@ import itertools
 
 import torch
 
-from ..model import MLP, Baichuan2, Linear
+from ..model import MLP, Transformer, Linear
 from ..quantize import Int4Linear, Int8Linear
 from . import gemv, int4, int8, launch, pointwise
 from . import cuda_graphs
@@ -56,11 +56,11 @@ def use_kernels(model, draft=None):
 def kernel_class(module):
     """The kernel-backed subclass of a plain module for its device, dtype and shape; None where it stays."""
     kind = type(module)
-    if kind not in (Baichuan2, Linear, MLP, Int4Linear, Int8Linear):
+    if kind not in (Transformer, Linear, MLP, Int4Linear, Int8Linear):
         return None
     device = device_of(module)
     on_cuda = device.type == "cuda" and launch.triton is not None
-    if kind is Baichuan2:
+    if kind is Transformer:
         return FusedTransformer if on_cuda else None
     if kind is Linear:
         return gemv.GemvLinear if gemv.serves(module.weight) else None

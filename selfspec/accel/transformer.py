@@ -1,17 +1,17 @@
 """The model's forward pass on CUDA, with the fusions its kernels allow.
 
-model.Baichuan2 adds each residual right after its block, and norms it in a separate step. Here each
+model.Transformer adds each residual right after its block, and norms it in a separate step. Here each
 layer's MLP output is carried to the next layer and added there by the kernel that also computes the norm
 after it (pointwise.add_rms_norm), so every residual add shares a kernel with a norm; and attention rotates
 and stores k/v in one kernel and attends in another (attention.attend), where the head size allows. The
 arithmetic, and its rounding, is the plain model's.
 """
-from ..model import Baichuan2
+from ..model import Transformer
 from . import attention, pointwise
 
 
-class FusedTransformer(Baichuan2):
-    """model.Baichuan2 with `hidden_states` on this package's CUDA kernels (accel.use_kernels swaps the class
+class FusedTransformer(Transformer):
+    """model.Transformer with `hidden_states` on this package's CUDA kernels (accel.use_kernels swaps the class
     of a model on CUDA)."""
 
     def prepare(self):
