@@ -30,9 +30,8 @@ from selfspec import InputError, run_main  # noqa: E402
 from selfspec.generate import generate, synchronize  # noqa: E402
 from selfspec.model import ModelArgs, Transformer as Baichuan2  # noqa: E402
 from measure_acceptance import VARIANTS  # noqa: E402
-from selfspec.quantize import (  # noqa: E402
-    LM_HEADS, Int8Linear, frequent_vocab, make_draft, quantize_int4, weight_bytes,
-)
+from selfspec.draft import LM_HEADS, frequent_vocab, make_draft  # noqa: E402
+from selfspec.quantize import Int8Linear, quantize_int4, weight_bytes  # noqa: E402
 
 SHAPES = {
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, position_encoding="rope"),

@@ -34,7 +34,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from selfspec import InputError, run_main  # noqa: E402
 from selfspec.checkpoint import load_checkpoint, load_tokenizer, model_from_state_dict, open_checkpoint  # noqa: E402
 from selfspec.generate import generate, pick_device  # noqa: E402
-from selfspec.quantize import CLIP_RATIOS, LM_HEADS, make_draft  # noqa: E402
+from selfspec.draft import LM_HEADS, make_draft  # noqa: E402
+from selfspec.quantize import CLIP_RATIOS  # noqa: E402
 
 PASSAGE_EN = (
     "The Grand Canal of China runs from Beijing in the north to Hangzhou in the south, about 1,800 kilometres. "

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmark import SHAPES, random_model, require_cuda  # noqa: E402
 from selfspec import run_main  # noqa: E402
-from selfspec.quantize import make_draft  # noqa: E402
+from selfspec.draft import make_draft  # noqa: E402
 
 
 @torch.inference_mode()

@@ -28,7 +28,7 @@ from measure_acceptance import PROMPTS, default_max_seq_len  # noqa: E402
 from selfspec import InputError, run_main  # noqa: E402
 from selfspec.checkpoint import load_checkpoint, read_json  # noqa: E402
 from selfspec.generate import adapt_th_stop_draft, generate  # noqa: E402
-from selfspec.quantize import make_draft  # noqa: E402
+from selfspec.draft import make_draft  # noqa: E402
 
 
 @torch.inference_mode()

@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from selfspec import InputError
 from selfspec.model import ModelArgs, Transformer as Baichuan2  # the one model class of both families
-from selfspec.quantize import draft_bytes, rows_per_slice
+from selfspec.draft import draft_bytes
+from selfspec.quantize import rows_per_slice
 
 SAFETENSORS_INDEX, SAFETENSORS_FILE = "model.safetensors.index.json", "model.safetensors"
 BIN_INDEX, BIN_FILE = "pytorch_model.bin.index.json", "pytorch_model.bin"

@@ -1,17 +1,11 @@
-"""INT4 weight-only draft: symmetric group-wise quantization of the target's own linear layers.
-
-The draft is not a second checkpoint. `make_draft` builds a model object that shares the target's
-embeddings, norms, position tables and KV cache, replaces every nn.Linear of the layers by an Int4Linear,
-and shares, or quantizes to INT8 or INT4, the lm_head. No second 16-bit copy of any weight is kept.
+"""Symmetric quantization of the target's own weights for the draft (draft.py): group-wise INT4 with a
+clipping search, per-row INT8, their packings, and the plain INT4/INT8 linear layers that hold them.
 """
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import model
-from .model import MLP, ModelArgs, Transformer
 
 # Clipping ratios tried per group: the scale that minimises the group's squared error wins.
 # Calibration-free; it recovers much of the accuracy that plain absmax scaling loses to outliers.
@@ -151,135 +145,6 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self):
         return f"in={self.in_features}, out={self.out_features}, kernel={self.kernel}"
-
-
-class Int4MLP(nn.Module):
-    """The draft's MLP: gate and up as one INT4 matrix, rows interleaved, whose matmul also applies
-    silu(gate) * up (one kernel instead of three on NVIDIA GPUs), then down. Each row is quantized as the
-    separate layers would be."""
-
-    def __init__(self, mlp: MLP, group_size: int, clip_ratios=CLIP_RATIOS, quantize=quantize_int4):
-        super().__init__()
-        gate, up = mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()
-        self.gate_up_proj = Int4Linear(torch.stack((gate, up), dim=1).flatten(0, 1), group_size, clip_ratios, glu=True,
-                                       quantize=quantize)
-        self.down_proj = Int4Linear(mlp.down_proj.weight.detach(), group_size, clip_ratios, quantize=quantize)
-
-    def forward(self, x):
-        return self.down_proj(self.gate_up_proj(x))
-
-
-class FrequentVocabHead(nn.Module):
-    """The draft's lm_head over part of the vocabulary (the most frequent tokens: FR-Spec, ACL 2025): the
-    head's rows of the tokens `ids` only, logits of every other token -inf. The draft then never proposes
-    those tokens, and its head reads a fraction of the bytes; nothing else changes, since the target
-    verifies every draft and emits its own token where the draft was wrong (a draft distribution that is 0
-    outside `ids` is as valid a proposal for speculative sampling as any)."""
-
-    def __init__(self, head: nn.Module, ids: torch.Tensor, vocab_size: int):
-        super().__init__()
-        self.head, self.vocab_size = head, vocab_size
-        self.register_buffer("ids", ids)
-
-    def forward(self, x):
-        logits = self.head(x)
-        full = torch.full((*logits.shape[:-1], self.vocab_size), float("-inf"), dtype=logits.dtype, device=logits.device)
-        return full.index_copy_(-1, self.ids, logits)
-
-    def extra_repr(self):
-        return f"{self.ids.numel()} of {self.vocab_size} tokens"
-
-
-def frequent_vocab(ranked_ids, size: int, vocab_size: int, always=()) -> torch.Tensor:
-    """The ids of a FrequentVocabHead: the first `size` of `ranked_ids` (most frequent first) below
-    vocab_size, and the ids in `always` (EOS, chat markers), sorted."""
-    keep = {int(i) for i in ranked_ids if 0 <= int(i) < vocab_size}
-    ranked = [int(i) for i in ranked_ids if int(i) in keep][:size]
-    return torch.tensor(sorted(set(ranked) | {int(i) for i in always if 0 <= int(i) < vocab_size}))
-
-
-LM_HEADS = ("shared", "int8", "int4")  # the draft's lm_head: the target's own 16-bit one, or a quantized copy
-
-
-def make_draft(target: Transformer, group_size: int = 64, lm_head: str = "int8",
-               clip_ratios=CLIP_RATIOS, head_vocab: torch.Tensor | None = None, on_weight=None) -> Transformer:
-    """A draft model over the target's own weights: every nn.Linear of the layers becomes an Int4Linear (gate
-    and up one fused Int4MLP matrix); lm_head is an Int8Linear (default), an Int4Linear or the target's own
-    (`"shared"`); everything else (embeddings, norms, KV cache, RoPE/ALiBi tables) is the same tensor object
-    as the target's.
-
-    Why INT8 (docs/performance.md, SmolLM2's real weights): an INT4 head made the draft step 7% cheaper
-    than the shared 16-bit head but cost eight points of acceptance; an INT8 head is as cheap as the INT4
-    one on an H100 and accepts as often as the 16-bit one.
-
-    `head_vocab` (token ids): the head covers these tokens only (FrequentVocabHead). `on_weight(weight)`, if
-    given, is called with each nn.Linear weight of the target once it is done (for a progress bar: at 7B on
-    CPU this takes minutes).
-
-    Call after `target.setup_caches()`: the draft shares the cache that exists at that moment.
-    """
-    if lm_head not in LM_HEADS:
-        raise ValueError(f"lm_head must be one of {LM_HEADS}, got {lm_head!r}")
-    from .accel.int4 import quantizer
-
-    quantize = quantizer(target.lm_head.weight.device)
-
-    def convert_head(weight: torch.Tensor) -> nn.Module:
-        if lm_head == "int8":
-            return Int8Linear(weight)
-        if lm_head == "int4":
-            return Int4Linear(weight, group_size, clip_ratios, quantize=quantize)
-        with torch.device("meta"):
-            shared = model.Linear(weight.shape[1], weight.shape[0])
-        shared.weight = nn.Parameter(weight, requires_grad=False)
-        return shared
-
-    def convert_and_report(module: nn.Module, name: str) -> nn.Module:
-        converted = convert(module, name)
-        if on_weight is not None and isinstance(module, (MLP, nn.Linear)):
-            for linear in module.modules():
-                if isinstance(linear, nn.Linear):
-                    on_weight(linear.weight)
-        return converted
-
-    def convert(module: nn.Module, name: str) -> nn.Module:
-        if isinstance(module, MLP):
-            return Int4MLP(module, group_size, clip_ratios, quantize)
-        if isinstance(module, nn.Linear):
-            if name == "lm_head" and head_vocab is not None:
-                ids = head_vocab.to(module.weight.device)
-                return FrequentVocabHead(convert_head(module.weight.detach()[ids]), ids, module.out_features)
-            if name == "lm_head" and lm_head == "shared":
-                return module
-            if name == "lm_head":
-                return convert_head(module.weight.detach())
-            return Int4Linear(module.weight.detach(), group_size, clip_ratios, quantize=quantize)
-        if not module._modules:  # leaf (norm, embedding, KV cache): shared, not copied
-            return module
-        clone = copy.copy(module)  # shallow: parameters and buffers are the target's tensors
-        clone._parameters = dict(module._parameters)
-        clone._buffers = dict(module._buffers)
-        clone._modules = {child: convert_and_report(sub, child) for child, sub in module._modules.items()}
-        return clone
-
-    return convert(target, "")
-
-
-def draft_bytes(args: ModelArgs, dtype: torch.dtype, group_size: int = 64, lm_head: str = "int8",
-                head_vocab_size: int | None = None) -> int:
-    """What `make_draft` will add to a target of this shape, before any weight is read: 4 bits per layer
-    weight and a scale per group, and the head. As `weight_bytes(draft, quantized_only=True)` counts it,
-    except for CPU's int4 kernel in 16-bit dtypes, which keeps a zero beside each (bfloat16) scale."""
-    def int4(rows: int, cols: int) -> int:
-        return rows * cols // 2 + rows * (cols // choose_group_size(cols, group_size)) * dtype.itemsize
-
-    h, i = args.hidden_size, args.intermediate_size
-    v = head_vocab_size or args.vocab_size
-    qkv_rows = (args.num_heads + 2 * args.num_kv_heads) * args.head_dim
-    layer = int4(qkv_rows, h) + int4(h, args.num_heads * args.head_dim) + int4(2 * i, h) + int4(h, i)
-    shared = v * h * dtype.itemsize if head_vocab_size else 0  # a subset of the shared head is a copy
-    head = {"shared": shared, "int8": v * h + v * dtype.itemsize, "int4": int4(v, h)}[lm_head]
-    return args.num_layers * layer + head
 
 
 def weight_bytes(module: nn.Module, quantized_only: bool = False) -> int:

@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 from tiny_llama import write_tiny_llama
 
 from selfspec import InputError
-from selfspec.quantize import make_draft, weight_bytes
+from selfspec.draft import make_draft
+from selfspec.quantize import weight_bytes
 from selfspec import checkpoint as ckpt_mod
 from selfspec.checkpoint import (
     CheckpointError,

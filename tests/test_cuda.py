@@ -15,9 +15,9 @@ from selfspec.accel.cuda_graphs import GraphedModel
 from selfspec.checkpoint import device_copier, load_model
 from selfspec.generate import generate
 from selfspec.model import Linear
+from selfspec.draft import Int4MLP, draft_bytes, make_draft
 from selfspec.quantize import (
-    CLIP_RATIOS, Int4Linear, Int4MLP, Int8Linear, dequantize_int4, draft_bytes, make_draft, pack_half2_words, quantize_int4,
-    weight_bytes,
+    CLIP_RATIOS, Int4Linear, Int8Linear, dequantize_int4, pack_half2_words, quantize_int4, weight_bytes,
 )
 from helpers import random_model, run_in_triton_interpreter
 

@@ -8,7 +8,7 @@ from selfspec import accel
 from selfspec.checkpoint import HFTokenizer, Tokenizer
 from selfspec.generate import (GenerationStats, Sampling, TextStreamer, adapt_th_stop_draft, count_accepted, generate,
                                greedy_pick, penalize, seen_by_row, speculative_accept, spread)
-from selfspec.quantize import make_draft
+from selfspec.draft import make_draft
 from smollm2 import smollm2_folder
 from helpers import random_model
 

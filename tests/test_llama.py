@@ -13,7 +13,7 @@ from tiny_llama import CHAT_TEMPLATE, read_json, write_tiny_llama
 from selfspec import InputError
 from selfspec.checkpoint import CheckpointError, load_checkpoint, model_from_state_dict, open_checkpoint
 from selfspec.generate import generate
-from selfspec.quantize import make_draft
+from selfspec.draft import make_draft
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from selfspec.generate import generate  # noqa: E402
-from selfspec.quantize import make_draft  # noqa: E402
+from selfspec.draft import make_draft  # noqa: E402
 from selfspec import InputError  # noqa: E402
 from simulate_draft_stopping import RULES, compare_rules, draft_chains, replay, saved_chains  # noqa: E402
 from helpers import random_model  # noqa: E402

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from measure_acceptance import PROMPTS, markdown, measure, summary
 from smollm2 import smollm2_folder
 
-from selfspec.quantize import make_draft
+from selfspec.draft import make_draft
 
 ROOT = Path(__file__).resolve().parents[1]
 
