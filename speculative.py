@@ -22,7 +22,8 @@ from tqdm import tqdm  # noqa: E402
 from selfspec import InputError, __version__, run_main  # noqa: E402
 from selfspec.checkpoint import SAMPLING_DEFAULTS, load_checkpoint, sampling_errors  # noqa: E402
 from selfspec import accel  # noqa: E402
-from selfspec.generate import DRAFT_SOURCES, TextStreamer, generate, pick_device  # noqa: E402
+from selfspec.device import pick_device  # noqa: E402
+from selfspec.generate import DRAFT_SOURCES, TextStreamer, generate  # noqa: E402
 from selfspec.draft import make_draft  # noqa: E402
 
 signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -27,7 +27,8 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from selfspec import InputError, run_main  # noqa: E402
-from selfspec.generate import generate, synchronize  # noqa: E402
+from selfspec.device import synchronize  # noqa: E402
+from selfspec.generate import generate  # noqa: E402
 from selfspec.model import ModelArgs, Transformer as Baichuan2  # noqa: E402
 from measure_acceptance import VARIANTS  # noqa: E402
 from selfspec.draft import LM_HEADS, frequent_vocab, make_draft  # noqa: E402

@@ -33,7 +33,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from selfspec import InputError, run_main  # noqa: E402
 from selfspec.checkpoint import load_checkpoint, load_tokenizer, model_from_state_dict, open_checkpoint  # noqa: E402
-from selfspec.generate import generate, pick_device  # noqa: E402
+from selfspec.device import pick_device  # noqa: E402
+from selfspec.generate import generate  # noqa: E402
 from selfspec.draft import LM_HEADS, make_draft  # noqa: E402
 from selfspec.quantize import CLIP_RATIOS  # noqa: E402
 

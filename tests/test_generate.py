@@ -6,8 +6,8 @@ import torch
 
 from selfspec import accel
 from selfspec.checkpoint import HFTokenizer, Tokenizer
-from selfspec.generate import (GenerationStats, Sampling, TextStreamer, adapt_th_stop_draft, count_accepted, generate,
-                               greedy_pick, penalize, seen_by_row, speculative_accept, spread)
+from selfspec.generate import GenerationStats, TextStreamer, adapt_th_stop_draft, generate
+from selfspec.sampling import Sampling, count_accepted, greedy_pick, penalize, seen_by_row, speculative_accept, spread
 from selfspec.draft import make_draft
 from smollm2 import smollm2_folder
 from helpers import random_model
