@@ -1,10 +1,11 @@
-"""Random in-memory models for tests that do not need a checkpoint on disk, and a runner for Triton's
-CPU interpreter."""
+"""Random in-memory models for tests that do not need a checkpoint on disk, and the two tests of a Triton
+kernel family (compiled on CUDA, in Triton's CPU interpreter elsewhere)."""
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +34,24 @@ def random_model(position_encoding="rope", num_heads=4, head_dim=16, num_layers=
     model = model.to(dtype).eval().requires_grad_(False)
     model.setup_caches(max_seq_len)
     return model
+
+
+def kernel_tests(module: str, check):
+    """The two tests of a kernel family whose `check(device)` is defined at the top of test module `module`:
+    compiled on CUDA (the `gpu` tier), else its logic under Triton's CPU interpreter (slow)."""
+
+    @pytest.mark.gpu
+    def test_compiled_kernels():
+        check("cuda")
+
+    @pytest.mark.slow
+    @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the compiled kernels are tested instead")
+    def test_kernel_logic_in_the_interpreter():
+        pytest.importorskip("triton")
+        run_in_triton_interpreter(f"import sys; sys.path[:0] = ['tests', 'tests/accel']; from {module} import "
+                                  f"{check.__name__}; {check.__name__}('cpu'); print('ok')")
+
+    return test_compiled_kernels, test_kernel_logic_in_the_interpreter
 
 
 def run_in_triton_interpreter(code: str):

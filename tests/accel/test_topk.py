@@ -2,12 +2,11 @@
 equals (a stable descending sort), and the softmax probability of the largest; k = 1 is the greedy pick
 (torch.argmax's first index on ties).
 
-Compiled on CUDA; without CUDA their logic runs under Triton's CPU interpreter (a subprocess: the
-interpreter is chosen when Triton is imported)."""
+Compiled on CUDA; without CUDA their logic runs under Triton's CPU interpreter (helpers.kernel_tests)."""
 import pytest
 import torch
 
-from helpers import run_in_triton_interpreter
+from helpers import kernel_tests
 
 
 def check_kernels(device: str):
@@ -42,15 +41,4 @@ def check_kernels(device: str):
     assert ((indices >= 0) & (indices < 40)).all()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_compiled_kernels_match_torch():
-    check_kernels("cuda")
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the compiled kernels are tested instead")
-def test_kernel_logic_in_the_interpreter():
-    pytest.importorskip("triton")
-    code = ("import sys; sys.path.insert(0, 'tests'); from test_topk_triton import check_kernels; "
-            "check_kernels('cpu'); print('ok')")
-    run_in_triton_interpreter(code)
+test_compiled_kernels, test_kernel_logic_in_the_interpreter = kernel_tests(__name__, check_kernels)

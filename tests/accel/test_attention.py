@@ -2,18 +2,15 @@
 over the same cache.
 
 On CUDA the kernels run compiled, and a one-token call must reproduce each row of a multi-token call
-exactly (float32). Without CUDA their logic runs under Triton's CPU interpreter (a subprocess: the
-interpreter is chosen when Triton is imported), where numpy's matmul is not row-exact, so rows are
-compared with a tolerance there."""
+exactly (float32). Without CUDA their logic runs under Triton's CPU interpreter (helpers.kernel_tests),
+where numpy's matmul is not row-exact, so rows are compared with a tolerance there."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from selfspec import accel
 from selfspec.model import alibi_slopes, apply_rope
-from helpers import random_model, run_in_triton_interpreter
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+from helpers import kernel_tests, random_model
 
 # heads, kv heads, head_dim, cache length, new tokens, first position, ALiBi
 CASES = [(4, 4, 32, 200, 1, 70, False), (4, 2, 16, 300, 5, 130, False), (5, 5, 32, 256, 9, 190, True),
@@ -43,7 +40,8 @@ def reference_attention(q, kc, vc, pos, slopes, end):
     return y[0].transpose(0, 1).reshape(T, H * D)
 
 
-def check_kernels(device: str, exact_rows: bool):
+def check_kernels(device: str):
+    exact_rows = device == "cuda"  # numpy's matmul in the interpreter is not row-exact
     from selfspec.accel.attention import decode_attention, prefill_attention, rope_and_store
 
     torch.manual_seed(0)
@@ -95,21 +93,11 @@ def check_kernels(device: str, exact_rows: bool):
         torch.testing.assert_close(prefill_attention(q, kc, vc, pos, slopes, blocks), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the compiled kernels are tested instead")
-def test_kernel_logic_in_the_interpreter():
-    pytest.importorskip("triton")
-    code = "import sys; sys.path.insert(0, 'tests'); from test_attention_triton import check_kernels; " \
-           "check_kernels('cpu', exact_rows=False); print('ok')"
-    run_in_triton_interpreter(code)
+test_compiled_kernels_match_sdpa_and_rows_are_exact, test_kernel_logic_in_the_interpreter = kernel_tests(
+    __name__, check_kernels)
 
 
-@cuda
-def test_compiled_kernels_match_sdpa_and_rows_are_exact():
-    check_kernels("cuda", exact_rows=True)
-
-
-@cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
 def test_model_steps_match_the_sdpa_path(position_encoding, num_heads, dtype, tol):

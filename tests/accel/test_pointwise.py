@@ -1,12 +1,11 @@
 """The Triton pointwise kernels (accel/pointwise.py) against the eager functions of model.py, which the
 CPU runs: residual add + RMS norm, RMS norm, SiLU-multiply.
 
-Compiled on CUDA; without CUDA their logic runs under Triton's CPU interpreter (a subprocess: the
-interpreter is chosen when Triton is imported)."""
+Compiled on CUDA; without CUDA their logic runs under Triton's CPU interpreter (helpers.kernel_tests)."""
 import pytest
 import torch
 
-from helpers import run_in_triton_interpreter
+from helpers import kernel_tests
 
 
 def check_kernels(device: str):
@@ -40,15 +39,4 @@ def check_kernels(device: str):
                 torch.testing.assert_close(out.cpu(), model.silu_mul(gate.cpu(), up.cpu()), atol=tol, rtol=tol)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_compiled_kernels_match_eager():
-    check_kernels("cuda")
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the compiled kernels are tested instead")
-def test_kernel_logic_in_the_interpreter():
-    pytest.importorskip("triton")
-    code = ("import sys; sys.path.insert(0, 'tests'); from test_pointwise_triton import check_kernels; "
-            "check_kernels('cpu'); print('ok')")
-    run_in_triton_interpreter(code)
+test_compiled_kernels, test_kernel_logic_in_the_interpreter = kernel_tests(__name__, check_kernels)
