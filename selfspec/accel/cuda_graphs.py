@@ -38,7 +38,7 @@ class GraphedModel:
         self.max_graph_tokens = MAX_VERIFY_TOKENS
         self.prefill_bucket = prefill_bucket
         self.pool = pool if pool is not None else torch.cuda.graph_pool_handle()
-        self.pdl = pdl
+        self.pdl = pdl and launch.available(next(module.parameters()).device)  # checked once, not per step
         self.graphs: dict[tuple[int, int], _Graph] = {}
         self.prefill_graphs: dict[int, _Graph] = {}
 
@@ -47,8 +47,11 @@ class GraphedModel:
         return self.module.max_seq_len
 
     def __call__(self, tokens, input_pos, end: int | None = None, last_only: bool = False):
-        with launch.pdl(tokens.device, self.pdl):
+        previous = launch.set_pdl(self.pdl)
+        try:
             return self._run(tokens, input_pos, end, last_only)
+        finally:
+            launch.set_pdl(previous)
 
     def _run(self, tokens, input_pos, end: int | None, last_only: bool):
         num_tokens = tokens.shape[1]

@@ -26,7 +26,7 @@ except ImportError:  # CPU-only installs
 # in one tile, and the CUDA graphs are captured up to it. A longer verify pass would leave the fast path.
 MAX_VERIFY_TOKENS = 16
 
-enabled = False  # read by the kernels at launch; only `pdl` changes it
+enabled = False  # read by the kernels at launch; set_pdl changes it, for a block of launches
 
 
 def available(device: torch.device) -> bool:
@@ -34,15 +34,21 @@ def available(device: torch.device) -> bool:
     return triton is not None and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
 
 
+def set_pdl(on: bool) -> bool:
+    """Launch with PDL from now on iff `on` (only where `available`); returns the setting before, to restore."""
+    global enabled
+    previous, enabled = enabled, on
+    return previous
+
+
 @contextmanager
 def pdl(device: torch.device, on: bool = True):
     """Launch this package's kernels (and capture graphs) with PDL inside the block, where `device` has it."""
-    global enabled
-    previous, enabled = enabled, on and available(device)
+    previous = set_pdl(on and available(device))
     try:
         yield enabled
     finally:
-        enabled = previous
+        set_pdl(previous)
 
 
 if triton is not None:
