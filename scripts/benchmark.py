@@ -142,7 +142,7 @@ def random_model(shape: str, max_seq_len: int, seed: int = 0) -> Baichuan2:
 def kernel_rows(model) -> list[dict]:
     """INT4 matmul candidates (and the FP16 ones) at M=1 on the model's linear shapes: time, GB/s, error vs
     dequantized."""
-    from selfspec import gemv_triton, int4_triton
+    from selfspec.accel import gemv as gemv_triton, int4 as int4_triton
     from selfspec.quantize import dequantize_int4, pack_half2_words, pack_nibbles
 
     layer = model.model.layers[0]
@@ -221,7 +221,7 @@ def projected(costs: dict, max_k: int) -> list[dict]:
 
 
 def run_engine(model, draft, prompt, args, speculative: bool) -> dict:
-    from selfspec.cuda_graphs import graph_models
+    from selfspec.accel import graph_models
 
     options = dict(max_step_draft=args.max_step_draft, min_step_draft=args.min_step_draft, th_stop_draft=args.th_stop_draft)
     model_g, draft_g = graph_models(model, draft if speculative else None, pdl=not args.no_pdl)
@@ -367,7 +367,7 @@ def bench_proxy(args) -> dict:
     from measure_acceptance import PROMPTS
 
     from selfspec.checkpoint import load_tokenizer, model_from_state_dict, open_checkpoint
-    from selfspec.cuda_graphs import graph_models
+    from selfspec.accel import graph_models
 
     ckpt = open_checkpoint(args.proxy)
     tokenizer = load_tokenizer(ckpt)
