@@ -144,9 +144,9 @@ def generate(
     generator: torch.Generator | None = None,
     cached_tokens: int = 0,
 ) -> tuple[list[int], GenerationStats]:
-    """Generate up to `max_new_tokens` after `input_ids`. With `draft` (see quantize.make_draft) decode
+    """Generate up to `max_new_tokens` after `input_ids`. With `draft` (see draft.make_draft) decode
     self-speculatively, else one target step per token. `model` and `draft` may be modules or
-    cuda_graphs.GraphedModel wrappers. Returns (new token ids, statistics); the ids end with
+    accel.GraphedModel wrappers (accel.apply). Returns (new token ids, statistics); the ids end with
     `eos_token_id` if it was produced.
 
     Tokens stay on the device. The host reads back once per verification round (drafts and the
@@ -169,6 +169,9 @@ def generate(
     `cached_tokens`: the first that many of `input_ids` are in the KV cache already, at positions 0.. (a
     conversation's earlier turns: an earlier call's input_ids and all its new ids but the last); only the
     rest is prefilled. At least the last id of `input_ids` must be new.
+
+    On CUDA's fast path (accel.pass_limit) a verify pass takes at most accel.MAX_VERIFY_TOKENS tokens, so a
+    larger `max_step_draft` is a ValueError there rather than a slower path.
     """
     target = getattr(model, "module", model)
     check_arguments(model, draft, input_ids, max_new_tokens, cached_tokens, th_stop_draft, max_step_draft,

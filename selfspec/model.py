@@ -179,7 +179,7 @@ class Transformer(nn.Module):
         self.max_seq_len = 0
 
     def setup_caches(self, max_seq_len: int | None = None, dtype=None, device=None):
-        """Allocate the KV cache and position tables; the draft model shares them (see quantize.py)."""
+        """Allocate the KV cache and position tables; the draft model shares them (see draft.py)."""
         args = self.args
         max_seq_len = max_seq_len or args.max_seq_len
         dtype = dtype or self.lm_head.weight.dtype

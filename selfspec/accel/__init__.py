@@ -14,10 +14,9 @@ import itertools
 
 import torch
 
-from ..model import MLP, Transformer, Linear
+from ..model import MLP, Linear, Transformer
 from ..quantize import Int4Linear, Int8Linear
-from . import gemv, int4, int8, launch, pointwise
-from . import cuda_graphs
+from . import cuda_graphs, gemv, int4, int8, launch, pointwise
 from .cuda_graphs import GraphedModel
 from .launch import MAX_VERIFY_TOKENS
 from .transformer import FusedTransformer
@@ -43,7 +42,11 @@ def graph_models(model, draft=None, bucket: int = 256, pdl: bool = True):
 
 def use_kernels(model, draft=None):
     """Swap into every module of `model` and `draft` (modules they share included) the kernels of its
-    device, in place; a module no kernel serves stays plain. Calling it again changes nothing."""
+    device, in place; a module no kernel serves stays plain. Calling it again changes nothing.
+
+    Each module's class becomes the kernel-backed subclass (same parameters and buffers; `prepare`, where
+    the subclass has one, repacks weights for its kernel), so modules shared by the target and the draft
+    are swapped once for both."""
     for tree in (model, draft):
         for module in tree.modules() if tree is not None else ():
             fast = kernel_class(module)
