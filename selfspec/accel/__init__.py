@@ -70,11 +70,11 @@ def kernel_class(module):
     if kind is MLP:
         return pointwise.KernelMLP if on_cuda else None
     if kind is Int4Linear:
-        if int4.available(device):
+        if launch.triton_runs_on(device):
             half2 = device.type == "cuda" and module.scales.dtype == torch.float16 and module.group_size % 8 == 0
             return int4.Int4Half2Linear if half2 else int4.Int4TritonLinear
         return int4.Int4CpuLinear if device.type == "cpu" and int4.cpu_kernel_serves(module) else None
-    if int8.available(device):
+    if launch.triton_runs_on(device):
         return int8.Int8TritonLinear
     return int8.Int8CpuLinear if device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int8pack_mm") else None
 

@@ -11,7 +11,7 @@ packed weights once. Rows of x (M > 1) are separate programs. Two kernels:
   under Triton's CPU interpreter, which cannot run inline PTX.
 GROUP/2 (and GROUP/8) must be powers of two. `Int4Half2Linear`, `Int4TritonLinear` and `Int4CpuLinear` are
 quantize.Int4Linear with a kernel swapped in (accel.use_kernels). Importing this module without Triton is
-fine: `available()` says False.
+fine.
 
 `quantize_groups` builds the draft: the clipping search of quantize.quantize_int4 in one pass over the
 weights (torch's version makes about 60 passes over float32 copies: 1.4 s for a 7B draft on an H100).
@@ -28,10 +28,6 @@ try:
     from .launch import let_next_kernel_launch, wait_for_inputs
 except ImportError:  # CPU-only installs
     triton = None
-
-
-def available(device: torch.device) -> bool:
-    return triton is not None and device.type in ("cuda", "xpu")
 
 
 if triton is not None:
@@ -309,7 +305,7 @@ def quantize_groups(weight: torch.Tensor, group_size: int, clip_ratios) -> tuple
 
 def quantizer(device: torch.device):
     """The function that rounds a draft's weights on `device` (quantize.quantize_int4's signature)."""
-    if not available(device):
+    if not launch.triton_runs_on(device):
         return quantize.quantize_int4
 
     def quantize_on_device(weight, group_size: int, clip_ratios=quantize.CLIP_RATIOS):

@@ -19,10 +19,6 @@ except ImportError:  # CPU-only installs
     triton = None
 
 
-def available(device: torch.device) -> bool:
-    return triton is not None and device.type in ("cuda", "xpu")
-
-
 if triton is not None:
 
     @triton.jit

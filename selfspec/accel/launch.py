@@ -29,6 +29,11 @@ MAX_VERIFY_TOKENS = 16
 enabled = False  # read by the kernels at launch; set_pdl changes it, for a block of launches
 
 
+def triton_runs_on(device: torch.device) -> bool:
+    """Whether this package's portable Triton kernels (the INT4 and INT8 GEMVs) run on `device`."""
+    return triton is not None and device.type in ("cuda", "xpu")
+
+
 def available(device: torch.device) -> bool:
     """Whether `device` can launch kernels with PDL (NVIDIA Hopper and later, with Triton)."""
     return triton is not None and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
