@@ -19,13 +19,13 @@ signal.signal(signal.SIGINT, lambda *_: (print("interrupted", file=sys.stderr), 
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from selfspec import __version__  # noqa: E402
+from selfspec import __version__, accel  # noqa: E402
 from selfspec.checkpoint import load_checkpoint  # noqa: E402
 from selfspec.config import SAMPLING_DEFAULTS, SAMPLING_RULES, sampling_errors  # noqa: E402
-from selfspec.cuda_graphs import graph_models  # noqa: E402
+from selfspec.device import pick_device  # noqa: E402
+from selfspec.draft import make_draft  # noqa: E402
 from selfspec.errors import InputError, run_main  # noqa: E402
-from selfspec.generate import DRAFT_SOURCES, TextStreamer, generate, pick_device  # noqa: E402
-from selfspec.quantize import make_draft  # noqa: E402
+from selfspec.generate import DRAFT_SOURCES, TextStreamer, generate  # noqa: E402
 
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -192,6 +192,9 @@ def run(args) -> int:
     args.speculative = args.speculative or (not args.no_speculative and (device.type != "cpu" or args.draft is not None))
     draft_source = (args.draft or DEFAULT_DRAFT) if args.speculative else None
     uses_int4 = draft_source in ("int4", "lookup+int4")
+    if draft_source and device.type == "cuda" and args.max_step_draft + 1 > accel.MAX_VERIFY_TOKENS:
+        raise InputError(f"--max-step-draft {args.max_step_draft} is more than the CUDA path verifies in one pass: "
+                         f"at most {accel.MAX_VERIFY_TOKENS - 1}")
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cpu" else "float16"))
     ckpt, model, tokenizer = load_checkpoint(args.repo_id_or_model_path, dtype, device,
                                              draft_group_size=args.group_size if uses_int4 else None)
@@ -214,8 +217,8 @@ def run(args) -> int:
             print(f"warning: the checkpoint's repetition_penalty {ckpt.repetition_penalty} is not applied "
                   f"(--repetition-penalty {ckpt.repetition_penalty} applies it)", file=sys.stderr)
     draft = build_draft(model, args.group_size, quiet=args.json) if uses_int4 else None
-    if device.type == "cuda":  # replay decode steps as CUDA graphs (captured during the warm-up)
-        model, draft = graph_models(model, draft)
+    # The device's kernels; on CUDA decode steps replay as CUDA graphs (captured during the warm-up).
+    model, draft = accel.apply(model, draft)
     options = dict(
         draft=draft, draft_source=draft_source or "int4", do_sample=args.do_sample, **sampling,
         repetition_penalty=repetition_penalty, th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft,

@@ -16,9 +16,9 @@ if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import graph_ms, parser, require_cuda, write_json  # noqa: E402
-from selfspec import launch  # noqa: E402
+from selfspec.accel import launch  # noqa: E402
 from selfspec.errors import run_main  # noqa: E402
-from selfspec import attention_triton as at  # noqa: E402
+from selfspec.accel import attention as at  # noqa: E402
 
 HEADS, HEAD_DIM, MAX_SEQ = 32, 128, 4096
 
@@ -38,7 +38,7 @@ def attention_call(q, k_cache, v_cache, pos, end, block_kv, warps, block_b):
     def call():
         at._attention_blocks_kernel[(heads, num_blocks)](
             q, k_cache, v_cache, pos, m, o, m, l, T, max_seq, num_blocks, head_dim ** -0.5, HEADS=heads,
-            KV_HEADS=k_cache.shape[1], HEAD_DIM=head_dim, BLOCK_T=at.MAX_TOKENS, BLOCK_KV=block_kv, ALIBI=False,
+            KV_HEADS=k_cache.shape[1], HEAD_DIM=head_dim, BLOCK_T=at.MAX_VERIFY_TOKENS, BLOCK_KV=block_kv, ALIBI=False,
             IEEE=False, num_warps=warps, **pdl)
         at._merge_blocks_kernel[(heads, T)](o, m, l, pos, y, T, num_blocks, HEADS=heads, HEAD_DIM=head_dim,
                                             BLOCK_KV=block_kv, BLOCK_B=block_b, **pdl)
@@ -57,7 +57,7 @@ def main():
     p.add_argument("--json", help="write all results here")
     args = p.parse_args()
     require_cuda("the attention lab")
-    launch.enable(torch.device("cuda"))  # the kernels launched as in a graphed decode step
+    launch.set_pdl(launch.available(torch.device("cuda")))  # the kernels launched as in a graphed decode step
     results = []
     k_cache = torch.randn(1, HEADS, MAX_SEQ, HEAD_DIM, device="cuda", dtype=torch.float16)
     v_cache = torch.randn_like(k_cache)

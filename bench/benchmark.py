@@ -29,11 +29,11 @@ from bench.harness import (  # noqa: E402
     write_json,
 )
 from bench.measure_acceptance import VARIANTS  # noqa: E402
+from selfspec.device import synchronize  # noqa: E402
+from selfspec.draft import LM_HEADS, frequent_vocab, make_draft  # noqa: E402
 from selfspec.errors import run_main  # noqa: E402
-from selfspec.generate import generate, synchronize  # noqa: E402
-from selfspec.quantize import (  # noqa: E402
-    LM_HEADS, Int8Linear, frequent_vocab, make_draft, quantize_int4, weight_bytes,
-)
+from selfspec.generate import generate  # noqa: E402
+from selfspec.quantize import Int8Linear, quantize_int4, weight_bytes  # noqa: E402
 
 PEERS = Path(__file__).resolve().parent / "peers"
 
@@ -62,6 +62,9 @@ def parse_args():
     p.add_argument("--skip-hf", action="store_true", help="skip the transformers baselines")
     p.add_argument("--skip-engine", action="store_true", help="only the transformers baselines")
     p.add_argument("--no-pdl", action="store_true", help="launch the Triton kernels without programmatic dependent launch")
+    p.add_argument("--int4-kernel", choices=("cuda", "triton"), default="cuda",
+                   help="the draft's INT4 GEMV on NVIDIA GPUs: the CUDA C++ kernel (where cuda-python and NVRTC are "
+                   "there; the engine's choice) or the Triton one")
     p.add_argument("--out", default="bench-out")
     peers = p.add_argument_group("peers (bench/peers/): llama.cpp and transformers' prompt lookup")
     peers.add_argument("--peers", action="store_true",
@@ -89,7 +92,7 @@ def copy_bandwidth_gbs() -> float:
 def kernel_rows(model) -> list[dict]:
     """INT4 matmul candidates (and the FP16 ones) at M=1 on the model's linear shapes: time, GB/s, error vs
     dequantized."""
-    from selfspec import gemv_triton, int4_triton
+    from selfspec.accel import gemv as gemv_triton, int4 as int4_triton, int4_cuda
     from selfspec.quantize import dequantize_int4, pack_half2_words, pack_nibbles
 
     layer = model.model.layers[0]
@@ -110,9 +113,11 @@ def kernel_rows(model) -> list[dict]:
             "triton fp16 (16-bit weights; gemv_triton, the FP16 model's)": (
                 lambda: gemv_triton.matmul(x, w), 2 * n * k, x.float() @ w.float().T),
             "dequantize + F.linear": (lambda: torch.nn.functional.linear(x, dequantize_int4(q, s16, torch.float16)), int4_bytes),
-            "triton int4 gemv, f16x2 (fp16; used)": (lambda: int4_triton.int4_matmul_half2(x, words, s16, g), int4_bytes),
+            "triton int4 gemv, f16x2 (fp16)": (lambda: int4_triton.int4_matmul_half2(x, words, s16, g), int4_bytes),
             "triton int4 gemv, portable (fp16)": (lambda: int4_triton.int4_matmul(x, packed, s16, g), int4_bytes),
         }
+        if int4_cuda.available(x.device):
+            candidates["cuda int4 gemv, f16x2 (fp16; int4_cuda)"] = (lambda: int4_cuda.int4_gemv(x, words, s16, g), int4_bytes)
         if name == "lm_head":  # the draft's head is INT8 by default (--draft-lm-head)
             # Errors against the 16-bit head's product (the INT4 rows: against the dequantized INT4 weight).
             head, ref16 = Int8Linear(w), x.float() @ w.float().T
@@ -168,7 +173,7 @@ def projected(costs: dict, max_k: int) -> list[dict]:
 
 
 def run_engine(model, draft, prompt, args, speculative: bool) -> dict:
-    from selfspec.cuda_graphs import graph_models
+    from selfspec.accel import graph_models
 
     options = dict(max_step_draft=args.max_step_draft, min_step_draft=args.min_step_draft, th_stop_draft=args.th_stop_draft)
     model_g, draft_g = graph_models(model, draft if speculative else None, pdl=not args.no_pdl)
@@ -309,8 +314,8 @@ def bench_proxy(args) -> dict:
     7B shape, per chat prompt; and transformers' eager generate on a same-sized Llama (its cost does not
     depend on the weights)."""
     from bench.measure_acceptance import PROMPTS
+    from selfspec.accel import graph_models
     from selfspec.checkpoint import open_checkpoint
-    from selfspec.cuda_graphs import graph_models
     from selfspec.weights import model_from_state_dict
 
     ckpt = open_checkpoint(args.proxy)
@@ -686,6 +691,9 @@ def markdown(results: list[dict], meta: dict) -> str:
 def main():
     args = parse_args()
     require_cuda("the benchmark")
+    from selfspec.accel import int4, int4_cuda
+
+    int4.prefer_cuda_kernel = args.int4_kernel == "cuda"
     from selfspec.checkpoint import open_checkpoint
 
     for folder in (args.model, args.proxy):  # bad paths fail now, not after the bandwidth measurement
@@ -695,6 +703,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "prompt_tokens": args.prompt_tokens,
             "new_tokens": args.new_tokens, "date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:]}
+    meta["int4_kernel"] = args.int4_kernel if int4_cuda.available(torch.device("cuda")) else "triton"
     meta["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
     results = []
     if args.proxy:

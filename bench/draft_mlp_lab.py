@@ -28,10 +28,10 @@ if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import SHAPES, capture_graph, cuda_ms, parser, require_cuda, write_json  # noqa: E402
-from selfspec import int4_triton, launch, pointwise_triton  # noqa: E402
+from selfspec.accel import int4 as int4_triton, launch, pointwise as pointwise_triton  # noqa: E402
 from selfspec.errors import run_main  # noqa: E402
-from selfspec.int4_triton import half2_rows, int4_matmul_half2, store_rows  # noqa: E402
-from selfspec.launch import let_next_kernel_launch, wait_for_inputs  # noqa: E402
+from selfspec.accel.int4 import half2_rows, int4_matmul_half2, store_rows  # noqa: E402
+from selfspec.accel.launch import let_next_kernel_launch, wait_for_inputs  # noqa: E402
 from selfspec.quantize import pack_half2_words, quantize_int4  # noqa: E402
 
 # Thread 0 of the program arrives and waits; the others wait at the CTA barrier after it (one poller per
@@ -175,7 +175,7 @@ def main():
     p.add_argument("--json")
     args = p.parse_args()
     require_cuda("the draft MLP lab")
-    launch.enable(torch.device("cuda"))
+    launch.set_pdl(launch.available(torch.device("cuda")))
     h, inter, group = SHAPES[args.shape]["hidden_size"], SHAPES[args.shape]["intermediate_size"], 64
     torch.manual_seed(0)
     layers = []

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from selfspec.errors import InputError
-from selfspec.model import Baichuan2, ModelArgs
+from selfspec.model import ModelArgs, Transformer
 
 SHAPES = {
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, position_encoding="rope"),
@@ -84,12 +84,12 @@ def cycled_copies(tensors: tuple, min_bytes: int):
     return (lambda: copies[next(turn) % len(copies)]), len(copies)
 
 
-def random_model(shape: str, max_seq_len: int, seed: int = 0) -> Baichuan2:
+def random_model(shape: str, max_seq_len: int, seed: int = 0) -> Transformer:
     """A Baichuan2 model of a SHAPES shape with random FP16 weights made on the GPU (NormHead rows normalized)."""
     args = ModelArgs(vocab_size=VOCAB, num_kv_heads=SHAPES[shape]["num_heads"], max_seq_len=max_seq_len,
                      **SHAPES[shape])
     with torch.device("meta"):
-        model = Baichuan2(args)
+        model = Transformer(args)
     gen = torch.Generator("cuda").manual_seed(seed)
     params = {}
     for name, p in model.named_parameters():
@@ -123,7 +123,7 @@ def proxy_state(folder, device, dtype) -> tuple[dict, dict]:
     return embed_llama(state, config, BAICHUAN2_7B_SHAPE, dtype=dtype)
 
 
-def proxy_model(folder, device="cpu", dtype=torch.float16, max_seq_len: int = 4096) -> Baichuan2:
+def proxy_model(folder, device="cpu", dtype=torch.float16, max_seq_len: int = 4096) -> Transformer:
     """The 7B-shaped proxy of a Llama checkpoint folder as this engine's model."""
     from selfspec.weights import model_from_state_dict
 

@@ -1,4 +1,4 @@
-"""The CUDA C++ INT4 GEMV (selfspec/int4_cuda.py) against the Triton half2 kernel, at batch 1, on the draft's shapes.
+"""The CUDA C++ INT4 GEMV (selfspec/accel/int4_cuda.py) against the Triton half2 kernel, at batch 1, on the draft's shapes.
 
     python bench/int4_cuda_lab.py --out DIR    # writes DIR/int4_cuda_lab.json and prints a table
 
@@ -24,10 +24,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from selfspec import int4_cuda, int4_triton, launch  # noqa: E402
+from selfspec.accel import int4 as int4_triton, int4_cuda, launch  # noqa: E402
 from selfspec.errors import InputError, run_main  # noqa: E402
-from selfspec.int4_cuda import Tiling  # noqa: E402
-from selfspec.quantize import unpack_half2_words  # noqa: E402
+from selfspec.accel.int4_cuda import Tiling  # noqa: E402
 
 TOLERANCE = 2e-3
 L2_BYTES = 60e6
@@ -49,6 +48,13 @@ def random_weights(n, k, group, gain=1.0):
     scale = gain / (4.6 * math.sqrt(k))  # nibbles - 8 have a standard deviation of about 4.6
     scales = (torch.rand(n, k // group, device="cuda") * scale + scale / 2).half()
     return words, scales
+
+
+def unpack_half2_words(words):
+    """int32 words [N, K/8] -> int8 [N, K] in [-8, 7] (quantize.pack_half2_words' layout, undone)."""
+    shifts = torch.tensor([[4 * j, 16 + 4 * j] for j in range(4)], device=words.device)
+    nibbles = (words[:, :, None, None] >> shifts) & 0xF
+    return (nibbles.to(torch.int8) - 8).view(words.shape[0], -1)
 
 
 def reference(x, words, scales, group, glu):

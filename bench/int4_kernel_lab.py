@@ -26,7 +26,7 @@ if not __package__:  # run as a file: the packages live in the repository root
 
 from bench.harness import cycled_copies, graph_ms, parser, require_cuda, write_json  # noqa: E402
 from selfspec.errors import run_main  # noqa: E402
-from selfspec.int4_triton import _HALF2_DOT, _int4_gemv_kernel, _int4_half2_gemv_kernel, _whole_tiles  # noqa: E402
+from selfspec.accel.int4 import _HALF2_DOT, _int4_gemv_kernel, _int4_half2_gemv_kernel, _whole_tiles  # noqa: E402
 from selfspec.quantize import dequantize_int4, pack_half2_words, pack_nibbles, quantize_int4  # noqa: E402
 
 

@@ -25,7 +25,7 @@ if not __package__:  # run as a file: the packages live in the repository root
 
 from bench.harness import parser  # noqa: E402
 from selfspec.errors import run_main  # noqa: E402
-from selfspec.int4_triton import _HALF2_DOT, _int4_half2_gemv_kernel  # noqa: E402
+from selfspec.accel.int4 import _HALF2_DOT, _int4_half2_gemv_kernel  # noqa: E402
 
 SIGNATURE = {"x_ptr": "*i32", "w_ptr": "*i32", "s_ptr": "*fp16", "y_ptr": "*fp16", "N": "i32", "K": "i32",
              "stride_xm": "i32", "stride_ym": "i32"}

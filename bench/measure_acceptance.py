@@ -32,10 +32,12 @@ if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import model_folder, parser, proxy_model  # noqa: E402
-from selfspec.errors import InputError, run_main  # noqa: E402
 from selfspec.checkpoint import load_checkpoint, open_checkpoint  # noqa: E402
-from selfspec.generate import generate, pick_device  # noqa: E402
-from selfspec.quantize import CLIP_RATIOS, LM_HEADS, make_draft  # noqa: E402
+from selfspec.device import pick_device  # noqa: E402
+from selfspec.draft import LM_HEADS, make_draft  # noqa: E402
+from selfspec.errors import InputError, run_main  # noqa: E402
+from selfspec.generate import generate  # noqa: E402
+from selfspec.quantize import CLIP_RATIOS  # noqa: E402
 from selfspec.weights import model_from_state_dict  # noqa: E402
 
 PASSAGE_EN = (

@@ -11,8 +11,8 @@ if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import SHAPES, parser, random_model, require_cuda  # noqa: E402
+from selfspec.draft import make_draft  # noqa: E402
 from selfspec.errors import run_main  # noqa: E402
-from selfspec.quantize import make_draft  # noqa: E402
 
 
 @torch.inference_mode()

@@ -30,7 +30,7 @@ from selfspec.errors import InputError, run_main  # noqa: E402
 from selfspec.checkpoint import load_checkpoint  # noqa: E402
 from selfspec.folder import read_json  # noqa: E402
 from selfspec.generate import adapt_th_stop_draft, generate  # noqa: E402
-from selfspec.quantize import make_draft  # noqa: E402
+from selfspec.draft import make_draft  # noqa: E402
 
 
 @torch.inference_mode()

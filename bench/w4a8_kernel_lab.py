@@ -40,10 +40,10 @@ if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import SHAPES, cycled_copies, graph_ms, parser, require_cuda, write_json  # noqa: E402
-from selfspec import launch, pointwise_triton  # noqa: E402
+from selfspec.accel import launch, pointwise as pointwise_triton  # noqa: E402
 from selfspec.errors import run_main  # noqa: E402
-from selfspec.int4_triton import int4_matmul_half2, store_rows  # noqa: E402
-from selfspec.launch import let_next_kernel_launch, wait_for_inputs  # noqa: E402
+from selfspec.accel.int4 import int4_matmul_half2, store_rows  # noqa: E402
+from selfspec.accel.launch import let_next_kernel_launch, wait_for_inputs  # noqa: E402
 from selfspec.quantize import dequantize_int4, pack_half2_words, pack_nibbles, quantize_int4, unpack_nibbles  # noqa: E402
 
 
@@ -264,7 +264,7 @@ def main():
     p.add_argument("--json")
     args = p.parse_args()
     require_cuda("the W4A8 lab")
-    launch.enable(torch.device("cuda"))
+    launch.set_pdl(launch.available(torch.device("cuda")))
     group = args.group_size
     results = []
     for shape in args.shapes:

@@ -17,7 +17,7 @@ from selfspec.errors import CheckpointError
 from selfspec.folder import checkpoint_file
 from selfspec.hub import resolve_model_path
 from selfspec.memory import check_memory
-from selfspec.model import Baichuan2, ModelArgs
+from selfspec.model import ModelArgs, Transformer
 from selfspec.tokenizer import TOKENIZER_FILES, HFTokenizer, Tokenizer, load_tokenizer
 from selfspec.weights import check_weights_match_config, find_weight_files, load_model
 
@@ -117,7 +117,7 @@ def open_checkpoint(path_or_id: str, max_seq_len: int | None = None) -> Checkpoi
 def load_checkpoint(
     path_or_id: str, dtype: torch.dtype, device: torch.device | str, max_seq_len: int | None = None,
     draft_group_size: int | None = None,
-) -> tuple[Checkpoint, Baichuan2, Tokenizer | HFTokenizer]:
+) -> tuple[Checkpoint, Transformer, Tokenizer | HFTokenizer]:
     """Resolve -> validate -> tokenizer -> model; everything cheap fails before weights are read, including a
     model (plus the draft `make_draft` will add, given its group size) larger than the GPU's memory."""
     ckpt = open_checkpoint(path_or_id, max_seq_len)

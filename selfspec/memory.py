@@ -5,7 +5,7 @@ import os
 import torch
 
 from selfspec.errors import CheckpointError
-from selfspec.quantize import draft_bytes
+from selfspec.draft import draft_bytes
 from selfspec.weights import checkpoint_weight_shapes
 
 

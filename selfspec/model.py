@@ -1,8 +1,10 @@
-"""Baichuan2 transformer (7B: RoPE, 13B: ALiBi) with a static KV cache.
+"""The decoder-only transformer of Baichuan2 (7B: RoPE, 13B: ALiBi) and Llama, with a static KV cache.
 
-Module and parameter names follow the hub checkpoints (`model.layers.N.self_attn.W_pack.weight`, ...)
-so weights load without renaming. The KV cache is a preallocated buffer written by position: rolling
+Each layer adds attention(norm(x)) to x, then mlp(norm(x)). Module and parameter names follow the hub
+checkpoints (`model.layers.N.self_attn.W_pack.weight`, ...) so weights load without renaming. The KV cache is a preallocated buffer written by position: rolling
 back rejected draft tokens is only a matter of which positions later queries may attend to.
+
+This is the plain eager model, which runs anywhere; accel.use_kernels swaps a device's fast paths in.
 """
 import math
 from dataclasses import dataclass
@@ -10,8 +12,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from . import attention_triton, gemv_triton, pointwise_triton
 
 
 @dataclass
@@ -33,23 +33,12 @@ class ModelArgs:
 
 
 def rms_norm(x, weight, eps: float):
-    if pointwise_triton.supported(x):
-        return pointwise_triton.rms_norm(x, weight, eps)
     x32 = x.float()
     return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-def add_rms_norm(x, delta, weight, eps: float):
-    """(x + delta, RMS norm of it): a residual add and the norm after it, one kernel on CUDA."""
-    if pointwise_triton.supported(x):
-        return pointwise_triton.add_rms_norm(x, delta, weight, eps)
-    h = x + delta
-    return h, rms_norm(h, weight, eps)
-
-
 def apply_rope(q, k, cos, sin):
-    """NeoX-style rotation (rotate_half) of q and k in float32; both [1, heads, T, head_dim]. (On CUDA
-    attention_triton.rope_and_store does this instead.)"""
+    """NeoX-style rotation (rotate_half) of q and k in float32; both [1, heads, T, head_dim]."""
 
     def rotate(x):
         x32 = x.float()
@@ -61,27 +50,7 @@ def apply_rope(q, k, cos, sin):
 
 
 def silu_mul(gate, up):
-    if pointwise_triton.supported(gate):
-        return pointwise_triton.silu_mul(gate, up)
     return F.silu(gate) * up
-
-
-@dataclass
-class AttentionInputs:
-    """What every layer's attention needs in one forward pass, built once by the model.
-
-    SDPA path: `mask`, `causal`; `rope` as the (cos, sin) rows of the query positions for the eager
-    rotation, or with `store_kernel` (CUDA) as the whole tables for attention_triton.rope_and_store, which
-    rotates and writes the cache. Kernel path (`kernel`, on CUDA): rope_and_store and the Triton attention,
-    with `alibi_slopes`; causality and the live length come from the positions."""
-
-    end: int
-    mask: torch.Tensor | None = None
-    causal: bool = False
-    rope: tuple[torch.Tensor, torch.Tensor] | None = None
-    alibi_slopes: torch.Tensor | None = None
-    kernel: bool = False
-    store_kernel: bool = False
 
 
 class RMSNorm(nn.Module):
@@ -93,22 +62,12 @@ class RMSNorm(nn.Module):
     def forward(self, x):
         return rms_norm(x, self.weight, self.eps)
 
-    def add(self, x, delta):
-        """(x + delta, this norm of it): a residual add and the norm after it."""
-        return add_rms_norm(x, delta, self.weight, self.eps)
-
 
 class Linear(nn.Linear):
-    """nn.Linear without bias whose products of 1..16 tokens on CUDA run in gemv_triton: at batch 1 a decode
-    step or a verify pass is bound by reading the weights, which those kernels do faster than cuBLAS."""
+    """nn.Linear without bias (accel/gemv.py swaps a GEMV in for decode-sized products)."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
-
-    def forward(self, x):
-        if gemv_triton.supported(x, self.weight):
-            return gemv_triton.matmul(x, self.weight)
-        return F.linear(x, self.weight)
 
 
 class MLP(nn.Module):
@@ -146,32 +105,21 @@ class Attention(nn.Module):
         self.o_proj = Linear(args.num_heads * args.head_dim, args.hidden_size)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, input_pos, inputs: AttentionInputs):
+    def forward(self, x, input_pos, end: int, mask, rope):
+        """x [1, T, hidden] at positions input_pos [T]; attends to the cache over [0, end) with the additive
+        `mask` (None: causal, for a prefill from position 0); `rope`: the (cos, sin) rows of the positions,
+        or None (ALiBi: the mask holds the bias)."""
         T = x.shape[1]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        qkv = self.W_pack(x)
-        cache = self.kv_cache
-        if inputs.store_kernel:
-            q = attention_triton.rope_and_store(qkv.view(T, -1), input_pos, inputs.rope, cache.k, cache.v,
-                                                self.num_heads, self.num_kv_heads)
-            if inputs.kernel:
-                if T <= attention_triton.MAX_TOKENS:
-                    y = attention_triton.decode_attention(q, cache.k, cache.v, input_pos, inputs.end, inputs.alibi_slopes)
-                else:
-                    y = attention_triton.prefill_attention(q, cache.k, cache.v, input_pos, inputs.alibi_slopes)
-                return self.o_proj(y.view(1, T, q_size))
-            q = q.unsqueeze(0).transpose(1, 2)
-            k, v = cache.k[:, :, : inputs.end], cache.v[:, :, : inputs.end]
-        else:
-            q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-            q = q.view(1, T, self.num_heads, self.head_dim).transpose(1, 2)
-            k = k.view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-            v = v.view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-            if inputs.rope is not None:
-                q, k = apply_rope(q, k, *inputs.rope)
-            k, v = cache.update(input_pos, k, v, inputs.end)
+        q, k, v = self.W_pack(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(1, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, k, *rope)
+        k, v = self.kv_cache.update(input_pos, k, v, end)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=inputs.mask, is_causal=inputs.causal, enable_gqa=self.num_kv_heads != self.num_heads
+            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.num_kv_heads != self.num_heads
         )
         return self.o_proj(y.transpose(1, 2).reshape(1, T, q_size))
 
@@ -184,17 +132,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.mlp = MLP(args)
 
-    def forward(self, x, delta, input_pos, inputs: AttentionInputs):
-        """x: the residual stream; delta: the previous layer's MLP output, not yet added (None in the first
-        layer), so that each residual add shares a kernel with the norm after it. Returns (residual stream,
-        this layer's MLP output)."""
-        if delta is None:
-            normed = self.input_layernorm(x)
-        else:
-            x, normed = self.input_layernorm.add(x, delta)
-        attn = self.self_attn(normed, input_pos, inputs)
-        x, normed = self.post_attention_layernorm.add(x, attn)
-        return x, self.mlp(normed)
+    def forward(self, x, input_pos, end: int, mask, rope):
+        h = x + self.self_attn(self.input_layernorm(x), input_pos, end, mask, rope)
+        return h + self.mlp(self.post_attention_layernorm(h))
 
 
 class Decoder(nn.Module):
@@ -205,6 +145,12 @@ class Decoder(nn.Module):
         self.embed_tokens = nn.Embedding.from_pretrained(torch.empty(args.vocab_size, args.hidden_size), freeze=False)
         self.layers = nn.ModuleList(DecoderLayer(args) for _ in range(args.num_layers))
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+
+    def forward(self, tokens, input_pos, end: int, mask, rope):
+        x = self.embed_tokens(tokens)
+        for layer in self.layers:
+            x = layer(x, input_pos, end, mask, rope)
+        return self.norm(x)
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
@@ -221,8 +167,9 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
-class Baichuan2(nn.Module):
-    """Causal LM. `lm_head.weight` must hold row-normalized weights (NormHead, normalized once at load)."""
+class Transformer(nn.Module):
+    """Causal LM. For Baichuan2 `lm_head.weight` holds row-normalized weights (NormHead, normalized once at
+    load); Llama's head may be tied to the embeddings."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -230,10 +177,9 @@ class Baichuan2(nn.Module):
         self.model = Decoder(args)
         self.lm_head = Linear(args.hidden_size, args.vocab_size)
         self.max_seq_len = 0
-        self.use_attention_kernels = True  # the Triton attention on CUDA (tests compare it with SDPA)
 
     def setup_caches(self, max_seq_len: int | None = None, dtype=None, device=None):
-        """Allocate the KV cache and position tables; the draft model shares them (see quantize.py)."""
+        """Allocate the KV cache and position tables; the draft model shares them (see draft.py)."""
         args = self.args
         max_seq_len = max_seq_len or args.max_seq_len
         dtype = dtype or self.lm_head.weight.dtype
@@ -280,24 +226,15 @@ class Baichuan2(nn.Module):
 
     def hidden_states(self, tokens, input_pos, end: int | None = None):
         """The final-normed hidden states [1, T, hidden] that the head turns into logits."""
-        T = tokens.shape[1]
         if end is None:
             end = int(input_pos[-1]) + 1
-        rope_model = self.args.position_encoding == "rope"
-        store_kernel = attention_triton.supported(tokens.device, self.args.head_dim)
-        tables = (self.rope_cos, self.rope_sin) if rope_model else None
-        if self.use_attention_kernels and store_kernel:
-            # The Triton attention: split-KV for decode-sized passes, flash attention for prefills.
-            inputs = AttentionInputs(end, rope=tables, alibi_slopes=None if rope_model else self.alibi, kernel=True,
-                                     store_kernel=True)
-        else:
-            # A prefill from position 0 of a RoPE model needs no mask: SDPA's causal kernels apply.
-            causal = T == end and rope_model
-            rows = (self.rope_cos[input_pos], self.rope_sin[input_pos]) if rope_model else None
-            inputs = AttentionInputs(end, mask=None if causal else self.attention_mask(input_pos, end), causal=causal,
-                                     rope=tables if store_kernel else rows, store_kernel=store_kernel)
-        x = self.model.embed_tokens(tokens)
-        delta = None
-        for layer in self.model.layers:
-            x, delta = layer(x, delta, input_pos, inputs)
-        return self.model.norm.add(x, delta)[1]
+        return self.model(tokens, input_pos, end, *self.attention_inputs(tokens, input_pos, end))
+
+    def attention_inputs(self, tokens, input_pos, end: int):
+        """(mask, rope) of every layer's attention in one forward pass (see Attention.forward)."""
+        rope = None
+        if self.args.position_encoding == "rope":
+            rope = self.rope_cos[input_pos], self.rope_sin[input_pos]
+        # A prefill from position 0 of a RoPE model needs no mask: SDPA's causal kernels apply.
+        causal = tokens.shape[1] == end and rope is not None
+        return None if causal else self.attention_mask(input_pos, end), rope

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from selfspec.config import checkpoint_arch, is_tied, load_config, model_args_from_config
 from selfspec.errors import CheckpointError, one_line, short_repr
 from selfspec.folder import checkpoint_file, read_json
-from selfspec.model import Baichuan2, ModelArgs
+from selfspec.model import ModelArgs, Transformer
 from selfspec.quantize import rows_per_slice
 
 SAFETENSORS_INDEX, SAFETENSORS_FILE = "model.safetensors.index.json", "model.safetensors"
@@ -26,7 +26,7 @@ STAGING_BYTES = 64 << 20  # each of the two pinned buffers that weights pass thr
 def checkpoint_weight_shapes(config: dict, args: ModelArgs) -> dict[str, tuple]:
     """Key -> shape of every tensor the checkpoint must hold, in its own naming (Llama: q/k/v apart)."""
     with torch.device("meta"):
-        shapes = {key: tuple(t.shape) for key, t in Baichuan2(args).state_dict().items()}
+        shapes = {key: tuple(t.shape) for key, t in Transformer(args).state_dict().items()}
     if checkpoint_arch(config) == "llama":
         q_rows, kv_rows = args.num_heads * args.head_dim, args.num_kv_heads * args.head_dim
         for i in range(args.num_layers):
@@ -138,7 +138,7 @@ def _counted(items, bar):
         yield key, tensor
 
 
-def load_model(folder: Path, dtype: torch.dtype, device: torch.device | str, max_seq_len: int | None = None) -> Baichuan2:
+def load_model(folder: Path, dtype: torch.dtype, device: torch.device | str, max_seq_len: int | None = None) -> Transformer:
     """Read the weights shard by shard (converted as read, shapes checked), then build the model."""
     folder = Path(folder)
     config = load_config(folder)
@@ -158,7 +158,7 @@ def load_model(folder: Path, dtype: torch.dtype, device: torch.device | str, max
 
 
 def model_from_state_dict(config: dict, state_dict: dict, dtype: torch.dtype, device: torch.device | str,
-                          max_seq_len: int | None = None) -> Baichuan2:
+                          max_seq_len: int | None = None) -> Transformer:
     """The model for an in-memory checkpoint (hub key names, e.g. scripts/make_proxy.py's output).
     Tensors already in `dtype` on `device` are used without a copy (Baichuan2's head is normalized in a copy)."""
     if checkpoint_arch(config) is None:
@@ -241,7 +241,7 @@ def _check_complete(source, expected: dict, tensors: dict) -> None:
         raise CheckpointError(f"{source}: weights missing from the checkpoint: {', '.join(missing[:3])}{more}")
 
 
-def _assemble(config: dict, args: ModelArgs, tensors: dict, dtype, device) -> Baichuan2:
+def _assemble(config: dict, args: ModelArgs, tensors: dict, dtype, device) -> Transformer:
     """Checkpoint tensors -> ready model: fuse Llama's q/k/v, tie or normalize the head, set up caches."""
     if checkpoint_arch(config) == "llama":
         for i in range(args.num_layers):  # one layer at a time: the concatenation costs one layer extra
@@ -251,7 +251,7 @@ def _assemble(config: dict, args: ModelArgs, tensors: dict, dtype, device) -> Ba
         if is_tied(config):
             tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]  # shared, not copied
     with torch.device("meta"):
-        model = Baichuan2(args)
+        model = Transformer(args)
     model.load_state_dict(tensors, strict=True, assign=True)
     del tensors
     if checkpoint_arch(config) == "baichuan":

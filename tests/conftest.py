@@ -18,6 +18,21 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: long or exhaustive cases (real-model runs, Triton's interpreter, many random prompts); they "
                    "run by default, as in CI; `-m 'not slow'` leaves them out for a quick run")
+    config.addinivalue_line(
+        "markers", "gpu: needs CUDA (skipped without it); the GPU tier, every kernel and the graphed decode at small "
+                   "sizes: `pytest -m gpu`")
+    config.addinivalue_line("markers", "gpu_slow: needs CUDA; exhaustive GPU sweeps, outside the gpu tier: `pytest -m gpu_slow`")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if item.get_closest_marker("gpu") or item.get_closest_marker("gpu_slow"):
+            item.add_marker(skip)
 
 
 def _tiny(tmp_path_factory, name, **kwargs) -> Path:

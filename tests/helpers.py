@@ -1,27 +1,28 @@
-"""Random in-memory models for tests that do not need a checkpoint on disk, and a runner for Triton's
-CPU interpreter."""
+"""Random in-memory models for tests that do not need a checkpoint on disk, the two tests of a Triton kernel
+family (compiled on CUDA, in Triton's CPU interpreter elsewhere), and the command-line runners."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from selfspec.model import Baichuan2, ModelArgs
+from selfspec.model import ModelArgs, Transformer
 
 
 def random_model(position_encoding="rope", num_heads=4, head_dim=16, num_layers=2, vocab_size=320,
-                 intermediate_size=128, max_seq_len=256, dtype=torch.float32, seed=0) -> Baichuan2:
-    """A tiny Baichuan2 with weights scaled so that logits are peaked enough to be realistic."""
+                 intermediate_size=128, max_seq_len=256, dtype=torch.float32, seed=0) -> Transformer:
+    """A tiny Baichuan2-style model with weights scaled so that logits are peaked enough to be realistic."""
     args = ModelArgs(
         vocab_size=vocab_size, hidden_size=num_heads * head_dim, intermediate_size=intermediate_size,
         num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_heads, max_seq_len=max_seq_len,
         position_encoding=position_encoding,
     )
     generator = torch.Generator().manual_seed(seed)
-    model = Baichuan2(args)
+    model = Transformer(args)
     for name, p in model.named_parameters():
         if "norm" in name:
             p.data = 1 + 0.1 * torch.randn(p.shape, generator=generator)
@@ -34,6 +35,24 @@ def random_model(position_encoding="rope", num_heads=4, head_dim=16, num_layers=
     model = model.to(dtype).eval().requires_grad_(False)
     model.setup_caches(max_seq_len)
     return model
+
+
+def kernel_tests(module: str, check):
+    """The two tests of a kernel family whose `check(device)` is defined at the top of test module `module`:
+    compiled on CUDA (the `gpu` tier), else its logic under Triton's CPU interpreter (slow)."""
+
+    @pytest.mark.gpu
+    def test_compiled_kernels():
+        check("cuda")
+
+    @pytest.mark.slow
+    @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the compiled kernels are tested instead")
+    def test_kernel_logic_in_the_interpreter():
+        pytest.importorskip("triton")
+        run_in_triton_interpreter(f"import sys; sys.path[:0] = ['tests', 'tests/accel']; from {module} import "
+                                  f"{check.__name__}; {check.__name__}('cpu'); print('ok')")
+
+    return test_compiled_kernels, test_kernel_logic_in_the_interpreter
 
 
 def run_in_triton_interpreter(code: str):

@@ -515,3 +515,15 @@ def test_loading_shows_progress_in_bytes_with_a_total(tiny_7b_sharded, monkeypat
     total = tqdm.format_sizeof(sum(f.stat().st_size for f in files), divisor=1024)
     assert len(files) == 3 and final.startswith("loading weights: 100%") and f" {total}/{total} " in final, final
     assert "B/s]" in final  # bytes per second
+
+
+def test_max_step_draft_beyond_the_cuda_verify_pass_is_refused(capsys, monkeypatch, tiny_7b):
+    """On CUDA a verify pass takes at most accel.MAX_VERIFY_TOKENS tokens: a longer --max-step-draft is refused
+    before anything loads, never silently slower (checked without a GPU: only the device choice is patched)."""
+    import speculative
+    from selfspec import accel
+
+    monkeypatch.setattr(speculative, "pick_device", lambda name: torch.device("cuda"))
+    too_many = accel.MAX_VERIFY_TOKENS
+    result = run_cli_in_process(capsys, "--repo-id-or-model-path", tiny_7b, "--max-step-draft", too_many)
+    assert_clean_error(result, "--max-step-draft", str(too_many), str(too_many - 1))

@@ -11,7 +11,7 @@ from tiny_llama import CHAT_TEMPLATE, read_json, write_tiny_llama
 from selfspec.checkpoint import load_checkpoint, open_checkpoint
 from selfspec.errors import CheckpointError, InputError
 from selfspec.generate import generate
-from selfspec.quantize import make_draft
+from selfspec.draft import make_draft
 from selfspec.weights import model_from_state_dict
 
 transformers = pytest.importorskip("transformers")

@@ -8,7 +8,8 @@ from selfspec import memory as memory_mod
 from selfspec.checkpoint import load_checkpoint, open_checkpoint
 from selfspec.errors import CheckpointError
 from selfspec.memory import memory_needed
-from selfspec.quantize import make_draft, weight_bytes
+from selfspec.draft import make_draft
+from selfspec.quantize import weight_bytes
 
 
 @pytest.mark.parametrize("kind", ["tiny_7b", "tiny_13b", "tied llama with GQA"])

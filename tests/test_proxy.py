@@ -12,7 +12,7 @@ from tiny_llama import write_tiny_llama
 
 from selfspec.checkpoint import load_checkpoint
 from selfspec.generate import generate
-from selfspec.quantize import make_draft
+from selfspec.draft import make_draft
 from selfspec.weights import model_from_state_dict
 
 transformers = pytest.importorskip("transformers")

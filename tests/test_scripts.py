@@ -97,7 +97,7 @@ def test_gpu_tools_without_cuda(script):
 ATTENTION_LAB_CHECK = """
 import torch
 from bench.attention_kernel_lab import attention_call
-from selfspec import attention_triton
+from selfspec.accel import attention as attention_triton
 torch.manual_seed(0)
 k_cache = torch.randn(1, 2, 96, 16)
 v_cache = torch.randn_like(k_cache)

@@ -4,9 +4,9 @@ import json
 import pytest
 
 from bench.simulate_draft_stopping import RULES, compare_rules, draft_chains, replay, saved_chains
-from selfspec.generate import generate
-from selfspec.quantize import make_draft
+from selfspec.draft import make_draft
 from selfspec.errors import InputError
+from selfspec.generate import generate
 from helpers import random_model
 
 

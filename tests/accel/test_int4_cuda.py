@@ -1,0 +1,174 @@
+"""The CUDA C++ INT4 GEMV (selfspec/accel/int4_cuda.py): NVRTC builds it without a GPU where cuda-python and NVRTC are
+installed; on a GPU it matches a float32 reference, alone, in CUDA graphs and with programmatic dependent launch."""
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfspec.accel import int4_cuda
+from selfspec.accel.int4_cuda import Tiling
+from selfspec.quantize import dequantize_int4, pack_half2_words, quantize_int4
+
+needs_nvrtc = pytest.mark.skipif(int4_cuda.nvrtc_version() is None, reason="needs cuda-python and NVRTC")
+cuda = pytest.mark.skipif(not (torch.cuda.is_available() and int4_cuda.available(torch.device("cuda"))),
+                          reason="needs a CUDA GPU (compute capability 8.0+) and cuda-python")
+TOLERANCE = 2e-3  # relative norm: f16x2 sums of four products per word, float32 beyond, fp16 output
+
+
+def test_the_shared_ptx_block_becomes_a_cuda_asm_string():
+    text = int4_cuda._asm_string("{\nadd.f32 $0, $1, $2;\n}")
+    assert text == '        "{\\n"\n        "add.f32 %0, %1, %2;\\n"\n        "}\\n"'
+    assert "$" not in int4_cuda._SOURCE and "lop3.b32 h0, %1, 0x000F000F" in int4_cuda._SOURCE
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("group,k,glu,residual,tiling", [
+    (128, 4096, False, False, Tiling()), (64, 11008, False, True, Tiling(rows=4, unroll=2, warps=8)),
+    (32, 96, True, False, Tiling(rows=2, unroll=1, warps=1)), (128, 13696, True, False, Tiling(rows=4, unroll=4)),
+    (64, 320, False, False, Tiling(rows=1, unroll=8, warps=2)), (128, 4096, False, True, Tiling(l2_prefetch=True)),
+])
+def test_nvrtc_builds_a_cubin_for_each_variant(arch, group, k, glu, residual, tiling):
+    cubin = int4_cuda.compile_cubin(arch, group, k, glu, residual, tiling)
+    assert cubin[:4] == b"\x7fELF" and len(cubin) > 1000
+
+
+@needs_nvrtc
+def test_build_refuses_shapes_the_kernel_cannot_walk():
+    with pytest.raises(ValueError, match="multiple"):
+        int4_cuda.compile_cubin(90, 64, 96, False, False, Tiling())  # K not a multiple of the group
+    with pytest.raises(ValueError, match="multiple"):
+        int4_cuda.compile_cubin(90, 16, 96, False, False, Tiling())  # a group smaller than one 16-byte chunk
+    with pytest.raises(ValueError, match="even"):
+        int4_cuda.compile_cubin(90, 64, 128, True, False, Tiling(rows=3))
+
+
+def test_not_available_on_cpu_with_a_reason():
+    assert not int4_cuda.available(torch.device("cpu"))
+    assert int4_cuda.unavailable_reason
+
+
+def test_a_missing_nvrtc_library_means_unavailable(monkeypatch):
+    def not_found():
+        raise RuntimeError("libnvrtc.so not found")
+
+    monkeypatch.setattr(int4_cuda, "nvrtc", types.SimpleNamespace(nvrtcVersion=not_found))
+    assert int4_cuda.nvrtc_version() is None
+    assert not int4_cuda.available(torch.device("cuda"))
+    assert "NVRTC cannot be loaded: libnvrtc.so not found" in int4_cuda.unavailable_reason
+
+
+def test_arguments_are_checked_before_anything_runs():
+    words, scales = torch.zeros(8, 16, dtype=torch.int32), torch.ones(8, 2, dtype=torch.float16)
+    x = torch.zeros(1, 128, dtype=torch.float16)
+    with pytest.raises(TypeError, match="float16"):
+        int4_cuda.int4_gemv(x.float(), words, scales, 64)
+    with pytest.raises(ValueError, match="do not fit"):
+        int4_cuda.int4_gemv(x, words, scales, 32)
+    with pytest.raises(ValueError, match="residual"):
+        int4_cuda.int4_gemv(x, words, scales, 64, residual=torch.zeros(1, 8))
+    with pytest.raises(ValueError, match="GLU"):
+        int4_cuda.int4_gemv(x, words, scales, 64, glu=True, residual=torch.zeros(1, 8, dtype=torch.float16))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the lab runs for real where there is a GPU")
+def test_lab_without_a_gpu_is_one_error_line(tmp_path):
+    lab = Path(__file__).resolve().parents[2] / "bench" / "int4_cuda_lab.py"
+    result = subprocess.run([sys.executable, lab, "--out", tmp_path], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr == "error: the INT4 CUDA lab needs a CUDA GPU\n"
+    assert not list(tmp_path.iterdir())
+
+
+def _weights(n, k, group):
+    q, s = quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.float16), group)
+    return pack_half2_words(q), s.half(), dequantize_int4(q, s.half().float())
+
+
+def _reference(x, w, glu=False, residual=None):
+    y = x.float() @ w.T
+    if glu:
+        y = torch.nn.functional.silu(y[..., 0::2]) * y[..., 1::2]
+    return y if residual is None else y + residual.float()
+
+
+def _close(y, ref):
+    return y.shape == ref.shape and float((y.float() - ref).norm() / ref.norm()) < TOLERANCE
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("n,k,group", [(7, 96, 32), (1000, 320, 64), (1000, 320, 32), (12288, 4096, 128),
+                                       (4096, 11008, 64), (5120, 13696, 128), (4096, 4096, 32)])
+@pytest.mark.parametrize("glu", [False, True])
+def test_matches_float32_reference(n, k, group, m, glu):
+    n += n % 2 if glu else 0
+    words, scales, w = _weights(n, k, group)
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    y = int4_cuda.int4_gemv(x, words, scales, group, glu=glu)
+    assert _close(y, _reference(x, w, glu))
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("tiling", [Tiling(rows=1, unroll=1, warps=1), Tiling(rows=2, unroll=8, warps=4),
+                                    Tiling(rows=4, unroll=2, warps=8), Tiling(rows=4, unroll=4, warps=2),
+                                    Tiling(rows=2, unroll=6, l2_prefetch=True)])
+def test_every_tiling_matches_with_ragged_rows_and_columns(tiling):
+    # 1001 rows and 11008 columns: a partial last warp and a partial last step along K
+    words, scales, w = _weights(1001, 11008, 64)
+    x = torch.randn(2, 11008, device="cuda", dtype=torch.float16)
+    assert _close(int4_cuda.int4_gemv(x, words, scales, 64, tiling=tiling), _reference(x, w))
+
+
+@pytest.mark.gpu
+@cuda
+def test_residual_and_out():
+    words, scales, w = _weights(4096, 4096, 128)
+    x = torch.randn(1, 1, 4096, device="cuda", dtype=torch.float16)
+    residual = torch.randn(1, 1, 4096, device="cuda", dtype=torch.float16)
+    out = torch.empty(1, 1, 4096, device="cuda", dtype=torch.float16)
+    y = int4_cuda.int4_gemv(x, words, scales, 128, out=out, residual=residual)
+    assert y is out and _close(y, _reference(x, w, residual=residual))
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("pdl", [False, True])
+def test_chain_in_a_cuda_graph_with_and_without_pdl(pdl):
+    # Each GEMV reads what the one before wrote, with a torch kernel (no PDL) between two of them: PDL's wait
+    # must hold the reads of x back until the producer is done, in eager launches and in a replayed graph.
+    if pdl and torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("PDL needs compute capability 9.0")
+    layers = [_weights(2048, 2048, 64) for _ in range(4)]
+    x = torch.randn(1, 2048, device="cuda", dtype=torch.float16)
+
+    def chain(x):
+        for i, (words, scales, _) in enumerate(layers):
+            x = int4_cuda.int4_gemv(x, words, scales, 64, pdl=pdl)
+            x = x / x.norm() * 40 if i == 1 else x * 0.05
+        return x
+
+    ref = x.float()
+    for i, (_, _, w) in enumerate(layers):
+        ref = _reference(ref, w)
+        ref = ref / ref.norm() * 40 if i == 1 else ref * 0.05
+    eager = chain(x)
+    assert float((eager.float() - ref).norm() / ref.norm()) < 1e-2  # four roundings to fp16 compound
+    static_x = x.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        chain(static_x)  # warm-up: compiled and loaded outside capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = chain(static_x)
+    graph.replay()
+    assert torch.equal(static_y, eager)
+    static_x.copy_(torch.randn_like(x))
+    graph.replay()
+    assert torch.equal(static_y, chain(static_x))
