@@ -3,7 +3,7 @@
     python bench/int4_kernel_lab.py [--json OUT.json]   # GB/s per shape, layout and config, best first
     python bench/int4_kernel_lab.py --layouts half2 --cold  # weights from DRAM, as in a decode step
 
-"half2" is the kernel in use on NVIDIA GPUs with fp16 activations (selfspec/int4_triton.py: lop3 nibbles
+"half2" is the kernel in use on NVIDIA GPUs with fp16 activations (selfspec/accel/int4.py: lop3 nibbles
 to half2, f16x2 arithmetic in inline PTX), summing each word's product in place (SUM_PER_WORD);
 "half2reduce" is the same kernel reducing each tile over its words in every iteration (the autotuner
 chooses between the two ways per shape); "bytes" is the portable kernel (uint8 pairs, integer-to-float

@@ -2,7 +2,7 @@
 
     python bench/int4_sass_count.py
 
-Compiles the kernel of selfspec/int4_triton.py (both ways of summing, with and without masks) with
+Compiles the kernel of selfspec/accel/int4.py (both ways of summing, with and without masks) with
 `triton.compile` for a `GPUTarget("cuda", 90, 32)`, disassembles them with the cuobjdump that Triton's package carries, finds the
 loop (the backward branch) and counts its instructions per thread, by opcode. Each thread handles
 BLOCK_N * BLOCK_G * 8 / (32 * num_warps) words of 8 weights per iteration. Static counts, not timings: the

@@ -71,7 +71,7 @@ if triton is not None:
     _int4_gemv_tuned = launch.autotune(
         configs=[
             triton.Config({"BLOCK_N": bn, "BLOCK_G": bg}, num_warps=w, num_stages=s)
-            for bn, bg, w, s in [  # the best of a sweep on an H100 (scripts/int4_kernel_lab.py), plus wider tiles
+            for bn, bg, w, s in [  # the best of a sweep on an H100 (bench/int4_kernel_lab.py), plus wider tiles
                 (1, 16, 2, 2), (1, 16, 2, 3), (4, 16, 4, 3), (8, 16, 4, 3), (16, 8, 4, 3), (8, 8, 4, 3),
                 (2, 32, 4, 3), (8, 32, 8, 3),
             ]
@@ -198,7 +198,7 @@ if triton is not None:
         let_next_kernel_launch(PDL)
         store_rows(y, y_ptr + m * stride_ym, row0, N, BLOCK_N, GLU)
 
-    # The best of sweeps on an H100 and an H200 (scripts/int4_kernel_lab.py --cold: BLOCK_N 4-32, BLOCK_G 2-16,
+    # The best of sweeps on an H100 and an H200 (bench/int4_kernel_lab.py --cold: BLOCK_N 4-32, BLOCK_G 2-16,
     # 1-8 warps, 2-4 stages, both ways of summing).
     HALF2_CONFIGS = [
         triton.Config({"BLOCK_N": bn, "BLOCK_G": bg, "SUM_PER_WORD": per_word}, num_warps=w, num_stages=s)
