@@ -1,8 +1,6 @@
 """The draft's forward pass with the norms and residual adds inside the CUDA INT4 GEMV (accel/fused_draft.py):
 chosen only where every matrix of the draft runs on that GEMV; on a GPU its logits match the unfused draft's,
 in CUDA graphs with programmatic dependent launch, and speculative decoding through it equals plain decoding."""
-import random
-
 import pytest
 import torch
 
@@ -12,9 +10,8 @@ from selfspec.accel.cuda_graphs import GraphedModel
 from selfspec.accel.fused_draft import FusedDraft
 from selfspec.accel.transformer import FusedTransformer
 from selfspec.draft import make_draft
-from selfspec.generate import generate
 from selfspec.quantize import Int4Linear
-from helpers import random_model
+from helpers import check_greedy_speculative_equals_plain, random_model
 
 cuda = pytest.mark.skipif(not (torch.cuda.is_available() and int4_cuda.available(torch.device("cuda"))),
                           reason="needs a CUDA GPU (compute capability 8.0+) and cuda-python")
@@ -111,9 +108,4 @@ def test_float16_speculative_through_the_fused_draft_equals_plain(position_encod
     model, draft = _cuda_draft(position_encoding, num_heads, 32)
     model_g, draft_g = accel.graph_models(model, draft, bucket=64)
     assert type(draft) is FusedDraft
-    rng = random.Random(2)
-    for _ in range(6):
-        prompt = [rng.randrange(320) for _ in range(rng.randrange(1, 100))]
-        plain, _ = generate(model_g, prompt, 60)
-        spec, stats = generate(model_g, prompt, 60, draft=draft_g, th_stop_draft=rng.random())
-        assert spec == plain and stats.drafted > 0
+    check_greedy_speculative_equals_plain(model_g, draft_g, seed=2, runs=6, new_tokens=60)
