@@ -19,10 +19,13 @@ from . import attention, int4, pointwise
 from .transformer import FusedTransformer
 
 
+enabled = True  # False: such a draft keeps FusedTransformer's forward pass (for benchmarks that compare them)
+
+
 def serves(model) -> bool:
     """Whether `model`, a FusedTransformer, can run as a FusedDraft: the attention kernels serve its head size,
     its norms are float16 and every matrix of its decoder layers multiplies on the CUDA GEMV."""
-    if not isinstance(model, FusedTransformer) or not model.attention_kernels:
+    if not enabled or not isinstance(model, FusedTransformer) or not model.attention_kernels:
         return False
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp

@@ -34,6 +34,9 @@ def test_only_a_draft_whose_every_matrix_is_on_the_cuda_gemv_is_served(monkeypat
     draft = _as_fused_transformer(make_draft(model, group_size=32))
     monkeypatch.setattr(int4, "on_cuda_kernel", lambda layer: isinstance(layer, Int4Linear))
     assert fused_draft.serves(draft)
+    monkeypatch.setattr(fused_draft, "enabled", False)  # benchmarks' switch
+    assert not fused_draft.serves(draft)
+    monkeypatch.setattr(fused_draft, "enabled", True)
     assert not fused_draft.serves(_as_fused_transformer(model))  # the 16-bit target
     assert not fused_draft.serves(make_draft(model, group_size=32))  # not a FusedTransformer
     draft.attention_kernels = False
