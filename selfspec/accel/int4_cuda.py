@@ -461,6 +461,6 @@ def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group:
     stream = torch.cuda.current_stream(device).cuda_stream
     args = (words.data_ptr(), scales.data_ptr(), flat.data_ptr(), out.data_ptr(),
             0 if residual is None else residual.data_ptr(), 0 if norm_weight is None else norm_weight.data_ptr(), n,
-            norm_eps)
+            float(norm_eps))
     _launch(function, grid, (32 * tiling.warps, 1, 1), stream, pdl, args)
     return out

@@ -1,6 +1,8 @@
 """The draft's forward pass with the norms and residual adds inside the CUDA INT4 GEMV (accel/fused_draft.py):
 chosen only where every matrix of the draft runs on that GEMV; on a GPU its logits match the unfused draft's,
 in CUDA graphs with programmatic dependent launch, and speculative decoding through it equals plain decoding."""
+import types
+
 import pytest
 import torch
 
@@ -10,7 +12,8 @@ from selfspec.accel.cuda_graphs import GraphedModel
 from selfspec.accel.fused_draft import FusedDraft
 from selfspec.accel.transformer import FusedTransformer
 from selfspec.draft import make_draft
-from selfspec.quantize import Int4Linear
+from selfspec.model import rms_norm, silu_mul
+from selfspec.quantize import Int4Linear, dequantize_int4, unpack_nibbles
 from helpers import check_greedy_speculative_equals_plain, random_model
 
 cuda = pytest.mark.skipif(not (torch.cuda.is_available() and int4_cuda.available(torch.device("cuda"))),
@@ -56,6 +59,39 @@ def test_use_kernels_on_cpu_keeps_the_plain_draft():
     draft = make_draft(model, group_size=32)
     accel.use_kernels(model, draft)
     assert not isinstance(draft, FusedDraft) and not isinstance(model, FusedDraft)
+
+
+@pytest.mark.parametrize("position_encoding,num_heads", SHAPES)
+def test_the_fused_layers_compute_the_plain_draft_on_cpu(position_encoding, num_heads, monkeypatch):
+    # The order of FusedDraft's work (which norm each GEMV takes, where each residual is added), with torch's
+    # arithmetic in place of the CUDA kernels: float32, so only the rounding of float32 sums can differ.
+    model = random_model(position_encoding, num_heads=num_heads, head_dim=16)
+    draft = make_draft(model, group_size=16)
+    tokens, input_pos = torch.randint(0, 320, (1, 7)), torch.arange(5, 12)
+    model(torch.randint(0, 320, (1, 5)), torch.arange(5))  # a cache to attend to
+
+    def gemv(x, packed, scales, group_size, glu=False, residual=None, norm=None):
+        x = x if norm is None else norm(x)
+        y = torch.nn.functional.linear(x, dequantize_int4(unpack_nibbles(packed, group_size), scales, x.dtype))
+        y = silu_mul(y[..., 0::2], y[..., 1::2]) if glu else y
+        return y if residual is None else residual + y
+
+    def attend_qkv(attn, qkv, input_pos, end, rope, alibi):  # Attention.forward between W_pack and o_proj
+        projections = attn.W_pack, attn.o_proj
+        attn.W_pack = attn.o_proj = torch.nn.Identity()
+        try:
+            return attn(qkv, input_pos, end, *draft.attention_inputs(tokens, input_pos, end))
+        finally:
+            attn.W_pack, attn.o_proj = projections
+
+    for layer in draft.modules():
+        if isinstance(layer, Int4Linear):
+            layer.gemv = gemv
+    monkeypatch.setattr(fused_draft.attention, "attend_qkv", attend_qkv)
+    monkeypatch.setattr(fused_draft, "pointwise", types.SimpleNamespace(rms_norm=rms_norm))
+    expected = draft.hidden_states(tokens, input_pos)
+    draft.__class__ = FusedDraft
+    torch.testing.assert_close(draft.hidden_states(tokens, input_pos), expected, atol=1e-5, rtol=1e-5)
 
 
 def _cuda_draft(position_encoding, num_heads, group_size):
