@@ -62,9 +62,10 @@ def parse_args():
     p.add_argument("--skip-hf", action="store_true", help="skip the transformers baselines")
     p.add_argument("--skip-engine", action="store_true", help="only the transformers baselines")
     p.add_argument("--no-pdl", action="store_true", help="launch the Triton kernels without programmatic dependent launch")
-    p.add_argument("--int4-kernel", choices=("cuda", "triton"), default="cuda",
+    p.add_argument("--int4-kernel", choices=("cuda", "cuda-unfused", "triton"), default="cuda",
                    help="the draft's INT4 GEMV on NVIDIA GPUs: the CUDA C++ kernel (where cuda-python and NVRTC are "
-                   "there; the engine's choice) or the Triton one")
+                   "there; the engine's choice) with the norms and residual adds inside it, the same kernel with "
+                   "separate norm and add kernels, or the Triton one")
     p.add_argument("--out", default="bench-out")
     peers = p.add_argument_group("peers (bench/peers/): llama.cpp and transformers' prompt lookup")
     peers.add_argument("--peers", action="store_true",
@@ -691,9 +692,10 @@ def markdown(results: list[dict], meta: dict) -> str:
 def main():
     args = parse_args()
     require_cuda("the benchmark")
-    from selfspec.accel import int4, int4_cuda
+    from selfspec.accel import fused_draft, int4, int4_cuda
 
-    int4.prefer_cuda_kernel = args.int4_kernel == "cuda"
+    int4.prefer_cuda_kernel = args.int4_kernel != "triton"
+    fused_draft.enabled = args.int4_kernel == "cuda"
     from selfspec.checkpoint import open_checkpoint
 
     for folder in (args.model, args.proxy):  # bad paths fail now, not after the bandwidth measurement

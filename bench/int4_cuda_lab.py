@@ -13,6 +13,9 @@
 3. One chained draft-step-like sequence per model (32 layers for 7B, 40 for 13B, distinct weights): W_pack,
    o_proj plus the residual, gate/up with SiLU, down plus the residual, captured in a CUDA graph; CUDA with
    PDL (residual added in the kernel), CUDA without PDL, Triton with and without PDL (residual added by torch).
+   Then the same with the layer's two RMS norms, as the draft runs them (CUDA kernels, PDL): in the GEMVs'
+   prologue with the residual in their epilogue (accel/fused_draft.py), against separate add + norm kernels
+   (pointwise.add_rms_norm) before GEMVs without the residual (accel/transformer.py).
 Needs a CUDA GPU, Triton and cuda-python; about a minute on an H200.
 """
 import argparse
@@ -24,12 +27,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from selfspec.accel import int4 as int4_triton, int4_cuda, launch  # noqa: E402
+from selfspec.accel import int4 as int4_triton, int4_cuda, launch, pointwise  # noqa: E402
 from selfspec.errors import InputError, run_main  # noqa: E402
 from selfspec.accel.int4_cuda import Tiling  # noqa: E402
 
 TOLERANCE = 2e-3
+STEP_TOLERANCE = 2e-2  # norm prologue against norm kernels, after a whole step's chain of fp16 roundings
 L2_BYTES = 60e6
+EPS = 1e-6
 MODELS = {  # name: (layers, [(name, N, K, glu)]) of Baichuan2's decoder layers, gate/up interleaved
     "7b": (32, [("W_pack", 12288, 4096, False), ("o_proj", 4096, 4096, False), ("gate_up", 22016, 4096, True),
                 ("down", 4096, 11008, False)]),
@@ -158,14 +163,48 @@ def time_step(model) -> dict:
             h = h + triton_gemv(act, w_d, s_d, group, pdl=pdl)
         return h
 
-    results = {"cuda_pdl": cuda_step(True), "cuda": cuda_step(False), "triton": triton_step(False)}
+    norms = [[(1 + 0.1 * torch.randn(hidden, device="cuda")).half() for _ in range(2)] for _ in range(layers)]
+
+    def norm_prologue_step(pdl):
+        launch.enabled = pdl
+        h = h0
+        for ((w_pack, s_pack), (w_o, s_o), (w_gu, s_gu), (w_d, s_d)), (n_in, n_post) in zip(weights, norms):
+            qkv = int4_cuda.int4_gemv(h, w_pack, s_pack, group, pdl=pdl, norm_weight=n_in, norm_eps=EPS)
+            h = int4_cuda.int4_gemv(qkv[:, :hidden], w_o, s_o, group, pdl=pdl, residual=h)
+            act = int4_cuda.int4_gemv(h, w_gu, s_gu, group, glu=True, pdl=pdl, norm_weight=n_post, norm_eps=EPS)
+            h = int4_cuda.int4_gemv(act, w_d, s_d, group, pdl=pdl, residual=h)
+        return h
+
+    def norm_kernels_step(pdl):
+        launch.enabled = pdl
+        h, delta = h0, None
+        for ((w_pack, s_pack), (w_o, s_o), (w_gu, s_gu), (w_d, s_d)), (n_in, n_post) in zip(weights, norms):
+            if delta is None:
+                normed = pointwise.rms_norm(h, n_in, EPS)
+            else:
+                h, normed = pointwise.add_rms_norm(h, delta, n_in, EPS)
+            qkv = int4_cuda.int4_gemv(normed, w_pack, s_pack, group, pdl=pdl)
+            h, normed = pointwise.add_rms_norm(h, int4_cuda.int4_gemv(qkv[:, :hidden], w_o, s_o, group, pdl=pdl),
+                                               n_post, EPS)
+            delta = int4_cuda.int4_gemv(int4_cuda.int4_gemv(normed, w_gu, s_gu, group, glu=True, pdl=pdl),
+                                        w_d, s_d, group, pdl=pdl)
+        return h + delta
+
+    results = {"cuda_pdl": cuda_step(True), "cuda": cuda_step(False), "triton": triton_step(False),
+               "norm_prologue_pdl": norm_prologue_step(True), "norm_prologue": norm_prologue_step(False),
+               "norm_kernels_pdl": norm_kernels_step(True)}
     us = {"cuda_pdl": graph_us(lambda: cuda_step(True), replays=10), "cuda": graph_us(lambda: cuda_step(False), 10),
-          "triton_pdl": graph_us(lambda: triton_step(True), 10), "triton": graph_us(lambda: triton_step(False), 10)}
+          "triton_pdl": graph_us(lambda: triton_step(True), 10), "triton": graph_us(lambda: triton_step(False), 10),
+          "norm_prologue_pdl": graph_us(lambda: norm_prologue_step(True), 10),
+          "norm_kernels_pdl": graph_us(lambda: norm_kernels_step(True), 10)}
     launch.enabled = False
     return {"layers": layers, "group": group, "weight_bytes": weight_bytes, "us": us,
             "GB/s": {key: weight_bytes / (t * 1e3) for key, t in us.items()},
-            "pdl_output_equal": bool(torch.equal(results["cuda_pdl"], results["cuda"])),
-            "cuda_vs_triton_error": relative_error(results["cuda"], results["triton"].float())}
+            "pdl_output_equal": bool(torch.equal(results["cuda_pdl"], results["cuda"])
+                                     and torch.equal(results["norm_prologue_pdl"], results["norm_prologue"])),
+            "cuda_vs_triton_error": relative_error(results["cuda"], results["triton"].float()),
+            "norm_prologue_vs_kernels_error": relative_error(results["norm_prologue_pdl"],
+                                                             results["norm_kernels_pdl"].float())}
 
 
 def main() -> int:
@@ -204,8 +243,13 @@ def main() -> int:
         print(f"{model} step, {step['layers']} layers x 4 GEMVs in one graph: "
               + ", ".join(f"{key} {t:.0f} us ({step['GB/s'][key]:.0f} GB/s)" for key, t in step["us"].items())
               + f"; PDL output identical: {step['pdl_output_equal']}", flush=True)
+        print(f"{model} step, norm prologue against norm kernels: relative error "
+              f"{step['norm_prologue_vs_kernels_error']:.2e}", flush=True)
         if not step["pdl_output_equal"]:
             failed.append(f"{model} step: the PDL chain's output differs from the chain without PDL")
+        if step["norm_prologue_vs_kernels_error"] > STEP_TOLERANCE:
+            failed.append(f"{model} step: the norm prologue's output differs from the norm kernels' "
+                          f"({step['norm_prologue_vs_kernels_error']:.2e})")
     report["failed"] = failed
     (args.out / "int4_cuda_lab.json").write_text(json.dumps(report, indent=1))
     for line in failed:

@@ -2,6 +2,7 @@
 family (compiled on CUDA, in Triton's CPU interpreter elsewhere), and the command-line runners."""
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from selfspec.generate import generate
 from selfspec.model import ModelArgs, Transformer
 
 
@@ -35,6 +37,17 @@ def random_model(position_encoding="rope", num_heads=4, head_dim=16, num_layers=
     model = model.to(dtype).eval().requires_grad_(False)
     model.setup_caches(max_seq_len)
     return model
+
+
+def check_greedy_speculative_equals_plain(target, draft, seed: int, runs: int, new_tokens: int, plain=None):
+    """Greedy speculative decoding of `runs` random prompts (a random th_stop_draft each) gives the tokens of
+    plain greedy decoding with `plain` (default: the target), and drafts some tokens."""
+    rng = random.Random(seed)
+    for _ in range(runs):
+        prompt = [rng.randrange(320) for _ in range(rng.randrange(1, 100))]
+        expected, _ = generate(plain if plain is not None else target, prompt, new_tokens)
+        spec, stats = generate(target, prompt, new_tokens, draft=draft, th_stop_draft=rng.random())
+        assert spec == expected and stats.drafted > 0
 
 
 def kernel_tests(module: str, check):

@@ -3,7 +3,9 @@
 model.py and quantize.py hold the plain eager modules, which run anywhere. `use_kernels` turns each
 module of a model (and its draft) into the kernel-backed subclass that serves its device, dtype and shape,
 once, before decoding: on CUDA the fused forward pass (transformer.py) with the Triton attention and
-pointwise kernels and the 16-bit GEMV; the INT4 and INT8 draft layers on their kernels on CUDA, XPU and CPU.
+pointwise kernels and the 16-bit GEMV, or for a draft whose INT4 layers all run on the CUDA C++ GEMV the
+forward pass with the norms and residual adds inside it (fused_draft.py); the INT4 and INT8 draft layers on
+their kernels on CUDA, XPU and CPU.
 `graph_models` then replays decode-sized passes as CUDA graphs; `apply` does what the device allows.
 
 One file per kernel family: gemv.py (16-bit layers), int4.py and int8.py (the draft's), attention.py,
@@ -16,7 +18,7 @@ import torch
 
 from ..model import MLP, Linear, Transformer
 from ..quantize import Int4Linear, Int8Linear
-from . import cuda_graphs, gemv, int4, int8, launch, pointwise
+from . import cuda_graphs, fused_draft, gemv, int4, int8, launch, pointwise
 from .cuda_graphs import GraphedModel
 from .launch import MAX_VERIFY_TOKENS
 from .transformer import FusedTransformer
@@ -46,7 +48,8 @@ def use_kernels(model, draft=None):
 
     Each module's class becomes the kernel-backed subclass (same parameters and buffers; `prepare`, where
     the subclass has one, repacks weights for its kernel), so modules shared by the target and the draft
-    are swapped once for both."""
+    are swapped once for both. A model whose decoder layers then all multiply on the CUDA INT4 GEMV (a
+    draft) becomes a FusedDraft."""
     for tree in (model, draft):
         for module in tree.modules() if tree is not None else ():
             fast = kernel_class(module)
@@ -54,6 +57,8 @@ def use_kernels(model, draft=None):
                 module.__class__ = fast
                 if hasattr(fast, "prepare"):
                     module.prepare()
+        if type(tree) is FusedTransformer and fused_draft.serves(tree):  # its layers are prepared by now
+            tree.__class__ = fused_draft.FusedDraft
 
 
 def kernel_class(module):

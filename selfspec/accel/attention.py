@@ -297,12 +297,16 @@ def prefill_attention(q, k_cache, v_cache, input_pos, alibi_slopes=None, blocks=
 def attend(attn, x, input_pos, end: int, rope, alibi_slopes) -> torch.Tensor:
     """model.Attention `attn` over x [1, T, hidden] at positions input_pos with these kernels: `rope` the
     whole (cos, sin) tables or None, `alibi_slopes` or None; the cache is read over [0, end)."""
-    T = x.shape[1]
+    return attn.o_proj(attend_qkv(attn, attn.W_pack(x), input_pos, end, rope, alibi_slopes))
+
+
+def attend_qkv(attn, qkv, input_pos, end: int, rope, alibi_slopes) -> torch.Tensor:
+    """`attend` between W_pack and o_proj: W_pack's output qkv [1, T, ...] -> [1, T, heads * head_dim]."""
+    T = qkv.shape[1]
     cache = attn.kv_cache
-    qkv = attn.W_pack(x)
     q = rope_and_store(qkv.view(T, -1), input_pos, rope, cache.k, cache.v, attn.num_heads, attn.num_kv_heads)
     if T <= MAX_VERIFY_TOKENS:
         y = decode_attention(q, cache.k, cache.v, input_pos, end, alibi_slopes)
     else:
         y = prefill_attention(q, cache.k, cache.v, input_pos, alibi_slopes)
-    return attn.o_proj(y.view(1, T, attn.num_heads * attn.head_dim))
+    return y.view(1, T, attn.num_heads * attn.head_dim)

@@ -319,16 +319,31 @@ def quantizer(device: torch.device):
 prefer_cuda_kernel = True  # the CUDA C++ GEMV (int4_cuda.py) where it is available; False: Triton's everywhere
 
 
-def half2_gemv(device: torch.device, k: int, group_size: int, dtype: torch.dtype):
-    """The GEMV over half2 words for one layer on `device`: (x, words, scales, group_size, glu=False) -> y.
-    The CUDA C++ kernel where cuda-python and NVRTC are there and it takes the shape, else Triton's."""
+def cuda_gemv(x, words, scales, group_size, glu=False, residual=None, norm=None):
+    """int4_cuda.int4_gemv, launched with PDL where launch.enabled says so; `norm` an RMSNorm module whose
+    norm of x is taken in the kernel (its prologue), `residual` added to the product."""
     from . import int4_cuda  # here: it takes this module's _HALF2_DOT
 
+    norm_weight, norm_eps = (None, 0.0) if norm is None else (norm.weight, norm.eps)
+    return int4_cuda.int4_gemv(x, words, scales, group_size, glu=glu, pdl=launch.enabled, residual=residual,
+                               norm_weight=norm_weight, norm_eps=norm_eps)
+
+
+def half2_gemv(device: torch.device, k: int, group_size: int, dtype: torch.dtype):
+    """The GEMV over half2 words for one layer on `device`: (x, words, scales, group_size, glu=False) -> y.
+    The CUDA C++ kernel (`cuda_gemv`) where cuda-python and NVRTC are there and it takes the shape, else
+    Triton's."""
+    from . import int4_cuda
+
     if prefer_cuda_kernel and int4_cuda.supports(k, group_size, dtype) and int4_cuda.available(device):
-        def cuda_gemv(x, words, scales, group_size, glu=False):
-            return int4_cuda.int4_gemv(x, words, scales, group_size, glu=glu, pdl=launch.enabled)
         return cuda_gemv
     return int4_matmul_half2
+
+
+def on_cuda_kernel(layer) -> bool:
+    """Whether `layer` multiplies on the CUDA C++ GEMV (whose norm prologue and residual epilogue
+    fused_draft.py uses)."""
+    return isinstance(layer, Int4Half2Linear) and layer.gemv is cuda_gemv
 
 
 class Int4Half2Linear(quantize.Int4Linear):

@@ -1,4 +1,5 @@
-"""CUDA C++ INT4 GEMV for the draft, compiled at run time with NVRTC: y = x @ (q * scale)^T (+ residual).
+"""CUDA C++ INT4 GEMV for the draft, compiled at run time with NVRTC: y = x @ (q * scale)^T (+ residual),
+x optionally the RMS norm of the residual stream, computed in the kernel (the norm prologue).
 
 Same packed format and arithmetic as int4_triton.int4_matmul_half2 (int32 words [N, K/8] from
 quantize.pack_half2_words, fp16 scales [N, K/GROUP], the `_HALF2_DOT` dequantisation), written for the one
@@ -8,8 +9,14 @@ first batch of loads is issued before the kernel waits for the kernel before it 
 launch, PDL): the weights do not depend on it, only x does, which each block then copies once into shared
 memory.
 
+With the norm prologue the kernel is given the residual stream h instead of x, and the norm's weight: each
+block normalises its copy of h in shared memory (h is a few kilobytes, read from L2 by every block) with
+pointwise.rms_norm's arithmetic and rounding, so that norm-then-GEMV takes one kernel instead of two. Only
+the order of the float32 sum of squares differs from pointwise.rms_norm's, which can move an element of x by
+one fp16 rounding step, rarely.
+
 The source is compiled to a cubin for the device's own architecture (no PTX for the driver to JIT: a driver
-refuses PTX from a newer NVRTC than itself), once per (device, GROUP, K, GLU, residual, tiling) in a process,
+refuses PTX from a newer NVRTC than itself), once per (device, GROUP, K, GLU, residual, norm, tiling) in a process,
 and launched with cuLaunchKernelEx on torch's current stream, so CUDA-graph capture records it. Compile
 outside capture (the usual warm-up call does).
 
@@ -58,7 +65,8 @@ def _asm_string(ptx: str) -> str:
 
 _SOURCE = r"""
 // Compile-time: GROUP, K_COLS, ROWS (rows per warp), UNROLL (16-byte loads per thread per row per step),
-// WARPS (per block), L2_PREFETCH (a load hint), GLU (rows interleave gate and up), RESIDUAL (add [M, N] fp16).
+// WARPS (per block), L2_PREFETCH (a load hint), GLU (rows interleave gate and up), RESIDUAL (add [M, N] fp16),
+// NORM (x is the residual stream h: the kernel multiplies by rms_norm(h) * norm_weight).
 typedef unsigned int u32;
 typedef unsigned short u16;
 
@@ -124,6 +132,57 @@ __device__ __forceinline__ u16 float_to_half(float f) {
     return h;
 }
 
+#if NORM
+// float32 division as Triton's `/` compiles it (pointwise.rms_norm divides the sum of squares by K).
+__device__ __forceinline__ float divide_as_triton(float a, float b) {
+    float out;
+    asm("div.full.f32 %0, %1, %2;" : "=f"(out) : "f"(a), "f"(b));
+    return out;
+}
+
+__device__ __forceinline__ float low_half(u32 pair) { return half_to_float((u16)(pair & 0xFFFFu)); }
+__device__ __forceinline__ float high_half(u32 pair) { return half_to_float((u16)(pair >> 16)); }
+
+// round(weight * round(h * rstd)), pointwise.rms_norm's two roundings, for one half2 pair of h and of the weight.
+__device__ __forceinline__ u32 norm_pair(u32 h, u32 weight, float rstd) {
+    const u16 lo = float_to_half(low_half(weight) * half_to_float(float_to_half(low_half(h) * rstd)));
+    const u16 hi = float_to_half(high_half(weight) * half_to_float(float_to_half(high_half(h) * rstd)));
+    return (u32)lo | ((u32)hi << 16);
+}
+
+// The block's copy of h in shared memory (copy_activations) becomes x = rms_norm(h) * weight, in place: the
+// sum of squares in float32 over the block (each thread its own pieces, then warps, then the block), then
+// each thread scales the pieces it copied. The norm weight is read here, after the grid-dependency wait.
+__device__ __forceinline__ void normalize_activations(uint4* shared, const uint4* weight, float eps) {
+    __shared__ float warp_sums[WARPS];
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < K_COLS / 8; j += WARPS * 32) {
+        const uint4 h = shared[swizzle(j)];
+        const u32 pairs[4] = {h.x, h.y, h.z, h.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float lo = low_half(pairs[i]), hi = high_half(pairs[i]);
+            sum += lo * lo;
+            sum += hi * hi;
+        }
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
+    __syncthreads();
+    float total = 0.0f;  // every thread adds the warps' sums in the same order: one rstd for the block
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) total += warp_sums[w];
+    const float rstd = rsqrtf(divide_as_triton(total, (float)K_COLS) + eps);
+    for (int j = threadIdx.x; j < K_COLS / 8; j += WARPS * 32) {
+        const uint4 h = shared[swizzle(j)], w = weight[j];
+        shared[swizzle(j)] = make_uint4(norm_pair(h.x, w.x, rstd), norm_pair(h.y, w.y, rstd),
+                                        norm_pair(h.z, w.z, rstd), norm_pair(h.w, w.w, rstd));
+    }
+    __syncthreads();
+}
+#endif
+
 // PDL: no-ops when the kernel was not launched with programmatic stream serialization.
 __device__ __forceinline__ void wait_for_inputs() {
 #if __CUDA_ARCH__ >= 900
@@ -139,7 +198,7 @@ __device__ __forceinline__ void let_next_kernel_launch() {
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const uint4* x, u16* y,
-          const u16* residual, int n) {
+          const u16* residual, const uint4* norm_weight, int n, float eps) {
     const int lane = threadIdx.x % 32;
     const int row0 = (blockIdx.x * WARPS + threadIdx.x / 32) * ROWS;
     const int m = blockIdx.y;
@@ -179,6 +238,9 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
         if (base == 0) {
             wait_for_inputs();
             copy_activations(xs, x + (long long)m * (K_COLS / 8));
+#if NORM
+            normalize_activations(xs, norm_weight, eps);
+#endif
         }
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
@@ -260,14 +322,14 @@ def supports(k: int, group: int, dtype: torch.dtype) -> bool:
     return dtype == torch.float16 and group % 32 == 0 and k % group == 0
 
 
-def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tiling: Tiling) -> bytes:
-    """The kernel as a cubin for sm_{arch} (e.g. 90). Needs NVRTC only, no GPU."""
+def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tiling: Tiling, norm: bool = False) -> bytes:
+    """The kernel as a cubin for sm_{arch} (e.g. 90), with the norm prologue if `norm`. Needs NVRTC only, no GPU."""
     if k % group or group % 32:
         raise ValueError(f"K {k} must be a multiple of the group size {group}, itself a multiple of 32")
     if glu and tiling.rows % 2:
         raise ValueError("GLU needs an even number of rows per warp")
     defines = dict(GROUP=group, K_COLS=k, ROWS=tiling.rows, UNROLL=tiling.unroll, WARPS=tiling.warps,
-                   L2_PREFETCH=int(tiling.l2_prefetch), GLU=int(glu), RESIDUAL=int(residual))
+                   L2_PREFETCH=int(tiling.l2_prefetch), GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm))
     options = [f"--gpu-architecture=sm_{arch}", "-std=c++17"] + [f"-D{key}={value}" for key, value in defines.items()]
     program = _check(nvrtc.nvrtcCreateProgram(_SOURCE.encode(), b"int4_cuda.cu", 0, [], []))
     try:
@@ -297,12 +359,12 @@ def _ensure_context(device: torch.device) -> None:
             _check(driver.cuCtxSetCurrent(context))
 
 
-def _kernel(device: torch.device, group: int, k: int, glu: bool, residual: bool, tiling: Tiling):
-    key = (device.index, group, k, glu, residual, tiling)
+def _kernel(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling):
+    key = (device.index, group, k, glu, residual, norm, tiling)
     if key not in _kernels:
         _ensure_context(device)
         major, minor = torch.cuda.get_device_capability(device)
-        cubin = compile_cubin(major * 10 + minor, group, k, glu, residual, tiling)
+        cubin = compile_cubin(major * 10 + minor, group, k, glu, residual, tiling, norm)
         module = _check(driver.cuModuleLoadData(cubin))
         _kernels[key] = (module, _check(driver.cuModuleGetFunction(module, b"int4_gemv")))
     return _kernels[key][1]
@@ -322,7 +384,7 @@ def available(device: torch.device) -> bool:
         unavailable_reason = f"{torch.cuda.get_device_name(device)} is older than compute capability 8.0"
         return False
     try:
-        _kernel(device, 32, 32, False, False, Tiling(rows=2, unroll=1, warps=1))
+        _kernel(device, 32, 32, False, False, False, Tiling(rows=2, unroll=1, warps=1))
     except Exception as error:  # noqa: BLE001 - any failure of NVRTC or the driver means "use Triton"
         unavailable_reason = f"the CUDA INT4 kernel cannot be built: {error}"
         return False
@@ -330,7 +392,8 @@ def available(device: torch.device) -> bool:
     return True
 
 
-_ARG_TYPES = (ctypes.c_void_p,) * 5 + (ctypes.c_int,)  # words, scales, x, y, residual, n
+# words, scales, x, y, residual, norm_weight, n, eps
+_ARG_TYPES = (ctypes.c_void_p,) * 6 + (ctypes.c_int, ctypes.c_float)
 
 
 def _launch(function, grid, block, stream, pdl: bool, args) -> None:
@@ -352,10 +415,13 @@ def _launch(function, grid, block, stream, pdl: bool, args) -> None:
 
 def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group: int, glu: bool = False,
               out: torch.Tensor | None = None, pdl: bool = False, residual: torch.Tensor | None = None,
-              tiling: Tiling | None = None) -> torch.Tensor:
+              tiling: Tiling | None = None, norm_weight: torch.Tensor | None = None,
+              norm_eps: float = 1e-6) -> torch.Tensor:
     """x [..., K] float16 times the INT4 weight (int32 words [N, K/8], quantize.pack_half2_words; float16 scales
     [N, K/group]) -> [..., N], or silu(gate) * up [..., N/2] with `glu` (rows interleave gate and up).
     `residual` [..., N] is added to the product (not with `glu`). `out` receives the result if given.
+    `norm_weight` [K] float16: x is the residual stream, and the product is taken of its RMS norm times this
+    weight (pointwise.rms_norm(x, norm_weight, norm_eps)), computed in the kernel.
     `pdl`: launch with programmatic dependent launch (compute capability 9.0 and later)."""
     if x.dtype != torch.float16 or scales.dtype != torch.float16 or words.dtype != torch.int32:
         raise TypeError(f"int4_gemv takes float16 x and scales and int32 words, got {x.dtype}, {scales.dtype}, "
@@ -366,6 +432,11 @@ def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group:
                          f"{tuple(scales.shape)} do not fit group size {group}")
     if glu and (n % 2 or residual is not None):
         raise ValueError("int4_gemv: GLU needs an even number of rows and no residual")
+    if norm_weight is not None:
+        if norm_weight.shape != (k,) or norm_weight.dtype != torch.float16:
+            raise ValueError(f"int4_gemv: norm_weight must be float16 of shape ({k},)")
+        if not norm_weight.is_contiguous() or norm_weight.data_ptr() % 16:
+            norm_weight = norm_weight.clone(memory_format=torch.contiguous_format)
     n_out = n // 2 if glu else n
     flat = x.reshape(-1, k)
     if not flat.is_contiguous() or flat.data_ptr() % 16:
@@ -384,11 +455,12 @@ def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group:
         raise ValueError("int4_gemv: the weight words must be 16-byte aligned")
     tiling = tiling or default_tiling(n, k)
     device = torch.device("cuda", x.device.index if x.device.index is not None else torch.cuda.current_device())
-    function = _kernel(device, group, k, glu, residual is not None, tiling)
+    function = _kernel(device, group, k, glu, residual is not None, norm_weight is not None, tiling)
     pdl = pdl and torch.cuda.get_device_capability(device) >= (9, 0)
     grid = (math.ceil(n / (tiling.rows * tiling.warps)), m, 1)
     stream = torch.cuda.current_stream(device).cuda_stream
     args = (words.data_ptr(), scales.data_ptr(), flat.data_ptr(), out.data_ptr(),
-            0 if residual is None else residual.data_ptr(), n)
+            0 if residual is None else residual.data_ptr(), 0 if norm_weight is None else norm_weight.data_ptr(), n,
+            float(norm_eps))
     _launch(function, grid, (32 * tiling.warps, 1, 1), stream, pdl, args)
     return out

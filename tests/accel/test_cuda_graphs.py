@@ -10,7 +10,7 @@ from selfspec.accel import graph_models, launch
 from selfspec.accel.cuda_graphs import GraphedModel
 from selfspec.draft import make_draft
 from selfspec.generate import generate
-from helpers import random_model
+from helpers import check_greedy_speculative_equals_plain, random_model
 
 
 def cuda_model(position_encoding: str, num_heads: int, max_seq_len: int):
@@ -94,12 +94,7 @@ def test_float16_speculative_with_graphs_equals_plain(position_encoding, num_hea
     draft = make_draft(model, group_size=32, lm_head="int4")
     model_g, draft_g = graph_models(model, draft, bucket=64)
     assert draft.lm_head.kernel == draft.model.layers[0].self_attn.W_pack.kernel == "triton_half2"
-    rng = random.Random(1)
-    for _ in range(8):
-        prompt = [rng.randrange(320) for _ in range(rng.randrange(1, 100))]
-        plain, _ = generate(model_g, prompt, 60)
-        spec, stats = generate(model_g, prompt, 60, draft=draft_g, th_stop_draft=rng.random())
-        assert spec == plain and stats.drafted > 0
+    check_greedy_speculative_equals_plain(model_g, draft_g, seed=1, runs=8, new_tokens=60)
 
 
 @pytest.mark.gpu
@@ -109,12 +104,7 @@ def test_speculative_with_graphs_equals_plain_float32(position_encoding, num_hea
     model = cuda_model(position_encoding, num_heads, max_seq_len=300)
     draft = make_draft(model, group_size=32, lm_head=lm_head)
     model_g, draft_g = graph_models(model, draft, bucket=64)
-    rng = random.Random(0)
-    for _ in range(6):
-        prompt = [rng.randrange(320) for _ in range(rng.randrange(1, 100))]
-        plain, _ = generate(model, prompt, 80)
-        spec, stats = generate(model_g, prompt, 80, draft=draft_g, th_stop_draft=rng.random())
-        assert spec == plain and stats.drafted > 0
+    check_greedy_speculative_equals_plain(model_g, draft_g, seed=0, runs=6, new_tokens=80, plain=model)
 
 
 @pytest.mark.gpu

@@ -1,5 +1,6 @@
 """The CUDA C++ INT4 GEMV (selfspec/accel/int4_cuda.py): NVRTC builds it without a GPU where cuda-python and NVRTC are
-installed; on a GPU it matches a float32 reference, alone, in CUDA graphs and with programmatic dependent launch."""
+installed; on a GPU it matches a float32 reference, alone, in CUDA graphs and with programmatic dependent launch, and
+its norm prologue matches pointwise.rms_norm followed by the GEMV."""
 import subprocess
 import sys
 import types
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfspec.accel import int4_cuda
+from selfspec.accel import int4_cuda, pointwise
 from selfspec.accel.int4_cuda import Tiling
 from selfspec.quantize import dequantize_int4, pack_half2_words, quantize_int4
 
@@ -16,6 +17,9 @@ needs_nvrtc = pytest.mark.skipif(int4_cuda.nvrtc_version() is None, reason="need
 cuda = pytest.mark.skipif(not (torch.cuda.is_available() and int4_cuda.available(torch.device("cuda"))),
                           reason="needs a CUDA GPU (compute capability 8.0+) and cuda-python")
 TOLERANCE = 2e-3  # relative norm: f16x2 sums of four products per word, float32 beyond, fp16 output
+# The norm prologue against pointwise.rms_norm then the GEMV: the same arithmetic but for the order of the sum
+# of squares, which can move an element of the normed input by one fp16 rounding step.
+NORM_TOLERANCE = 1e-3
 
 
 def test_the_shared_ptx_block_becomes_a_cuda_asm_string():
@@ -34,6 +38,17 @@ def test_the_shared_ptx_block_becomes_a_cuda_asm_string():
 def test_nvrtc_builds_a_cubin_for_each_variant(arch, group, k, glu, residual, tiling):
     cubin = int4_cuda.compile_cubin(arch, group, k, glu, residual, tiling)
     assert cubin[:4] == b"\x7fELF" and len(cubin) > 1000
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("group,k,glu,residual,tiling", [
+    (128, 4096, False, False, Tiling()), (64, 5120, True, False, Tiling(rows=4, unroll=4, warps=4)),
+    (32, 96, True, False, Tiling(rows=2, unroll=1, warps=1)), (64, 320, False, True, Tiling(rows=1, unroll=8, warps=2)),
+])
+def test_nvrtc_builds_the_norm_prologue_variants(arch, group, k, glu, residual, tiling):
+    cubin = int4_cuda.compile_cubin(arch, group, k, glu, residual, tiling, norm=True)
+    assert cubin[:4] == b"\x7fELF" and cubin != int4_cuda.compile_cubin(arch, group, k, glu, residual, tiling)
 
 
 @needs_nvrtc
@@ -72,6 +87,10 @@ def test_arguments_are_checked_before_anything_runs():
         int4_cuda.int4_gemv(x, words, scales, 64, residual=torch.zeros(1, 8))
     with pytest.raises(ValueError, match="GLU"):
         int4_cuda.int4_gemv(x, words, scales, 64, glu=True, residual=torch.zeros(1, 8, dtype=torch.float16))
+    with pytest.raises(ValueError, match="norm_weight"):
+        int4_cuda.int4_gemv(x, words, scales, 64, norm_weight=torch.ones(64, dtype=torch.float16))
+    with pytest.raises(ValueError, match="norm_weight"):
+        int4_cuda.int4_gemv(x, words, scales, 64, norm_weight=torch.ones(128))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the lab runs for real where there is a GPU")
@@ -122,6 +141,26 @@ def test_every_tiling_matches_with_ragged_rows_and_columns(tiling):
     words, scales, w = _weights(1001, 11008, 64)
     x = torch.randn(2, 11008, device="cuda", dtype=torch.float16)
     assert _close(int4_cuda.int4_gemv(x, words, scales, 64, tiling=tiling), _reference(x, w))
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("n,k,group,glu,residual", [
+    (7, 96, 32, False, False), (1000, 320, 64, True, False), (1001, 352, 32, False, True),
+    (12288, 4096, 128, False, False), (5120, 5120, 64, False, True), (27392, 5120, 128, True, False),
+])
+def test_norm_prologue_matches_rms_norm_then_gemv(n, k, group, glu, residual, m):
+    words, scales, w = _weights(n, k, group)
+    h = torch.randn(m, k, device="cuda", dtype=torch.float16) * 3
+    norm_weight = (1 + 0.1 * torch.randn(k, device="cuda")).half()
+    added = torch.randn(m, n // 2 if glu else n, device="cuda", dtype=torch.float16) if residual else None
+    x = pointwise.rms_norm(h, norm_weight, 1e-6)
+    y = int4_cuda.int4_gemv(h, words, scales, group, glu=glu, residual=added, norm_weight=norm_weight, norm_eps=1e-6)
+    unfused = int4_cuda.int4_gemv(x, words, scales, group, glu=glu, residual=added)
+    assert y.shape == unfused.shape
+    assert float((y.float() - unfused.float()).norm() / unfused.float().norm()) < NORM_TOLERANCE
+    assert _close(y, _reference(x, w, glu, added))
 
 
 @pytest.mark.gpu
