@@ -18,8 +18,10 @@ run() {  # run NAME SECONDS CMD...: output to $OUT/NAME.txt, its tail and exit s
 case $stage in
 a)
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt"
-    run int4-cuda-lab 200 python3 bench/int4_cuda_lab.py --out "$OUT"
-    run gpu-tier 330 python3 -m pytest -q -p no:cacheprovider -m gpu --durations=10 tests
+    run int4-cuda-lab 180 python3 bench/int4_cuda_lab.py --out "$OUT"
+    run gpu-tests-new 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/accel/test_int4_cuda.py \
+        tests/accel/test_fused_draft.py
+    run gpu-tier 270 python3 -m pytest -q -p no:cacheprovider -m gpu --durations=10 tests
     ;;
 b)
     run convert 120 python3 scripts/convert_gguf.py "$GGUF" /tmp/smollm2
