@@ -1,4 +1,5 @@
-"""Where a decode step's GPU time goes: kernel totals of one eager plain step and one draft step.
+"""Where a decode step's GPU time goes: kernel totals of one plain step and one draft step, each on the
+kernels accel.use_kernels picks (run eagerly, without CUDA graphs).
 
     python bench/profile_step.py --shape 7b
 """
@@ -11,6 +12,7 @@ if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import SHAPES, parser, random_model, require_cuda  # noqa: E402
+from selfspec.accel import use_kernels  # noqa: E402
 from selfspec.draft import make_draft  # noqa: E402
 from selfspec.errors import run_main  # noqa: E402
 
@@ -24,6 +26,7 @@ def main():
     require_cuda("the profile")
     model = random_model(args.shape, args.pos + 256)
     draft = make_draft(model)
+    use_kernels(model, draft)
     tok = torch.zeros(1, 1, dtype=torch.long, device="cuda")
     pos = torch.tensor([args.pos], device="cuda")
     for name, m in (("plain", model), ("draft", draft)):

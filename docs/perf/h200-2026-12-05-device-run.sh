@@ -42,6 +42,7 @@ c)
         tests/accel/test_fused_draft.py
     run shapes-7b 110 python3 bench/benchmark.py --shapes 7b --skip-hf --out "$OUT/shapes-7b"
     run shapes-7b-triton 100 python3 bench/benchmark.py --shapes 7b --skip-hf --int4-kernel triton --out "$OUT/shapes-7b-triton"
+    run profile-7b 60 python3 bench/profile_step.py --shape 7b
     run int4-cuda-lab 130 python3 bench/int4_cuda_lab.py --out "$OUT"
     run gpu-tier $((560 - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m gpu --durations=10 tests
     ;;
