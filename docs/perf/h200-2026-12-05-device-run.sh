@@ -40,14 +40,14 @@ c)
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt"
     run gpu-tests-new 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/accel/test_int4_cuda.py \
         tests/accel/test_fused_draft.py
-    run shapes-7b 110 python3 bench/benchmark.py --shapes 7b --skip-hf --out "$OUT/shapes-7b"
+    run shapes-7b 110 python3 bench/benchmark.py --shapes 7b --skip-hf --int4-kernel cuda --out "$OUT/shapes-7b"
     run shapes-7b-triton 100 python3 bench/benchmark.py --shapes 7b --skip-hf --int4-kernel triton --out "$OUT/shapes-7b-triton"
     run profile-7b 60 python3 bench/profile_step.py --shape 7b
     ;;
 d)
     run convert 120 python3 scripts/convert_gguf.py "$GGUF" /tmp/smollm2
-    run proxy 300 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --draft int4 lookup+int4 --out "$OUT/proxy"
-    run shapes-13b 90 python3 bench/benchmark.py --shapes 13b --skip-hf --out "$OUT/shapes-13b"
+    run proxy 300 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --int4-kernel cuda --draft int4 lookup+int4 --out "$OUT/proxy"
+    run shapes-13b 90 python3 bench/benchmark.py --shapes 13b --skip-hf --int4-kernel cuda --out "$OUT/shapes-13b"
     run shapes-13b-triton 80 python3 bench/benchmark.py --shapes 13b --skip-hf --int4-kernel triton --out "$OUT/shapes-13b-triton"
     ;;
 esac
