@@ -32,9 +32,9 @@ a)
     ;;
 b)
     run convert 120 python3 scripts/convert_gguf.py "$GGUF" /tmp/smollm2
-    run shapes 160 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
+    run shapes 160 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --int4-kernel cuda --out "$OUT/shapes"
     run shapes-triton 90 python3 bench/benchmark.py --shapes 7b --skip-hf --int4-kernel triton --out "$OUT/shapes-triton"
-    run proxy 220 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --draft int4 lookup+int4 --out "$OUT/proxy"
+    run proxy 220 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --int4-kernel cuda --draft int4 lookup+int4 --out "$OUT/proxy"
     ;;
 c)
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt"
