@@ -62,10 +62,10 @@ def parse_args():
     p.add_argument("--skip-hf", action="store_true", help="skip the transformers baselines")
     p.add_argument("--skip-engine", action="store_true", help="only the transformers baselines")
     p.add_argument("--no-pdl", action="store_true", help="launch the Triton kernels without programmatic dependent launch")
-    p.add_argument("--int4-kernel", choices=("cuda", "cuda-unfused", "triton"), default="triton",
+    p.add_argument("--int4-kernel", choices=("cuda", "cuda-unfused", "triton"), default="cuda",
                    help="the draft's INT4 GEMV on NVIDIA GPUs: the CUDA C++ kernel (where cuda-python and NVRTC are "
-                   "there) with the norms and residual adds inside it, the same kernel with separate norm and add "
-                   "kernels, or the Triton one (the engine's default)")
+                   "there; the engine's choice) with the norms and residual adds inside it, the same kernel with "
+                   "separate norm and add kernels, or the Triton one")
     p.add_argument("--out", default="bench-out")
     peers = p.add_argument_group("peers (bench/peers/): llama.cpp and transformers' prompt lookup")
     peers.add_argument("--peers", action="store_true",

@@ -316,9 +316,7 @@ def quantizer(device: torch.device):
     return quantize_on_device
 
 
-# True: the CUDA C++ GEMV (int4_cuda.py) where it is available. Off by default until it has been measured and
-# tested on a GPU (bench/benchmark.py --int4-kernel cuda turns it on).
-prefer_cuda_kernel = False
+prefer_cuda_kernel = True  # the CUDA C++ GEMV (int4_cuda.py) where it is available; False: Triton's everywhere
 
 
 def cuda_gemv(x, words, scales, group_size, glu=False, residual=None, norm=None):
@@ -333,8 +331,8 @@ def cuda_gemv(x, words, scales, group_size, glu=False, residual=None, norm=None)
 
 def half2_gemv(device: torch.device, k: int, group_size: int, dtype: torch.dtype):
     """The GEMV over half2 words for one layer on `device`: (x, words, scales, group_size, glu=False) -> y.
-    The CUDA C++ kernel (`cuda_gemv`) where `prefer_cuda_kernel` is set, cuda-python and NVRTC are there and it
-    takes the shape, else Triton's."""
+    The CUDA C++ kernel (`cuda_gemv`) where cuda-python and NVRTC are there and it takes the shape, else
+    Triton's."""
     from . import int4_cuda
 
     if prefer_cuda_kernel and int4_cuda.supports(k, group_size, dtype) and int4_cuda.available(device):

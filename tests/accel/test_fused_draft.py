@@ -26,12 +26,6 @@ TRITON_TOLERANCE = 2e-2
 SHAPES = [("rope", 4), ("alibi", 5)]  # 7B-like and 13B-like (ALiBi, a head count that is not a power of two)
 
 
-@pytest.fixture(autouse=True)
-def cuda_gemv_chosen(monkeypatch):
-    """The engine leaves the CUDA GEMV off by default; these tests are about the draft that runs on it."""
-    monkeypatch.setattr(int4, "prefer_cuda_kernel", True)
-
-
 def _as_fused_transformer(model):
     model.__class__ = FusedTransformer
     model.attention_kernels = True
