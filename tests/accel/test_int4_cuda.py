@@ -17,6 +17,7 @@ needs_nvrtc = pytest.mark.skipif(int4_cuda.nvrtc_version() is None, reason="need
 cuda = pytest.mark.skipif(not (torch.cuda.is_available() and int4_cuda.available(torch.device("cuda"))),
                           reason="needs a CUDA GPU (compute capability 8.0+) and cuda-python")
 TOLERANCE = 2e-3  # relative norm: f16x2 sums of four products per word, float32 beyond, fp16 output
+GLU_TOLERANCE = 2 * TOLERANCE  # silu(gate) * up carries the errors of both products
 # The norm prologue against pointwise.rms_norm then the GEMV: the same arithmetic but for the order of the sum
 # of squares, which can move an element of the normed input by one fp16 rounding step.
 NORM_TOLERANCE = 1e-3
@@ -102,7 +103,9 @@ def test_lab_without_a_gpu_is_one_error_line(tmp_path):
 
 
 def _weights(n, k, group):
-    q, s = quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.float16), group)
+    # Scaled as a model's weights are (outputs of order one): with unit weights silu(gate) * up over K = 13,696
+    # reaches 1e5, beyond float16.
+    q, s = quantize_int4(torch.randn(n, k, device="cuda", dtype=torch.float16) * k ** -0.5, group)
     return pack_half2_words(q), s.half(), dequantize_int4(q, s.half().float())
 
 
@@ -113,8 +116,8 @@ def _reference(x, w, glu=False, residual=None):
     return y if residual is None else y + residual.float()
 
 
-def _close(y, ref):
-    return y.shape == ref.shape and float((y.float() - ref).norm() / ref.norm()) < TOLERANCE
+def _close(y, ref, tolerance=TOLERANCE):
+    return y.shape == ref.shape and float((y.float() - ref).norm() / ref.norm()) < tolerance
 
 
 @pytest.mark.gpu
@@ -128,7 +131,7 @@ def test_matches_float32_reference(n, k, group, m, glu):
     words, scales, w = _weights(n, k, group)
     x = torch.randn(m, k, device="cuda", dtype=torch.float16)
     y = int4_cuda.int4_gemv(x, words, scales, group, glu=glu)
-    assert _close(y, _reference(x, w, glu))
+    assert _close(y, _reference(x, w, glu), GLU_TOLERANCE if glu else TOLERANCE)
 
 
 @pytest.mark.gpu
@@ -160,7 +163,7 @@ def test_norm_prologue_matches_rms_norm_then_gemv(n, k, group, glu, residual, m)
     unfused = int4_cuda.int4_gemv(x, words, scales, group, glu=glu, residual=added)
     assert y.shape == unfused.shape
     assert float((y.float() - unfused.float()).norm() / unfused.float().norm()) < NORM_TOLERANCE
-    assert _close(y, _reference(x, w, glu, added))
+    assert _close(y, _reference(x, w, glu, added), GLU_TOLERANCE if glu else TOLERANCE)
 
 
 @pytest.mark.gpu
