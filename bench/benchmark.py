@@ -595,12 +595,29 @@ def peers_markdown(r: dict) -> str:
         lines.append(f"| {name} | {row.get('prompts', 1)} | {row['decode_tokens_per_s']:.1f} | {row['ms_per_token']:.2f} | "
                      f"{row['first_token_latency_s'] * 1e3:.1f} | {'' if acc is None else f'{acc:.1%}'} | {note} |")
 
+    counts = [b["summary"].get("prompts") or next(iter(b["summary"].values()))["prompts"]
+              for b in peers.values() if "summary" in b]
+    if "variants" in r and counts:  # the proxy: our own rows over the prompts the peers ran
+        rows = r["prompts"][: max(counts)]
+        for name in ["plain", *r["variants"]]:
+            tokens = sum(p[name]["tokens_generated"] - 1 for p in rows)
+            decode_s = sum(p[name]["e2e_time_s"] - p[name]["first_token_latency_s"] for p in rows)
+            drafted = sum(p[name]["drafted"] for p in rows)
+            line(f"ours {name}", {"prompts": len(rows), "decode_tokens_per_s": tokens / decode_s,
+                                  "ms_per_token": 1e3 * decode_s / tokens,
+                                  "first_token_latency_s": sum(p[name]["first_token_latency_s"] for p in rows) / len(rows),
+                                  "acceptance_rate": sum(p[name]["accepted"] for p in rows) / drafted if drafted else None})
     for peer, block in peers.items():
         if "skipped" in block or "error" in block:
             lines.append(f"| {peer} | | | | | | {block.get('skipped') or 'failed: ' + block['error'][:120]} |")
-        elif "summary" in block:
+        elif "summary" in block and "decode_tokens_per_s" in block["summary"]:  # one mode (transformers')
+            row = block["summary"]
+            line(peer, row, f"greedy output identical to ours on {row['identical_to_engine_plain']} of {row['prompts']}")
+        elif "summary" in block:  # a row per mode (llama.cpp's)
+            same = [r["plain_same_text_as_engine"] for r in block["prompts"] if "plain_same_text_as_engine" in r]
             for mode, row in block["summary"].items():
-                line(f"{peer} {mode}", row)
+                line(f"{peer} {mode}", row, f"greedy text identical to ours on {sum(same)} of {len(same)}"
+                     if mode == "plain" and same else "")
         elif "decode_tokens_per_s" in block:
             line(peer, block)
         elif "ms_per_token" in block:  # run_transformers' row

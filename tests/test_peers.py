@@ -202,6 +202,8 @@ def test_transformers_prompt_lookup_rows_equal_our_plain_greedy(tmp_path):
     assert [r["identical_to_engine_plain"] for r in result["prompts"]] == [True, True]
     assert result["summary"]["identical_to_engine_plain"] == 2
     assert all(r["tokens_generated"] == len(e["plain"]["token_ids"]) for r, e in zip(result["prompts"], engine_rows))
+    table = benchmark.peers_markdown({"shape": "tiny", "peers": {"transformers_prompt_lookup": result}})
+    assert "| transformers_prompt_lookup | 2 |" in table and "identical to ours on 2 of 2" in table
 
 
 def test_hf_llama_refuses_a_state_dict_with_wrong_keys(tmp_path):
