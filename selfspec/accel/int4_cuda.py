@@ -7,7 +7,8 @@ thing a batch-1 GEMV needs: many bytes of weights in flight on every SM. Each wa
 along K; each thread issues ROWS * UNROLL independent 16-byte weight loads before it uses any of them. The
 first batch of loads is issued before the kernel waits for the kernel before it (programmatic dependent
 launch, PDL): the weights do not depend on it, only x does, which each block then copies once into shared
-memory.
+memory. Once x is ready the kernel lets the next one launch, whose blocks then load their weights while this
+one computes.
 
 With the norm prologue the kernel is given the residual stream h instead of x, and the norm's weight: each
 block normalises its copy of h in shared memory (h is a few kilobytes, read from L2 by every block) with
@@ -65,7 +66,7 @@ def _asm_string(ptx: str) -> str:
 
 _SOURCE = r"""
 // Compile-time: GROUP, K_COLS, ROWS (rows per warp), UNROLL (16-byte loads per thread per row per step),
-// WARPS (per block), L2_PREFETCH (a load hint), GLU (rows interleave gate and up), RESIDUAL (add [M, N] fp16),
+// WARPS (per block), L2_PREFETCH (a load hint), LAUNCH_NEXT_EARLY (where PDL lets the next kernel launch), GLU (rows interleave gate and up), RESIDUAL (add [M, N] fp16),
 // NORM (x is the residual stream h: the kernel multiplies by rms_norm(h) * norm_weight).
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -237,6 +238,11 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
         }
         if (base == 0) {
             wait_for_inputs();
+#if LAUNCH_NEXT_EARLY
+            // The kernel before this one has finished: the next one may launch now and stream its weights
+            // while this one works (one kernel ahead at most, since it waits here in turn).
+            let_next_kernel_launch();
+#endif
             copy_activations(xs, x + (long long)m * (K_COLS / 8));
 #if NORM
             normalize_activations(xs, norm_weight, eps);
@@ -260,7 +266,9 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
             }
         }
     }
+#if !LAUNCH_NEXT_EARLY
     let_next_kernel_launch();
+#endif
 
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
@@ -302,6 +310,7 @@ class Tiling:
     unroll: int = 4  # 16-byte loads per thread per row before any is used
     warps: int = 4  # per block
     l2_prefetch: bool = False  # the .L2::256B hint on weight loads
+    launch_next_early: bool = True  # PDL: let the next kernel launch once x is ready (False: after the loop)
 
 
 def default_tiling(n: int, k: int) -> Tiling:
@@ -329,7 +338,8 @@ def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tili
     if glu and tiling.rows % 2:
         raise ValueError("GLU needs an even number of rows per warp")
     defines = dict(GROUP=group, K_COLS=k, ROWS=tiling.rows, UNROLL=tiling.unroll, WARPS=tiling.warps,
-                   L2_PREFETCH=int(tiling.l2_prefetch), GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm))
+                   L2_PREFETCH=int(tiling.l2_prefetch),
+                   LAUNCH_NEXT_EARLY=int(tiling.launch_next_early), GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm))
     options = [f"--gpu-architecture=sm_{arch}", "-std=c++17"] + [f"-D{key}={value}" for key, value in defines.items()]
     program = _check(nvrtc.nvrtcCreateProgram(_SOURCE.encode(), b"int4_cuda.cu", 0, [], []))
     try:

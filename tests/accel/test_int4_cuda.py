@@ -1,6 +1,7 @@
 """The CUDA C++ INT4 GEMV (selfspec/accel/int4_cuda.py): NVRTC builds it without a GPU where cuda-python and NVRTC are
 installed; on a GPU it matches a float32 reference, alone, in CUDA graphs and with programmatic dependent launch, and
 its norm prologue matches pointwise.rms_norm followed by the GEMV."""
+import dataclasses
 import subprocess
 import sys
 import types
@@ -35,6 +36,7 @@ def test_the_shared_ptx_block_becomes_a_cuda_asm_string():
     (128, 4096, False, False, Tiling()), (64, 11008, False, True, Tiling(rows=4, unroll=2, warps=8)),
     (32, 96, True, False, Tiling(rows=2, unroll=1, warps=1)), (128, 13696, True, False, Tiling(rows=4, unroll=4)),
     (64, 320, False, False, Tiling(rows=1, unroll=8, warps=2)), (128, 4096, False, True, Tiling(l2_prefetch=True)),
+    (64, 4096, False, True, Tiling(launch_next_early=False)),
 ])
 def test_nvrtc_builds_a_cubin_for_each_variant(arch, group, k, glu, residual, tiling):
     cubin = int4_cuda.compile_cubin(arch, group, k, glu, residual, tiling)
@@ -180,18 +182,19 @@ def test_residual_and_out():
 
 @pytest.mark.gpu
 @cuda
-@pytest.mark.parametrize("pdl", [False, True])
-def test_chain_in_a_cuda_graph_with_and_without_pdl(pdl):
+@pytest.mark.parametrize("pdl,launch_next_early", [(False, False), (True, False), (True, True)])
+def test_chain_in_a_cuda_graph_with_and_without_pdl(pdl, launch_next_early):
     # Each GEMV reads what the one before wrote, with a torch kernel (no PDL) between two of them: PDL's wait
     # must hold the reads of x back until the producer is done, in eager launches and in a replayed graph.
     if pdl and torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("PDL needs compute capability 9.0")
     layers = [_weights(2048, 2048, 64) for _ in range(4)]
+    tiling = dataclasses.replace(int4_cuda.default_tiling(2048, 2048), launch_next_early=launch_next_early)
     x = torch.randn(1, 2048, device="cuda", dtype=torch.float16)
 
     def chain(x):
         for i, (words, scales, _) in enumerate(layers):
-            x = int4_cuda.int4_gemv(x, words, scales, 64, pdl=pdl)
+            x = int4_cuda.int4_gemv(x, words, scales, 64, pdl=pdl, tiling=tiling)
             x = x / x.norm() * 40 if i == 1 else x * 0.05
         return x
 
