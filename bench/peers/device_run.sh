@@ -17,8 +17,9 @@
 #
 # Durations on an H200 machine (2026-12-05): build 319 s with 16 jobs; proxy with PEER_PROMPTS=3 202 s (our
 # rows over all prompts, a 13.5 GB GGUF write and its Q4_0 copy, 5 llama.cpp runs per prompt that each load
-# the model, transformers); 7b not yet measured. Run them as separate calls: a build cut short by the time
-# limit resumes where it stopped when called again on the same machine, and GGUFs already written are reused.
+# the model, transformers); 7b 113 s (H100 machine, 2026-12-06). Run them as separate calls: a build cut
+# short by the time limit resumes where it stopped when called again on the same machine, and GGUFs already
+# written are reused.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STAGE="${1:?usage: device_run.sh build|proxy|7b|all OUT [SMOLLM2_DIR]}"

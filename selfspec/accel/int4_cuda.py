@@ -66,8 +66,9 @@ def _asm_string(ptx: str) -> str:
 
 _SOURCE = r"""
 // Compile-time: GROUP, K_COLS, ROWS (rows per warp), UNROLL (16-byte loads per thread per row per step),
-// WARPS (per block), L2_PREFETCH (a load hint), LAUNCH_NEXT_EARLY (where PDL lets the next kernel launch), GLU (rows interleave gate and up), RESIDUAL (add [M, N] fp16),
-// NORM (x is the residual stream h: the kernel multiplies by rms_norm(h) * norm_weight).
+// WARPS (per block), L2_PREFETCH (a load hint), LAUNCH_NEXT_EARLY (where PDL lets the next kernel launch),
+// GLU (rows interleave gate and up), RESIDUAL (add [M, N] fp16), NORM (x is the residual stream h: the kernel
+// multiplies by rms_norm(h) * norm_weight).
 typedef unsigned int u32;
 typedef unsigned short u16;
 
@@ -338,8 +339,8 @@ def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tili
     if glu and tiling.rows % 2:
         raise ValueError("GLU needs an even number of rows per warp")
     defines = dict(GROUP=group, K_COLS=k, ROWS=tiling.rows, UNROLL=tiling.unroll, WARPS=tiling.warps,
-                   L2_PREFETCH=int(tiling.l2_prefetch),
-                   LAUNCH_NEXT_EARLY=int(tiling.launch_next_early), GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm))
+                   L2_PREFETCH=int(tiling.l2_prefetch), LAUNCH_NEXT_EARLY=int(tiling.launch_next_early),
+                   GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm))
     options = [f"--gpu-architecture=sm_{arch}", "-std=c++17"] + [f"-D{key}={value}" for key, value in defines.items()]
     program = _check(nvrtc.nvrtcCreateProgram(_SOURCE.encode(), b"int4_cuda.cu", 0, [], []))
     try:
