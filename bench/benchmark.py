@@ -93,8 +93,7 @@ def copy_bandwidth_gbs() -> float:
 def kernel_rows(model) -> list[dict]:
     """INT4 matmul candidates (and the FP16 ones) at M=1 on the model's linear shapes: time, GB/s, error vs
     dequantized."""
-    from selfspec.accel import gemv as gemv_triton, int4 as int4_triton, int4_cuda
-    from selfspec.accel.int8 import int8_matmul
+    from selfspec.accel import gemv as gemv_triton, int4 as int4_triton, int4_cuda, use_kernels
     from selfspec.quantize import dequantize_int4, pack_half2_words, pack_nibbles
 
     layer = model.model.layers[0]
@@ -123,8 +122,8 @@ def kernel_rows(model) -> list[dict]:
         if name == "lm_head":  # the draft's head is INT8 by default (--draft-lm-head)
             # Errors against the 16-bit head's product (the INT4 rows: against the dequantized INT4 weight).
             head, ref16 = Int8Linear(w), x.float() @ w.float().T
-            candidates["triton int8 gemv (fp16; the draft's head)"] = (
-                lambda: int8_matmul(x, head.q, head.scales), head.q.numel() + 2 * n, ref16)
+            use_kernels(head)  # the kernel the draft's head runs on (Int8Linear alone dequantizes)
+            candidates["triton int8 gemv (fp16; the draft's head)"] = (lambda: head(x), head.q.numel() + 2 * n, ref16)
             candidates["torch _weight_int8pack_mm (fp16)"] = (
                 lambda: torch.ops.aten._weight_int8pack_mm(x, head.q, head.scales), head.q.numel() + 2 * n, ref16)
         try:
