@@ -435,8 +435,16 @@ def _llamacpp_prompt_rows(bin_dir, f16, q4, prompts, new_tokens: int) -> dict:
                          "ms_per_token": decode_s / tokens * 1e3 if tokens else 0.0,
                          "first_token_latency_s": statistics.mean(m["first_token_latency_s"] for m in ok),
                          "acceptance_rate": sum(m.get("accepted", 0) for m in ok) / drafted if drafted else None,
-                         "tokens_per_round": None}
+                         "tokens_per_round": _tokens_per_round(ok),
+                         "peak_gpu_memory_gib": max((m["peak_gpu_memory_gib"] for m in ok
+                                                     if m.get("peak_gpu_memory_gib") is not None), default=None)}
     return {"prompts": rows, "summary": summary}
+
+
+def _tokens_per_round(rows) -> float | None:
+    """Tokens emitted per target pass over rows that count rounds (None for plain decoding's)."""
+    rounds = sum(r["rounds"] for r in rows if r.get("rounds"))
+    return sum(r["tokens_generated"] for r in rows if r.get("rounds")) / rounds if rounds else None
 
 
 def proxy_peer_rows(model, ckpt, tokenizer, engine_rows, args) -> dict:
@@ -588,13 +596,15 @@ def peers_markdown(r: dict) -> str:
     if not peers:
         return ""
     lines = ["", f"Peers on {r['shape']}:", "",
-             "| peer | prompts | decode tokens/s | ms/token | first token ms | acceptance | note |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| peer | prompts | decode tokens/s | ms/token | first token ms | acceptance | tokens/round | peak GiB | note |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
 
     def line(name, row, note=""):
-        acc = row.get("acceptance_rate")
+        acc, per_round = row.get("acceptance_rate"), row.get("tokens_per_round")
+        peak = row.get("peak_gpu_memory_gib", row.get("peak_memory_gib"))
         lines.append(f"| {name} | {row.get('prompts', 1)} | {row['decode_tokens_per_s']:.1f} | {row['ms_per_token']:.2f} | "
-                     f"{row['first_token_latency_s'] * 1e3:.1f} | {'' if acc is None else f'{acc:.1%}'} | {note} |")
+                     f"{row['first_token_latency_s'] * 1e3:.1f} | {'' if acc is None else f'{acc:.1%}'} | "
+                     f"{'' if per_round is None else f'{per_round:.2f}'} | {'' if peak is None else f'{peak:.1f}'} | {note} |")
 
     counts = [b["summary"].get("prompts") or next(iter(b["summary"].values()))["prompts"]
               for b in peers.values() if "summary" in b]
@@ -607,10 +617,13 @@ def peers_markdown(r: dict) -> str:
             line(f"ours {name}", {"prompts": len(rows), "decode_tokens_per_s": tokens / decode_s,
                                   "ms_per_token": 1e3 * decode_s / tokens,
                                   "first_token_latency_s": sum(p[name]["first_token_latency_s"] for p in rows) / len(rows),
-                                  "acceptance_rate": sum(p[name]["accepted"] for p in rows) / drafted if drafted else None})
+                                  "acceptance_rate": sum(p[name]["accepted"] for p in rows) / drafted if drafted else None,
+                                  "tokens_per_round": tokens / sum(p[name]["verify_steps"] for p in rows) if drafted else None,
+                                  "peak_gpu_memory_gib": max((p[name]["peak_memory_gib"] for p in rows
+                                                              if p[name].get("peak_memory_gib") is not None), default=None)})
     for peer, block in peers.items():
         if "skipped" in block or "error" in block:
-            lines.append(f"| {peer} | | | | | | {block.get('skipped') or 'failed: ' + block['error'][:120]} |")
+            lines.append(f"| {peer} | | | | | | | | {block.get('skipped') or 'failed: ' + block['error'][:120]} |")
         elif "summary" in block and "decode_tokens_per_s" in block["summary"]:  # one mode (transformers')
             row = block["summary"]
             line(peer, row, f"greedy output identical to ours on {row['identical_to_engine_plain']} of {row['prompts']}")
@@ -626,7 +639,7 @@ def peers_markdown(r: dict) -> str:
         else:
             for mode, row in block.items():
                 if "error" in row:
-                    lines.append(f"| {peer} {mode} | | | | | | failed: {row['error'][:120]} |")
+                    lines.append(f"| {peer} {mode} | | | | | | | | failed: {row['error'][:120]} |")
                 else:
                     line(f"{peer} {mode}", row, f"prompt {row['prompt_tokens']} tokens")
     return "\n".join(lines) + "\n"

