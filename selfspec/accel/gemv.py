@@ -39,24 +39,26 @@ def serves(weight: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
+    def load_tile(ptr, rows, row_ok, k, K):
+        """Rows `rows` (those with row_ok) by columns `k` of a row-major matrix [*, K]; zero outside it."""
+        return tl.load(ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0)
+
+    @triton.jit
     def _matmul_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_K: tl.constexpr, PDL: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         m = tl.arange(0, BLOCK_M)
-        m_ok = m < M
         cols = tl.arange(0, BLOCK_K)
         wait_for_inputs(PDL)
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            k = k0 + cols
-            k_ok = k < K
-            w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            x = tl.load(x_ptr + m[:, None] * K + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            w = load_tile(w_ptr, rows, row_ok, k0 + cols, K)
+            x = load_tile(x_ptr, m, m < M, k0 + cols, K)
             acc = tl.dot(w, tl.trans(x), acc)
         let_next_kernel_launch(PDL)
         tl.store(y_ptr + m[None, :] * N + rows[:, None], acc.to(y_ptr.dtype.element_ty),
-                 mask=m_ok[None, :] & row_ok[:, None])
+                 mask=(m < M)[None, :] & row_ok[:, None])
 
     # The best of 54 configurations on an H100 at the 7B shapes (weights read from DRAM, one row and nine).
     # Tuned per weight shape, not per row count: every row count must run the same configuration.

@@ -14,6 +14,7 @@ try:
     import triton
     import triton.language as tl
 
+    from .gemv import load_tile
     from .launch import let_next_kernel_launch, wait_for_inputs
 except ImportError:  # CPU-only installs
     triton = None
@@ -32,9 +33,8 @@ if triton is not None:
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             k = k0 + cols
-            k_ok = k < K
-            w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0)
-            x = tl.load(x_ptr + m * stride_xm + k, mask=k_ok, other=0.0)
+            w = load_tile(w_ptr, rows, row_ok, k, K)
+            x = tl.load(x_ptr + m * stride_xm + k, mask=k < K, other=0.0)
             acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
         let_next_kernel_launch(PDL)
         y = tl.sum(acc, axis=1) * tl.load(s_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
