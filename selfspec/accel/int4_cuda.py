@@ -66,7 +66,8 @@ def _asm_string(ptx: str) -> str:
 
 _SOURCE = r"""
 // Compile-time: GROUP, K_COLS, ROWS (rows per warp), UNROLL (16-byte loads per thread per row per step),
-// WARPS (per block), L2_PREFETCH (a load hint), LAUNCH_NEXT_EARLY (where PDL lets the next kernel launch),
+// WARPS (per block), MIN_BLOCKS (blocks per SM the registers must allow; 0: the compiler's choice),
+// L2_PREFETCH (a load hint), LAUNCH_NEXT_EARLY (where PDL lets the next kernel launch),
 // GLU (rows interleave gate and up), RESIDUAL (add [M, N] fp16), NORM (x is the residual stream h: the kernel
 // multiplies by rms_norm(h) * norm_weight).
 typedef unsigned int u32;
@@ -198,7 +199,13 @@ __device__ __forceinline__ void let_next_kernel_launch() {
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(WARPS * 32)
+#if MIN_BLOCKS
+#define LAUNCH_BOUNDS __launch_bounds__(WARPS * 32, MIN_BLOCKS)
+#else
+#define LAUNCH_BOUNDS __launch_bounds__(WARPS * 32)
+#endif
+
+extern "C" __global__ void LAUNCH_BOUNDS
 int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const uint4* x, u16* y,
           const u16* residual, const uint4* norm_weight, int n, float eps) {
     const int lane = threadIdx.x % 32;
@@ -310,6 +317,7 @@ class Tiling:
     rows: int = 2  # rows per warp (even with GLU)
     unroll: int = 4  # 16-byte loads per thread per row before any is used
     warps: int = 4  # per block
+    min_blocks: int = 0  # blocks per SM the kernel's registers must leave room for (0: no bound)
     l2_prefetch: bool = False  # the .L2::256B hint on weight loads
     launch_next_early: bool = True  # PDL: let the next kernel launch once x is ready (False: after the loop)
 
@@ -339,7 +347,7 @@ def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tili
     if glu and tiling.rows % 2:
         raise ValueError("GLU needs an even number of rows per warp")
     defines = dict(GROUP=group, K_COLS=k, ROWS=tiling.rows, UNROLL=tiling.unroll, WARPS=tiling.warps,
-                   L2_PREFETCH=int(tiling.l2_prefetch), LAUNCH_NEXT_EARLY=int(tiling.launch_next_early),
+                   MIN_BLOCKS=tiling.min_blocks, L2_PREFETCH=int(tiling.l2_prefetch), LAUNCH_NEXT_EARLY=int(tiling.launch_next_early),
                    GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm))
     options = [f"--gpu-architecture=sm_{arch}", "-std=c++17"] + [f"-D{key}={value}" for key, value in defines.items()]
     program = _check(nvrtc.nvrtcCreateProgram(_SOURCE.encode(), b"int4_cuda.cu", 0, [], []))

@@ -1,0 +1,80 @@
+"""A/B of the CUDA INT4 GEMV's tilings inside the whole draft step: the default (2 rows a warp, up to 4 loads
+of 16 bytes per row in flight per thread, 4 warps a block) against a register bound that allows 8 or 10
+blocks per SM (`Tiling.min_blocks`), 8 warps a block, 4 rows a warp with half the loads per row, one row a
+warp for the square o_proj (more blocks for its 0.55 waves), and the L2 256-byte hint. Graphed draft steps
+of the 7B and 13B shapes (random weights) at position 1,088, the variants alternated over two rounds; the
+largest difference of each variant's draft logits from the default's (a tiling sums in another order);
+the registers each variant's kernels take.
+
+    python docs/perf/h200-2026-12-06-tiling-ab.py OUT.json
+"""
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.harness import cuda_ms, free_cuda, random_model  # noqa: E402
+from selfspec.accel import graph_models, int4_cuda  # noqa: E402
+from selfspec.draft import make_draft  # noqa: E402
+
+POS = 1088
+default_tiling = int4_cuda.default_tiling
+VARIANTS = {
+    "default": lambda n, k, t: t,
+    "min_blocks_8": lambda n, k, t: dataclasses.replace(t, min_blocks=8),
+    "min_blocks_10": lambda n, k, t: dataclasses.replace(t, min_blocks=10),
+    "warps_8": lambda n, k, t: dataclasses.replace(t, warps=8),
+    "rows_4_half_unroll": lambda n, k, t: dataclasses.replace(t, rows=4, unroll=max(1, t.unroll // 2)),
+    "o_proj_rows_1": lambda n, k, t: dataclasses.replace(t, rows=1) if n == k else t,
+    "l2_prefetch": lambda n, k, t: dataclasses.replace(t, l2_prefetch=True),
+}
+
+
+def registers(tiling_of) -> list[int]:
+    """Registers per thread of the loaded kernels whose tiling this variant chose."""
+    attribute = int4_cuda.driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_NUM_REGS
+    return sorted({int4_cuda._check(int4_cuda.driver.cuFuncGetAttribute(attribute, function))
+                   for key, (_, function) in int4_cuda._kernels.items() if key[-1] in tiling_of})
+
+
+@torch.inference_mode()
+def main():
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "pos": POS, "shapes": {}}
+    tok = torch.zeros(1, 1, dtype=torch.long, device="cuda")
+    offs = torch.tensor([POS], device="cuda")
+    for shape in ("7b", "13b"):
+        model = random_model(shape, POS + 64)
+        draft = make_draft(model)
+        times, logits, regs = {name: [] for name in VARIANTS}, {}, {}
+        for _ in range(2):
+            for name, change in VARIANTS.items():
+                chosen = set()
+
+                def tiling(n, k, change=change, chosen=chosen):
+                    t = change(n, k, default_tiling(n, k))
+                    chosen.add(t)
+                    return t
+
+                int4_cuda.default_tiling = tiling
+                model_g, draft_g = graph_models(model, draft)
+                logits[name] = draft_g(tok, offs, POS + 1).float().clone()
+                times[name].append(cuda_ms(lambda: draft_g(tok, offs, POS + 1), iters=100))
+                regs[name] = registers(chosen)
+                del model_g, draft_g
+        plain_g, _ = graph_models(model, None)
+        results["shapes"][shape] = {
+            "plain_step_ms": cuda_ms(lambda: plain_g(tok, offs, POS + 1), iters=50),
+            "draft_step_ms": times, "registers": regs,
+            "max_logit_diff_from_default": {k: float((v - logits["default"]).abs().max()) for k, v in logits.items()}}
+        print(shape, json.dumps(results["shapes"][shape]), flush=True)
+        del model, draft, plain_g
+        free_cuda()
+    int4_cuda.default_tiling = default_tiling
+    Path(sys.argv[1]).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
