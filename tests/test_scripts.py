@@ -269,3 +269,18 @@ def test_convert_gguf_refuses_a_full_folder_before_converting(tmp_path, monkeypa
     with pytest.raises(ValueError):
         convert_gguf.convert(tmp_path / "model.gguf", tmp_path / "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+
+
+def test_profile_charges_each_kernel_its_share_of_the_chain():
+    from bench.profile_step import chain_charges
+
+    kernels = [(0.0, 10.0, "int4_gemv"),            # W_pack: 10
+               (8.0, 14.0, "_attention_blocks_kernel"),  # started early (PDL) and waited: 10..14 is its share
+               (16.0, 20.0, "_merge_blocks_kernel"),  # after 2 us with nothing running
+               (19.0, 30.0, "int4_gemv"),           # o_proj: 20..30
+               (30.0, 31.0, "int4_gemv"), (31.0, 33.0, "int4_gemv"), (33.0, 34.0, "int4_gemv")]  # gate_up, down, W_pack
+    phases, span, idle = chain_charges(kernels)
+    assert (span, idle) == (34.0, 2.0)
+    assert phases["W_pack"] == [2, 11.0] and phases["o_proj"] == [1, 10.0] and phases["down"] == [1, 2.0]
+    assert phases["attention"] == [1, 4.0] and phases["attention merge"] == [1, 4.0]
+    assert sum(us for _, us in phases.values()) + idle == span
