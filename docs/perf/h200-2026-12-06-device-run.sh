@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The runs behind the H200 figures of 2026-12-06 (docs/performance.md), one call each, in this order, on one
 # machine (torch 2.11.0+cu130, transformers 5.17.0):
-#   bash docs/perf/h200-2026-12-06-device-run.sh a   # the GEMV tiling A/B, the GPU test tier, the step profiles
+#   bash docs/perf/h200-2026-12-06-device-run.sh a   # the MLP kernel's tests, the draft step A/B, the GPU test tier,
+#                                                    # the step profiles
 #   bash docs/perf/h200-2026-12-06-device-run.sh b   # the SmolLM2 proxy, then the 7B and 13B shapes
 #   bash docs/perf/h200-2026-12-06-device-run.sh c   # llama.cpp built, then the 7B shape with its peers
 #   bash docs/perf/h200-2026-12-06-device-run.sh d   # the 13B shape with its peers
@@ -12,13 +13,14 @@ set -u
 export PYTHONUNBUFFERED=1
 case $1 in
 a)
-    python3 docs/perf/h200-2026-12-06-tiling-ab.py "$OUT/tiling-ab.json" > "$OUT/tiling-ab.txt" 2>&1
+    timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/accel/test_mlp_cuda.py tests/accel/test_fused_draft.py \
+        > "$OUT/mlp-tests.txt" 2>&1
+    timeout 240 python3 docs/perf/h200-2026-12-06-draft-step-ab.py "$OUT/draft-step-ab.json" > "$OUT/draft-step-ab.txt" 2>&1
+    timeout 60 python3 bench/profile_step.py --shape 7b --graphed > "$OUT/profile-7b-graphed.txt" 2>&1
+    timeout 60 python3 bench/profile_step.py --shape 13b --graphed > "$OUT/profile-13b-graphed.txt" 2>&1
     start=$(date +%s)
-    python3 -m pytest -q -p no:cacheprovider -m gpu --durations=15 tests > "$OUT/gpu-tier.txt" 2>&1
+    timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu --durations=15 tests > "$OUT/gpu-tier.txt" 2>&1
     echo "GPU tier: $(( $(date +%s) - start )) s" >> "$OUT/gpu-tier.txt"
-    python3 bench/profile_step.py --shape 7b > "$OUT/profile-7b.txt" 2>&1
-    python3 bench/profile_step.py --shape 7b --graphed > "$OUT/profile-7b-graphed.txt" 2>&1
-    python3 bench/profile_step.py --shape 13b --graphed > "$OUT/profile-13b-graphed.txt" 2>&1
     ;;
 b)
     python3 scripts/convert_gguf.py "$GGUF" /tmp/smollm2 > /dev/null 2>&1

@@ -1,12 +1,13 @@
-"""A/B of the CUDA INT4 GEMV's tilings inside the whole draft step: the default (2 rows a warp, up to 4 loads
-of 16 bytes per row in flight per thread, 4 warps a block) against a register bound that allows 8 or 10
-blocks per SM (`Tiling.min_blocks`), 8 warps a block, 4 rows a warp with half the loads per row, one row a
-warp for the square o_proj (more blocks for its 0.55 waves), and the L2 256-byte hint. Graphed draft steps
-of the 7B and 13B shapes (random weights) at position 1,088, the variants alternated over two rounds; the
-largest difference of each variant's draft logits from the default's (a tiling sums in another order);
-the registers each variant's kernels take.
+"""A/B of the draft step's MLP block as one persistent kernel (accel/mlp_cuda.py, the default since) against
+two GEMV launches, and of the CUDA INT4 GEMV's tilings: the default (2 rows a warp, up to 4 loads of 16 bytes
+per row in flight per thread, 4 warps a block) against a register bound that allows 8 or 10 blocks per SM
+(`Tiling.min_blocks`), 8 warps a block, 4 rows a warp with half the loads per row, one row a warp for the
+square o_proj (more blocks for its 0.55 waves), and the L2 256-byte hint (each with the MLP kernel). Graphed
+draft steps of the 7B and 13B shapes (random weights) at position 1,088, the variants alternated over two
+rounds; the largest difference of each variant's draft logits from the default's (another summation
+order); the registers each variant's GEMVs take.
 
-    python docs/perf/h200-2026-12-06-tiling-ab.py OUT.json
+    python docs/perf/h200-2026-12-06-draft-step-ab.py OUT.json
 """
 import dataclasses
 import json
@@ -17,13 +18,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.harness import cuda_ms, free_cuda, random_model  # noqa: E402
-from selfspec.accel import graph_models, int4_cuda  # noqa: E402
+from selfspec.accel import graph_models, int4_cuda, mlp_cuda  # noqa: E402
 from selfspec.draft import make_draft  # noqa: E402
 
 POS = 1088
 default_tiling = int4_cuda.default_tiling
 VARIANTS = {
     "default": lambda n, k, t: t,
+    "mlp_as_two_gemvs": lambda n, k, t: t,
     "min_blocks_8": lambda n, k, t: dataclasses.replace(t, min_blocks=8),
     "min_blocks_10": lambda n, k, t: dataclasses.replace(t, min_blocks=10),
     "warps_8": lambda n, k, t: dataclasses.replace(t, warps=8),
@@ -59,6 +61,7 @@ def main():
                     return t
 
                 int4_cuda.default_tiling = tiling
+                mlp_cuda.enabled = name != "mlp_as_two_gemvs"
                 model_g, draft_g = graph_models(model, draft)
                 logits[name] = draft_g(tok, offs, POS + 1).float().clone()
                 times[name].append(cuda_ms(lambda: draft_g(tok, offs, POS + 1), iters=100))
@@ -66,13 +69,13 @@ def main():
                 del model_g, draft_g
         plain_g, _ = graph_models(model, None)
         results["shapes"][shape] = {
-            "plain_step_ms": cuda_ms(lambda: plain_g(tok, offs, POS + 1), iters=50),
+            "mlp_in_one_kernel": draft.mlp_in_one_kernel(), "plain_step_ms": cuda_ms(lambda: plain_g(tok, offs, POS + 1), iters=50),
             "draft_step_ms": times, "registers": regs,
             "max_logit_diff_from_default": {k: float((v - logits["default"]).abs().max()) for k, v in logits.items()}}
         print(shape, json.dumps(results["shapes"][shape]), flush=True)
         del model, draft, plain_g
         free_cuda()
-    int4_cuda.default_tiling = default_tiling
+    int4_cuda.default_tiling, mlp_cuda.enabled = default_tiling, True
     Path(sys.argv[1]).write_text(json.dumps(results, indent=1))
 
 
