@@ -129,24 +129,32 @@ draft_mlp(const uint4* __restrict__ gu_words, const u16* __restrict__ gu_scales,
     asm volatile("cp.async.wait_all;" ::: "memory");
     __syncthreads();
     const u16* h_halves = (const u16*)h;
-    for (int i = warp; i < rows; i += WARPS) {
+    // Rows in shared memory two at a time (one read of a's pieces for both), the others one at a time.
+    for (int i = 2 * warp; i < in_shared; i += 2 * WARPS) {
+        const int j = min(i + 1, in_shared - 1);  // an odd last row is read twice and stored once
+        float acc[2] = {0.0f, 0.0f};
+        for (int base = 0; base < CHUNKS2; base += 32) {
+            const int c = min(base + lane, CHUNKS2 - 1);  // dot_step skips c past the row itself
+            const uint4 tile_w[1][2] = {{down_tile[i * CHUNKS2 + c], down_tile[j * CHUNKS2 + c]}};
+            const u16 tile_s[1][2] = {{tile_scales[i * GROUPS2 + c / CHUNKS_PER_GROUP],
+                                      tile_scales[j * GROUPS2 + c / CHUNKS_PER_GROUP]}};
+            dot_step<2, 1, CHUNKS2>(acc, tile_w, tile_s, acts, base, lane);
+        }
+        sum_over_lanes(acc);
+        if (lane == 0) {
+            h_out[row0 + i] = float_to_half(acc[0] + half_to_float(h_halves[row0 + i]));
+            if (j > i) h_out[row0 + j] = float_to_half(acc[1] + half_to_float(h_halves[row0 + j]));
+        }
+    }
+    for (int i = in_shared + warp; i < rows; i += WARPS) {  // rows that did not fit: from global memory
+        const uint4* const row_w[1] = {down_words + (long long)(row0 + i) * CHUNKS2};
+        const u16* const row_s[1] = {down_scales + (long long)(row0 + i) * GROUPS2};
         float acc[1] = {0.0f};
-        if (i < in_shared) {
-            for (int base = 0; base < CHUNKS2; base += 32) {
-                const int c = min(base + lane, CHUNKS2 - 1);  // dot_step skips c past the row itself
-                const uint4 tile_w[1][1] = {{down_tile[i * CHUNKS2 + c]}};
-                const u16 tile_s[1][1] = {{tile_scales[i * GROUPS2 + c / CHUNKS_PER_GROUP]}};
-                dot_step<1, 1, CHUNKS2>(acc, tile_w, tile_s, acts, base, lane);
-            }
-        } else {  // a row that did not fit into shared memory: from global memory
-            const uint4* const row_w[1] = {down_words + (long long)(row0 + i) * CHUNKS2};
-            const u16* const row_s[1] = {down_scales + (long long)(row0 + i) * GROUPS2};
-            for (int base = 0; base < CHUNKS2; base += 32 * UNROLL) {
-                uint4 gw[UNROLL][1];
-                u16 gs[UNROLL][1];
-                load_step<1, UNROLL, CHUNKS2>(gw, gs, row_w, row_s, base, lane);
-                dot_step<1, UNROLL, CHUNKS2>(acc, gw, gs, acts, base, lane);
-            }
+        for (int base = 0; base < CHUNKS2; base += 32 * UNROLL) {
+            uint4 w2[UNROLL][1];
+            u16 s2[UNROLL][1];
+            load_step<1, UNROLL, CHUNKS2>(w2, s2, row_w, row_s, base, lane);
+            dot_step<1, UNROLL, CHUNKS2>(acc, w2, s2, acts, base, lane);
         }
         sum_over_lanes(acc);
         if (lane == 0) h_out[row0 + i] = float_to_half(acc[0] + half_to_float(h_halves[row0 + i]));
