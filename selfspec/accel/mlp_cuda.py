@@ -10,7 +10,7 @@ the last wave of gate/up leaves SMs idle. Here one block per SM runs the whole b
   3. a grid barrier in global memory (a counter and a generation: nothing to reset between calls or CUDA-graph
      replays) waits for every block's share;
   4. it copies silu(gate) * up into shared memory and multiplies its down rows, from shared memory (the rest
-     from global memory), adding h.
+     from global memory, into L2 ahead of time as gate/up's last rows stream), adding h.
 Every block must be resident at once for the barrier: the grid is one block per SM and the kernel is used
 only where one block fits on an SM (`plan`); the next kernel may launch (PDL) only after the barrier, so it
 cannot take an SM a block of this one still needs. The arithmetic per row and lane is int4_cuda's, so the
@@ -60,6 +60,15 @@ __device__ __forceinline__ void grid_barrier(unsigned* barrier) {
     __syncthreads();
 }
 
+// The down rows that do not fit into shared memory (this warp's share of them) into L2, as the warp starts its
+// last gate/up task: late enough that the rest of gate/up does not push them out again before phase 4.
+__device__ __forceinline__ void prefetch_streamed_rows(const uint4* down_words, int row0, int in_shared, int rows,
+                                                       int warp, int lane) {
+    for (int i = in_shared + warp; i < rows; i += WARPS)
+        for (int c = lane * 8; c < CHUNKS2; c += 32 * 8)  // a 128-byte line: 8 chunks
+            asm volatile("prefetch.global.L2::evict_last [%0];" :: "l"(down_words + (long long)(row0 + i) * CHUNKS2 + c));
+}
+
 extern "C" __global__ void __launch_bounds__(WARPS * 32, 1)
 draft_mlp(const uint4* __restrict__ gu_words, const u16* __restrict__ gu_scales, const uint4* __restrict__ down_words,
           const u16* __restrict__ down_scales, const uint4* h, const uint4* norm_weight, uint4* act, u16* h_out,
@@ -104,6 +113,7 @@ draft_mlp(const uint4* __restrict__ gu_words, const u16* __restrict__ gu_scales,
     normalize_activations(xs, norm_weight, eps);
     for (bool first = true; task < tasks; task += gridDim.x * WARPS, first = false) {
         if (!first) point_at(task);
+        if (task + gridDim.x * WARPS >= tasks) prefetch_streamed_rows(down_words, row0, in_shared, rows, warp, lane);
         float acc[ROWS];
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) acc[r] = 0.0f;
