@@ -1,5 +1,5 @@
-"""A/B of the draft step's MLP block as one persistent kernel (accel/mlp_cuda.py, the default since) against
-two GEMV launches, and of the CUDA INT4 GEMV's tilings: the default (2 rows a warp, up to 4 loads of 16 bytes
+"""A/B of the draft step's MLP block as one persistent kernel (accel/mlp_cuda.py, the default since, 16 warps a
+block; also 12 and 8) against two GEMV launches, and of the CUDA INT4 GEMV's tilings: the default (2 rows a warp, up to 4 loads of 16 bytes
 per row in flight per thread, 4 warps a block) against a register bound that allows 8 or 10 blocks per SM
 (`Tiling.min_blocks`), 8 warps a block, 4 rows a warp with half the loads per row, one row a warp for the
 square o_proj (more blocks for its 0.55 waves), and the L2 256-byte hint (each with the MLP kernel). Graphed
@@ -26,6 +26,8 @@ default_tiling = int4_cuda.default_tiling
 VARIANTS = {
     "default": lambda n, k, t: t,
     "mlp_as_two_gemvs": lambda n, k, t: t,
+    "mlp_12_warps": lambda n, k, t: t,
+    "mlp_8_warps": lambda n, k, t: t,
     "min_blocks_8": lambda n, k, t: dataclasses.replace(t, min_blocks=8),
     "min_blocks_10": lambda n, k, t: dataclasses.replace(t, min_blocks=10),
     "warps_8": lambda n, k, t: dataclasses.replace(t, warps=8),
@@ -62,6 +64,8 @@ def main():
 
                 int4_cuda.default_tiling = tiling
                 mlp_cuda.enabled = name != "mlp_as_two_gemvs"
+                mlp_cuda.WARPS = int(name.split("_")[1]) if name.endswith("_warps") else 16
+                draft.__dict__.pop("_mlp_kernel_serves", None)  # planned again with these warps
                 model_g, draft_g = graph_models(model, draft)
                 logits[name] = draft_g(tok, offs, POS + 1).float().clone()
                 times[name].append(cuda_ms(lambda: draft_g(tok, offs, POS + 1), iters=100))
@@ -75,7 +79,7 @@ def main():
         print(shape, json.dumps(results["shapes"][shape]), flush=True)
         del model, draft, plain_g
         free_cuda()
-    int4_cuda.default_tiling, mlp_cuda.enabled = default_tiling, True
+    int4_cuda.default_tiling, mlp_cuda.enabled, mlp_cuda.WARPS = default_tiling, True, 16
     Path(sys.argv[1]).write_text(json.dumps(results, indent=1))
 
 

@@ -25,7 +25,7 @@ import torch
 
 from . import int4_cuda
 
-WARPS = 16  # per block: 512 threads, up to 128 registers each with one block per SM
+WARPS = 16  # per block (plans made from now on): 512 threads, up to 128 registers each with one block per SM
 enabled = True  # False: the draft keeps two GEMV launches per MLP block (for benchmarks that compare them)
 
 _KERNEL = r"""
@@ -177,14 +177,15 @@ draft_mlp(const uint4* __restrict__ gu_words, const u16* __restrict__ gu_scales,
 class Plan:
     """How the kernel covers one shape on one device."""
     blocks: int  # one per SM
+    warps: int  # per block
     down_rows: int  # down rows per block
     shared_rows: int  # of those, the first ones copied into shared memory
     shared_bytes: int  # dynamic shared memory per block
 
 
-def _sizes(hidden: int, inter: int, group: int):
+def _sizes(hidden: int, inter: int, group: int, warps: int = WARPS):
     """(static shared bytes, bytes of one down row's words and scales in shared memory)."""
-    return (hidden + inter) * 2 + 4 * WARPS, inter // 2 + inter // group * 2
+    return (hidden + inter) * 2 + 4 * warps, inter // 2 + inter // group * 2
 
 
 def plan(device: torch.device, hidden: int, inter: int, group: int) -> Plan | None:
@@ -198,20 +199,21 @@ def plan_for(sms: int, shared_per_block: int, hidden: int, inter: int, group: in
     kernel cannot walk, or where less than half of each block's down rows would fit into shared memory."""
     if group % 32 or hidden % group or inter % (2 * group):  # scales copied in 4-byte pieces: an even count a row
         return None
-    static, row_bytes = _sizes(hidden, inter, group)
+    static, row_bytes = _sizes(hidden, inter, group, WARPS)
     if static > 48 * 1024:
         return None
     down_rows = math.ceil(hidden / sms)
     shared_rows = min(down_rows, (shared_per_block - static - 1024) // row_bytes)
     if shared_rows < down_rows / 2:
         return None
-    return Plan(sms, down_rows, shared_rows, shared_rows * row_bytes)
+    return Plan(sms, WARPS, down_rows, shared_rows, shared_rows * row_bytes)
 
 
-def compile_cubin(arch: int, hidden: int, inter: int, group: int, down_rows: int, shared_rows: int) -> bytes:
+def compile_cubin(arch: int, hidden: int, inter: int, group: int, down_rows: int, shared_rows: int,
+                  warps: int = WARPS) -> bytes:
     """The kernel as a cubin for sm_{arch}. Needs NVRTC only, no GPU."""
     tiling = int4_cuda.default_tiling(2 * inter, hidden)
-    defines = dict(GROUP=group, K_COLS=hidden, ROWS=2, UNROLL=tiling.unroll, WARPS=WARPS, MIN_BLOCKS=0,
+    defines = dict(GROUP=group, K_COLS=hidden, ROWS=2, UNROLL=tiling.unroll, WARPS=warps, MIN_BLOCKS=0,
                    L2_PREFETCH=0, LAUNCH_NEXT_EARLY=1, GLU=1, RESIDUAL=0, NORM=1, INTER=inter, DOWN_ROWS=down_rows,
                    SHARED_ROWS=shared_rows)
     return int4_cuda.nvrtc_cubin(int4_cuda.HELPERS + _KERNEL, arch, defines, "the draft MLP kernel")
@@ -224,7 +226,7 @@ def _kernel(device: torch.device, hidden: int, inter: int, group: int, p: Plan):
     key = (device.index, hidden, inter, group, p)
     if key not in _functions:
         function = int4_cuda.load_kernel(device, ("mlp", *key[1:]), b"draft_mlp", lambda arch: compile_cubin(
-            arch, hidden, inter, group, p.down_rows, p.shared_rows))
+            arch, hidden, inter, group, p.down_rows, p.shared_rows, p.warps))
         attribute = int4_cuda.driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
         int4_cuda._check(int4_cuda.driver.cuFuncSetAttribute(function, attribute, p.shared_bytes))
         _functions[key] = function
@@ -241,7 +243,7 @@ def serves(device: torch.device, hidden: int, inter: int, group: int) -> bool:
         return False
     function = _kernel(device, hidden, inter, group, p)
     blocks = int4_cuda._check(int4_cuda.driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(
-        function, 32 * WARPS, p.shared_bytes))
+        function, 32 * p.warps, p.shared_bytes))
     return blocks >= 1
 
 
@@ -271,6 +273,6 @@ def draft_mlp(h: torch.Tensor, norm_weight: torch.Tensor, eps: float, gate_up_wo
             h.data_ptr(), norm_weight.data_ptr(), act.data_ptr(), out.data_ptr(), _barriers[device.index].data_ptr(),
             float(eps))
     pdl = pdl and torch.cuda.get_device_capability(device) >= (9, 0)
-    int4_cuda.launch(function, (p.blocks, 1, 1), (32 * WARPS, 1, 1), torch.cuda.current_stream(device).cuda_stream,
+    int4_cuda.launch(function, (p.blocks, 1, 1), (32 * p.warps, 1, 1), torch.cuda.current_stream(device).cuda_stream,
                      pdl, args, _ARG_TYPES, p.shared_bytes)
     return out

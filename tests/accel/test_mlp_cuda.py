@@ -21,7 +21,7 @@ TOLERANCE = 1e-3
 
 def test_plan_keeps_all_of_7b_down_in_shared_memory_and_most_of_13b():
     p7 = mlp_cuda.plan_for(*H100, 4096, 11008, 64)
-    assert (p7.blocks, p7.down_rows, p7.shared_rows) == (132, 32, 32)  # 132 * 32 rows >= 4,096
+    assert (p7.blocks, p7.warps, p7.down_rows, p7.shared_rows) == (132, 16, 32, 32)  # 132 * 32 rows >= 4,096
     assert p7.shared_bytes == 32 * (11008 // 2 + 11008 // 64 * 2)
     p13 = mlp_cuda.plan_for(*H100, 5120, 13696, 64)
     assert (p13.down_rows, p13.shared_rows) == (39, 26)  # 39 rows of 7.1 KB do not fit into 227 KB
