@@ -1,7 +1,7 @@
 """A/B of the draft step's MLP block as one persistent kernel (accel/mlp_cuda.py, the default since, 16 warps a
 block; also 12 and 8) against two GEMV launches, and of the CUDA INT4 GEMV's tilings: the default (2 rows a warp, up to 4 loads of 16 bytes
-per row in flight per thread, 4 warps a block) against a register bound that allows 8 or 10 blocks per SM
-(`Tiling.min_blocks`), 8 warps a block, 4 rows a warp with half the loads per row, one row a warp for the
+per row in flight per thread, 4 warps a block) against a register bound that allows 8 blocks per SM
+(`Tiling.min_blocks`), 4 rows a warp with half the loads per row, one row a warp for the
 square o_proj (more blocks for its 0.55 waves), and the L2 256-byte hint (each with the MLP kernel). Graphed
 draft steps of the 7B and 13B shapes (random weights) at position 1,088, the variants alternated over two
 rounds; the largest difference of each variant's draft logits from the default's (another summation
@@ -29,8 +29,6 @@ VARIANTS = {
     "mlp_12_warps": lambda n, k, t: t,
     "mlp_8_warps": lambda n, k, t: t,
     "min_blocks_8": lambda n, k, t: dataclasses.replace(t, min_blocks=8),
-    "min_blocks_10": lambda n, k, t: dataclasses.replace(t, min_blocks=10),
-    "warps_8": lambda n, k, t: dataclasses.replace(t, warps=8),
     "rows_4_half_unroll": lambda n, k, t: dataclasses.replace(t, rows=4, unroll=max(1, t.unroll // 2)),
     "o_proj_rows_1": lambda n, k, t: dataclasses.replace(t, rows=1) if n == k else t,
     "l2_prefetch": lambda n, k, t: dataclasses.replace(t, l2_prefetch=True),
