@@ -15,6 +15,10 @@ case $1 in
 a)
     timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/accel/test_mlp_cuda.py tests/accel/test_fused_draft.py \
         > "$OUT/mlp-tests.txt" 2>&1
+    if [ $? = 124 ]; then  # the MLP kernel hung: the rest runs without it (this copy of the code only)
+        echo "mlp tests timed out: the runs below have mlp_cuda.enabled = False" | tee -a "$OUT/mlp-tests.txt"
+        sed -i 's/^enabled = True/enabled = False/' selfspec/accel/mlp_cuda.py
+    fi
     timeout 240 python3 docs/perf/h200-2026-12-06-draft-step-ab.py "$OUT/draft-step-ab.json" > "$OUT/draft-step-ab.txt" 2>&1
     timeout 60 python3 bench/profile_step.py --shape 7b --graphed > "$OUT/profile-7b-graphed.txt" 2>&1
     timeout 60 python3 bench/profile_step.py --shape 13b --graphed > "$OUT/profile-13b-graphed.txt" 2>&1
