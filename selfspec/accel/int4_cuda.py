@@ -290,9 +290,20 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
 
 #pragma unroll 1
     for (int base = 0; base < CHUNKS; base += STEP) {
+        // All of this step's weight and scale loads first: ROWS * UNROLL * 16 bytes in flight per thread.
         uint4 w[UNROLL][ROWS];
         u16 s[UNROLL][ROWS];
-        load_step<ROWS, UNROLL, CHUNKS>(w, s, row_words, row_scales, base, lane);
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int c = base + u * 32 + lane;
+            if (CHUNKS % STEP == 0 || c < CHUNKS) {
+#pragma unroll
+                for (int r = 0; r < ROWS; ++r) {
+                    w[u][r] = load_weights(row_words[r] + c);
+                    s[u][r] = load_scale(row_scales[r] + c / CHUNKS_PER_GROUP);
+                }
+            }
+        }
         if (base == 0) {
             wait_for_inputs();
 #if LAUNCH_NEXT_EARLY
@@ -305,13 +316,34 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
             normalize_activations(xs, norm_weight, eps);
 #endif
         }
-        dot_step<ROWS, UNROLL, CHUNKS>(acc, w, s, xs, base, lane);
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int c = base + u * 32 + lane;
+            if (CHUNKS % STEP == 0 || c < CHUNKS) {
+                // 32 activations: four words' worth, each word's eight as four half2 pairs.
+                const uint4 x0 = xs[swizzle(4 * c)], x1 = xs[swizzle(4 * c + 1)], x2 = xs[swizzle(4 * c + 2)],
+                            x3 = xs[swizzle(4 * c + 3)];
+#pragma unroll
+                for (int r = 0; r < ROWS; ++r) {
+                    const float dot = word_dot(w[u][r].x, x0.x, x0.y, x0.z, x0.w)
+                                    + word_dot(w[u][r].y, x1.x, x1.y, x1.z, x1.w)
+                                    + word_dot(w[u][r].z, x2.x, x2.y, x2.z, x2.w)
+                                    + word_dot(w[u][r].w, x3.x, x3.y, x3.z, x3.w);
+                    acc[r] += dot * half_to_float(s[u][r]);
+                }
+            }
+        }
     }
 #if !LAUNCH_NEXT_EARLY
     let_next_kernel_launch();
 #endif
 
-    sum_over_lanes(acc);
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+#pragma unroll
+        for (int offset = 16; offset > 0; offset /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
+        acc[r] *= 16.0f;  // word_dot's 1/16
+    }
     if (lane != 0) return;
 #if GLU
     const int n_out = n / 2;
@@ -319,7 +351,8 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
     for (int r = 0; r < ROWS; r += 2) {
         const int row = (row0 + r) / 2;
         if (row < n_out) {
-            y[(long long)m * n_out + row] = silu_times(acc[r], acc[r + 1]);
+            const float gate = acc[r], up = acc[r + 1];
+            y[(long long)m * n_out + row] = float_to_half(gate / (1.0f + __expf(-gate)) * up);
         }
     }
 #else
