@@ -3,7 +3,8 @@
 # machine (torch 2.11.0+cu130, transformers 5.17.0):
 #   bash docs/perf/h200-2026-12-06-device-run.sh a   # the MLP kernel's tests, the draft step A/B, the GPU test tier,
 #                                                    # the step profiles
-#   bash docs/perf/h200-2026-12-06-device-run.sh b   # the 7B and 13B shapes
+#   bash docs/perf/h200-2026-12-06-device-run.sh b   # after the GEMV's own loop was back: the A/B, the profiles,
+#                                                    # the 7B and 13B shapes
 #   bash docs/perf/h200-2026-12-06-device-run.sh proxy  # the SmolLM2 proxy
 #   bash docs/perf/h200-2026-12-06-device-run.sh c   # llama.cpp built, then the 7B shape with its peers
 #   bash docs/perf/h200-2026-12-06-device-run.sh d   # the 13B shape with its peers
@@ -28,7 +29,10 @@ a)
     echo "GPU tier: $(( $(date +%s) - start )) s" >> "$OUT/gpu-tier.txt"
     ;;
 b)
-    python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes" > "$OUT/shapes.txt" 2>&1
+    timeout 100 python3 docs/perf/h200-2026-12-06-draft-step-ab.py "$OUT/draft-step-ab.json" > "$OUT/draft-step-ab.txt" 2>&1
+    timeout 60 python3 bench/profile_step.py --shape 7b --graphed > "$OUT/profile-7b-graphed.txt" 2>&1
+    timeout 60 python3 bench/profile_step.py --shape 13b --graphed > "$OUT/profile-13b-graphed.txt" 2>&1
+    timeout 200 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes" > "$OUT/shapes.txt" 2>&1
     ;;
 proxy)
     python3 scripts/convert_gguf.py "$GGUF" /tmp/smollm2 > /dev/null 2>&1
