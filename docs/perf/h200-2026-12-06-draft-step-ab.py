@@ -1,8 +1,6 @@
-"""A/B of the draft step's MLP block as one persistent kernel (accel/mlp_cuda.py, the default since, 16 warps a
-block; also 12 and 8) against two GEMV launches, and of the CUDA INT4 GEMV's tilings: the default (2 rows a warp, up to 4 loads of 16 bytes
-per row in flight per thread, 4 warps a block) against a register bound that allows 8 blocks per SM
-(`Tiling.min_blocks`), 4 rows a warp with half the loads per row, one row a warp for the
-square o_proj (more blocks for its 0.55 waves), and the L2 256-byte hint (each with the MLP kernel). Graphed
+"""A/B of the draft step's MLP block as one persistent kernel (accel/mlp_cuda.py, 16 warps a block; also 12)
+against two GEMV launches, and of the CUDA INT4 GEMV's default tiling (2 rows a warp, up to 4 loads of 16
+bytes per row in flight per thread, 4 warps a block) against 4 rows a warp with half the loads per row. Graphed
 draft steps of the 7B and 13B shapes (random weights) at position 1,088, the variants alternated over two
 rounds; the largest difference of each variant's draft logits from the default's (another summation
 order); the registers each variant's GEMVs take.
@@ -27,12 +25,11 @@ VARIANTS = {
     "default": lambda n, k, t: t,
     "mlp_as_two_gemvs": lambda n, k, t: t,
     "mlp_12_warps": lambda n, k, t: t,
-    "mlp_8_warps": lambda n, k, t: t,
-    "min_blocks_8": lambda n, k, t: dataclasses.replace(t, min_blocks=8),
     "rows_4_half_unroll": lambda n, k, t: dataclasses.replace(t, rows=4, unroll=max(1, t.unroll // 2)),
-    "o_proj_rows_1": lambda n, k, t: dataclasses.replace(t, rows=1) if n == k else t,
-    "l2_prefetch": lambda n, k, t: dataclasses.replace(t, l2_prefetch=True),
 }
+# Tried in the first run of this script (docs/perf/h100-2026-12-06-draft-step-ab-shared-steps.json, where the GEMV
+# ran through the shared step functions): 8 warps for the MLP kernel, Tiling(min_blocks=8), one row a warp for
+# o_proj, the L2 256-byte hint; none faster than the default.
 
 
 def registers(tiling_of) -> list[int]:
