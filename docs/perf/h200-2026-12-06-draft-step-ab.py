@@ -58,7 +58,7 @@ def main():
                     return t
 
                 int4_cuda.default_tiling = tiling
-                mlp_cuda.enabled = name != "mlp_as_two_gemvs"
+                mlp_cuda.enabled = name in ("default", "mlp_12_warps")
                 mlp_cuda.WARPS = int(name.split("_")[1]) if name.endswith("_warps") else 16
                 draft.__dict__.pop("_mlp_kernel_serves", None)  # planned again with these warps
                 model_g, draft_g = graph_models(model, draft)
