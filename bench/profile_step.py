@@ -26,7 +26,6 @@ from selfspec.draft import make_draft  # noqa: E402
 from selfspec.errors import run_main  # noqa: E402
 
 GEMV_PHASES = ("W_pack", "o_proj", "gate_up", "down")
-MLP_PHASE = "MLP block (mlp_cuda)"
 
 
 def kernel_totals(name, m, tok, pos, end):
@@ -56,7 +55,6 @@ def phase_bytes(module, live_len: int) -> dict:
         if draft:
             for phase, linear in zip(GEMV_PHASES, (attn.W_pack, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)):
                 out[phase] += nbytes(linear)
-            out[MLP_PHASE] += nbytes(mlp.gate_up_proj) + nbytes(mlp.down_proj)
         else:
             out["FP16 GEMVs"] += nbytes(attn.W_pack) + nbytes(attn.o_proj) + nbytes(mlp)
         cache = attn.kv_cache.k
@@ -65,12 +63,11 @@ def phase_bytes(module, live_len: int) -> dict:
     return out
 
 
-def phase_of(kernel: str, gemv_index: int, gemv_phases=GEMV_PHASES) -> str:
-    """The phase of a kernel; the INT4 GEMVs by their place in the layer (gemv_phases: those of one layer)."""
+def phase_of(kernel: str, gemv_index: int) -> str:
+    """The phase of a kernel; the INT4 GEMVs by their place in the layer."""
     if "int4_gemv" in kernel:
-        return gemv_phases[gemv_index % len(gemv_phases)]
-    for word, phase in (("draft_mlp", MLP_PHASE), ("_matmul_kernel", "FP16 GEMVs"), ("attention", "attention"),
-                        ("merge", "attention merge"),
+        return GEMV_PHASES[gemv_index % 4]
+    for word, phase in (("_matmul_kernel", "FP16 GEMVs"), ("attention", "attention"), ("merge", "attention merge"),
                         ("rope", "rope + cache write"), ("int8", "head"), ("norm", "norm"), ("silu", "silu * up")):
         if word in kernel:
             return phase
@@ -82,10 +79,8 @@ def chain_charges(kernels) -> tuple[dict, float, float]:
     start, if later) to its own end: (phase -> [launches, time charged], span, time with no kernel running)."""
     phases = defaultdict(lambda: [0, 0.0])
     previous_end, gemvs, idle = kernels[0][0], 0, 0.0
-    # With the MLP block as one kernel, a layer's INT4 GEMVs are W_pack and o_proj only.
-    gemv_phases = GEMV_PHASES[:2] if any("draft_mlp" in kernel for _, _, kernel in kernels) else GEMV_PHASES
     for start, stop, kernel in kernels:
-        phase = phase_of(kernel, gemvs, gemv_phases)
+        phase = phase_of(kernel, gemvs)
         gemvs += phase in GEMV_PHASES
         idle += max(0.0, start - previous_end)
         phases[phase][0] += 1

@@ -284,7 +284,3 @@ def test_profile_charges_each_kernel_its_share_of_the_chain():
     assert phases["W_pack"] == [2, 11.0] and phases["o_proj"] == [1, 10.0] and phases["down"] == [1, 2.0]
     assert phases["attention"] == [1, 4.0] and phases["attention merge"] == [1, 4.0]
     assert sum(us for _, us in phases.values()) + idle == span
-    # With the MLP block as one kernel, a layer has two INT4 GEMVs: W_pack and o_proj.
-    phases, _, _ = chain_charges([(0.0, 1.0, "int4_gemv"), (1.0, 2.0, "int4_gemv"), (2.0, 5.0, "draft_mlp"),
-                                  (5.0, 6.0, "int4_gemv")])
-    assert phases["W_pack"] == [2, 2.0] and phases["o_proj"] == [1, 1.0] and phases["MLP block (mlp_cuda)"] == [1, 3.0]

@@ -9,16 +9,13 @@ o_proj, gate/up, down; no norm or add kernel. The final norm before the head sta
 Each GEMV reads h only after the grid-dependency wait of programmatic dependent launch (or after the kernel
 before it ends, without PDL), and h is never written in place: o_proj and down write a new tensor.
 
-For one token, where mlp_cuda serves the shape, the MLP block (norm, gate/up, down, residual) is one
-persistent kernel instead of two GEMVs (`mlp_cuda.enabled` False keeps the GEMVs, for benchmarks).
-
 Rounding differs from FusedTransformer's in two places, so the logits agree within a few fp16 rounding steps
 (tests/accel/test_fused_draft.py): the norm sums its squares in another order (int4_cuda.py), and h + W x is
 rounded to fp16 once, where the unfused layer rounds W x and then the sum.
 """
 import torch
 
-from . import attention, int4, launch, mlp_cuda, pointwise
+from . import attention, int4, pointwise
 from .transformer import FusedTransformer
 
 
@@ -55,24 +52,10 @@ class FusedDraft(FusedTransformer):
         rope = (self.rope_cos, self.rope_sin) if self.args.position_encoding == "rope" else None
         alibi = None if rope is not None else self.alibi
         h = self.model.embed_tokens(tokens)
-        one_kernel_mlp = tokens.numel() == 1 and self.mlp_in_one_kernel()
         for layer in self.model.layers:
-            attn, mlp, norm = layer.self_attn, layer.mlp, layer.post_attention_layernorm
+            attn, mlp = layer.self_attn, layer.mlp
             qkv = _gemv(attn.W_pack, h, norm=layer.input_layernorm)
             y = attention.attend_qkv(attn, qkv, input_pos, end, rope, alibi)
             h = _gemv(attn.o_proj, y, residual=h)
-            if one_kernel_mlp:
-                gate_up, down = mlp.gate_up_proj, mlp.down_proj
-                h = mlp_cuda.draft_mlp(h, norm.weight, norm.eps, gate_up.packed, gate_up.scales, down.packed, down.scales,
-                                       down.group_size, pdl=launch.enabled)
-            else:
-                h = _gemv(mlp.down_proj, _gemv(mlp.gate_up_proj, h, norm=norm), residual=h)
+            h = _gemv(mlp.down_proj, _gemv(mlp.gate_up_proj, h, norm=layer.post_attention_layernorm), residual=h)
         return pointwise.rms_norm(h, self.model.norm.weight, self.model.norm.eps)
-
-    def mlp_in_one_kernel(self) -> bool:
-        """Whether one-token passes run the MLP block as mlp_cuda's kernel (decided once, at the first pass)."""
-        if mlp_cuda.enabled and "_mlp_kernel_serves" not in self.__dict__:
-            down = self.model.layers[0].mlp.down_proj
-            self._mlp_kernel_serves = mlp_cuda.serves(down.packed.device, down.out_features, down.in_features,
-                                                      down.group_size)
-        return mlp_cuda.enabled and self._mlp_kernel_serves

@@ -64,11 +64,9 @@ def _asm_string(ptx: str) -> str:
     return "\n".join(f'        "{line}\\n"' for line in lines)
 
 
-# The device functions both CUDA kernels (this GEMV, mlp_cuda's MLP block) are made of, then this kernel.
-HELPERS = r"""
+_SOURCE = r"""
 // Compile-time: GROUP, K_COLS, ROWS (rows per warp), UNROLL (16-byte loads per thread per row per step),
-// WARPS (per block), MIN_BLOCKS (blocks per SM the registers must allow; 0: the compiler's choice),
-// L2_PREFETCH (a load hint), LAUNCH_NEXT_EARLY (where PDL lets the next kernel launch),
+// WARPS (per block), L2_PREFETCH (a load hint), LAUNCH_NEXT_EARLY (where PDL lets the next kernel launch),
 // GLU (rows interleave gate and up), RESIDUAL (add [M, N] fp16), NORM (x is the residual stream h: the kernel
 // multiplies by rms_norm(h) * norm_weight).
 typedef unsigned int u32;
@@ -200,72 +198,7 @@ __device__ __forceinline__ void let_next_kernel_launch() {
 #endif
 }
 
-// One step of a warp's walk along K over R rows: the loads of chunks base + u * 32 + lane (u < U) of each row,
-// all issued before any is used (R * U * 16 bytes of weights in flight per thread) ...
-template <int R, int U, int NCHUNKS>
-__device__ __forceinline__ void load_step(uint4 (&w)[U][R], u16 (&s)[U][R], const uint4* const (&row_words)[R],
-                                          const u16* const (&row_scales)[R], int base, int lane) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        const int c = base + u * 32 + lane;
-        if (NCHUNKS % (32 * U) == 0 || c < NCHUNKS) {
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-                w[u][r] = load_weights(row_words[r] + c);
-                s[u][r] = load_scale(row_scales[r] + c / CHUNKS_PER_GROUP);
-            }
-        }
-    }
-}
-
-// ... then their products with the activations (in shared memory, at swizzled places) added to acc.
-template <int R, int U, int NCHUNKS>
-__device__ __forceinline__ void dot_step(float (&acc)[R], const uint4 (&w)[U][R], const u16 (&s)[U][R],
-                                         const uint4* xs, int base, int lane) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        const int c = base + u * 32 + lane;
-        if (NCHUNKS % (32 * U) == 0 || c < NCHUNKS) {
-            // 32 activations: four words' worth, each word's eight as four half2 pairs.
-            const uint4 x0 = xs[swizzle(4 * c)], x1 = xs[swizzle(4 * c + 1)], x2 = xs[swizzle(4 * c + 2)],
-                        x3 = xs[swizzle(4 * c + 3)];
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-                const float dot = word_dot(w[u][r].x, x0.x, x0.y, x0.z, x0.w)
-                                + word_dot(w[u][r].y, x1.x, x1.y, x1.z, x1.w)
-                                + word_dot(w[u][r].z, x2.x, x2.y, x2.z, x2.w)
-                                + word_dot(w[u][r].w, x3.x, x3.y, x3.z, x3.w);
-                acc[r] += dot * half_to_float(s[u][r]);
-            }
-        }
-    }
-}
-
-// The warp's sums of its lanes' parts, in every lane, times word_dot's 1/16 undone.
-template <int R>
-__device__ __forceinline__ void sum_over_lanes(float (&acc)[R]) {
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-#pragma unroll
-        for (int offset = 16; offset > 0; offset /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
-        acc[r] *= 16.0f;
-    }
-}
-
-__device__ __forceinline__ u16 silu_times(float gate, float up) {
-    return float_to_half(gate / (1.0f + __expf(-gate)) * up);
-}
-
-""".replace("__HALF2_DOT__", _asm_string(_HALF2_DOT))
-
-_SOURCE = HELPERS + r"""
-#if MIN_BLOCKS
-#define LAUNCH_BOUNDS __launch_bounds__(WARPS * 32, MIN_BLOCKS)
-#else
-#define LAUNCH_BOUNDS __launch_bounds__(WARPS * 32)
-#endif
-
-extern "C" __global__ void LAUNCH_BOUNDS
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
 int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const uint4* x, u16* y,
           const u16* residual, const uint4* norm_weight, int n, float eps) {
     const int lane = threadIdx.x % 32;
@@ -369,7 +302,7 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
     }
 #endif
 }
-"""
+""".replace("__HALF2_DOT__", _asm_string(_HALF2_DOT))
 
 
 @dataclass(frozen=True)
@@ -377,7 +310,6 @@ class Tiling:
     rows: int = 2  # rows per warp (even with GLU)
     unroll: int = 4  # 16-byte loads per thread per row before any is used
     warps: int = 4  # per block
-    min_blocks: int = 0  # blocks per SM the kernel's registers must leave room for (0: no bound)
     l2_prefetch: bool = False  # the .L2::256B hint on weight loads
     launch_next_early: bool = True  # PDL: let the next kernel launch once x is ready (False: after the loop)
 
@@ -407,21 +339,16 @@ def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tili
     if glu and tiling.rows % 2:
         raise ValueError("GLU needs an even number of rows per warp")
     defines = dict(GROUP=group, K_COLS=k, ROWS=tiling.rows, UNROLL=tiling.unroll, WARPS=tiling.warps,
-                   MIN_BLOCKS=tiling.min_blocks, L2_PREFETCH=int(tiling.l2_prefetch), LAUNCH_NEXT_EARLY=int(tiling.launch_next_early),
+                   L2_PREFETCH=int(tiling.l2_prefetch), LAUNCH_NEXT_EARLY=int(tiling.launch_next_early),
                    GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm))
-    return nvrtc_cubin(_SOURCE, arch, defines, "the INT4 kernel")
-
-
-def nvrtc_cubin(source: str, arch: int, defines: dict, what: str) -> bytes:
-    """`source` compiled by NVRTC with these -D defines into a cubin for sm_{arch}."""
     options = [f"--gpu-architecture=sm_{arch}", "-std=c++17"] + [f"-D{key}={value}" for key, value in defines.items()]
-    program = _check(nvrtc.nvrtcCreateProgram(source.encode(), b"int4_cuda.cu", 0, [], []))
+    program = _check(nvrtc.nvrtcCreateProgram(_SOURCE.encode(), b"int4_cuda.cu", 0, [], []))
     try:
         (status,) = nvrtc.nvrtcCompileProgram(program, len(options), [o.encode() for o in options])
         if int(status) != 0:
             log = b" " * _check(nvrtc.nvrtcGetProgramLogSize(program))
             nvrtc.nvrtcGetProgramLog(program, log)
-            raise RuntimeError(f"NVRTC failed to compile {what}: {log.decode(errors='replace')}")
+            raise RuntimeError(f"NVRTC failed to compile the INT4 kernel: {log.decode(errors='replace')}")
         cubin = b" " * _check(nvrtc.nvrtcGetCUBINSize(program))
         _check(nvrtc.nvrtcGetCUBIN(program, cubin))
         return cubin
@@ -443,20 +370,15 @@ def _ensure_context(device: torch.device) -> None:
             _check(driver.cuCtxSetCurrent(context))
 
 
-def load_kernel(device: torch.device, key: tuple, name: bytes, build):
-    """The function `name` of the cubin `build(arch)` makes, loaded once per (device, key) in a process."""
-    key = (device.index, *key)
+def _kernel(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling):
+    key = (device.index, group, k, glu, residual, norm, tiling)
     if key not in _kernels:
         _ensure_context(device)
         major, minor = torch.cuda.get_device_capability(device)
-        module = _check(driver.cuModuleLoadData(build(major * 10 + minor)))
-        _kernels[key] = (module, _check(driver.cuModuleGetFunction(module, name)))
+        cubin = compile_cubin(major * 10 + minor, group, k, glu, residual, tiling, norm)
+        module = _check(driver.cuModuleLoadData(cubin))
+        _kernels[key] = (module, _check(driver.cuModuleGetFunction(module, b"int4_gemv")))
     return _kernels[key][1]
-
-
-def _kernel(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling):
-    return load_kernel(device, (group, k, glu, residual, norm, tiling), b"int4_gemv",
-                       lambda arch: compile_cubin(arch, group, k, glu, residual, tiling, norm))
 
 
 def available(device: torch.device) -> bool:
@@ -485,12 +407,11 @@ def available(device: torch.device) -> bool:
 _ARG_TYPES = (ctypes.c_void_p,) * 6 + (ctypes.c_int, ctypes.c_float)
 
 
-def launch(function, grid, block, stream, pdl: bool, args, arg_types=_ARG_TYPES, shared_bytes: int = 0) -> None:
-    """cuLaunchKernelEx of `function` on `stream` (a CUDA-graph capture records it), with PDL if `pdl`."""
+def _launch(function, grid, block, stream, pdl: bool, args) -> None:
     config = driver.CUlaunchConfig()
     config.gridDimX, config.gridDimY, config.gridDimZ = grid
     config.blockDimX, config.blockDimY, config.blockDimZ = block
-    config.sharedMemBytes = shared_bytes
+    config.sharedMemBytes = 0
     config.hStream = driver.CUstream(stream)
     if pdl:
         attribute = driver.CUlaunchAttribute()
@@ -500,7 +421,7 @@ def launch(function, grid, block, stream, pdl: bool, args, arg_types=_ARG_TYPES,
         config.numAttrs = 1
     else:
         config.numAttrs = 0
-    _check(driver.cuLaunchKernelEx(config, function, (args, arg_types), 0))
+    _check(driver.cuLaunchKernelEx(config, function, (args, _ARG_TYPES), 0))
 
 
 def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group: int, glu: bool = False,
@@ -552,5 +473,5 @@ def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group:
     args = (words.data_ptr(), scales.data_ptr(), flat.data_ptr(), out.data_ptr(),
             0 if residual is None else residual.data_ptr(), 0 if norm_weight is None else norm_weight.data_ptr(), n,
             float(norm_eps))
-    launch(function, grid, (32 * tiling.warps, 1, 1), stream, pdl, args)
+    _launch(function, grid, (32 * tiling.warps, 1, 1), stream, pdl, args)
     return out

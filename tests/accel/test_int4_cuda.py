@@ -36,7 +36,7 @@ def test_the_shared_ptx_block_becomes_a_cuda_asm_string():
     (128, 4096, False, False, Tiling()), (64, 11008, False, True, Tiling(rows=4, unroll=2, warps=8)),
     (32, 96, True, False, Tiling(rows=2, unroll=1, warps=1)), (128, 13696, True, False, Tiling(rows=4, unroll=4)),
     (64, 320, False, False, Tiling(rows=1, unroll=8, warps=2)), (128, 4096, False, True, Tiling(l2_prefetch=True)),
-    (64, 4096, False, True, Tiling(launch_next_early=False)), (64, 4096, True, False, Tiling(min_blocks=8)),
+    (64, 4096, False, True, Tiling(launch_next_early=False)),
 ])
 def test_nvrtc_builds_a_cubin_for_each_variant(arch, group, k, glu, residual, tiling):
     cubin = int4_cuda.compile_cubin(arch, group, k, glu, residual, tiling)
@@ -141,7 +141,7 @@ def test_matches_float32_reference(n, k, group, m, glu):
 @cuda
 @pytest.mark.parametrize("tiling", [Tiling(rows=1, unroll=1, warps=1), Tiling(rows=2, unroll=8, warps=4),
                                     Tiling(rows=4, unroll=2, warps=8), Tiling(rows=4, unroll=4, warps=2),
-                                    Tiling(rows=2, unroll=6, l2_prefetch=True), Tiling(min_blocks=8)])
+                                    Tiling(rows=2, unroll=6, l2_prefetch=True)])
 def test_every_tiling_matches_with_ragged_rows_and_columns(tiling):
     # 1001 rows and 11008 columns: a partial last warp and a partial last step along K
     words, scales, w = _weights(1001, 11008, 64)
