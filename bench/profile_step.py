@@ -28,15 +28,20 @@ from selfspec.errors import run_main  # noqa: E402
 GEMV_PHASES = ("W_pack", "o_proj", "gate_up", "down")
 
 
-def kernel_totals(name, m, tok, pos, end):
-    """The eager step's kernels, summed per kernel name."""
+def profiled_step(step, tok, pos, end) -> torch.profiler.profile:
+    """The CUDA profile of one call of `step` after three warm-up calls."""
     for _ in range(3):
-        m(tok, pos, end)
+        step(tok, pos, end)
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        m(tok, pos, end)
+        step(tok, pos, end)
         torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    return prof
+
+
+def kernel_totals(name, m, tok, pos, end):
+    """The eager step's kernels, summed per kernel name."""
+    events = [e for e in profiled_step(m, tok, pos, end).key_averages() if e.device_time_total > 0]
     total = sum(e.device_time_total for e in events)
     count = sum(e.count for e in events)
     print(f"\n{name} step: {total / 1e3:.2f} ms of kernels in {count} launches")
@@ -91,13 +96,8 @@ def chain_charges(kernels) -> tuple[dict, float, float]:
 
 def timeline(name, graphed, module, tok, pos, end):
     """One graph replay's kernels (microseconds) charged along the chain, per phase."""
-    for _ in range(3):
-        graphed(tok, pos, end)
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        graphed(tok, pos, end)
-        torch.cuda.synchronize()
-    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+    events = profiled_step(graphed, tok, pos, end).events()
+    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in events
                      if e.device_type == torch.autograd.DeviceType.CUDA and "memcpy" not in e.name.lower()
                      and "memset" not in e.name.lower())
     if not kernels:
