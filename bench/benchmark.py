@@ -642,6 +642,8 @@ def peers_markdown(r: dict) -> str:
                     lines.append(f"| {peer} {mode} | | | | | | | | failed: {row['error'][:120]} |")
                 else:
                     line(f"{peer} {mode}", row, f"prompt {row['prompt_tokens']} tokens")
+    lines.append("\npeak GiB: ours and transformers', the most torch allocated; llama.cpp's, the most device memory its "
+                 "process took (nvidia-smi, its CUDA context included).")
     return "\n".join(lines) + "\n"
 
 
