@@ -127,7 +127,7 @@ def main():
     if args.graphed:
         model_g, draft_g = graph_models(model, draft)
         for name, graphed, module in (("plain", model_g, model), ("draft", draft_g, draft)):
-            timeline(name, graphed, getattr(graphed, "module", module), tok, pos, args.pos + 1)
+            timeline(name, graphed, module, tok, pos, args.pos + 1)
         return
     use_kernels(model, draft)
     for name, m in (("plain", model), ("draft", draft)):
