@@ -436,15 +436,19 @@ def _llamacpp_prompt_rows(bin_dir, f16, q4, prompts, new_tokens: int) -> dict:
                          "first_token_latency_s": statistics.mean(m["first_token_latency_s"] for m in ok),
                          "acceptance_rate": sum(m.get("accepted", 0) for m in ok) / drafted if drafted else None,
                          "tokens_per_round": _tokens_per_round(ok),
-                         "peak_gpu_memory_gib": max((m["peak_gpu_memory_gib"] for m in ok
-                                                     if m.get("peak_gpu_memory_gib") is not None), default=None)}
+                         "peak_gpu_memory_gib": _largest(m.get("peak_gpu_memory_gib") for m in ok)}
     return {"prompts": rows, "summary": summary}
 
 
 def _tokens_per_round(rows) -> float | None:
     """Tokens emitted per target pass over rows that count rounds (None for plain decoding's)."""
-    rounds = sum(r["rounds"] for r in rows if r.get("rounds"))
-    return sum(r["tokens_generated"] for r in rows if r.get("rounds")) / rounds if rounds else None
+    counted = [r for r in rows if r.get("rounds")]
+    return sum(r["tokens_generated"] for r in counted) / sum(r["rounds"] for r in counted) if counted else None
+
+
+def _largest(values) -> float | None:
+    """The largest of the values that are known (not None), or None."""
+    return max((v for v in values if v is not None), default=None)
 
 
 def proxy_peer_rows(model, ckpt, tokenizer, engine_rows, args) -> dict:
@@ -619,8 +623,7 @@ def peers_markdown(r: dict) -> str:
                                   "first_token_latency_s": sum(p[name]["first_token_latency_s"] for p in rows) / len(rows),
                                   "acceptance_rate": sum(p[name]["accepted"] for p in rows) / drafted if drafted else None,
                                   "tokens_per_round": tokens / sum(p[name]["verify_steps"] for p in rows) if drafted else None,
-                                  "peak_gpu_memory_gib": max((p[name]["peak_memory_gib"] for p in rows
-                                                              if p[name].get("peak_memory_gib") is not None), default=None)})
+                                  "peak_memory_gib": _largest(p[name].get("peak_memory_gib") for p in rows)})
     for peer, block in peers.items():
         if "skipped" in block or "error" in block:
             lines.append(f"| {peer} | | | | | | | | {block.get('skipped') or 'failed: ' + block['error'][:120]} |")
