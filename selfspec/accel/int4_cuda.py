@@ -10,6 +10,10 @@ launch, PDL): the weights do not depend on it, only x does, which each block the
 memory. Once x is ready the kernel lets the next one launch, whose blocks then load their weights while this
 one computes.
 
+A matrix of many rows (W_pack, gate/up) runs in a grid of as many blocks as the SMs hold at once (the
+kernel's occupancy), each looping over tiles of rows: x is copied (and normalised) once per block instead of
+once per tile, and no second wave of blocks waits for the first to leave.
+
 With the norm prologue the kernel is given the residual stream h instead of x, and the norm's weight: each
 block normalises its copy of h in shared memory (h is a few kilobytes, read from L2 by every block) with
 pointwise.rms_norm's arithmetic and rounding, so that norm-then-GEMV takes one kernel instead of two. Only
@@ -28,7 +32,7 @@ there, and `unavailable_reason` why not.
 """
 import ctypes
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -198,15 +202,16 @@ __device__ __forceinline__ void let_next_kernel_launch() {
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(WARPS * 32)
-int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const uint4* x, u16* y,
-          const u16* residual, const uint4* norm_weight, int n, float eps) {
+// One tile of WARPS * ROWS rows: each warp its ROWS rows. `first`: the block's first tile, which waits for the
+// kernel before (PDL), copies x into shared memory and normalises it; later tiles reuse that copy.
+__device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ words, const u16* __restrict__ scales,
+                                          const uint4* x, u16* y, const u16* residual, const uint4* norm_weight,
+                                          int n, float eps, int tile, bool first) {
     const int lane = threadIdx.x % 32;
-    const int row0 = (blockIdx.x * WARPS + threadIdx.x / 32) * ROWS;
     const int m = blockIdx.y;
-    __shared__ uint4 xs[K_COLS / 8];
+    const int row0 = (tile * WARPS + threadIdx.x / 32) * ROWS;
 
-    // Rows past n (last block) load row n - 1 again and store nothing: loads stay unconditional, and every
+    // Rows past n (last tile) load row n - 1 again and store nothing: loads stay unconditional, and every
     // warp takes part in the block's copy of x.
     const uint4* row_words[ROWS];
     const u16* row_scales[ROWS];
@@ -237,7 +242,7 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
                 }
             }
         }
-        if (base == 0) {
+        if (base == 0 && first) {
             wait_for_inputs();
 #if LAUNCH_NEXT_EARLY
             // The kernel before this one has finished: the next one may launch now and stream its weights
@@ -268,7 +273,7 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
         }
     }
 #if !LAUNCH_NEXT_EARLY
-    let_next_kernel_launch();
+    if (first) let_next_kernel_launch();
 #endif
 
 #pragma unroll
@@ -302,7 +307,24 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
     }
 #endif
 }
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const uint4* x, u16* y,
+          const u16* residual, const uint4* norm_weight, int n, float eps) {
+    __shared__ uint4 xs[K_COLS / 8];
+#if TILE_LOOP
+    // A grid of fewer blocks than tiles: each block takes every gridDim.x-th tile.
+    const int n_tiles = (n + WARPS * ROWS - 1) / (WARPS * ROWS);
+    for (int tile = blockIdx.x; tile < n_tiles; tile += gridDim.x)
+        gemv_tile(xs, words, scales, x, y, residual, norm_weight, n, eps, tile, tile == blockIdx.x);
+#else
+    gemv_tile(xs, words, scales, x, y, residual, norm_weight, n, eps, blockIdx.x, true);
+#endif
+}
 """.replace("__HALF2_DOT__", _asm_string(_HALF2_DOT))
+
+
+MAX_BLOCKS_PER_SM = 32  # what an SM of compute capability 8.0 to 9.0 holds at most; the kernel's occupancy is lower
 
 
 @dataclass(frozen=True)
@@ -312,11 +334,16 @@ class Tiling:
     warps: int = 4  # per block
     l2_prefetch: bool = False  # the .L2::256B hint on weight loads
     launch_next_early: bool = True  # PDL: let the next kernel launch once x is ready (False: after the loop)
+    # 0: a block per tile of WARPS * ROWS rows. Else a grid of this many blocks an SM, or as many as fit at once if
+    # fewer, each looping over tiles; only where the tiles fill two such grids, since a grid with fewer leaves most
+    # blocks one tile and the rest two.
+    blocks_per_sm: int = 0
 
 
 def default_tiling(n: int, k: int) -> Tiling:
-    """Enough loads per thread to cover short rows in one step, without more registers than that needs."""
-    return Tiling(rows=2, unroll=max(1, min(4, math.ceil(k / 1024))), warps=4)
+    """Enough loads per thread to cover short rows in one step, without more registers than that needs; as many
+    blocks as fit at once, looping over tiles: each copies (and normalises) x once for several tiles."""
+    return Tiling(rows=2, unroll=max(1, min(4, math.ceil(k / 1024))), warps=4, blocks_per_sm=MAX_BLOCKS_PER_SM)
 
 
 def _check(result):
@@ -340,7 +367,7 @@ def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tili
         raise ValueError("GLU needs an even number of rows per warp")
     defines = dict(GROUP=group, K_COLS=k, ROWS=tiling.rows, UNROLL=tiling.unroll, WARPS=tiling.warps,
                    L2_PREFETCH=int(tiling.l2_prefetch), LAUNCH_NEXT_EARLY=int(tiling.launch_next_early),
-                   GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm))
+                   GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm), TILE_LOOP=int(tiling.blocks_per_sm > 0))
     options = [f"--gpu-architecture=sm_{arch}", "-std=c++17"] + [f"-D{key}={value}" for key, value in defines.items()]
     program = _check(nvrtc.nvrtcCreateProgram(_SOURCE.encode(), b"int4_cuda.cu", 0, [], []))
     try:
@@ -356,7 +383,7 @@ def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tili
         nvrtc.nvrtcDestroyProgram(program)
 
 
-_kernels: dict = {}  # (device index, compile key) -> (module, function); modules stay loaded
+_kernels: dict = {}  # (device index, compile key) -> (module, function, blocks an SM holds); modules stay loaded
 
 
 def _ensure_context(device: torch.device) -> None:
@@ -377,8 +404,22 @@ def _kernel(device: torch.device, group: int, k: int, glu: bool, residual: bool,
         major, minor = torch.cuda.get_device_capability(device)
         cubin = compile_cubin(major * 10 + minor, group, k, glu, residual, tiling, norm)
         module = _check(driver.cuModuleLoadData(cubin))
-        _kernels[key] = (module, _check(driver.cuModuleGetFunction(module, b"int4_gemv")))
-    return _kernels[key][1]
+        function = _check(driver.cuModuleGetFunction(module, b"int4_gemv"))
+        resident = _check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(function, 32 * tiling.warps, 0))
+        _kernels[key] = (module, function, resident)
+    return _kernels[key][1:]
+
+
+def _grid(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling, n: int):
+    """The kernel for n rows and its grid's width: blocks looping over tiles where `tiling` asks for it and the
+    tiles fill two grids of them, else a block per tile (built without the loop)."""
+    tiles = math.ceil(n / (tiling.rows * tiling.warps))
+    if tiling.blocks_per_sm:
+        function, resident = _kernel(device, group, k, glu, residual, norm, tiling)
+        blocks = torch.cuda.get_device_properties(device).multi_processor_count * min(tiling.blocks_per_sm, resident)
+        if tiles >= 2 * blocks:
+            return function, blocks
+    return _kernel(device, group, k, glu, residual, norm, replace(tiling, blocks_per_sm=0))[0], tiles
 
 
 def available(device: torch.device) -> bool:
@@ -466,9 +507,9 @@ def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group:
         raise ValueError("int4_gemv: the weight words must be 16-byte aligned")
     tiling = tiling or default_tiling(n, k)
     device = torch.device("cuda", x.device.index if x.device.index is not None else torch.cuda.current_device())
-    function = _kernel(device, group, k, glu, residual is not None, norm_weight is not None, tiling)
+    function, blocks = _grid(device, group, k, glu, residual is not None, norm_weight is not None, tiling, n)
     pdl = pdl and torch.cuda.get_device_capability(device) >= (9, 0)
-    grid = (math.ceil(n / (tiling.rows * tiling.warps)), m, 1)
+    grid = (blocks, m, 1)
     stream = torch.cuda.current_stream(device).cuda_stream
     args = (words.data_ptr(), scales.data_ptr(), flat.data_ptr(), out.data_ptr(),
             0 if residual is None else residual.data_ptr(), 0 if norm_weight is None else norm_weight.data_ptr(), n,

@@ -36,7 +36,7 @@ def test_the_shared_ptx_block_becomes_a_cuda_asm_string():
     (128, 4096, False, False, Tiling()), (64, 11008, False, True, Tiling(rows=4, unroll=2, warps=8)),
     (32, 96, True, False, Tiling(rows=2, unroll=1, warps=1)), (128, 13696, True, False, Tiling(rows=4, unroll=4)),
     (64, 320, False, False, Tiling(rows=1, unroll=8, warps=2)), (128, 4096, False, True, Tiling(l2_prefetch=True)),
-    (64, 4096, False, True, Tiling(launch_next_early=False)),
+    (64, 4096, False, True, Tiling(launch_next_early=False)), (64, 11008, False, True, Tiling(blocks_per_sm=4)),
 ])
 def test_nvrtc_builds_a_cubin_for_each_variant(arch, group, k, glu, residual, tiling):
     cubin = int4_cuda.compile_cubin(arch, group, k, glu, residual, tiling)
@@ -141,9 +141,12 @@ def test_matches_float32_reference(n, k, group, m, glu):
 @cuda
 @pytest.mark.parametrize("tiling", [Tiling(rows=1, unroll=1, warps=1), Tiling(rows=2, unroll=8, warps=4),
                                     Tiling(rows=4, unroll=2, warps=8), Tiling(rows=4, unroll=4, warps=2),
-                                    Tiling(rows=2, unroll=6, l2_prefetch=True)])
+                                    Tiling(rows=2, unroll=6, l2_prefetch=True),
+                                    Tiling(rows=1, unroll=2, warps=1, blocks_per_sm=1),
+                                    Tiling(rows=1, unroll=4, warps=2, blocks_per_sm=2)])
 def test_every_tiling_matches_with_ragged_rows_and_columns(tiling):
-    # 1001 rows and 11008 columns: a partial last warp and a partial last step along K
+    # 1001 rows and 11008 columns: a partial last warp and a partial last step along K (and tiles of one or two
+    # rows, enough for blocks to loop over several each)
     words, scales, w = _weights(1001, 11008, 64)
     x = torch.randn(2, 11008, device="cuda", dtype=torch.float16)
     assert _close(int4_cuda.int4_gemv(x, words, scales, 64, tiling=tiling), _reference(x, w))
@@ -156,17 +159,37 @@ def test_every_tiling_matches_with_ragged_rows_and_columns(tiling):
     (7, 96, 32, False, False), (1000, 320, 64, True, False), (1001, 352, 32, False, True),
     (12288, 4096, 128, False, False), (5120, 5120, 64, False, True), (27392, 5120, 128, True, False),
 ])
-def test_norm_prologue_matches_rms_norm_then_gemv(n, k, group, glu, residual, m):
+@pytest.mark.parametrize("loop", [{}, dict(blocks_per_sm=0), dict(blocks_per_sm=1)])
+def test_norm_prologue_matches_rms_norm_then_gemv(n, k, group, glu, residual, m, loop):
     words, scales, w = _weights(n, k, group)
     h = torch.randn(m, k, device="cuda", dtype=torch.float16) * 3
     norm_weight = (1 + 0.1 * torch.randn(k, device="cuda")).half()
     added = torch.randn(m, n // 2 if glu else n, device="cuda", dtype=torch.float16) if residual else None
     x = pointwise.rms_norm(h, norm_weight, 1e-6)
-    y = int4_cuda.int4_gemv(h, words, scales, group, glu=glu, residual=added, norm_weight=norm_weight, norm_eps=1e-6)
+    tiling = dataclasses.replace(int4_cuda.default_tiling(n, k), **loop)  # blocks looping over tiles normalise once
+    y = int4_cuda.int4_gemv(h, words, scales, group, glu=glu, residual=added, norm_weight=norm_weight, norm_eps=1e-6,
+                            tiling=tiling)
     unfused = int4_cuda.int4_gemv(x, words, scales, group, glu=glu, residual=added)
     assert y.shape == unfused.shape
     assert float((y.float() - unfused.float()).norm() / unfused.float().norm()) < NORM_TOLERANCE
     assert _close(y, _reference(x, w, glu, added), glu)
+
+
+@pytest.mark.gpu
+@cuda
+def test_many_rows_loop_over_tiles_in_a_grid_the_gpu_holds_at_once():
+    # W_pack's 12,288 rows of the 7B shape: as many blocks as the SMs hold at once, each taking several tiles;
+    # o_proj's 4,096 rows would leave most blocks one tile and some two: a block per tile instead.
+    device = torch.device("cuda", torch.cuda.current_device())
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    tiling = int4_cuda.default_tiling(12288, 4096)
+    looping, blocks = int4_cuda._grid(device, 128, 4096, False, False, True, tiling, 12288)
+    _, resident = int4_cuda._kernel(device, 128, 4096, False, False, True, tiling)
+    assert blocks == sms * resident < 12288 // 8 and 1 <= resident <= tiling.blocks_per_sm
+    tiling = int4_cuda.default_tiling(4096, 4096)
+    one_each, tiles = int4_cuda._grid(device, 128, 4096, False, True, False, tiling, 4096)
+    without_loop, _ = int4_cuda._kernel(device, 128, 4096, False, True, False, dataclasses.replace(tiling, blocks_per_sm=0))
+    assert tiles == 4096 // 8 and one_each is without_loop
 
 
 @pytest.mark.gpu
@@ -182,14 +205,16 @@ def test_residual_and_out():
 
 @pytest.mark.gpu
 @cuda
-@pytest.mark.parametrize("pdl,launch_next_early", [(False, False), (True, False), (True, True)])
-def test_chain_in_a_cuda_graph_with_and_without_pdl(pdl, launch_next_early):
+@pytest.mark.parametrize("pdl,launch_next_early,loop", [(False, False, {}), (True, False, {}), (True, True, {}),
+                                                       (True, True, dict(rows=1, warps=2, blocks_per_sm=1)),
+                                                       (True, False, dict(rows=1, warps=2, blocks_per_sm=2))])
+def test_chain_in_a_cuda_graph_with_and_without_pdl(pdl, launch_next_early, loop):
     # Each GEMV reads what the one before wrote, with a torch kernel (no PDL) between two of them: PDL's wait
     # must hold the reads of x back until the producer is done, in eager launches and in a replayed graph.
     if pdl and torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("PDL needs compute capability 9.0")
     layers = [_weights(2048, 2048, 64) for _ in range(4)]
-    tiling = dataclasses.replace(int4_cuda.default_tiling(2048, 2048), launch_next_early=launch_next_early)
+    tiling = dataclasses.replace(int4_cuda.default_tiling(2048, 2048), launch_next_early=launch_next_early, **loop)
     x = torch.randn(1, 2048, device="cuda", dtype=torch.float16)
 
     def chain(x):
