@@ -9,14 +9,7 @@
 set -u
 stage=$1
 export PYTHONUNBUFFERED=1
-run() {  # run NAME SECONDS CMD...: output to $OUT/NAME.txt, its tail and exit status on stdout
-    local name=$1 limit=$2
-    shift 2
-    local t0=$SECONDS
-    timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
-    echo "== $name: rc $? in $((SECONDS - t0)) s"
-    tail -n 12 "$OUT/$name.txt"
-}
+source bench/device_step.sh
 case $stage in
 a)
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt"

@@ -10,18 +10,10 @@
 set -u
 stage=$1
 export PYTHONUNBUFFERED=1
-FINAL=$OUT
-OUT=$FINAL/raw/files/all
+RESULTS=$OUT/results.tgz
+OUT=$OUT/raw/files/all
 mkdir -p "$OUT"
-run() {  # run NAME SECONDS CMD...: output to $OUT/NAME.txt, its tail and exit status on stdout
-    local name=$1 limit=$2
-    shift 2
-    local t0=$SECONDS
-    timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
-    echo "== $name: rc $? in $((SECONDS - t0)) s"
-    tail -n 25 "$OUT/$name.txt"
-    tar czf "$FINAL/results.tgz" -C "$OUT" .
-}
+source bench/device_step.sh
 case $stage in
 c)
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt"
