@@ -20,7 +20,7 @@ def pytest_configure(config):
                    "run by default, as in CI; `-m 'not slow'` leaves them out for a quick run")
     config.addinivalue_line(
         "markers", "gpu: needs CUDA (skipped without it); the GPU tier, every kernel and the graphed decode at small "
-                   "sizes: `pytest -m gpu`")
+                   "sizes: `pytest -m gpu -n 4`")
     config.addinivalue_line("markers", "gpu_slow: needs CUDA; exhaustive GPU sweeps, outside the gpu tier: `pytest -m gpu_slow`")
 
 
