@@ -143,10 +143,10 @@ def test_matches_float32_reference(n, k, group, m, glu):
                                     Tiling(rows=4, unroll=2, warps=8), Tiling(rows=4, unroll=4, warps=2),
                                     Tiling(rows=2, unroll=6, l2_prefetch=True),
                                     Tiling(rows=1, unroll=2, warps=1, blocks_per_sm=1),
-                                    Tiling(rows=1, unroll=4, warps=2, blocks_per_sm=2)])
+                                    Tiling(rows=1, unroll=4, warps=2, blocks_per_sm=1)])
 def test_every_tiling_matches_with_ragged_rows_and_columns(tiling):
     # 1001 rows and 11008 columns: a partial last warp and a partial last step along K (and tiles of one or two
-    # rows, enough for blocks to loop over several each)
+    # rows, enough for a block an SM to loop over several each)
     words, scales, w = _weights(1001, 11008, 64)
     x = torch.randn(2, 11008, device="cuda", dtype=torch.float16)
     assert _close(int4_cuda.int4_gemv(x, words, scales, 64, tiling=tiling), _reference(x, w))
@@ -179,7 +179,7 @@ def test_norm_prologue_matches_rms_norm_then_gemv(n, k, group, glu, residual, m,
 @cuda
 def test_many_rows_loop_over_tiles_in_a_grid_the_gpu_holds_at_once():
     # W_pack's 12,288 rows of the 7B shape: as many blocks as the SMs hold at once, each taking several tiles;
-    # o_proj's 4,096 rows would leave most blocks one tile and some two: a block per tile instead.
+    # o_proj's 4,096 rows (512 tiles) do not fill two such grids: a block per tile, built without the loop.
     device = torch.device("cuda", torch.cuda.current_device())
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     tiling = int4_cuda.default_tiling(12288, 4096)
