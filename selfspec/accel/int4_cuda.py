@@ -31,6 +31,7 @@ wheels bring NVRTC (nvidia-cuda-nvrtc), where the bindings find it. `available()
 there, and `unavailable_reason` why not.
 """
 import ctypes
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -410,6 +411,7 @@ def _kernel(device: torch.device, group: int, k: int, glu: bool, residual: bool,
     return _kernels[key][1:]
 
 
+@functools.cache  # once per shape: every eager call of a decode step asks again
 def _grid(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling, n: int):
     """The kernel for n rows and its grid's width: blocks looping over tiles where `tiling` asks for it and the
     tiles fill two grids of them, else a block per tile (built without the loop)."""
