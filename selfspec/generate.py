@@ -20,7 +20,6 @@ import torch
 
 from . import accel
 from .device import synchronize
-from .errors import InputError
 from .lookup import NgramLookup
 from .sampling import (Sampling, count_accepted, greedy_pick, penalize, seen_by_row, speculative_accept,
                        spread)

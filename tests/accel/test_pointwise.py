@@ -2,7 +2,6 @@
 CPU runs: residual add + RMS norm, RMS norm, SiLU-multiply.
 
 Compiled on CUDA; without CUDA their logic runs under Triton's CPU interpreter (helpers.kernel_tests)."""
-import pytest
 import torch
 
 from helpers import kernel_tests

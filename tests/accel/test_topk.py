@@ -3,7 +3,6 @@ equals (a stable descending sort), and the softmax probability of the largest; k
 (torch.argmax's first index on ties).
 
 Compiled on CUDA; without CUDA their logic runs under Triton's CPU interpreter (helpers.kernel_tests)."""
-import pytest
 import torch
 
 from helpers import kernel_tests
