@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .accel.int4 import quantizer
-from .model import MLP, Linear, ModelArgs, Transformer
+from .model import MLP, AttentionWindow, Linear, ModelArgs, Transformer
 from .quantize import CLIP_RATIOS, Int4Linear, Int8Linear, choose_group_size, quantize_int4
 
 LM_HEADS = ("shared", "int8", "int4")  # the draft's lm_head: the target's own 16-bit one, or a quantized copy
@@ -81,11 +81,16 @@ def frequent_vocab(ranked_ids, size: int, vocab_size: int, always=()) -> torch.T
 
 
 def make_draft(target: Transformer, group_size: int = DraftConfig.group_size, lm_head: str = DraftConfig.lm_head,
-               clip_ratios=DraftConfig.clip_ratios, head_vocab: torch.Tensor | None = None, on_weight=None) -> Transformer:
+               clip_ratios=DraftConfig.clip_ratios, attention_window: AttentionWindow | None = None,
+               head_vocab: torch.Tensor | None = None, on_weight=None) -> Transformer:
     """A draft model over the target's own weights (see DraftConfig for the settings): every linear layer
     of the decoder layers becomes an Int4Linear (gate and up one Int4MLP matrix); lm_head an Int8Linear,
     an Int4Linear or the target's own (`"shared"`); embeddings, norms, KV cache and position tables are the
     target's tensors. The layers are plain (dequantizing): accel.use_kernels swaps the device's kernels in.
+
+    `attention_window` (model.AttentionWindow): the draft attends to those keys only, the target to all. Not
+    the default: on passage questions of 900-1,150 tokens it cost SmolLM2's draft 9 points of acceptance,
+    more than it saves (docs/performance.md); `bench/measure_acceptance.py --draft-window` measures it.
 
     `head_vocab` (token ids): the head covers these tokens only (FrequentVocabHead). `on_weight(weight)`, if
     given, is called with each linear weight of the target once it is done (for a progress bar: at 7B on
@@ -117,6 +122,7 @@ def make_draft(target: Transformer, group_size: int = DraftConfig.group_size, lm
     draft.lm_head = draft_head(target.lm_head, config, quantize, head_vocab)
     report(target.lm_head.weight)
     draft.max_seq_len = target.max_seq_len
+    draft.attention_window = attention_window
     for name, table in target.named_buffers(recurse=False):  # RoPE or ALiBi tables
         draft.register_buffer(name, table, persistent=False)
     return draft

@@ -32,6 +32,19 @@ class ModelArgs:
         return self.hidden_size // self.num_heads
 
 
+@dataclass(frozen=True)
+class AttentionWindow:
+    """Keys a query attends to beyond causality: the first `sinks` positions and the last `recent` up to its
+    own (StreamingLLM's attention sinks and window). A draft may attend this way (draft.make_draft)."""
+
+    sinks: int
+    recent: int
+
+    def __post_init__(self):
+        if self.sinks < 1 or self.recent < 1:
+            raise ValueError(f"an attention window needs a sink and a recent position, got {self}")
+
+
 def rms_norm(x, weight, eps: float):
     x32 = x.float()
     return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
@@ -177,6 +190,7 @@ class Transformer(nn.Module):
         self.model = Decoder(args)
         self.lm_head = Linear(args.hidden_size, args.vocab_size)
         self.max_seq_len = 0
+        self.attention_window: AttentionWindow | None = None  # None: every earlier key
 
     def setup_caches(self, max_seq_len: int | None = None, dtype=None, device=None):
         """Allocate the KV cache and position tables; the draft model shares them (see draft.py)."""
@@ -200,18 +214,23 @@ class Transformer(nn.Module):
             raise ValueError(f"unknown position encoding {args.position_encoding!r}")
 
     def attention_mask(self, input_pos, end: int):
-        """Causal mask (RoPE) or causal ALiBi bias slope*(j-i) (relative: exact near the diagonal in fp16).
+        """Causal mask (RoPE) or causal ALiBi bias slope*(j-i) (relative: exact near the diagonal in fp16),
+        keys outside `attention_window` masked too.
 
         Keys run over positions [0, end); `end` may exceed the last query position + 1 (CUDA graphs use
         fixed-length buckets), so the mask, not the slice, is what keeps queries causal."""
         key_pos = torch.arange(end, device=input_pos.device)
         offset = key_pos[None, :] - input_pos[:, None]  # [T, end], j - i
+        hidden = offset > 0
+        if self.attention_window is not None:
+            window = self.attention_window
+            hidden |= (key_pos[None, :] >= window.sinks) & (offset <= -window.recent)
         dtype = self.model.norm.weight.dtype
         if self.args.position_encoding == "rope":
             # Additive, built once per forward: a boolean mask is converted again in every layer.
-            return torch.zeros(offset.shape, dtype=dtype, device=offset.device).masked_fill(offset > 0, float("-inf"))
+            return torch.zeros(offset.shape, dtype=dtype, device=offset.device).masked_fill(hidden, float("-inf"))
         bias = self.alibi[:, None, None] * offset.float()
-        return bias.masked_fill(offset > 0, float("-inf")).to(dtype).unsqueeze(0)
+        return bias.masked_fill(hidden, float("-inf")).to(dtype).unsqueeze(0)
 
     def forward(self, tokens, input_pos, end: int | None = None, last_only: bool = False):
         """tokens [1, T] at absolute positions input_pos [T] (consecutive). Returns logits [1, T, vocab],
@@ -236,5 +255,5 @@ class Transformer(nn.Module):
         if self.args.position_encoding == "rope":
             rope = self.rope_cos[input_pos], self.rope_sin[input_pos]
         # A prefill from position 0 of a RoPE model needs no mask: SDPA's causal kernels apply.
-        causal = tokens.shape[1] == end and rope is not None
+        causal = tokens.shape[1] == end and rope is not None and self.attention_window is None
         return None if causal else self.attention_mask(input_pos, end), rope

@@ -39,12 +39,14 @@ def random_model(position_encoding="rope", num_heads=4, head_dim=16, num_layers=
     return model
 
 
-def check_greedy_speculative_equals_plain(target, draft, seed: int, runs: int, new_tokens: int, plain=None):
-    """Greedy speculative decoding of `runs` random prompts (a random th_stop_draft each) gives the tokens of
-    plain greedy decoding with `plain` (default: the target), and drafts some tokens."""
+def check_greedy_speculative_equals_plain(target, draft, seed: int, runs: int, new_tokens: int, plain=None,
+                                          prompt_lengths=(1, 100)):
+    """Greedy speculative decoding of `runs` random prompts (lengths in range(*prompt_lengths), a random
+    th_stop_draft each) gives the tokens of plain greedy decoding with `plain` (default: the target), and
+    drafts some tokens."""
     rng = random.Random(seed)
     for _ in range(runs):
-        prompt = [rng.randrange(320) for _ in range(rng.randrange(1, 100))]
+        prompt = [rng.randrange(320) for _ in range(rng.randrange(*prompt_lengths))]
         expected, _ = generate(plain if plain is not None else target, prompt, new_tokens)
         spec, stats = generate(target, prompt, new_tokens, draft=draft, th_stop_draft=rng.random())
         assert spec == expected and stats.drafted > 0

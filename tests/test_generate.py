@@ -7,6 +7,7 @@ import torch
 from selfspec import accel
 from selfspec.draft import make_draft
 from selfspec.generate import GenerationStats, TextStreamer, adapt_th_stop_draft, generate
+from selfspec.model import AttentionWindow
 from selfspec.tokenizer import HFTokenizer, Tokenizer
 from smollm2 import smollm2_folder
 from helpers import random_model
@@ -55,6 +56,18 @@ def test_speculative_equals_plain_with_other_draft_heads(lm_head):
     draft = make_draft(model, group_size=32, lm_head=lm_head)
     plain, _ = generate(model, [7, 99, 3], 60)
     spec, stats = generate(model, [7, 99, 3], 60, draft=draft)
+    assert spec == plain and 0 < stats.accepted < stats.drafted
+
+
+@pytest.mark.parametrize("position_encoding,num_heads", SIZES)
+def test_speculative_equals_plain_with_a_draft_attending_through_a_small_window(position_encoding, num_heads):
+    # A window that hides most of these contexts from the draft.
+    model = random_model(position_encoding, num_heads=num_heads, max_seq_len=160)
+    draft = make_draft(model, group_size=32, attention_window=AttentionWindow(sinks=2, recent=8))
+    assert draft.attention_window == AttentionWindow(2, 8) and model.attention_window is None
+    prompt = list(range(5, 45))
+    plain, _ = generate(model, prompt, 80)
+    spec, stats = generate(model, prompt, 80, draft=draft)
     assert spec == plain and 0 < stats.accepted < stats.drafted
 
 

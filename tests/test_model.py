@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfspec.model import alibi_slopes
+from selfspec.model import AttentionWindow, alibi_slopes
 from helpers import random_model
 
 
@@ -43,8 +43,9 @@ def test_rope_model_matches_transformers_llama():
     torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
 
 
-def reference_alibi_forward(model, tokens):
-    """Baichuan2-13B written out from the definition: full causal attention with bias slope * (j - i)."""
+def reference_alibi_forward(model, tokens, window=None):
+    """Baichuan2-13B written out from the definition: full causal attention with bias slope * (j - i); with
+    an AttentionWindow `window`, query i sees keys j < sinks and i - recent < j only."""
     args = model.args
     state = {k: v.float() for k, v in model.state_dict().items()}
     T, h, d = len(tokens), args.num_heads, args.head_dim
@@ -55,7 +56,11 @@ def reference_alibi_forward(model, tokens):
     positions = torch.arange(T, dtype=torch.float32)
     slopes = alibi_slopes(h)
     bias = slopes[:, None, None] * (positions[None, :] - positions[:, None])[None]
-    bias = bias.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
+    hidden = torch.ones(T, T).triu(1).bool()
+    if window is not None:
+        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        hidden |= (j >= window.sinks) & (j <= i - window.recent)
+    bias = bias.masked_fill(hidden, float("-inf"))
     x = state["model.embed_tokens.weight"][torch.tensor(tokens)]
     for i in range(args.num_layers):
         p = f"model.layers.{i}."
@@ -76,6 +81,32 @@ def test_alibi_model_matches_definition(num_heads):
     model = random_model("alibi", num_heads=num_heads)
     tokens = torch.randint(0, model.args.vocab_size, (41,), generator=torch.Generator().manual_seed(2)).tolist()
     torch.testing.assert_close(full_forward(model, tokens), reference_alibi_forward(model, tokens), atol=1e-4, rtol=1e-4)
+
+
+def test_attention_window_matches_definition_through_prefill_and_cache():
+    model = random_model("alibi", num_heads=5)
+    model.attention_window = window = AttentionWindow(sinks=3, recent=7)
+    tokens = torch.randint(0, model.args.vocab_size, (41,), generator=torch.Generator().manual_seed(2)).tolist()
+    expected = reference_alibi_forward(model, tokens, window)
+    assert (expected - reference_alibi_forward(model, tokens)).abs().max() > 1e-2  # the window matters here
+    torch.testing.assert_close(full_forward(model, tokens), expected, atol=1e-4, rtol=1e-4)
+    steps = torch.cat([model(torch.tensor([tokens[i : i + 1]]), torch.tensor([i]))[0] for i in range(41)])
+    torch.testing.assert_close(steps, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_rope_attention_window_hides_the_keys_between_sinks_and_recent():
+    # One layer: a token between the sinks and the window changes no later logit; a sink or a recent one does.
+    model = random_model("rope", num_heads=4, num_layers=1)
+    model.attention_window = AttentionWindow(sinks=2, recent=5)
+    tokens = torch.randint(0, model.args.vocab_size, (20,), generator=torch.Generator().manual_seed(5)).tolist()
+    last = full_forward(model, tokens)[-1]
+    for position, visible in ((1, True), (2, False), (14, False), (15, True), (19, True)):
+        changed = list(tokens)
+        changed[position] = (tokens[position] + 1) % model.args.vocab_size
+        assert (full_forward(model, changed)[-1] - last).abs().max() > 1e-4 if visible else \
+            torch.equal(full_forward(model, changed)[-1], last), position
+    with pytest.raises(ValueError, match="needs a sink and a recent"):
+        AttentionWindow(sinks=0, recent=5)
 
 
 def test_alibi_slopes():

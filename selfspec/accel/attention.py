@@ -78,18 +78,31 @@ if triton is not None:
         tl.store(out + HALF + d, x2, mask=t_ok)
 
     @triton.jit
+    def _first_window_block(pos_ptr, BLOCK_KV: tl.constexpr, RECENT: tl.constexpr):
+        """The first block of keys that a window of RECENT positions shows to any query (0: no window); the
+        first query's window reaches furthest back."""
+        first = 0
+        if RECENT > 0:
+            first = tl.maximum(tl.load(pos_ptr) - RECENT + 1, 0) // BLOCK_KV
+        return first
+
+    @triton.jit
     def _attention_blocks_kernel(
         q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, slopes_ptr, o_ptr, m_ptr, l_ptr,
         T, max_seq_len, num_blocks, sm_scale,
         HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr,
-        BLOCK_KV: tl.constexpr, ALIBI: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
+        BLOCK_KV: tl.constexpr, ALIBI: tl.constexpr, SINKS: tl.constexpr, RECENT: tl.constexpr,
+        IEEE: tl.constexpr, PDL: tl.constexpr,
     ):
+        # RECENT > 0: each query sees keys [0, SINKS) and its last RECENT positions only (model.AttentionWindow).
         let_next_kernel_launch(PDL)
         wait_for_inputs(PDL)
         h = tl.program_id(0)
         block = tl.program_id(1)
         live_len = tl.load(pos_ptr + T - 1) + 1
-        if block * BLOCK_KV < live_len:  # blocks past the live cache do nothing; the merge skips them
+        # Blocks past the live cache, and between the sinks' block and the first query's window, do nothing;
+        # the merge skips them.
+        if (block * BLOCK_KV < live_len) & ((block == 0) | (block >= _first_window_block(pos_ptr, BLOCK_KV, RECENT))):
             t = tl.arange(0, BLOCK_T)
             t_ok = t < T
             d = tl.arange(0, HEAD_DIM)
@@ -108,7 +121,10 @@ if triton is not None:
             offset = (j[None, :] - q_pos[:, None]).to(tl.float32)
             if ALIBI:
                 scores += tl.load(slopes_ptr + h) * offset
-            scores = tl.where(offset <= 0, scores, float("-inf"))
+            visible = offset <= 0
+            if RECENT > 0:
+                visible = visible & ((j[None, :] < SINKS) | (offset > -RECENT))
+            scores = tl.where(visible, scores, float("-inf"))
             m = tl.max(scores, axis=1)
             m_safe = tl.where(m == float("-inf"), 0.0, m)  # a row with no visible key here: p = 0
             p = tl.exp(scores - m_safe[:, None])
@@ -125,7 +141,7 @@ if triton is not None:
     def _merge_blocks_kernel(
         o_ptr, m_ptr, l_ptr, pos_ptr, y_ptr, T, num_blocks,
         HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_B: tl.constexpr,
-        PDL: tl.constexpr,
+        RECENT: tl.constexpr, PDL: tl.constexpr,
     ):
         # Block 0 always holds a visible key (position 0), so the running max is finite from the first chunk.
         let_next_kernel_launch(PDL)
@@ -133,13 +149,14 @@ if triton is not None:
         h = tl.program_id(0)
         t = tl.program_id(1)
         live_blocks = (tl.load(pos_ptr + T - 1) + BLOCK_KV) // BLOCK_KV
+        first_window_block = _first_window_block(pos_ptr, BLOCK_KV, RECENT)
         d = tl.arange(0, HEAD_DIM)
         running_max = tl.full((1,), float("-inf"), tl.float32)
         total = tl.zeros((1,), dtype=tl.float32)
         acc = tl.zeros((HEAD_DIM,), dtype=tl.float32)
         for b0 in range(0, live_blocks, BLOCK_B):
             b = b0 + tl.arange(0, BLOCK_B)
-            ok = b < live_blocks
+            ok = (b < live_blocks) & ((b == 0) | (b >= first_window_block))
             part = (h * num_blocks + b) * T + t
             m = tl.load(m_ptr + part, mask=ok, other=float("-inf"))
             new_max = tl.maximum(running_max, tl.max(m, axis=0, keep_dims=True))
@@ -250,9 +267,12 @@ def rope_and_store(qkv, input_pos, rope, k_cache, v_cache, num_heads: int, num_k
     return q
 
 
-def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None) -> torch.Tensor:
+def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None, window=None) -> torch.Tensor:
     """q [T, heads, head_dim] at positions input_pos [T] (consecutive) over the cache; keys beyond
-    input_pos[-1] are never read, `end` only bounds the grid. Returns [T, heads * head_dim]."""
+    input_pos[-1] are never read, `end` only bounds the grid; with `window` (model.AttentionWindow) neither are
+    the blocks of keys between its sinks and the first query's recent keys. Returns [T, heads * head_dim]."""
+    if window is not None and window.sinks > BLOCK_KV:
+        raise ValueError(f"the decode attention keeps at most {BLOCK_KV} sinks, got {window.sinks}")
     T, num_heads, head_dim = q.shape
     num_kv_heads, max_seq_len = k_cache.shape[1], k_cache.shape[2]
     num_blocks = triton.cdiv(end, BLOCK_KV)
@@ -263,13 +283,14 @@ def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None
         q, k_cache, v_cache, input_pos, alibi_slopes if alibi_slopes is not None else m, o, m, l,
         T, max_seq_len, num_blocks, head_dim ** -0.5,
         HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_T=MAX_VERIFY_TOKENS, BLOCK_KV=BLOCK_KV,
-        ALIBI=alibi_slopes is not None, IEEE=q.dtype == torch.float32, PDL=launch.enabled, launch_pdl=launch.enabled,
+        ALIBI=alibi_slopes is not None, SINKS=window.sinks if window else 0, RECENT=window.recent if window else 0,
+        IEEE=q.dtype == torch.float32, PDL=launch.enabled, launch_pdl=launch.enabled,
     )
     y = torch.empty(T, num_heads * head_dim, dtype=q.dtype, device=q.device)
     _merge_blocks_kernel[(num_heads, T)](
         o, m, l, input_pos, y, T, num_blocks,
-        HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_KV=BLOCK_KV, BLOCK_B=32, PDL=launch.enabled,
-        launch_pdl=launch.enabled,
+        HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_KV=BLOCK_KV, BLOCK_B=32, RECENT=window.recent if window else 0,
+        PDL=launch.enabled, launch_pdl=launch.enabled,
     )
     return y
 
@@ -294,19 +315,22 @@ def prefill_attention(q, k_cache, v_cache, input_pos, alibi_slopes=None, blocks=
     return y
 
 
-def attend(attn, x, input_pos, end: int, rope, alibi_slopes) -> torch.Tensor:
+def attend(attn, x, input_pos, end: int, rope, alibi_slopes, window=None) -> torch.Tensor:
     """model.Attention `attn` over x [1, T, hidden] at positions input_pos with these kernels: `rope` the
-    whole (cos, sin) tables or None, `alibi_slopes` or None; the cache is read over [0, end)."""
-    return attn.o_proj(attend_qkv(attn, attn.W_pack(x), input_pos, end, rope, alibi_slopes))
+    whole (cos, sin) tables or None, `alibi_slopes` or None, `window` a model.AttentionWindow or None; the
+    cache is read over [0, end)."""
+    return attn.o_proj(attend_qkv(attn, attn.W_pack(x), input_pos, end, rope, alibi_slopes, window))
 
 
-def attend_qkv(attn, qkv, input_pos, end: int, rope, alibi_slopes) -> torch.Tensor:
+def attend_qkv(attn, qkv, input_pos, end: int, rope, alibi_slopes, window=None) -> torch.Tensor:
     """`attend` between W_pack and o_proj: W_pack's output qkv [1, T, ...] -> [1, T, heads * head_dim]."""
     T = qkv.shape[1]
+    if window is not None and T > MAX_VERIFY_TOKENS:  # only a draft attends through a window, in decode passes
+        raise ValueError(f"a windowed attention pass takes at most {MAX_VERIFY_TOKENS} tokens, got {T}")
     cache = attn.kv_cache
     q = rope_and_store(qkv.view(T, -1), input_pos, rope, cache.k, cache.v, attn.num_heads, attn.num_kv_heads)
     if T <= MAX_VERIFY_TOKENS:
-        y = decode_attention(q, cache.k, cache.v, input_pos, end, alibi_slopes)
+        y = decode_attention(q, cache.k, cache.v, input_pos, end, alibi_slopes, window)
     else:
         y = prefill_attention(q, cache.k, cache.v, input_pos, alibi_slopes)
     return y.view(1, T, attn.num_heads * attn.head_dim)

@@ -35,7 +35,7 @@ class FusedTransformer(Transformer):
             else:
                 x, normed = pointwise.add_rms_norm(x, delta, norm.weight, norm.eps)
             if self.attention_kernels:
-                y = attention.attend(layer.self_attn, normed, input_pos, end, rope, alibi)
+                y = attention.attend(layer.self_attn, normed, input_pos, end, rope, alibi, self.attention_window)
             else:
                 y = layer.self_attn(normed, input_pos, end, mask, rope)
             norm = layer.post_attention_layernorm

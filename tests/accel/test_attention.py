@@ -9,12 +9,16 @@ import torch
 import torch.nn.functional as F
 
 from selfspec import accel
-from selfspec.model import alibi_slopes, apply_rope
+from selfspec.model import AttentionWindow, alibi_slopes, apply_rope
 from helpers import kernel_tests, random_model
 
 # heads, kv heads, head_dim, cache length, new tokens, first position, ALiBi
 CASES = [(4, 4, 32, 200, 1, 70, False), (4, 2, 16, 300, 5, 130, False), (5, 5, 32, 256, 9, 190, True),
          (4, 4, 32, 256, 3, 0, True), (2, 2, 64, 512, 16, 400, False)]
+# The draft's window, (sinks, recent) over a case like those above: the first query's window (it reaches furthest
+# back) starting in the sinks' block, in the next, blocks further on (blocks skipped); sinks filling a block.
+WINDOW_CASES = [((4, 64), CASES[1]), ((4, 20), CASES[2]), ((4, 20), CASES[4]), ((3, 40), (4, 2, 32, 1024, 3, 700, True)),
+                ((128, 200), CASES[4]), ((1, 1), CASES[2]), ((2, 300), CASES[0])]
 PREFILL_CASES = [(5, 5, 32, 300, 200, 0, True), (4, 2, 16, 300, 37, 50, False), (4, 4, 64, 512, 300, 100, True)]
 
 
@@ -29,13 +33,17 @@ def reference(qkv, pos, kc, vc, H, KVH, D, rope, slopes, end):
     return q, reference_attention(q, kc, vc, pos, slopes, end)
 
 
-def reference_attention(q, kc, vc, pos, slopes, end):
+def reference_attention(q, kc, vc, pos, slopes, end, window=None):
     """SDPA of q [1, H, T, D] at positions pos over the cache [0, end), causal by position, with the ALiBi
-    bias as an explicit mask; returns [T, H * D]."""
+    bias and an AttentionWindow's hidden keys as an explicit mask; returns [T, H * D]."""
     H, T, D = q.shape[1:]
-    offset = torch.arange(end, device=pos.device)[None, :] - pos[:, None]
+    key_pos = torch.arange(end, device=pos.device)[None, :]
+    offset = key_pos - pos[:, None]
+    hidden = offset > 0
+    if window is not None:
+        hidden |= (key_pos >= window.sinks) & (offset <= -window.recent)
     bias = slopes[:, None, None] * offset.float() if slopes is not None else torch.zeros(H, T, end, device=pos.device)
-    bias = bias.masked_fill(offset > 0, float("-inf"))[None]
+    bias = bias.masked_fill(hidden, float("-inf"))[None]
     y = F.scaled_dot_product_attention(q, kc[:, :, :end], vc[:, :, :end], attn_mask=bias, enable_gqa=H != kc.shape[1])
     return y[0].transpose(0, 1).reshape(T, H * D)
 
@@ -68,6 +76,25 @@ def check_kernels(device: str):
                 assert torch.equal(row, y[t]), (H, T, t)
             else:
                 torch.testing.assert_close(row, y[t], atol=1e-6, rtol=1e-6)
+    # The draft's attention window: the blocks it skips and the keys it masks.
+    for (sinks, recent), (H, KVH, D, S, T, start, alibi) in WINDOW_CASES:
+        window = AttentionWindow(sinks, recent)
+        kc, vc = torch.randn(2, 1, KVH, S, D, device=device)
+        q = torch.randn(T, H, D, device=device)
+        pos = torch.arange(start, start + T, device=device)
+        slopes = alibi_slopes(H).to(device) if alibi else None
+        end = min(S, start + T + 100)
+        expected = reference_attention(q.transpose(0, 1)[None], kc, vc, pos, slopes, end, window)
+        y = decode_attention(q, kc, vc, pos, end, slopes, window)
+        torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+        for t in range(T):
+            row = decode_attention(q[t : t + 1].contiguous(), kc, vc, pos[t : t + 1], end, slopes, window)[0]
+            if exact_rows:
+                assert torch.equal(row, y[t]), (sinks, recent, t)
+            else:
+                torch.testing.assert_close(row, y[t], atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="at most 128 sinks"):
+        decode_attention(q, kc, vc, pos, end, slopes, AttentionWindow(129, 8))
     # A prefill's rotation and cache writes (16 tokens per program, the last block part-filled).
     H, KVH, D, S, T = 4, 2, 16, 512, 300
     kc, vc = torch.randn(2, 1, KVH, S, D, device=device)
@@ -100,7 +127,8 @@ test_compiled_kernels_match_sdpa_and_rows_are_exact, test_kernel_logic_in_the_in
 @pytest.mark.gpu
 @pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
-def test_model_steps_match_the_sdpa_path(position_encoding, num_heads, dtype, tol):
+@pytest.mark.parametrize("window", [None, AttentionWindow(sinks=4, recent=40)])
+def test_model_steps_match_the_sdpa_path(position_encoding, num_heads, dtype, tol, window):
     # The plain model (SDPA) against the same weights with the CUDA kernels swapped in, each with its cache.
     plain, fast = (random_model(position_encoding, num_heads=num_heads, max_seq_len=300, dtype=dtype).cuda()
                    for _ in range(2))
@@ -113,6 +141,10 @@ def test_model_steps_match_the_sdpa_path(position_encoding, num_heads, dtype, to
     expected = plain(*prefill).float()
     # the Triton prefill kernel, then the decode kernels
     torch.testing.assert_close(fast(*prefill).float(), expected, atol=tol, rtol=tol)
+    plain.attention_window = fast.attention_window = window  # a draft's window applies to its decode passes
+    if window is not None:
+        with pytest.raises(ValueError, match="windowed attention pass takes at most 16 tokens"):
+            fast(tokens[:, 100:117], torch.arange(100, 117, device="cuda"))
     for pos in range(100, 250, 13):
         t = 1 + pos % 9
         step, positions = tokens[:, pos : pos + t], torch.arange(pos, pos + t, device="cuda")

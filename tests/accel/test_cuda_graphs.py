@@ -10,6 +10,7 @@ from selfspec.accel import graph_models, launch
 from selfspec.accel.cuda_graphs import GraphedModel
 from selfspec.draft import make_draft
 from selfspec.generate import generate
+from selfspec.model import AttentionWindow
 from helpers import check_greedy_speculative_equals_plain, random_model
 
 
@@ -95,6 +96,17 @@ def test_float16_speculative_with_graphs_equals_plain(position_encoding, num_hea
     model_g, draft_g = graph_models(model, draft, bucket=64)
     assert draft.lm_head.kernel == draft.model.layers[0].self_attn.W_pack.kernel == "triton_half2"
     check_greedy_speculative_equals_plain(model_g, draft_g, seed=1, runs=8, new_tokens=60)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
+def test_float16_speculative_with_a_windowed_draft_equals_plain(position_encoding, num_heads):
+    # Contexts of 250-360 positions: the draft's attention skips the cache blocks between its sinks and window.
+    model = random_model(position_encoding, num_heads=num_heads, max_seq_len=400, dtype=torch.float16).cuda()
+    model.setup_caches(400)
+    draft = make_draft(model, group_size=32, attention_window=AttentionWindow(sinks=4, recent=32))
+    model_g, draft_g = graph_models(model, draft, bucket=64)
+    check_greedy_speculative_equals_plain(model_g, draft_g, seed=3, runs=4, new_tokens=60, prompt_lengths=(250, 300))
 
 
 @pytest.mark.gpu

@@ -12,7 +12,7 @@ from selfspec.accel.cuda_graphs import GraphedModel
 from selfspec.accel.fused_draft import FusedDraft
 from selfspec.accel.transformer import FusedTransformer
 from selfspec.draft import make_draft
-from selfspec.model import rms_norm, silu_mul
+from selfspec.model import AttentionWindow, rms_norm, silu_mul
 from selfspec.quantize import Int4Linear, dequantize_int4, unpack_nibbles
 from helpers import check_greedy_speculative_equals_plain, random_model
 
@@ -76,7 +76,8 @@ def test_the_fused_layers_compute_the_plain_draft_on_cpu(position_encoding, num_
         y = silu_mul(y[..., 0::2], y[..., 1::2]) if glu else y
         return y if residual is None else residual + y
 
-    def attend_qkv(attn, qkv, input_pos, end, rope, alibi):  # Attention.forward between W_pack and o_proj
+    def attend_qkv(attn, qkv, input_pos, end, rope, alibi, window):  # Attention.forward between W_pack and o_proj
+        assert window == draft.attention_window  # the mask of attention_inputs below applies it
         projections = attn.W_pack, attn.o_proj
         attn.W_pack = attn.o_proj = torch.nn.Identity()
         try:
@@ -94,11 +95,11 @@ def test_the_fused_layers_compute_the_plain_draft_on_cpu(position_encoding, num_
     torch.testing.assert_close(draft.hidden_states(tokens, input_pos), expected, atol=1e-5, rtol=1e-5)
 
 
-def _cuda_draft(position_encoding, num_heads, group_size):
+def _cuda_draft(position_encoding, num_heads, group_size, attention_window=None):
     model = random_model(position_encoding, num_heads=num_heads, head_dim=32, max_seq_len=300,
                          dtype=torch.float16).cuda()
     model.setup_caches(300)
-    return model, make_draft(model, group_size=group_size)
+    return model, make_draft(model, group_size=group_size, attention_window=attention_window)
 
 
 def _draft_steps(draft, tokens, pdl):
@@ -121,7 +122,8 @@ def _relative(a, b) -> float:
 @pytest.mark.parametrize("group_size", [32, 64])
 @pytest.mark.parametrize("position_encoding,num_heads", SHAPES)
 def test_fused_draft_logits_match_the_unfused_draft(position_encoding, num_heads, group_size, monkeypatch):
-    model, draft = _cuda_draft(position_encoding, num_heads, group_size)
+    window = AttentionWindow(sinks=4, recent=16)  # steps at 150-158: the sinks' block masked, the next one read
+    model, draft = _cuda_draft(position_encoding, num_heads, group_size, window)
     accel.use_kernels(model, draft)
     assert type(draft) is FusedDraft
     tokens = torch.randint(0, 320, (1, 200), device="cuda")
@@ -134,7 +136,7 @@ def test_fused_draft_logits_match_the_unfused_draft(position_encoding, num_heads
     assert _relative(fused, unfused) < SAME_GEMV_TOLERANCE
 
     monkeypatch.setattr(int4, "prefer_cuda_kernel", False)
-    triton_draft = make_draft(model, group_size=group_size)  # the same quantized weights, on Triton's GEMV
+    triton_draft = make_draft(model, group_size=group_size, attention_window=window)  # the same weights, Triton's GEMV
     accel.use_kernels(triton_draft)
     assert type(triton_draft) is FusedTransformer
     assert _relative(fused, _draft_steps(triton_draft, tokens, pdl)) < TRITON_TOLERANCE
