@@ -89,8 +89,8 @@ def make_draft(target: Transformer, group_size: int = DraftConfig.group_size, lm
     target's tensors. The layers are plain (dequantizing): accel.use_kernels swaps the device's kernels in.
 
     `attention_window` (model.AttentionWindow): the draft attends to those keys only, the target to all. Not
-    the default: on passage questions of 900-1,150 tokens it cost SmolLM2's draft 9 points of acceptance,
-    more than it saves (docs/performance.md); `bench/measure_acceptance.py --draft-window` measures it.
+    the default: on long passage questions it cost more acceptance than it saved time (docs/performance.md,
+    "Tried and not kept"); `bench/measure_acceptance.py --draft-window` measures it on a checkpoint.
 
     `head_vocab` (token ids): the head covers these tokens only (FrequentVocabHead). `on_weight(weight)`, if
     given, is called with each linear weight of the target once it is done (for a progress bar: at 7B on
