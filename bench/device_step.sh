@@ -1,10 +1,19 @@
-# Sourced by the device-run scripts under docs/perf: one step of a device call, and the SmolLM2 GGUF's journey.
+# Sourced by the device-run scripts under docs/perf: the start of a device call, one step of it, and the SmolLM2
+# GGUF's journey.
 #
 #     source bench/device_step.sh
+#     start_device_call      # outputs under $OUT/r, packed into $OUT/results.tgz; the GPU's name and clocks
 #     run NAME SECONDS CMD...
-#
-# runs CMD with a time limit, its output to $OUT/NAME.txt, and prints its exit status, duration and last
-# lines; then, where $RESULTS names a file, packs $OUT into it, so that a call cut short still returns what ran.
+start_device_call() {
+    export PYTHONUNBUFFERED=1
+    RESULTS=$OUT/results.tgz
+    OUT=$OUT/r
+    mkdir -p "$OUT"
+    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt"
+}
+
+# Runs CMD with a time limit, its output to $OUT/NAME.txt, and prints its exit status, duration and last lines;
+# then, where $RESULTS names a file, packs $OUT into it, so that a call cut short still returns what ran.
 run() {
     local name=$1 limit=$2
     shift 2

@@ -153,19 +153,22 @@ def top1_agreement(model, draft, input_ids: list[int], output_ids: list[int]) ->
 
 
 def measure(model, draft, ckpt, tokenizer, prompts=PROMPTS, n_predict=128, th_stop_draft=0.6, max_step_draft=8,
-            variant="int4", plain_cache=None, draft_step=DRAFT_STEP, verify_step=VERIFY_STEP, lookup_ngram=None):
+            variant="int4", cache=None, draft_step=DRAFT_STEP, verify_step=VERIFY_STEP, lookup_ngram=None):
     """One record per prompt: greedy plain and speculative generation (draft variant `variant`, a key of
-    VARIANTS) from the same chat prompt. `plain_cache` (a dict) keeps the plain outputs across calls for other
-    variants."""
-    plain_cache = {} if plain_cache is None else plain_cache
+    VARIANTS) from the same chat prompt. `cache` (a dict) keeps the plain outputs, and the draft's top-1
+    agreement per attention window, across calls for other variants."""
+    cache = {} if cache is None else cache
     records = []
     for prompt in prompts:
         ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=model.max_seq_len - n_predict)
         options = dict(eos_token_id=ckpt.eos_token_id, th_stop_draft=th_stop_draft, max_step_draft=max_step_draft)
-        if prompt not in plain_cache:
-            plain_cache[prompt] = generate(model, ids, n_predict, **options)[0]
-        plain = plain_cache[prompt]
-        agree, positions = top1_agreement(model, draft, ids, plain)
+        if prompt not in cache:
+            cache[prompt] = generate(model, ids, n_predict, **options)[0]
+        plain = cache[prompt]
+        agreement = (prompt, draft.attention_window)  # the same for every variant of one draft
+        if agreement not in cache:
+            cache[agreement] = top1_agreement(model, draft, ids, plain)
+        agree, positions = cache[agreement]
         uses_draft = VARIANTS[variant]["draft_source"] != "lookup"
         lookup = {} if lookup_ngram is None else dict(lookup_min_ngram=lookup_ngram[0], lookup_max_ngram=lookup_ngram[1])
         spec, stats = generate(model, ids, n_predict, draft=draft if uses_draft else None, **options,
@@ -278,12 +281,12 @@ def main():
             ckpt, model, tokenizer = load_checkpoint(str(folder), dtype, device, max_seq_len)
         draft = make_draft(model, group_size=args.group_size, lm_head=args.draft_lm_head,
                            clip_ratios=tuple(args.clip_ratios))
-        plain_cache, results = {}, {}
+        cache, results = {}, {}
         for window, variant in itertools.product(args.draft_window, args.draft):
             draft.attention_window = windows[window]
             records = measure(model, draft, ckpt, tokenizer, PROMPT_SETS[args.prompt_set], n_predict=args.n_predict,
                               th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft, variant=variant,
-                              plain_cache=plain_cache, draft_step=args.draft_step, verify_step=args.verify_step,
+                              cache=cache, draft_step=args.draft_step, verify_step=args.verify_step,
                               lookup_ngram=args.lookup_ngram)
             name = variant if len(args.draft_window) == 1 else f"{variant}, draft window {window or 'none'}"
             results[name] = {"summary": summary(records), "prompts": records}

@@ -13,12 +13,8 @@
 # Writes into $OUT/results.tgz, refreshed after every step.
 set -u
 stage=$1
-export PYTHONUNBUFFERED=1
-RESULTS=$OUT/results.tgz
-OUT=$OUT/r
-mkdir -p "$OUT"
 source bench/device_step.sh
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt"
+start_device_call
 case $stage in
 a)
     python3 -m pip install -q --no-index --no-deps out/carry3/*.whl > "$OUT/pip.txt" 2>&1

@@ -11,12 +11,8 @@
 # execnet wheels in out/carry3. Writes into $OUT/results.tgz, refreshed after every step.
 set -u
 stage=$1
-export PYTHONUNBUFFERED=1
-RESULTS=$OUT/results.tgz
-OUT=$OUT/r
-mkdir -p "$OUT"
 source bench/device_step.sh
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt"
+start_device_call
 case $stage in
 a)
     run gpu-tier 560 python3 -m pytest -q -p no:cacheprovider -m gpu --durations=40 tests
