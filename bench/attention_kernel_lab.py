@@ -25,7 +25,7 @@ HEADS, HEAD_DIM, MAX_SEQ = 32, 128, 4096
 
 def attention_call(q, k_cache, v_cache, pos, end, block_kv, warps, block_b):
     """(a function that runs both decode attention kernels with this configuration, as
-    attention.decode_attention launches them for more than one token, PDL included; the output it writes)."""
+    attention_triton.decode_attention launches them, PDL included; the output it writes)."""
     T, heads, head_dim = q.shape
     max_seq = k_cache.shape[2]
     num_blocks = triton.cdiv(end, block_kv)
@@ -37,9 +37,9 @@ def attention_call(q, k_cache, v_cache, pos, end, block_kv, warps, block_b):
 
     def call():
         at._attention_blocks_kernel[(heads, num_blocks)](
-            q, k_cache, v_cache, pos, m, o, m, l, y, m, T, max_seq, num_blocks, head_dim ** -0.5, HEADS=heads,
+            q, k_cache, v_cache, pos, m, o, m, l, T, max_seq, num_blocks, head_dim ** -0.5, HEADS=heads,
             KV_HEADS=k_cache.shape[1], HEAD_DIM=head_dim, BLOCK_T=at.MAX_VERIFY_TOKENS, BLOCK_KV=block_kv, ALIBI=False,
-            SINKS=0, RECENT=0, MERGE=False, BLOCK_B=block_b, IEEE=False, num_warps=warps, **pdl)
+            SINKS=0, RECENT=0, IEEE=False, num_warps=warps, **pdl)
         at._merge_blocks_kernel[(heads, T)](o, m, l, pos, y, T, num_blocks, HEADS=heads, HEAD_DIM=head_dim,
                                             BLOCK_KV=block_kv, BLOCK_B=block_b, RECENT=0, **pdl)
 

@@ -6,10 +6,8 @@ Per layer, two jobs replace RoPE + two cache writes + a mask + SDPA + a transpos
      return q as [T, heads, head_dim];
   2. `decode_attention`: split-KV ("flash-decoding") attention over the live cache only. One program per
      (head, block of BLOCK_KV keys) computes a partial softmax for all new tokens; a second kernel merges
-     the blocks, or for a single token the last program of each head to finish (a counter per head): one
-     launch fewer in every layer of a decode step, where the merge of several tokens in one program would
-     lengthen a verify pass. The live length is read from `input_pos` on the device, so a CUDA graph
-     captured for a longer cache bucket skips the blocks past it instead of masking them.
+     the blocks. The live length is read from `input_pos` on the device, so a CUDA graph captured for a
+     longer cache bucket skips the blocks past it instead of masking them.
 Queries see keys at positions <= their own (causal); ALiBi adds slope * (j - i). Each query row is
 computed the same way whatever the number of tokens in the call, so a verify pass gives the rows a
 one-token step would give (exactly so in float32: tl.dot runs in IEEE float32 there).
@@ -36,7 +34,6 @@ except ImportError:  # CPU-only installs
 
 LOG2E = 1.4426950408889634  # the prefill's softmax runs in base 2: exp(x) = exp2(x * LOG2E)
 BLOCK_KV = 128  # with 4 warps and 32 blocks per merge step: the best of a sweep on an H100 (1,152 and 4,000 keys)
-MERGE_BLOCKS = 32
 
 
 def supported(device: torch.device, head_dim: int) -> bool:
@@ -90,44 +87,14 @@ if triton is not None:
         return first
 
     @triton.jit
-    def _merge_head(o_ptr, m_ptr, l_ptr, pos_ptr, y_ptr, h, t, T, num_blocks,
-                    HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_B: tl.constexpr,
-                    RECENT: tl.constexpr):
-        """y of token t and head h from its blocks' partial softmaxes. The loads bypass L1 (.cg): other
-        programs of the same kernel may have written them."""
-        # Block 0 always holds a visible key (position 0), so the running max is finite from the first chunk.
-        live_blocks = (tl.load(pos_ptr + T - 1) + BLOCK_KV) // BLOCK_KV
-        first_window_block = _first_window_block(pos_ptr, BLOCK_KV, RECENT)
-        d = tl.arange(0, HEAD_DIM)
-        running_max = tl.full((1,), float("-inf"), tl.float32)
-        total = tl.zeros((1,), dtype=tl.float32)
-        acc = tl.zeros((HEAD_DIM,), dtype=tl.float32)
-        for b0 in range(0, live_blocks, BLOCK_B):
-            b = b0 + tl.arange(0, BLOCK_B)
-            ok = (b < live_blocks) & ((b == 0) | (b >= first_window_block))
-            part = (h * num_blocks + b) * T + t
-            m = tl.load(m_ptr + part, mask=ok, other=float("-inf"), cache_modifier=".cg")
-            new_max = tl.maximum(running_max, tl.max(m, axis=0, keep_dims=True))
-            weight = tl.where(m == float("-inf"), 0.0, tl.exp(m - new_max))
-            rescale = tl.exp(running_max - new_max)
-            o = tl.load(o_ptr + part[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0, cache_modifier=".cg")
-            acc = acc * rescale + tl.sum(weight[:, None] * o, axis=0)
-            l = tl.load(l_ptr + part, mask=ok, other=0.0, cache_modifier=".cg")  # noqa: E741
-            total = total * rescale + tl.sum(weight * l, axis=0, keep_dims=True)
-            running_max = new_max
-        tl.store(y_ptr + (t * HEADS + h) * HEAD_DIM + d, (acc / total).to(y_ptr.dtype.element_ty))
-
-    @triton.jit
     def _attention_blocks_kernel(
-        q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, slopes_ptr, o_ptr, m_ptr, l_ptr, y_ptr, arrivals_ptr,
+        q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, slopes_ptr, o_ptr, m_ptr, l_ptr,
         T, max_seq_len, num_blocks, sm_scale,
         HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr,
         BLOCK_KV: tl.constexpr, ALIBI: tl.constexpr, SINKS: tl.constexpr, RECENT: tl.constexpr,
-        MERGE: tl.constexpr, BLOCK_B: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
+        IEEE: tl.constexpr, PDL: tl.constexpr,
     ):
         # RECENT > 0: each query sees keys [0, SINKS) and its last RECENT positions only (model.AttentionWindow).
-        # MERGE (one token): every program of head h counts itself in arrivals[h] once its partial is stored; the
-        # last to arrive merges the head's blocks into y and sets the count back to 0 for the next launch.
         let_next_kernel_launch(PDL)
         wait_for_inputs(PDL)
         h = tl.program_id(0)
@@ -169,12 +136,6 @@ if triton is not None:
             tl.store(o_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=t_ok[:, None])
             tl.store(m_ptr + part, m, mask=t_ok)
             tl.store(l_ptr + part, tl.sum(p, axis=1), mask=t_ok)
-        if MERGE:
-            tl.debug_barrier()  # all of this program's stores before its arrival (released by the atomic)
-            if tl.atomic_add(arrivals_ptr + h, 1, sem="acq_rel") == num_blocks - 1:
-                tl.store(arrivals_ptr + h, 0)
-                _merge_head(o_ptr, m_ptr, l_ptr, pos_ptr, y_ptr, h, 0, T, num_blocks,
-                            HEADS=HEADS, HEAD_DIM=HEAD_DIM, BLOCK_KV=BLOCK_KV, BLOCK_B=BLOCK_B, RECENT=RECENT)
 
     @triton.jit
     def _merge_blocks_kernel(
@@ -182,10 +143,30 @@ if triton is not None:
         HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_B: tl.constexpr,
         RECENT: tl.constexpr, PDL: tl.constexpr,
     ):
+        # Block 0 always holds a visible key (position 0), so the running max is finite from the first chunk.
         let_next_kernel_launch(PDL)
         wait_for_inputs(PDL)
-        _merge_head(o_ptr, m_ptr, l_ptr, pos_ptr, y_ptr, tl.program_id(0), tl.program_id(1), T, num_blocks,
-                    HEADS=HEADS, HEAD_DIM=HEAD_DIM, BLOCK_KV=BLOCK_KV, BLOCK_B=BLOCK_B, RECENT=RECENT)
+        h = tl.program_id(0)
+        t = tl.program_id(1)
+        live_blocks = (tl.load(pos_ptr + T - 1) + BLOCK_KV) // BLOCK_KV
+        first_window_block = _first_window_block(pos_ptr, BLOCK_KV, RECENT)
+        d = tl.arange(0, HEAD_DIM)
+        running_max = tl.full((1,), float("-inf"), tl.float32)
+        total = tl.zeros((1,), dtype=tl.float32)
+        acc = tl.zeros((HEAD_DIM,), dtype=tl.float32)
+        for b0 in range(0, live_blocks, BLOCK_B):
+            b = b0 + tl.arange(0, BLOCK_B)
+            ok = (b < live_blocks) & ((b == 0) | (b >= first_window_block))
+            part = (h * num_blocks + b) * T + t
+            m = tl.load(m_ptr + part, mask=ok, other=float("-inf"))
+            new_max = tl.maximum(running_max, tl.max(m, axis=0, keep_dims=True))
+            weight = tl.where(m == float("-inf"), 0.0, tl.exp(m - new_max))
+            rescale = tl.exp(running_max - new_max)
+            o = tl.load(o_ptr + part[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
+            acc = acc * rescale + tl.sum(weight[:, None] * o, axis=0)
+            total = total * rescale + tl.sum(weight * tl.load(l_ptr + part, mask=ok, other=0.0), axis=0, keep_dims=True)
+            running_max = new_max
+        tl.store(y_ptr + (t * HEADS + h) * HEAD_DIM + d, (acc / total).to(y_ptr.dtype.element_ty))
 
     @triton.jit
     def _prefill_block(q, k, v, q_pos, j, first_pos, slope, running_max, total, acc, qk_scale,
@@ -298,33 +279,20 @@ def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None
     o = torch.empty(num_heads, num_blocks, T, head_dim, dtype=torch.float32, device=q.device)
     m = torch.empty(num_heads, num_blocks, T, dtype=torch.float32, device=q.device)
     l = torch.empty_like(m)  # noqa: E741
-    y = torch.empty(T, num_heads * head_dim, dtype=q.dtype, device=q.device)
-    merge = T == 1
-    recent = window.recent if window else 0
     _attention_blocks_kernel[(num_heads, num_blocks)](
-        q, k_cache, v_cache, input_pos, alibi_slopes if alibi_slopes is not None else m, o, m, l, y,
-        _arrival_counts(q.device, num_heads) if merge else m, T, max_seq_len, num_blocks, head_dim ** -0.5,
+        q, k_cache, v_cache, input_pos, alibi_slopes if alibi_slopes is not None else m, o, m, l,
+        T, max_seq_len, num_blocks, head_dim ** -0.5,
         HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_T=MAX_VERIFY_TOKENS, BLOCK_KV=BLOCK_KV,
-        ALIBI=alibi_slopes is not None, SINKS=window.sinks if window else 0, RECENT=recent, MERGE=merge,
-        BLOCK_B=MERGE_BLOCKS, IEEE=q.dtype == torch.float32, PDL=launch.enabled, launch_pdl=launch.enabled,
+        ALIBI=alibi_slopes is not None, SINKS=window.sinks if window else 0, RECENT=window.recent if window else 0,
+        IEEE=q.dtype == torch.float32, PDL=launch.enabled, launch_pdl=launch.enabled,
     )
-    if not merge:
-        _merge_blocks_kernel[(num_heads, T)](
-            o, m, l, input_pos, y, T, num_blocks,
-            HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_KV=BLOCK_KV, BLOCK_B=MERGE_BLOCKS, RECENT=recent,
-            PDL=launch.enabled, launch_pdl=launch.enabled,
-        )
+    y = torch.empty(T, num_heads * head_dim, dtype=q.dtype, device=q.device)
+    _merge_blocks_kernel[(num_heads, T)](
+        o, m, l, input_pos, y, T, num_blocks,
+        HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_KV=BLOCK_KV, BLOCK_B=32, RECENT=window.recent if window else 0,
+        PDL=launch.enabled, launch_pdl=launch.enabled,
+    )
     return y
-
-
-_arrivals: dict = {}  # device -> int32 counts per head, 0 between launches (the merging program resets its head's)
-
-
-def _arrival_counts(device: torch.device, num_heads: int) -> torch.Tensor:
-    counts = _arrivals.get(device)
-    if counts is None or counts.numel() < num_heads:
-        counts = _arrivals[device] = torch.zeros(num_heads, dtype=torch.int32, device=device)
-    return counts
 
 
 def prefill_attention(q, k_cache, v_cache, input_pos, alibi_slopes=None, blocks=None) -> torch.Tensor:
@@ -357,26 +325,12 @@ def attend(attn, x, input_pos, end: int, rope, alibi_slopes, window=None) -> tor
 def attend_qkv(attn, qkv, input_pos, end: int, rope, alibi_slopes, window=None) -> torch.Tensor:
     """`attend` between W_pack and o_proj: W_pack's output qkv [1, T, ...] -> [1, T, heads * head_dim]."""
     T = qkv.shape[1]
-    check_window(window, T)
+    if window is not None and T > MAX_VERIFY_TOKENS:  # only a draft attends through a window, in decode passes
+        raise ValueError(f"a windowed attention pass takes at most {MAX_VERIFY_TOKENS} tokens, got {T}")
     cache = attn.kv_cache
     q = rope_and_store(qkv.view(T, -1), input_pos, rope, cache.k, cache.v, attn.num_heads, attn.num_kv_heads)
-    return attend_stored(attn, q, input_pos, end, alibi_slopes, window)
-
-
-def attend_stored(attn, q, input_pos, end: int, alibi_slopes, window=None) -> torch.Tensor:
-    """`attend_qkv` once q ([1, T, heads * head_dim] or [T, heads, head_dim]) is rotated and k, v are in the cache (a GEMV that stores them
-    itself, int4_cuda.QkvStore; `check_window` first) -> [1, T, heads * head_dim]."""
-    T = input_pos.shape[0]
-    cache = attn.kv_cache
-    q = q.view(T, attn.num_heads, attn.head_dim)
     if T <= MAX_VERIFY_TOKENS:
         y = decode_attention(q, cache.k, cache.v, input_pos, end, alibi_slopes, window)
     else:
         y = prefill_attention(q, cache.k, cache.v, input_pos, alibi_slopes)
     return y.view(1, T, attn.num_heads * attn.head_dim)
-
-
-def check_window(window, T: int) -> None:
-    """Before anything of a pass of T tokens is written: only a draft attends through a window, in decode passes."""
-    if window is not None and T > MAX_VERIFY_TOKENS:
-        raise ValueError(f"a windowed attention pass takes at most {MAX_VERIFY_TOKENS} tokens, got {T}")

@@ -1,23 +1,21 @@
 """The INT4 draft's forward pass on CUDA with four GEMV launches and the attention per layer.
 
-FusedTransformer's layer runs add_rms_norm, W_pack, rope_and_store, attention, o_proj, add_rms_norm, gate/up, down.
-Where every matrix of the draft's decoder layers multiplies on the CUDA C++ GEMV (int4_cuda.py), the norms, the
-residual adds and rope_and_store move into the GEMVs next to them: W_pack and gate/up take the residual stream h
-and normalise it in their prologue, W_pack rotates q and k and stores k and v in the cache from its epilogue,
-o_proj and down return h + W x from theirs. Per layer: W_pack, attention, o_proj, gate/up, down; no norm, add or
-RoPE kernel. The final norm before the head stays a kernel of its own.
+FusedTransformer's layer runs add_rms_norm, W_pack, attention, o_proj, add_rms_norm, gate/up, down. Where every
+matrix of the draft's decoder layers multiplies on the CUDA C++ GEMV (int4_cuda.py), the norms and the residual
+adds move into the GEMVs next to them: W_pack and gate/up take the residual stream h and normalise it in their
+prologue, o_proj and down return h + W x from their epilogue. Per layer: W_pack, rope_and_store, attention,
+o_proj, gate/up, down; no norm or add kernel. The final norm before the head stays a kernel of its own.
 
 Each GEMV reads h only after the grid-dependency wait of programmatic dependent launch (or after the kernel
 before it ends, without PDL), and h is never written in place: o_proj and down write a new tensor.
 
-Rounding differs from FusedTransformer's in three places, so the logits agree within a few fp16 rounding steps
-(tests/accel/test_fused_draft.py): the norm sums its squares in another order (int4_cuda.py), h + W x is rounded
-to fp16 once, where the unfused layer rounds W x and then the sum, and the compilers may fuse RoPE's products
-into multiply-adds differently.
+Rounding differs from FusedTransformer's in two places, so the logits agree within a few fp16 rounding steps
+(tests/accel/test_fused_draft.py): the norm sums its squares in another order (int4_cuda.py), and h + W x is
+rounded to fp16 once, where the unfused layer rounds W x and then the sum.
 """
 import torch
 
-from . import attention, int4, int4_cuda, pointwise
+from . import attention, int4, pointwise
 from .transformer import FusedTransformer
 
 
@@ -40,9 +38,8 @@ def serves(model) -> bool:
     return True
 
 
-def _gemv(layer, x, residual=None, norm=None, store=None):
-    return layer.gemv(x, layer.packed, layer.scales, layer.group_size, glu=layer.glu, residual=residual, norm=norm,
-                      store=store)
+def _gemv(layer, x, residual=None, norm=None):
+    return layer.gemv(x, layer.packed, layer.scales, layer.group_size, glu=layer.glu, residual=residual, norm=norm)
 
 
 class FusedDraft(FusedTransformer):
@@ -54,13 +51,11 @@ class FusedDraft(FusedTransformer):
             end = int(input_pos[-1]) + 1
         rope = (self.rope_cos, self.rope_sin) if self.args.position_encoding == "rope" else None
         alibi = None if rope is not None else self.alibi
-        attention.check_window(self.attention_window, tokens.shape[1])
         h = self.model.embed_tokens(tokens)
         for layer in self.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            store = int4_cuda.QkvStore(attn.kv_cache.k, attn.kv_cache.v, input_pos, rope, attn.num_heads)
-            q = _gemv(attn.W_pack, h, norm=layer.input_layernorm, store=store)
-            y = attention.attend_stored(attn, q, input_pos, end, alibi, self.attention_window)
+            qkv = _gemv(attn.W_pack, h, norm=layer.input_layernorm)
+            y = attention.attend_qkv(attn, qkv, input_pos, end, rope, alibi, self.attention_window)
             h = _gemv(attn.o_proj, y, residual=h)
             h = _gemv(mlp.down_proj, _gemv(mlp.gate_up_proj, h, norm=layer.post_attention_layernorm), residual=h)
         return pointwise.rms_norm(h, self.model.norm.weight, self.model.norm.eps)

@@ -20,14 +20,10 @@ pointwise.rms_norm's arithmetic and rounding, so that norm-then-GEMV takes one k
 the order of the float32 sum of squares differs from pointwise.rms_norm's, which can move an element of x by
 one fp16 rounding step, rarely.
 
-For W_pack the kernel can also do attention.rope_and_store's job (QkvStore): each warp then takes rows d and
-d + head_dim / 2 of one head, the pair that RoPE rotates together, and writes q, or k and v into the KV cache at
-the token's position, rotated where the model uses RoPE: one kernel fewer per layer.
-
 The source is compiled to a cubin for the device's own architecture (no PTX for the driver to JIT: a driver
-refuses PTX from a newer NVRTC than itself), once per (device, GROUP, K, GLU, residual, norm, tiling, QKV layout)
-in a process, and launched with cuLaunchKernelEx on torch's current stream, so CUDA-graph capture records it.
-Compile outside capture (the usual warm-up call does).
+refuses PTX from a newer NVRTC than itself), once per (device, GROUP, K, GLU, residual, norm, tiling) in a process,
+and launched with cuLaunchKernelEx on torch's current stream, so CUDA-graph capture records it. Compile
+outside capture (the usual warm-up call does).
 
 Needs the `cuda-python` bindings (`cuda.bindings`, or the older `cuda.cuda`/`cuda.nvrtc` names; in
 requirements.txt, importable without a GPU) and the NVRTC library of the same CUDA major version; torch's CUDA
@@ -77,8 +73,7 @@ _SOURCE = r"""
 // Compile-time: GROUP, K_COLS, ROWS (rows per warp), UNROLL (16-byte loads per thread per row per step),
 // WARPS (per block), L2_PREFETCH (a load hint), LAUNCH_NEXT_EARLY (where PDL lets the next kernel launch),
 // GLU (rows interleave gate and up), RESIDUAL (add [M, N] fp16), NORM (x is the residual stream h: the kernel
-// multiplies by rms_norm(h) * norm_weight), QKV (the matrix is W_pack of HEADS query, KV_HEADS key and KV_HEADS
-// value heads of HEAD_DIM rows: the kernel writes q and stores k and v in the cache, rotated first if ROPE).
+// multiplies by rms_norm(h) * norm_weight).
 typedef unsigned int u32;
 typedef unsigned short u16;
 
@@ -208,30 +203,14 @@ __device__ __forceinline__ void let_next_kernel_launch() {
 #endif
 }
 
-// Where QKV puts k and v: the caches, the tokens' positions, RoPE's cos/sin tables [max_seq_len, HEAD_DIM].
-struct QkvStore {
-    u16* k_cache;
-    u16* v_cache;
-    const long long* positions;
-    const float* cos;
-    const float* sin;
-    int max_seq_len;
-};
-
 // One tile of WARPS * ROWS rows: each warp its ROWS rows. `first`: the block's first tile, which waits for the
 // kernel before (PDL), copies x into shared memory and normalises it; later tiles reuse that copy.
 __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ words, const u16* __restrict__ scales,
                                           const uint4* x, u16* y, const u16* residual, const uint4* norm_weight,
-                                          int n, float eps, const QkvStore& store, int tile, bool first) {
+                                          int n, float eps, int tile, bool first) {
     const int lane = threadIdx.x % 32;
     const int m = blockIdx.y;
-#if QKV
-    // Each warp takes rows d and d + HEAD_DIM / 2 of one head: the two halves that RoPE rotates together.
-    const int pair = tile * WARPS + threadIdx.x / 32;
-    const int row0 = pair / (HEAD_DIM / 2) * HEAD_DIM + pair % (HEAD_DIM / 2), row_step = HEAD_DIM / 2;
-#else
-    const int row0 = (tile * WARPS + threadIdx.x / 32) * ROWS, row_step = 1;
-#endif
+    const int row0 = (tile * WARPS + threadIdx.x / 32) * ROWS;
 
     // Rows past n (last tile) load row n - 1 again and store nothing: loads stay unconditional, and every
     // warp takes part in the block's copy of x.
@@ -239,7 +218,7 @@ __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ w
     const u16* row_scales[ROWS];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
-        const long long row = min(row0 + r * row_step, n - 1);
+        const long long row = min(row0 + r, n - 1);
         row_words[r] = words + row * CHUNKS;
         row_scales[r] = scales + row * (K_COLS / GROUP);
     }
@@ -315,27 +294,6 @@ __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ w
             y[(long long)m * n_out + row] = float_to_half(gate / (1.0f + __expf(-gate)) * up);
         }
     }
-#elif QKV
-    // What attention.rope_and_store does with W_pack's output: the two halves rounded to fp16, rotated in float32
-    // (NeoX rotate-half, cos/sin rows repeating per half), q written as [M, HEADS, HEAD_DIM], k and v stored in
-    // the caches [KV_HEADS, max_seq_len, HEAD_DIM] at the token's position.
-    if (pair < n / 2) {
-        const int slot = pair / (HEAD_DIM / 2), d = pair % (HEAD_DIM / 2);
-        const long long pos = store.positions[m];
-        float a = half_to_float(float_to_half(acc[0])), b = half_to_float(float_to_half(acc[1]));
-#if ROPE
-        if (slot < HEADS + KV_HEADS) {
-            const float c = store.cos[pos * HEAD_DIM + d], s = store.sin[pos * HEAD_DIM + d], a0 = a;
-            a = a0 * c - b * s;
-            b = b * c + a0 * s;
-        }
-#endif
-        u16* out = slot < HEADS ? y + ((long long)m * HEADS + slot) * HEAD_DIM
-                 : slot < HEADS + KV_HEADS ? store.k_cache + ((long long)(slot - HEADS) * store.max_seq_len + pos) * HEAD_DIM
-                 : store.v_cache + ((long long)(slot - HEADS - KV_HEADS) * store.max_seq_len + pos) * HEAD_DIM;
-        out[d] = float_to_half(a);
-        out[d + HEAD_DIM / 2] = float_to_half(b);
-    }
 #else
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
@@ -353,17 +311,15 @@ __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ w
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const uint4* x, u16* y,
-          const u16* residual, const uint4* norm_weight, int n, float eps, u16* k_cache, u16* v_cache,
-          const long long* positions, const float* rope_cos, const float* rope_sin, int max_seq_len) {
+          const u16* residual, const uint4* norm_weight, int n, float eps) {
     __shared__ uint4 xs[K_COLS / 8];
-    const QkvStore store{k_cache, v_cache, positions, rope_cos, rope_sin, max_seq_len};
 #if TILE_LOOP
     // A grid of fewer blocks than tiles: each block takes every gridDim.x-th tile.
     const int n_tiles = (n + WARPS * ROWS - 1) / (WARPS * ROWS);
     for (int tile = blockIdx.x; tile < n_tiles; tile += gridDim.x)
-        gemv_tile(xs, words, scales, x, y, residual, norm_weight, n, eps, store, tile, tile == blockIdx.x);
+        gemv_tile(xs, words, scales, x, y, residual, norm_weight, n, eps, tile, tile == blockIdx.x);
 #else
-    gemv_tile(xs, words, scales, x, y, residual, norm_weight, n, eps, store, blockIdx.x, true);
+    gemv_tile(xs, words, scales, x, y, residual, norm_weight, n, eps, blockIdx.x, true);
 #endif
 }
 """.replace("__HALF2_DOT__", _asm_string(_HALF2_DOT))
@@ -385,44 +341,6 @@ class Tiling:
     blocks_per_sm: int = 0
 
 
-@dataclass(frozen=True)
-class QkvLayout:
-    """W_pack's rows, for the kernel that stores k and v itself (QKV): heads of q, then of k and of v."""
-    heads: int
-    kv_heads: int
-    head_dim: int
-    rope: bool  # rotate q and k first
-
-
-@dataclass(frozen=True, eq=False)
-class QkvStore:
-    """attention.rope_and_store's job done by W_pack's GEMV: it returns q [..., heads * head_dim] and writes k and
-    v into the caches [1, kv_heads, max_seq_len, head_dim] at `positions` (int64, one per row of x), rotated
-    first by `rope`, the (cos, sin) float32 tables [max_seq_len, head_dim], where given."""
-    k_cache: torch.Tensor
-    v_cache: torch.Tensor
-    positions: torch.Tensor
-    rope: tuple[torch.Tensor, torch.Tensor] | None
-    heads: int
-
-    def layout(self) -> QkvLayout:
-        return QkvLayout(self.heads, self.k_cache.shape[1], self.k_cache.shape[3], self.rope is not None)
-
-    def check(self, n: int, m: int) -> None:
-        """ValueError unless these tensors fit a W_pack of n rows applied to m tokens."""
-        layout, cache = self.layout(), self.k_cache
-        if n != (layout.heads + 2 * layout.kv_heads) * layout.head_dim or layout.head_dim % 2:
-            raise ValueError(f"int4_gemv: {n} rows are not W_pack's for {layout}")
-        if not all(c.dtype == torch.float16 and c.is_contiguous() and c.shape == cache.shape and c.dim() == 4
-                   for c in (self.k_cache, self.v_cache)):
-            raise ValueError("int4_gemv: the caches must be contiguous float16 [1, kv_heads, max_seq_len, head_dim]")
-        if self.positions.dtype != torch.int64 or self.positions.shape != (m,):
-            raise ValueError(f"int4_gemv: positions must be int64 of shape ({m},)")
-        if self.rope is not None and not all(t.dtype == torch.float32 and t.is_contiguous() and t.shape == cache.shape[2:]
-                                             for t in self.rope):
-            raise ValueError("int4_gemv: the RoPE tables must be contiguous float32 [max_seq_len, head_dim]")
-
-
 def default_tiling(n: int, k: int) -> Tiling:
     """Enough loads per thread to cover short rows in one step, without more registers than that needs; as many
     blocks as fit at once, looping over tiles: each copies (and normalises) x once for several tiles."""
@@ -442,22 +360,15 @@ def supports(k: int, group: int, dtype: torch.dtype) -> bool:
     return dtype == torch.float16 and group % 32 == 0 and k % group == 0
 
 
-def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tiling: Tiling, norm: bool = False,
-                  qkv: QkvLayout | None = None) -> bytes:
-    """The kernel as a cubin for sm_{arch} (e.g. 90), with the norm prologue if `norm`, storing k and v for W_pack
-    of the layout `qkv` if given. Needs NVRTC only, no GPU."""
+def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tiling: Tiling, norm: bool = False) -> bytes:
+    """The kernel as a cubin for sm_{arch} (e.g. 90), with the norm prologue if `norm`. Needs NVRTC only, no GPU."""
     if k % group or group % 32:
         raise ValueError(f"K {k} must be a multiple of the group size {group}, itself a multiple of 32")
     if glu and tiling.rows % 2:
         raise ValueError("GLU needs an even number of rows per warp")
-    if qkv is not None and (tiling.rows != 2 or glu or residual):
-        raise ValueError("storing q, k and v needs two rows per warp, and no GLU or residual")
     defines = dict(GROUP=group, K_COLS=k, ROWS=tiling.rows, UNROLL=tiling.unroll, WARPS=tiling.warps,
                    L2_PREFETCH=int(tiling.l2_prefetch), LAUNCH_NEXT_EARLY=int(tiling.launch_next_early),
-                   GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm), TILE_LOOP=int(tiling.blocks_per_sm > 0),
-                   QKV=int(qkv is not None))
-    if qkv is not None:
-        defines.update(HEADS=qkv.heads, KV_HEADS=qkv.kv_heads, HEAD_DIM=qkv.head_dim, ROPE=int(qkv.rope))
+                   GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm), TILE_LOOP=int(tiling.blocks_per_sm > 0))
     options = [f"--gpu-architecture=sm_{arch}", "-std=c++17"] + [f"-D{key}={value}" for key, value in defines.items()]
     program = _check(nvrtc.nvrtcCreateProgram(_SOURCE.encode(), b"int4_cuda.cu", 0, [], []))
     try:
@@ -487,13 +398,12 @@ def _ensure_context(device: torch.device) -> None:
             _check(driver.cuCtxSetCurrent(context))
 
 
-def _kernel(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling,
-            qkv: QkvLayout | None = None):
-    key = (device.index, group, k, glu, residual, norm, tiling, qkv)
+def _kernel(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling):
+    key = (device.index, group, k, glu, residual, norm, tiling)
     if key not in _kernels:
         _ensure_context(device)
         major, minor = torch.cuda.get_device_capability(device)
-        cubin = compile_cubin(major * 10 + minor, group, k, glu, residual, tiling, norm, qkv)
+        cubin = compile_cubin(major * 10 + minor, group, k, glu, residual, tiling, norm)
         module = _check(driver.cuModuleLoadData(cubin))
         function = _check(driver.cuModuleGetFunction(module, b"int4_gemv"))
         resident = _check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(function, 32 * tiling.warps, 0))
@@ -502,17 +412,16 @@ def _kernel(device: torch.device, group: int, k: int, glu: bool, residual: bool,
 
 
 @functools.cache  # once per shape: every eager call of a decode step asks again
-def _grid(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling, n: int,
-          qkv: QkvLayout | None = None):
+def _grid(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling, n: int):
     """The kernel for n rows and its grid's width: blocks looping over tiles where `tiling` asks for it and the
     tiles fill two grids of them, else a block per tile (built without the loop)."""
     tiles = math.ceil(n / (tiling.rows * tiling.warps))
     if tiling.blocks_per_sm:
-        function, resident = _kernel(device, group, k, glu, residual, norm, tiling, qkv)
+        function, resident = _kernel(device, group, k, glu, residual, norm, tiling)
         blocks = torch.cuda.get_device_properties(device).multi_processor_count * min(tiling.blocks_per_sm, resident)
         if tiles >= 2 * blocks:
             return function, blocks
-    return _kernel(device, group, k, glu, residual, norm, replace(tiling, blocks_per_sm=0), qkv)[0], tiles
+    return _kernel(device, group, k, glu, residual, norm, replace(tiling, blocks_per_sm=0))[0], tiles
 
 
 def available(device: torch.device) -> bool:
@@ -537,8 +446,8 @@ def available(device: torch.device) -> bool:
     return True
 
 
-# words, scales, x, y, residual, norm_weight, n, eps, k_cache, v_cache, positions, rope_cos, rope_sin, max_seq_len
-_ARG_TYPES = (ctypes.c_void_p,) * 6 + (ctypes.c_int, ctypes.c_float) + (ctypes.c_void_p,) * 5 + (ctypes.c_int,)
+# words, scales, x, y, residual, norm_weight, n, eps
+_ARG_TYPES = (ctypes.c_void_p,) * 6 + (ctypes.c_int, ctypes.c_float)
 
 
 def _launch(function, grid, block, stream, pdl: bool, args) -> None:
@@ -561,13 +470,12 @@ def _launch(function, grid, block, stream, pdl: bool, args) -> None:
 def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group: int, glu: bool = False,
               out: torch.Tensor | None = None, pdl: bool = False, residual: torch.Tensor | None = None,
               tiling: Tiling | None = None, norm_weight: torch.Tensor | None = None,
-              norm_eps: float = 1e-6, store: QkvStore | None = None) -> torch.Tensor:
+              norm_eps: float = 1e-6) -> torch.Tensor:
     """x [..., K] float16 times the INT4 weight (int32 words [N, K/8], quantize.pack_half2_words; float16 scales
     [N, K/group]) -> [..., N], or silu(gate) * up [..., N/2] with `glu` (rows interleave gate and up).
     `residual` [..., N] is added to the product (not with `glu`). `out` receives the result if given.
     `norm_weight` [K] float16: x is the residual stream, and the product is taken of its RMS norm times this
     weight (pointwise.rms_norm(x, norm_weight, norm_eps)), computed in the kernel.
-    `store`: the weight is W_pack; the kernel returns q [..., heads * head_dim] and stores k and v (QkvStore).
     `pdl`: launch with programmatic dependent launch (compute capability 9.0 and later)."""
     if x.dtype != torch.float16 or scales.dtype != torch.float16 or words.dtype != torch.int32:
         raise TypeError(f"int4_gemv takes float16 x and scales and int32 words, got {x.dtype}, {scales.dtype}, "
@@ -578,22 +486,16 @@ def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group:
                          f"{tuple(scales.shape)} do not fit group size {group}")
     if glu and (n % 2 or residual is not None):
         raise ValueError("int4_gemv: GLU needs an even number of rows and no residual")
-    if store is not None and (glu or residual is not None):
-        raise ValueError("int4_gemv: storing q, k and v takes no GLU or residual")
     if norm_weight is not None:
         if norm_weight.shape != (k,) or norm_weight.dtype != torch.float16:
             raise ValueError(f"int4_gemv: norm_weight must be float16 of shape ({k},)")
         if not norm_weight.is_contiguous() or norm_weight.data_ptr() % 16:
             norm_weight = norm_weight.clone(memory_format=torch.contiguous_format)
+    n_out = n // 2 if glu else n
     flat = x.reshape(-1, k)
     if not flat.is_contiguous() or flat.data_ptr() % 16:
         flat = flat.clone(memory_format=torch.contiguous_format)
     m = flat.shape[0]
-    qkv = None
-    if store is not None:
-        store.check(n, m)
-        qkv = store.layout()
-    n_out = n // 2 if glu else qkv.heads * qkv.head_dim if qkv else n
     if out is None:
         out = torch.empty(*x.shape[:-1], n_out, dtype=torch.float16, device=x.device)
     if out.shape != (*x.shape[:-1], n_out) or out.dtype != torch.float16 or not out.is_contiguous():
@@ -607,18 +509,12 @@ def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group:
         raise ValueError("int4_gemv: the weight words must be 16-byte aligned")
     tiling = tiling or default_tiling(n, k)
     device = torch.device("cuda", x.device.index if x.device.index is not None else torch.cuda.current_device())
-    function, blocks = _grid(device, group, k, glu, residual is not None, norm_weight is not None, tiling, n, qkv)
+    function, blocks = _grid(device, group, k, glu, residual is not None, norm_weight is not None, tiling, n)
     pdl = pdl and torch.cuda.get_device_capability(device) >= (9, 0)
     grid = (blocks, m, 1)
     stream = torch.cuda.current_stream(device).cuda_stream
     args = (words.data_ptr(), scales.data_ptr(), flat.data_ptr(), out.data_ptr(),
             0 if residual is None else residual.data_ptr(), 0 if norm_weight is None else norm_weight.data_ptr(), n,
             float(norm_eps))
-    if store is None:
-        args += (0,) * 5 + (0,)
-    else:
-        cos, sin = store.rope or (None, None)
-        args += (store.k_cache.data_ptr(), store.v_cache.data_ptr(), store.positions.data_ptr(),
-                 0 if cos is None else cos.data_ptr(), 0 if sin is None else sin.data_ptr(), store.k_cache.shape[2])
     _launch(function, grid, (32 * tiling.warps, 1, 1), stream, pdl, args)
     return out

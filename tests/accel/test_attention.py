@@ -50,7 +50,6 @@ def reference_attention(q, kc, vc, pos, slopes, end, window=None):
 
 def check_kernels(device: str):
     exact_rows = device == "cuda"  # numpy's matmul in the interpreter is not row-exact
-    from selfspec.accel import attention
     from selfspec.accel.attention import decode_attention, prefill_attention, rope_and_store
 
     torch.manual_seed(0)
@@ -96,8 +95,6 @@ def check_kernels(device: str):
                 torch.testing.assert_close(row, y[t], atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="at most 128 sinks"):
         decode_attention(q, kc, vc, pos, end, slopes, AttentionWindow(129, 8))
-    # One-token passes merged by each head's last program: every count back at 0 for the next launch.
-    assert not attention._arrivals[q.device].any()
     # A prefill's rotation and cache writes (16 tokens per program, the last block part-filled).
     H, KVH, D, S, T = 4, 2, 16, 512, 300
     kc, vc = torch.randn(2, 1, KVH, S, D, device=device)

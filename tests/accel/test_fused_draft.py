@@ -70,20 +70,13 @@ def test_the_fused_layers_compute_the_plain_draft_on_cpu(position_encoding, num_
     tokens, input_pos = torch.randint(0, 320, (1, 7)), torch.arange(5, 12)
     model(torch.randint(0, 320, (1, 5)), torch.arange(5))  # a cache to attend to
 
-    stores = []
-
-    def gemv(x, packed, scales, group_size, glu=False, residual=None, norm=None, store=None):
+    def gemv(x, packed, scales, group_size, glu=False, residual=None, norm=None):
         x = x if norm is None else norm(x)
         y = torch.nn.functional.linear(x, dequantize_int4(unpack_nibbles(packed, group_size), scales, x.dtype))
         y = silu_mul(y[..., 0::2], y[..., 1::2]) if glu else y
-        if store is not None:  # W_pack: the whole qkv goes on to attend_stored below, which stores k and v
-            stores.append(store)
         return y if residual is None else residual + y
 
-    def attend_stored(attn, qkv, input_pos, end, alibi, window):  # Attention.forward between W_pack and o_proj
-        store = stores[-1]
-        assert store.k_cache is attn.kv_cache.k and store.v_cache is attn.kv_cache.v and store.heads == attn.num_heads
-        assert store.positions is input_pos and (store.rope is None) == (position_encoding == "alibi")
+    def attend_qkv(attn, qkv, input_pos, end, rope, alibi, window):  # Attention.forward between W_pack and o_proj
         assert window == draft.attention_window  # the mask of attention_inputs below applies it
         projections = attn.W_pack, attn.o_proj
         attn.W_pack = attn.o_proj = torch.nn.Identity()
@@ -95,12 +88,11 @@ def test_the_fused_layers_compute_the_plain_draft_on_cpu(position_encoding, num_
     for layer in draft.modules():
         if isinstance(layer, Int4Linear):
             layer.gemv = gemv
-    monkeypatch.setattr(fused_draft.attention, "attend_stored", attend_stored)
+    monkeypatch.setattr(fused_draft.attention, "attend_qkv", attend_qkv)
     monkeypatch.setattr(fused_draft, "pointwise", types.SimpleNamespace(rms_norm=rms_norm))
     expected = draft.hidden_states(tokens, input_pos)
     draft.__class__ = FusedDraft
     torch.testing.assert_close(draft.hidden_states(tokens, input_pos), expected, atol=1e-5, rtol=1e-5)
-    assert len(stores) == len(draft.model.layers)
 
 
 def _cuda_draft(position_encoding, num_heads, group_size, attention_window=None):

@@ -55,16 +55,6 @@ def test_nvrtc_builds_the_norm_prologue_variants(arch, group, k, glu, residual, 
 
 
 @needs_nvrtc
-@pytest.mark.parametrize("layout", [int4_cuda.QkvLayout(32, 32, 128, rope=True), int4_cuda.QkvLayout(5, 5, 32, rope=False),
-                                    int4_cuda.QkvLayout(8, 2, 64, rope=True)])
-def test_nvrtc_builds_the_qkv_store_variants(layout):
-    cubin = int4_cuda.compile_cubin(90, 64, 4096, False, False, int4_cuda.default_tiling(12288, 4096), True, layout)
-    assert cubin[:4] == b"\x7fELF"
-    with pytest.raises(ValueError, match="two rows per warp"):
-        int4_cuda.compile_cubin(90, 64, 4096, False, False, Tiling(rows=4), True, layout)
-
-
-@needs_nvrtc
 def test_build_refuses_shapes_the_kernel_cannot_walk():
     with pytest.raises(ValueError, match="multiple"):
         int4_cuda.compile_cubin(90, 64, 96, False, False, Tiling())  # K not a multiple of the group
@@ -104,23 +94,6 @@ def test_arguments_are_checked_before_anything_runs():
         int4_cuda.int4_gemv(x, words, scales, 64, norm_weight=torch.ones(64, dtype=torch.float16))
     with pytest.raises(ValueError, match="norm_weight"):
         int4_cuda.int4_gemv(x, words, scales, 64, norm_weight=torch.ones(128))
-    # W_pack of one head of q, k and v of 2 dims would have 6 rows, not 8; then the caches, positions, tables
-    cache = torch.zeros(1, 1, 4, 2, dtype=torch.float16)
-    store = int4_cuda.QkvStore(cache, cache, torch.zeros(1, dtype=torch.int64), None, heads=1)
-    with pytest.raises(ValueError, match="not W_pack's"):
-        int4_cuda.int4_gemv(x, words, scales, 64, store=store)
-    with pytest.raises(ValueError, match="no GLU or residual"):
-        int4_cuda.int4_gemv(x, words, scales, 64, store=store, residual=torch.zeros(1, 8, dtype=torch.float16))
-    cache = torch.zeros(1, 2, 4, 2, dtype=torch.float16)  # 2 heads of q, 2 of k, 2 of v: 12 rows
-    words, scales = torch.zeros(12, 16, dtype=torch.int32), torch.ones(12, 2, dtype=torch.float16)
-    tables = torch.ones(4, 2), torch.ones(4, 2)
-    for bad, match in [(dict(k_cache=cache.float()), "caches"), (dict(v_cache=cache[:, :, :2]), "caches"),
-                       (dict(positions=torch.zeros(1, dtype=torch.int32)), "positions"),
-                       (dict(positions=torch.zeros(2, dtype=torch.int64)), "positions"),
-                       (dict(rope=(tables[0].half(), tables[1])), "RoPE"), (dict(rope=(tables[0][:2], tables[1])), "RoPE")]:
-        fields = dict(k_cache=cache, v_cache=cache, positions=torch.zeros(1, dtype=torch.int64), rope=tables, heads=2)
-        with pytest.raises(ValueError, match=match):
-            int4_cuda.int4_gemv(x, words, scales, 64, store=int4_cuda.QkvStore(**{**fields, **bad}))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the lab runs for real where there is a GPU")
@@ -200,42 +173,6 @@ def test_norm_prologue_matches_rms_norm_then_gemv(n, k, group, glu, residual, m,
     assert y.shape == unfused.shape
     assert float((y.float() - unfused.float()).norm() / unfused.float().norm()) < NORM_TOLERANCE
     assert _close(y, _reference(x, w, glu, added), glu)
-
-
-def _rope_tables(seq, head_dim):
-    angles = torch.outer(torch.arange(seq, device="cuda").float(),
-                         10000.0 ** -(torch.arange(0, head_dim, 2, device="cuda").float() / head_dim))
-    angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos(), angles.sin()
-
-
-@pytest.mark.gpu
-@cuda
-@pytest.mark.parametrize("heads,kv_heads,head_dim,rope", [(32, 32, 128, True), (5, 5, 32, False), (8, 2, 64, True)])
-@pytest.mark.parametrize("m", [1, 3])
-@pytest.mark.parametrize("loop", [{}, dict(blocks_per_sm=0)])
-def test_qkv_store_epilogue_does_what_rope_and_store_does(heads, kv_heads, head_dim, rope, m, loop):
-    from selfspec.accel import attention
-
-    n, k, seq = (heads + 2 * kv_heads) * head_dim, 512, 64
-    words, scales, _ = _weights(n, k, 64)
-    h = torch.randn(m, k, device="cuda", dtype=torch.float16) * 3
-    norm_weight = (1 + 0.1 * torch.randn(k, device="cuda")).half()
-    positions = torch.arange(40, 40 + m, device="cuda")
-    tables = _rope_tables(seq, head_dim) if rope else None
-    caches = [torch.zeros(1, kv_heads, seq, head_dim, device="cuda", dtype=torch.float16) for _ in range(4)]
-    tiling = dataclasses.replace(int4_cuda.default_tiling(n, k), **loop)
-    store = int4_cuda.QkvStore(caches[0], caches[1], positions, tables, heads)
-    q = int4_cuda.int4_gemv(h, words, scales, 64, norm_weight=norm_weight, tiling=tiling, store=store)
-    qkv = int4_cuda.int4_gemv(h, words, scales, 64, norm_weight=norm_weight, tiling=tiling)
-    q_ref = attention.rope_and_store(qkv, positions, tables, caches[2], caches[3], heads, kv_heads)
-    assert q.shape == (m, heads * head_dim) and caches[0].abs().sum() > 0
-    assert torch.equal(caches[1], caches[3])  # v as W_pack wrote it, at the positions only
-    if rope:  # the rotation's products may be fused into multiply-adds otherwise: one fp16 rounding step
-        torch.testing.assert_close(q.view_as(q_ref), q_ref, rtol=1e-3, atol=2e-3)
-        torch.testing.assert_close(caches[0], caches[2], rtol=1e-3, atol=2e-3)
-    else:
-        assert torch.equal(q.view_as(q_ref), q_ref) and torch.equal(caches[0], caches[2])
 
 
 @pytest.mark.gpu
