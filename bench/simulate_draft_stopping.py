@@ -25,7 +25,7 @@ if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import model_folder, parser  # noqa: E402
-from bench.measure_acceptance import PROMPTS, default_max_seq_len  # noqa: E402
+from bench.measure_acceptance import PROMPT_SETS, default_max_seq_len  # noqa: E402
 from selfspec.errors import InputError, run_main  # noqa: E402
 from selfspec.checkpoint import load_checkpoint  # noqa: E402
 from selfspec.folder import read_json  # noqa: E402
@@ -125,11 +125,11 @@ def collect_chains(args) -> list[dict]:
         ckpt, model, tokenizer = load_checkpoint(str(folder), torch.float32, torch.device("cpu"), max_seq_len)
     draft = make_draft(model, group_size=64, lm_head=args.draft_lm_head)
     records = []
-    for prompt in PROMPTS:
+    for prompt in PROMPT_SETS[args.prompt_set]:
         # Room for the answer and the draft chains read past its last token.
         ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=max_seq_len - 128 - args.max_step_draft)
         answer, _ = generate(model, ids, 128, eos_token_id=ckpt.eos_token_id)
-        records.append({"prompt": prompt, "answer": answer,
+        records.append({"prompt": prompt, "ids": ids, "answer": answer,
                         "chains": draft_chains(model, draft, ids, answer, args.max_step_draft)})
     return records
 
@@ -143,6 +143,8 @@ def main():
     p.add_argument("--max-step-draft", type=int, default=8, help="drafts per round at most: the chains' length")
     p.add_argument("--draft-lm-head", default="int8")
     p.add_argument("--max-seq-len", type=int, help="KV cache length (default: 2048, or the model's context if shorter)")
+    p.add_argument("--prompt-set", choices=sorted(PROMPT_SETS), default="default",
+                   help="the prompts of bench/measure_acceptance.py's --prompt-set")
     p.add_argument("--out", type=Path, help="write the chains and results as JSON")
     args = p.parse_args()
     records = saved_chains(args.chains, args.max_step_draft) if args.chains else collect_chains(args)

@@ -42,6 +42,14 @@ def test_max_seq_len_beyond_the_context(script, tiny_7b):
     assert_clean_error(run_bench(script, "--model", tiny_7b, "--max-seq-len", 4096), "context 256")
 
 
+def test_simulate_lookup_bad_chains(tmp_path):
+    assert_clean_error(run_bench("simulate_lookup.py", "--chains", tmp_path / "missing.json"), "not found")
+    no_ids = tmp_path / "old.json"  # written before the chains recorded the prompt's ids
+    no_ids.write_text(json.dumps({"records": [{"prompt": "p", "answer": [1, 2],
+                                               "chains": [{"tokens": [3], "confidences": [0.5]}]}]}))
+    assert_clean_error(run_bench("simulate_lookup.py", "--chains", no_ids, "--max-step-draft", 1), "no prompt ids")
+
+
 def test_make_proxy_bad_sources(tmp_path, tiny_7b):
     assert_clean_error(run_script("make_proxy.py", tmp_path / "missing", tmp_path / "out"), "does not exist")
     assert_clean_error(run_script("make_proxy.py", tiny_7b, tmp_path / "out"), "Llama")

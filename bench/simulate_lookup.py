@@ -1,0 +1,171 @@
+"""Ways of combining the prompt lookup with the INT4 draft, replayed exactly over recorded draft chains.
+
+    python bench/simulate_lookup.py --chains F.json [--draft-step 0.45] [--verify-step 1.04] [--out R.json]
+
+F.json is written by `bench/simulate_draft_stopping.py --max-step-draft 15 --out F.json` (any --prompt-set):
+the target's greedy answer to each prompt, the prompt's ids, and at every position of the answer the INT4
+draft's greedy chain with its top probabilities. Greedy decoding emits the target's answer whatever is
+drafted, so a policy is fully described by what it proposes and what that costs; each is replayed round by
+round with generate()'s logic (stopping rule, adaptive threshold, lookup index, budget):
+
+- `int4`, `lookup+int4`: generate()'s draft sources (the replay gives generate()'s counts; tested);
+- `tree`: where the lookup proposes, the INT4 draft drafts as well, and one verify pass checks both
+  branches (a tree of two; the pass then takes up to 16 tokens): the round keeps the longer accepted prefix;
+- `checked`: where the lookup proposes, the INT4 draft drafts its first token; if it is the lookup's first
+  token the lookup run is verified, else the INT4 draft goes on as in an INT4 round;
+- `guided`: where the lookup proposes, one INT4 draft pass over the lookup run (--guide-step, in FP16 steps)
+  keeps the run as far as the draft agrees with it, adds the draft's own next token, and the draft goes on
+  from there as in an INT4 round.
+
+Costs are in plain FP16 steps: --draft-step per INT4 draft step, --verify-step per verify pass, --tree-verify-step
+per pass over a tree (up to 16 tokens: 10-16 tokens cost 1.04-1.05x of a step on an H100, docs/performance.md).
+Speedup = answer tokens / cost. Greedy decoding only: a tree needs another accept rule for sampling.
+"""
+import json
+import sys
+from pathlib import Path
+
+if not __package__:  # run as a file: the packages live in the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import parser  # noqa: E402
+from bench.simulate_draft_stopping import saved_chains  # noqa: E402
+from selfspec.errors import InputError, run_main  # noqa: E402
+from selfspec.generate import adapt_th_stop_draft  # noqa: E402
+from selfspec.lookup import NgramLookup  # noqa: E402
+
+POLICIES = ("int4", "lookup+int4", "tree", "checked", "guided")
+MAX_TREE_TOKENS = 16  # one verify pass: the last token and both branches
+
+
+def matched(proposal: list[int], answer: list[int], start: int) -> int:
+    """How many of `proposal` the target accepts when answer[start:] is what it emits."""
+    n = 0
+    while n < len(proposal) and start + n < len(answer) and proposal[n] == answer[start + n]:
+        n += 1
+    return n
+
+
+class Threshold:
+    """generate()'s adaptive stop threshold and the INT4 draft's stopping rule over a chain's confidences."""
+
+    def __init__(self, th: float = 0.6):
+        self.th, self.ema = th, 0.0
+
+    def drafts(self, confidences: list[float], k_max: int, first: int = 1) -> int:
+        """How many of the chain's tokens the draft proposes, up to k_max, when the first `first` come without
+        consulting the rule (at least one: generate() consults it from the first draft on)."""
+        k = max(1, first)
+        while k < k_max and confidences[k - 1] >= self.th:
+            k += 1
+        return min(k, k_max)
+
+    def update(self, accepted: int, drafted: int, max_step_draft: int):
+        self.th, self.ema = adapt_th_stop_draft(self.th, self.ema, accepted, drafted, max_step_draft)
+
+
+def replay(ids, answer, chains, policy: str, draft_step: float, verify_step: float, guide_step: float = 0.0,
+           tree_verify_step: float | None = None, max_step_draft: int = 8, max_new_tokens: int = 128,
+           ngram=(2, 4)) -> dict:
+    """Replay one prompt's decoding under `policy` (POLICIES): its cost in FP16 steps and counts. A verify pass
+    costs verify_step, one over a tree tree_verify_step (default: verify_step)."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    lookup = NgramLookup(ids + answer[:1], *ngram) if policy != "int4" else None
+    threshold = Threshold()
+    j = 0  # answer[:j + 1] is emitted
+    counts = dict(cost=0.0, rounds=0, drafted=0, accepted=0, lookup_rounds=0, lookup_drafted=0, lookup_accepted=0)
+    while j < len(answer) - 1:
+        k_max = min(max_step_draft, max_new_tokens - (j + 1) - 1)
+        proposal = lookup.propose(k_max) if lookup is not None else []
+        tokens, confidences = chains[j]["tokens"][:max_step_draft], chains[j]["confidences"][:max_step_draft]
+        n_lookup = matched(proposal, answer, j + 1)
+        if k_max < 1:  # a plain step
+            n, cost, drafted = 0, 1.0, 0
+        elif not proposal or policy == "checked" and tokens[0] != proposal[0]:
+            proposal = []  # an INT4 round
+            k = threshold.drafts(confidences, k_max)
+            n = matched(tokens[:k], answer, j + 1)
+            cost, drafted = verify_step + k * draft_step, k
+            threshold.update(n, k, max_step_draft)
+        elif policy in ("lookup+int4", "checked"):
+            n = n_lookup
+            cost, drafted = verify_step + (draft_step if policy == "checked" else 0.0), len(proposal)
+        elif policy == "tree":
+            k = threshold.drafts(confidences, min(k_max, MAX_TREE_TOKENS - 1 - len(proposal)))
+            n_int4 = matched(tokens[:k], answer, j + 1)
+            n = max(n_lookup, n_int4)
+            cost = (verify_step if tree_verify_step is None else tree_verify_step) + k * draft_step
+            drafted = len(proposal) + k
+            threshold.update(n_int4, k, max_step_draft)
+        else:  # guided: the draft's pass over the run gives its tokens up to the first disagreement, and one more
+            free = min(matched(tokens, proposal, 0) + 1, k_max)
+            k = threshold.drafts(confidences, k_max, first=free)
+            n = matched(tokens[:k], answer, j + 1)
+            cost, drafted = verify_step + guide_step + (k - free) * draft_step, k
+        if proposal:
+            counts["lookup_rounds"] += 1
+            counts["lookup_drafted"] += len(proposal)
+            counts["lookup_accepted"] += n_lookup
+        counts["cost"] += cost
+        counts["rounds"] += 1
+        counts["drafted"] += drafted
+        counts["accepted"] += n
+        if lookup is not None:
+            lookup.extend(answer[j + 1 : j + n + 2])
+        j += n + 1
+    return counts
+
+
+def compare(records, draft_step: float, verify_step: float, guide_steps, tree_verify_step: float,
+            max_step_draft: int = 8) -> dict:
+    """Every policy over every record: per prompt and overall speedups; prints a markdown table."""
+    runs = [(p, 0.0) for p in POLICIES if p != "guided"] + [("guided", g) for g in guide_steps]
+    names = [p if p != "guided" else f"guided ({g:g})" for p, g in runs]
+    results = {name: {"prompts": []} for name in names}
+    print("| prompt | " + " | ".join(names) + " |\n| --- |" + " ---: |" * len(names))
+    for record in records:
+        tokens = len(record["answer"]) - 1
+        row = []
+        for name, (policy, guide) in zip(names, runs):
+            counts = replay(record["ids"], record["answer"], record["chains"], policy, draft_step, verify_step, guide,
+                            tree_verify_step, max_step_draft)
+            counts["speedup"] = tokens / counts["cost"] if counts["cost"] else 1.0
+            results[name]["prompts"].append({"prompt": record["prompt"][-60:], "tokens": tokens, **counts})
+            row.append(f"{counts['speedup']:.2f}x")
+        print(f"| {record['prompt'][-40:]!r} | " + " | ".join(row) + " |")
+    total_tokens = sum(len(r["answer"]) - 1 for r in records)
+    for name in names:
+        cost = sum(p["cost"] for p in results[name]["prompts"])
+        results[name]["speedup"] = total_tokens / cost
+    print("| **all** | " + " | ".join(f"**{results[n]['speedup']:.2f}x**" for n in names) + " |")
+    return results
+
+
+def main():
+    p = parser(__doc__)
+    p.add_argument("--chains", type=Path, required=True, action="append",
+                   help="an --out file of bench/simulate_draft_stopping.py with prompt ids (several: their prompts together)")
+    p.add_argument("--draft-step", type=float, default=0.45, help="INT4 draft step cost in FP16 steps")
+    p.add_argument("--verify-step", type=float, default=1.04, help="verify pass cost in FP16 steps")
+    p.add_argument("--tree-verify-step", type=float, default=1.05,
+                   help="a verify pass over both branches (up to 16 tokens) in FP16 steps")
+    p.add_argument("--guide-step", type=float, nargs="+", default=[0.45, 0.6, 0.9],
+                   help="cost of the draft's one pass over a lookup run in FP16 steps, for `guided` (several: each)")
+    p.add_argument("--max-step-draft", type=int, default=8)
+    p.add_argument("--out", type=Path, help="write the results as JSON")
+    args = p.parse_args()
+    records = []
+    for path in args.chains:
+        for record in saved_chains(path, args.max_step_draft):
+            if "ids" not in record:
+                raise InputError(f"{path} has no prompt ids: write it again with bench/simulate_draft_stopping.py")
+            records.append(record)
+    results = compare(records, args.draft_step, args.verify_step, args.guide_step, args.tree_verify_step,
+                      args.max_step_draft)
+    if args.out:
+        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}))
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

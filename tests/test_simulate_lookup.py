@@ -1,0 +1,62 @@
+"""bench/simulate_lookup.py: its replay of generate()'s draft sources must be generate() itself, and the
+other policies must propose and cost what they say."""
+import pytest
+
+from bench.simulate_draft_stopping import draft_chains
+from bench.simulate_lookup import replay
+from selfspec.draft import make_draft
+from selfspec.generate import generate
+from helpers import random_model
+
+
+@pytest.mark.parametrize("source", ["int4", "lookup+int4"])
+def test_replay_counts_like_generate(source):
+    model = random_model(max_seq_len=220)
+    draft = make_draft(model, group_size=32)
+    prompt = [5, 17, 250, 3, 99, 42, 5, 17, 250, 8] * 3  # repeats: the lookup has matches
+    answer, _ = generate(model, prompt, 80)
+    _, stats = generate(model, prompt, 80, draft=draft, draft_source=source)
+    chains = draft_chains(model, draft, prompt, answer, depth=8)
+    counts = replay(prompt, answer, chains, source, draft_step=0.4, verify_step=1.0, max_new_tokens=80)
+    assert (counts["drafted"], counts["accepted"], counts["rounds"]) == (stats.drafted, stats.accepted,
+                                                                          stats.verify_steps)
+    assert (counts["lookup_drafted"], counts["lookup_accepted"], counts["lookup_rounds"]) == (
+        stats.lookup_drafted, stats.lookup_accepted, stats.lookup_steps)
+    int4_drafted = stats.drafted - stats.lookup_drafted
+    assert counts["cost"] == pytest.approx(0.4 * int4_drafted + stats.verify_steps)
+    if source == "lookup+int4":
+        assert stats.lookup_steps > 0 and int4_drafted > 0  # both kinds of round took place
+
+
+def chain(tokens):
+    return {"tokens": tokens + [0] * (8 - len(tokens)), "confidences": [0.9] * 8}
+
+
+# The prompt [1, 2, 3, 4, 5, 6] ends "1, 2" after answer[0] = 2 ... built so that the lookup proposes 3, 4, 5, 6
+# at j = 0: the context is [7, 1, 2, 3, 4, 5, 6, 1, 2].
+PROMPT = [7, 1, 2, 3, 4, 5, 6, 1]
+ANSWER = [2, 3, 4, 9, 10, 11]  # the target accepts the lookup's 3, 4 and emits 9
+
+
+def test_policies_on_one_round():
+    # At j = 0 the INT4 draft's chain is right for three tokens (3, 4, 9), then wrong; later chains are wrong.
+    chains = [chain([3, 4, 9, 0])] + [chain([99]) for _ in ANSWER[1:]]
+    costs = dict(draft_step=0.5, verify_step=1.0, max_new_tokens=6)
+
+    def first_round(policy, **extra):
+        return replay(PROMPT, ANSWER, chains, policy, **costs, **extra)
+
+    # lookup+int4: the lookup's 3, 4, 5, 6 (k_max = min(8, 6 - 1 - 1) = 4); 3, 4 accepted, then 9 emitted.
+    lookup = first_round("lookup+int4")
+    assert (lookup["lookup_drafted"], lookup["lookup_accepted"]) == (4, 2)
+    # tree: both branches; the INT4 branch is accepted further (3, 4, 9), so the first round emits 4 tokens.
+    tree = first_round("tree", tree_verify_step=1.25)
+    assert tree["rounds"] < lookup["rounds"]
+    # checked: the draft's first token (3) agrees with the lookup's: the lookup run is verified, at a draft step more.
+    checked = first_round("checked")
+    assert checked["rounds"] == lookup["rounds"] and checked["cost"] == pytest.approx(lookup["cost"] + 0.5)
+    # guided: the draft agrees with 3, 4, then proposes its own 9: the round emits what the tree's does.
+    guided = first_round("guided", guide_step=0.25)
+    assert guided["rounds"] == tree["rounds"]
+    with pytest.raises(ValueError, match="policy"):
+        first_round("both")
