@@ -13,6 +13,8 @@ round with generate()'s logic (stopping rule, adaptive threshold, lookup index, 
   branches (a tree of two; the pass then takes up to 16 tokens): the round keeps the longer accepted prefix;
 - `checked`: where the lookup proposes, the INT4 draft drafts its first token; if it is the lookup's first
   token the lookup run is verified, else the INT4 draft goes on as in an INT4 round;
+- `checked when missing`: as `checked`, but only while the lookup's first tokens have been missing (an EMA
+  of whether each proposal's first token was the one emitted, under 0.5); else as `lookup+int4`;
 - `guided`: where the lookup proposes, one INT4 draft pass over the lookup run (--guide-step, in FP16 steps)
   keeps the run as far as the draft agrees with it, adds the draft's own next token, and the draft goes on
   from there as in an INT4 round.
@@ -34,7 +36,8 @@ from selfspec.errors import InputError, run_main  # noqa: E402
 from selfspec.generate import adapt_th_stop_draft  # noqa: E402
 from selfspec.lookup import NgramLookup  # noqa: E402
 
-POLICIES = ("int4", "lookup+int4", "tree", "checked", "guided")
+POLICIES = ("int4", "lookup+int4", "tree", "checked", "checked when missing", "guided")
+HIT_EMA = 0.5  # `checked when missing`: weight of the previous value in the EMA of the lookup's first-token hits
 MAX_TREE_TOKENS = 16  # one verify pass: the last token and both branches
 
 
@@ -66,38 +69,46 @@ class Threshold:
 
 def replay(ids, answer, chains, policy: str, draft_step: float, verify_step: float, guide_step: float = 0.0,
            tree_verify_step: float | None = None, max_step_draft: int = 8, max_new_tokens: int = 128,
-           ngram=(2, 4)) -> dict:
+           ngram=(2, 4), max_lookup: int | None = None) -> dict:
     """Replay one prompt's decoding under `policy` (POLICIES): its cost in FP16 steps and counts. A verify pass
-    costs verify_step, one over a tree tree_verify_step (default: verify_step)."""
+    costs verify_step, one over a tree tree_verify_step (default: verify_step). The lookup proposes up to
+    max_lookup tokens a round (default: max_step_draft), the INT4 draft up to max_step_draft."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     lookup = NgramLookup(ids + answer[:1], *ngram) if policy != "int4" else None
     threshold = Threshold()
     j = 0  # answer[:j + 1] is emitted
     counts = dict(cost=0.0, rounds=0, drafted=0, accepted=0, lookup_rounds=0, lookup_drafted=0, lookup_accepted=0)
+    hits = 1.0  # EMA of the lookup's first token being right, for `checked when missing`
     while j < len(answer) - 1:
-        k_max = min(max_step_draft, max_new_tokens - (j + 1) - 1)
-        proposal = lookup.propose(k_max) if lookup is not None else []
+        budget = max_new_tokens - (j + 1) - 1  # a round emits its accepted drafts and one token more
+        k_max = min(max_step_draft, budget)
+        proposal = lookup.propose(min(max_lookup or max_step_draft, budget)) if lookup is not None else []
         tokens, confidences = chains[j]["tokens"][:max_step_draft], chains[j]["confidences"][:max_step_draft]
         n_lookup = matched(proposal, answer, j + 1)
-        if k_max < 1:  # a plain step
+        checked = policy == "checked" or policy == "checked when missing" and hits < 0.5
+        if proposal:  # known once the round has emitted its tokens
+            hits = HIT_EMA * hits + (1 - HIT_EMA) * (n_lookup > 0)
+        if budget < 1:  # a plain step
             n, cost, drafted = 0, 1.0, 0
-        elif not proposal or policy == "checked" and tokens[0] != proposal[0]:
+        elif not proposal or checked and tokens[0] != proposal[0]:
             proposal = []  # an INT4 round
             k = threshold.drafts(confidences, k_max)
             n = matched(tokens[:k], answer, j + 1)
             cost, drafted = verify_step + k * draft_step, k
             threshold.update(n, k, max_step_draft)
-        elif policy in ("lookup+int4", "checked"):
+        elif policy in ("lookup+int4", "checked", "checked when missing"):
             n = n_lookup
-            cost, drafted = verify_step + (draft_step if policy == "checked" else 0.0), len(proposal)
+            cost, drafted = verify_step + (draft_step if checked else 0.0), len(proposal)
         elif policy == "tree":
-            k = threshold.drafts(confidences, min(k_max, MAX_TREE_TOKENS - 1 - len(proposal)))
+            k = min(k_max, MAX_TREE_TOKENS - 1 - len(proposal))  # room in the pass
+            k = threshold.drafts(confidences, k) if k else 0
             n_int4 = matched(tokens[:k], answer, j + 1)
             n = max(n_lookup, n_int4)
             cost = (verify_step if tree_verify_step is None else tree_verify_step) + k * draft_step
             drafted = len(proposal) + k
-            threshold.update(n_int4, k, max_step_draft)
+            if k:
+                threshold.update(n_int4, k, max_step_draft)
         else:  # guided: the draft's pass over the run gives its tokens up to the first disagreement, and one more
             free = min(matched(tokens, proposal, 0) + 1, k_max)
             k = threshold.drafts(confidences, k_max, first=free)
@@ -118,7 +129,7 @@ def replay(ids, answer, chains, policy: str, draft_step: float, verify_step: flo
 
 
 def compare(records, draft_step: float, verify_step: float, guide_steps, tree_verify_step: float,
-            max_step_draft: int = 8) -> dict:
+            max_step_draft: int = 8, max_lookup: int | None = None) -> dict:
     """Every policy over every record: per prompt and overall speedups; prints a markdown table."""
     runs = [(p, 0.0) for p in POLICIES if p != "guided"] + [("guided", g) for g in guide_steps]
     names = [p if p != "guided" else f"guided ({g:g})" for p, g in runs]
@@ -129,7 +140,7 @@ def compare(records, draft_step: float, verify_step: float, guide_steps, tree_ve
         row = []
         for name, (policy, guide) in zip(names, runs):
             counts = replay(record["ids"], record["answer"], record["chains"], policy, draft_step, verify_step, guide,
-                            tree_verify_step, max_step_draft)
+                            tree_verify_step, max_step_draft, max_lookup=max_lookup)
             counts["speedup"] = tokens / counts["cost"] if counts["cost"] else 1.0
             results[name]["prompts"].append({"prompt": record["prompt"][-60:], "tokens": tokens, **counts})
             row.append(f"{counts['speedup']:.2f}x")
@@ -152,9 +163,12 @@ def main():
                    help="a verify pass over both branches (up to 16 tokens) in FP16 steps")
     p.add_argument("--guide-step", type=float, nargs="+", default=[0.45, 0.6, 0.9],
                    help="cost of the draft's one pass over a lookup run in FP16 steps, for `guided` (several: each)")
-    p.add_argument("--max-step-draft", type=int, default=8)
+    p.add_argument("--max-step-draft", type=int, default=8, help="INT4 drafts a round at most")
+    p.add_argument("--max-lookup", type=int, help="lookup drafts a round at most (default: --max-step-draft; at most 15)")
     p.add_argument("--out", type=Path, help="write the results as JSON")
     args = p.parse_args()
+    if args.max_lookup is not None and not 1 <= args.max_lookup < MAX_TREE_TOKENS:
+        raise InputError(f"--max-lookup must be in [1, {MAX_TREE_TOKENS - 1}], got {args.max_lookup}")
     records = []
     for path in args.chains:
         for record in saved_chains(path, args.max_step_draft):
@@ -162,7 +176,7 @@ def main():
                 raise InputError(f"{path} has no prompt ids: write it again with bench/simulate_draft_stopping.py")
             records.append(record)
     results = compare(records, args.draft_step, args.verify_step, args.guide_step, args.tree_verify_step,
-                      args.max_step_draft)
+                      args.max_step_draft, args.max_lookup)
     if args.out:
         args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}))
 

@@ -55,8 +55,27 @@ def test_policies_on_one_round():
     # checked: the draft's first token (3) agrees with the lookup's: the lookup run is verified, at a draft step more.
     checked = first_round("checked")
     assert checked["rounds"] == lookup["rounds"] and checked["cost"] == pytest.approx(lookup["cost"] + 0.5)
+    # checked when missing: the lookup has not missed yet, so its run is verified unchecked.
+    assert first_round("checked when missing") == lookup
     # guided: the draft agrees with 3, 4, then proposes its own 9: the round emits what the tree's does.
     guided = first_round("guided", guide_step=0.25)
     assert guided["rounds"] == tree["rounds"]
     with pytest.raises(ValueError, match="policy"):
         first_round("both")
+
+
+def test_checked_when_missing_checks_only_after_misses():
+    # Every bigram the answer repeats from the prompt was followed there by another token (90, 91, 92): the
+    # lookup proposes at j = 0, 3 and 6 and misses each time; the INT4 draft is always wrong, and unsure: it
+    # drafts one token a round.
+    ids = [10, 11, 90, 12, 13, 91, 14, 15, 92, 10]
+    answer = [11, 80, 12, 13, 81, 14, 15, 82, 83, 84]
+    chains = [{"tokens": [99] * 8, "confidences": [0.1] * 8} for _ in answer[1:]]
+    costs = dict(draft_step=0.5, verify_step=1.0, max_new_tokens=len(answer))
+    unchecked = replay(ids, answer, chains, "lookup+int4", **costs)
+    assert unchecked["lookup_rounds"] == 3 and unchecked["lookup_accepted"] == 0
+    # After two misses (EMA 1 -> 0.5 -> 0.25) the third proposal is checked: the draft's 99 is not its 92, and
+    # the round is the INT4 draft's.
+    missing = replay(ids, answer, chains, "checked when missing", **costs)
+    assert missing["lookup_rounds"] == 2 and missing["rounds"] == unchecked["rounds"]
+    assert missing["cost"] == pytest.approx(unchecked["cost"] + 0.5)
