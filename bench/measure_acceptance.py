@@ -125,12 +125,14 @@ LONG_PROMPTS = [
 ]
 PROMPT_SETS = {"default": PROMPTS, "long": LONG_PROMPTS}
 
-# Draft variants: generate()'s options for each (see generate's draft_source and draft_after_lookup).
+# Draft variants: generate()'s options for each (see generate's draft_source, draft_after_lookup and check_lookup).
 VARIANTS = {
     "int4": dict(draft_source="int4"),
     "lookup": dict(draft_source="lookup"),
     "lookup+int4": dict(draft_source="lookup+int4"),
     "lookup+int4+continue": dict(draft_source="lookup+int4", draft_after_lookup=True),
+    "lookup+int4+check": dict(draft_source="lookup+int4", check_lookup="always"),
+    "lookup+int4+check-after-miss": dict(draft_source="lookup+int4", check_lookup="missing"),
 }
 # Step costs in plain FP16 steps for the speedup estimate: the H200's INT4 draft step (docs/performance.md)
 # and a verification pass of up to 9 tokens.
@@ -155,20 +157,21 @@ def top1_agreement(model, draft, input_ids: list[int], output_ids: list[int]) ->
 def measure(model, draft, ckpt, tokenizer, prompts=PROMPTS, n_predict=128, th_stop_draft=0.6, max_step_draft=8,
             variant="int4", cache=None, draft_step=DRAFT_STEP, verify_step=VERIFY_STEP, lookup_ngram=None):
     """One record per prompt: greedy plain and speculative generation (draft variant `variant`, a key of
-    VARIANTS) from the same chat prompt. `cache` (a dict) keeps the plain outputs, and the draft's top-1
-    agreement per attention window, across calls for other variants."""
+    VARIANTS) from the same chat prompt. `cache` (a dict) keeps the plain outputs per prompt, and the draft's
+    top-1 agreement per prompt and attention window, across calls for other variants."""
     cache = {} if cache is None else cache
+    plain_outputs, agreements = cache.setdefault("plain", {}), cache.setdefault("top1_agreement", {})
     records = []
     for prompt in prompts:
         ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=model.max_seq_len - n_predict)
         options = dict(eos_token_id=ckpt.eos_token_id, th_stop_draft=th_stop_draft, max_step_draft=max_step_draft)
-        if prompt not in cache:
-            cache[prompt] = generate(model, ids, n_predict, **options)[0]
-        plain = cache[prompt]
-        agreement = (prompt, draft.attention_window)  # the same for every variant of one draft
-        if agreement not in cache:
-            cache[agreement] = top1_agreement(model, draft, ids, plain)
-        agree, positions = cache[agreement]
+        if prompt not in plain_outputs:
+            plain_outputs[prompt] = generate(model, ids, n_predict, **options)[0]
+        plain = plain_outputs[prompt]
+        key = (prompt, draft.attention_window)  # the same for every variant of one draft
+        if key not in agreements:
+            agreements[key] = top1_agreement(model, draft, ids, plain)
+        agree, positions = agreements[key]
         uses_draft = VARIANTS[variant]["draft_source"] != "lookup"
         lookup = {} if lookup_ngram is None else dict(lookup_min_ngram=lookup_ngram[0], lookup_max_ngram=lookup_ngram[1])
         spec, stats = generate(model, ids, n_predict, draft=draft if uses_draft else None, **options,
