@@ -125,14 +125,12 @@ LONG_PROMPTS = [
 ]
 PROMPT_SETS = {"default": PROMPTS, "long": LONG_PROMPTS}
 
-# Draft variants: generate()'s options for each (see generate's draft_source, draft_after_lookup and check_lookup).
+# Draft variants: generate()'s options for each (see generate's draft_source and draft_after_lookup).
 VARIANTS = {
     "int4": dict(draft_source="int4"),
     "lookup": dict(draft_source="lookup"),
     "lookup+int4": dict(draft_source="lookup+int4"),
     "lookup+int4+continue": dict(draft_source="lookup+int4", draft_after_lookup=True),
-    "lookup+int4+check": dict(draft_source="lookup+int4", check_lookup="always"),
-    "lookup+int4+check-after-miss": dict(draft_source="lookup+int4", check_lookup="missing"),
 }
 # Step costs in plain FP16 steps for the speedup estimate: the H200's INT4 draft step (docs/performance.md)
 # and a verification pass of up to 9 tokens.

@@ -33,11 +33,6 @@ TH_SMOOTHING = 0.9  # th = 0.9 * th + 0.1 * nudged th
 # Where a round's drafts come from: the INT4 draft; the context (prompt lookup); the context when its last
 # n-gram occurred before, else the INT4 draft.
 DRAFT_SOURCES = ("int4", "lookup", "lookup+int4")
-# With lookup+int4, when the INT4 draft's first token checks a lookup run (is it the run's first token?): never;
-# while the lookup's first tokens have been missing (an EMA of hits under LOOKUP_HIT_FLOOR); always.
-LOOKUP_CHECKS = ("never", "missing", "always")
-LOOKUP_HIT_EMA = 0.5  # weight of the previous value
-LOOKUP_HIT_FLOOR = 0.5
 
 
 @dataclass
@@ -143,7 +138,6 @@ def generate(
     repetition_penalty: float = 1.0,
     draft_source: str = "int4",
     draft_after_lookup: bool = False,
-    check_lookup: str = "never",
     lookup_min_ngram: int = 2,
     lookup_max_ngram: int = 4,
     streamer=None,
@@ -168,12 +162,9 @@ def generate(
     decoding), "lookup" (the context's own n-grams of lookup_min_ngram..lookup_max_ngram tokens, longest
     first; `draft` must be None) or "lookup+int4" (the lookup when it proposes, else `draft`). With
     `draft_after_lookup` the INT4 draft continues after a lookup run shorter than the round allows (one
-    draft pass over the lookup tokens, then a token at a time). `check_lookup` (LOOKUP_CHECKS) has the INT4
-    draft draft its first token before a lookup run is verified: if it is the run's first token the run is
-    verified, else the INT4 draft's round goes on. With sampling, a lookup token d is a proposal with
-    q = one-hot(d): kept with probability p(d), else replaced by a sample of p without d; a checked run's
-    first token is the draft's sample, with the draft's q. The adaptive stop threshold follows the INT4
-    draft's own tokens only.
+    draft pass over the lookup tokens, then a token at a time). With sampling, a lookup token d is a
+    proposal with q = one-hot(d): kept with probability p(d), else replaced by a sample of p without d.
+    The adaptive stop threshold follows the INT4 draft's own tokens only.
 
     `cached_tokens`: the first that many of `input_ids` are in the KV cache already, at positions 0.. (a
     conversation's earlier turns: an earlier call's input_ids and all its new ids but the last); only the
@@ -184,14 +175,13 @@ def generate(
     """
     target = getattr(model, "module", model)
     check_arguments(model, draft, input_ids, max_new_tokens, cached_tokens, th_stop_draft, max_step_draft,
-                    repetition_penalty, draft_source, check_lookup)
+                    repetition_penalty, draft_source)
     device = target.model.norm.weight.device
     sampling = Sampling(do_sample, temperature, top_k, top_p)
     stats = GenerationStats(prompt_tokens=len(input_ids), final_th_stop_draft=th_stop_draft)
     answer = Answer(input_ids, max_new_tokens, eos_token_id, repetition_penalty, target.args.vocab_size, device,
                     streamer)
     match_ema = 0.0
-    lookup_hits = 1.0  # EMA of a lookup run's first token being the one emitted (check_lookup "missing")
 
     start = time.perf_counter()
     # A round never drafts more tokens than are left to generate.
@@ -222,21 +212,12 @@ def generate(
             done = answer.add([token])
             continue
 
-        checked = bool(proposal) and draft is not None and (
-            check_lookup == "always" or check_lookup == "missing" and lookup_hits < LOOKUP_HIT_FLOOR)
-        k = m = 0 if checked else len(proposal)  # drafts so far, of which the lookup's
+        k = m = len(proposal)  # drafts so far, of which the lookup's
         if m:
             bufs.stage(proposal, do_sample)
         if draft is not None and (m == 0 or draft_after_lookup and m < k_max):
-            k, agreed = draft_more(draft, bufs, answer, sampling, generator, pos, m, k_max, min_step_draft,
-                                   th_stop_draft, proposal[0] if checked else None)
-            if agreed:  # the draft's first token is the run's: the rest of the run follows it
-                bufs.stage(proposal[1:], do_sample, first=2)
-                k = m = len(proposal)
+            k = draft_more(draft, bufs, answer, sampling, generator, pos, m, k_max, min_step_draft, th_stop_draft)
         draft_tokens, n, token = verify(model, bufs, answer, sampling, generator, pos, k)
-        if proposal:  # was the run's first token the one emitted?
-            hit = (draft_tokens[0] if n else token) == proposal[0]
-            lookup_hits = LOOKUP_HIT_EMA * lookup_hits + (1 - LOOKUP_HIT_EMA) * hit
         bufs.tokens[0] = token
         stats.drafted += k
         stats.accepted += n
@@ -263,7 +244,7 @@ def generate(
 
 
 def check_arguments(model, draft, input_ids, max_new_tokens, cached_tokens, th_stop_draft, max_step_draft,
-                    repetition_penalty, draft_source, check_lookup="never"):
+                    repetition_penalty, draft_source):
     """generate()'s ValueErrors for arguments it cannot honour."""
     target = getattr(model, "module", model)
     if not input_ids:
@@ -283,8 +264,6 @@ def check_arguments(model, draft, input_ids, max_new_tokens, cached_tokens, th_s
         raise ValueError("repetition_penalty must be positive and finite")
     if draft_source not in DRAFT_SOURCES:
         raise ValueError(f"draft_source must be one of {', '.join(DRAFT_SOURCES)}, got {draft_source!r}")
-    if check_lookup not in LOOKUP_CHECKS:
-        raise ValueError(f"check_lookup must be one of {', '.join(LOOKUP_CHECKS)}, got {check_lookup!r}")
     if draft_source == "lookup" and draft is not None:
         raise ValueError("draft_source 'lookup' drafts from the context alone: pass draft=None")
     if draft_source == "lookup+int4" and draft is None:
@@ -347,23 +326,19 @@ class Buffers:
         self.staging_host = self.staging.numpy()
         self.draft_probs = None  # sampling: q [draft_slots, vocab], the drafts' proposal distributions
 
-    def stage(self, proposal: list[int], do_sample: bool, first: int = 1):
-        """The lookup's drafts into tokens[first:]; with sampling q = one-hot(d): accepted with probability p(d)."""
+    def stage(self, proposal: list[int], do_sample: bool):
+        """The lookup's drafts into tokens[1:]; with sampling q = one-hot(d): accepted with probability p(d)."""
         m = len(proposal)
-        if not m:
-            return
         self.staging_host[:m] = proposal
-        drafts = self.tokens[first : first + m]
-        drafts.copy_(self.staging[:m], non_blocking=True)
+        self.tokens[1 : m + 1].copy_(self.staging[:m], non_blocking=True)
         if do_sample:
-            self.draft_probs[first - 1 : first - 1 + m].zero_().scatter_(1, drafts[:, None], 1.0)
+            self.draft_probs[:m].zero_().scatter_(1, self.tokens[1 : m + 1, None], 1.0)
 
 
 def draft_more(draft, bufs: Buffers, answer: Answer, sampling: Sampling, generator, pos: int, k: int, k_max: int,
-               min_step_draft: int, th_stop_draft: float, lookup_first: int | None = None) -> tuple[int, bool]:
+               min_step_draft: int, th_stop_draft: float) -> int:
     """The INT4 draft proposes tokens after the k in bufs.tokens[1:k+1], one at a time, until k_max or until
-    its confidence falls under th_stop_draft (from step min_step_draft on). Returns (the number of drafts,
-    whether the first draft was `lookup_first`, in which case drafting stops there)."""
+    its confidence falls under th_stop_draft (from step min_step_draft on); returns the number of drafts."""
     tokens, positions = bufs.tokens, bufs.positions
     draft_seen = None if answer.seen is None else answer.seen.clone()
     if draft_seen is not None and k:
@@ -382,11 +357,9 @@ def draft_more(draft, bufs: Buffers, answer: Answer, sampling: Sampling, generat
         if draft_seen is not None:
             draft_seen.index_fill_(0, tokens[k + 1 : k + 2], True)
         k += 1
-        if k == 1 and lookup_first is not None and int(tokens[1]) == lookup_first:
-            return k, True
         if min_step_draft <= k < k_max and float(confidence) < th_stop_draft:
             break
-    return k, False
+    return k
 
 
 def verify(model, bufs: Buffers, answer: Answer, sampling: Sampling, generator, pos: int, k: int):

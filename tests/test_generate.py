@@ -101,14 +101,7 @@ def test_speculative_with_repetition_penalty_equals_plain_float32(model_and_draf
     assert accepted > 0
 
 
-# generate()'s options for each way of drafting with the lookup (the INT4 draft is passed where it takes part)
-LOOKUP_VARIANTS = [dict(draft_source="lookup"), dict(draft_source="lookup+int4"),
-                   dict(draft_source="lookup+int4", draft_after_lookup=True),
-                   dict(draft_source="lookup+int4", check_lookup="always")]
-
-
-def with_draft(variant: dict, draft) -> dict:
-    return dict(variant, draft=None if variant["draft_source"] == "lookup" else draft)
+LOOKUP_VARIANTS = [("lookup", False), ("lookup+int4", False), ("lookup+int4", True)]  # (source, draft_after_lookup)
 
 
 def repeating_prompt(rng, vocab_size):
@@ -128,17 +121,17 @@ def test_lookup_greedy_equals_plain_greedy_float32(model_and_draft, penalty):
         prompt = repeating_prompt(rng, model.args.vocab_size)
         n = rng.randrange(20, 60)
         plain, _ = generate(model, prompt, n, repetition_penalty=penalty)
-        for variant in LOOKUP_VARIANTS:
+        for source, after in LOOKUP_VARIANTS:
             spec, stats = generate(
-                model, prompt, n, **with_draft(variant, draft), repetition_penalty=penalty,
-                max_step_draft=rng.randrange(1, 10), th_stop_draft=rng.random(), lookup_min_ngram=rng.choice([1, 2]),
-                lookup_max_ngram=rng.choice([2, 4]),
+                model, prompt, n, draft=None if source == "lookup" else draft, draft_source=source,
+                draft_after_lookup=after, repetition_penalty=penalty, max_step_draft=rng.randrange(1, 10),
+                th_stop_draft=rng.random(), lookup_min_ngram=rng.choice([1, 2]), lookup_max_ngram=rng.choice([2, 4]),
             )
-            assert spec == plain, (trial, variant)
+            assert spec == plain, (trial, source, after)
             assert stats.tokens_generated == len(plain)
             assert stats.lookup_accepted <= stats.lookup_drafted <= stats.drafted and stats.accepted <= stats.drafted
             assert stats.lookup_steps <= stats.verify_steps and stats.lookup_accepted <= stats.accepted
-            if variant["draft_source"] == "lookup":
+            if source == "lookup":
                 assert stats.drafted == stats.lookup_drafted
             totals["lookup_drafted"] += stats.lookup_drafted
             totals["lookup_accepted"] += stats.lookup_accepted
@@ -165,8 +158,8 @@ def lookup_rounds(model, prompt, n):
     return rounds, out
 
 
-@pytest.mark.parametrize("variant", LOOKUP_VARIANTS)
-def test_lookup_runs_cut_by_eos_and_by_the_budget(model_and_draft, variant):
+@pytest.mark.parametrize("source,after", LOOKUP_VARIANTS)
+def test_lookup_runs_cut_by_eos_and_by_the_budget(model_and_draft, source, after):
     """EOS among the accepted tokens of a lookup run ends the output there, and a budget that ends inside a
     run cuts its proposal; both as plain decoding does."""
     model, draft = model_and_draft
@@ -179,7 +172,8 @@ def test_lookup_runs_cut_by_eos_and_by_the_budget(model_and_draft, variant):
         for r in rounds:
             if len(r) >= 3:  # lookup tokens r[0], r[1] accepted: a budget that leaves room for one or two drafts
                 for cut in (start + 2, start + 3):
-                    options = with_draft(variant, draft)
+                    options = dict(draft=None if source == "lookup" else draft, draft_source=source,
+                                   draft_after_lookup=after)
                     out, stats = generate(model, prompt, cut, **options)
                     assert out == plain[:cut] and stats.tokens_generated == cut
                     if plain.index(plain[cut - 1]) == cut - 1:  # plain[cut - 1] first appears here: make it EOS
@@ -241,11 +235,10 @@ def test_lookup_sampling_with_top_k_1_is_greedy(model_and_draft):
     model, draft = model_and_draft
     prompt = prompt_where_lookup_is_accepted(model, random.Random(8))
     plain, _ = generate(model, prompt, 40)
-    for variant in LOOKUP_VARIANTS:
-        sampled, stats = generate(model, prompt, 40, **with_draft(variant, draft), do_sample=True, temperature=0.7,
-                                  top_k=1)
-        assert sampled == plain
-        assert stats.lookup_drafted > 0 or "check_lookup" in variant  # a checked run may lose to the draft each time
+    for source, after in LOOKUP_VARIANTS:
+        sampled, stats = generate(model, prompt, 40, draft=None if source == "lookup" else draft, draft_source=source,
+                                  draft_after_lookup=after, do_sample=True, temperature=0.7, top_k=1)
+        assert sampled == plain and stats.lookup_drafted > 0
 
 
 def test_seeded_lookup_sampling_is_reproducible(model_and_draft):
@@ -266,8 +259,6 @@ def test_rejects_bad_draft_sources():
         generate(model, [1], 5, draft_source="lookup+int4")
     with pytest.raises(ValueError, match="min_n"):
         generate(model, [1], 5, draft_source="lookup", lookup_min_ngram=0)
-    with pytest.raises(ValueError, match="check_lookup must be one of"):
-        generate(model, [1], 5, draft_source="lookup", check_lookup="sometimes")
 
 
 def test_perfect_draft_accepts_everything():
