@@ -1,6 +1,6 @@
 """Ways of combining the prompt lookup with the INT4 draft, replayed exactly over recorded draft chains.
 
-    python bench/simulate_lookup.py --chains F.json [--draft-step 0.45] [--verify-step 1.04] [--out R.json]
+    python bench/simulate_lookup.py --chains F.json [--draft-step 0.45 ...] [--verify-step 1.04] [--out R.json]
 
 F.json is written by `bench/simulate_draft_stopping.py --max-step-draft 15 --out F.json` (any --prompt-set):
 the target's greedy answer to each prompt, the prompt's ids, and at every position of the answer the INT4
@@ -9,6 +9,9 @@ drafted, so a policy is fully described by what it proposes and what that costs;
 round with generate()'s logic (stopping rule, adaptive threshold, lookup index, budget):
 
 - `int4`, `lookup+int4`: generate()'s draft sources (the replay gives generate()'s counts; tested);
+- `hindsight`: where the lookup proposes, whichever of its run and an INT4 round emits more tokens per cost,
+  known only after the fact: about the best a rule that picks one of the two per round could do (not a
+  strict bound: the better round now can lead to worse rounds later);
 - `tree`: where the lookup proposes, the INT4 draft drafts as well, and one verify pass checks both
   branches (a tree of two; the pass then takes up to 16 tokens): the round keeps the longer accepted prefix;
 - `checked`: where the lookup proposes, the INT4 draft drafts its first token; if it is the lookup's first
@@ -36,7 +39,7 @@ from selfspec.errors import InputError, run_main  # noqa: E402
 from selfspec.generate import adapt_th_stop_draft  # noqa: E402
 from selfspec.lookup import NgramLookup  # noqa: E402
 
-POLICIES = ("int4", "lookup+int4", "tree", "checked", "checked when missing", "guided")
+POLICIES = ("int4", "lookup+int4", "hindsight", "tree", "checked", "checked when missing", "guided")
 HIT_EMA = 0.5  # `checked when missing`: weight of the previous value in the EMA of the lookup's first-token hits
 MAX_TREE_TOKENS = 16  # one verify pass: the last token and both branches
 
@@ -67,6 +70,12 @@ class Threshold:
         self.th, self.ema = adapt_th_stop_draft(self.th, self.ema, accepted, drafted, max_step_draft)
 
 
+def hindsight_int4(threshold, confidences, tokens, k_max, answer, j, n_lookup, draft_step, verify_step) -> bool:
+    """Whether an INT4 round at j emits more tokens per cost than the lookup run that accepts n_lookup."""
+    k = threshold.drafts(confidences, k_max)
+    return (matched(tokens[:k], answer, j + 1) + 1) / (verify_step + k * draft_step) > (n_lookup + 1) / verify_step
+
+
 def replay(ids, answer, chains, policy: str, draft_step: float, verify_step: float, guide_step: float = 0.0,
            tree_verify_step: float | None = None, max_step_draft: int = 8, max_new_tokens: int = 128,
            ngram=(2, 4), max_lookup: int | None = None) -> dict:
@@ -91,13 +100,14 @@ def replay(ids, answer, chains, policy: str, draft_step: float, verify_step: flo
             hits = HIT_EMA * hits + (1 - HIT_EMA) * (n_lookup > 0)
         if budget < 1:  # a plain step
             n, cost, drafted = 0, 1.0, 0
-        elif not proposal or checked and tokens[0] != proposal[0]:
+        elif not proposal or checked and tokens[0] != proposal[0] or policy == "hindsight" and hindsight_int4(
+                threshold, confidences, tokens, k_max, answer, j, n_lookup, draft_step, verify_step):
             proposal = []  # an INT4 round
             k = threshold.drafts(confidences, k_max)
             n = matched(tokens[:k], answer, j + 1)
             cost, drafted = verify_step + k * draft_step, k
             threshold.update(n, k, max_step_draft)
-        elif policy in ("lookup+int4", "checked", "checked when missing"):
+        elif policy in ("lookup+int4", "hindsight", "checked", "checked when missing"):
             n = n_lookup
             cost, drafted = verify_step + (draft_step if checked else 0.0), len(proposal)
         elif policy == "tree":
@@ -157,7 +167,8 @@ def main():
     p = parser(__doc__)
     p.add_argument("--chains", type=Path, required=True, action="append",
                    help="an --out file of bench/simulate_draft_stopping.py with prompt ids (several: their prompts together)")
-    p.add_argument("--draft-step", type=float, default=0.45, help="INT4 draft step cost in FP16 steps")
+    p.add_argument("--draft-step", type=float, nargs="+", default=[0.45],
+                   help="INT4 draft step cost in FP16 steps (several: a table each)")
     p.add_argument("--verify-step", type=float, default=1.04, help="verify pass cost in FP16 steps")
     p.add_argument("--tree-verify-step", type=float, default=1.05,
                    help="a verify pass over both branches (up to 16 tokens) in FP16 steps")
@@ -175,8 +186,11 @@ def main():
             if "ids" not in record:
                 raise InputError(f"{path} has no prompt ids: write it again with bench/simulate_draft_stopping.py")
             records.append(record)
-    results = compare(records, args.draft_step, args.verify_step, args.guide_step, args.tree_verify_step,
-                      args.max_step_draft, args.max_lookup)
+    results = {}
+    for draft_step in args.draft_step:
+        print(f"\n### INT4 draft step {draft_step:g}, verify pass {args.verify_step:g}\n")
+        results[f"draft step {draft_step:g}"] = compare(records, draft_step, args.verify_step, args.guide_step,
+                                                         args.tree_verify_step, args.max_step_draft, args.max_lookup)
     if args.out:
         args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}))
 

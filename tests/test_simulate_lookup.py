@@ -54,6 +54,9 @@ def test_policies_on_one_round():
     # lookup+int4: the lookup's 3, 4, 5, 6 (k_max = min(8, 6 - 1 - 1) = 4); 3, 4 accepted, then 9 emitted.
     lookup = first_round("lookup+int4")
     assert (lookup["lookup_drafted"], lookup["lookup_accepted"]) == (4, 2)
+    # hindsight: the lookup's round (3 tokens for a verify pass) beats the INT4 draft's (4 tokens for a pass and
+    # four draft steps), so it is taken.
+    assert first_round("hindsight") == lookup
     # tree: both branches; the INT4 branch is accepted further (3, 4, 9), so the first round emits 4 tokens.
     tree = first_round("tree", tree_verify_step=1.25)
     assert tree["rounds"] < lookup["rounds"]
