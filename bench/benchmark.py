@@ -152,13 +152,16 @@ def kernel_rows(model) -> list[dict]:
 
 
 def step_costs(model_g, draft_g, pos: int, max_k: int) -> dict:
-    """Median ms of one plain step, one draft step, and verify steps of k+1 tokens, at position pos."""
+    """Median ms of one plain step, one draft step, verify steps of k+1 tokens, and draft passes over k+1 tokens
+    with every row's logits (the pass that reads a lookup run into the draft's cache), at position pos."""
     tok = torch.zeros(1, max_k + 1, dtype=torch.long, device="cuda")
     offs = torch.arange(max_k + 1, device="cuda") + pos
     costs = {"plain_step_ms": cuda_ms(lambda: model_g(tok[:, :1], offs[:1], pos + 1)),
              "draft_step_ms": cuda_ms(lambda: draft_g(tok[:, :1], offs[:1], pos + 1))}
     for k in range(1, max_k + 1):
         costs[f"verify_{k + 1}_ms"] = cuda_ms(lambda: model_g(tok[:, : k + 1], offs[: k + 1], pos + k + 1))
+    for k in range(1, max_k + 1):
+        costs[f"draft_pass_{k + 1}_ms"] = cuda_ms(lambda: draft_g(tok[:, : k + 1], offs[: k + 1], pos + k + 1))
     return costs
 
 

@@ -87,6 +87,12 @@ if triton is not None:
         return first
 
     @triton.jit
+    def _block_shown(block, first_window_block):
+        """Whether a block of keys holds any key a query sees: the sinks' block (0), and blocks from the first
+        query's window on (first_window_block from `_first_window_block`: 0 without a window)."""
+        return (block == 0) | (block >= first_window_block)
+
+    @triton.jit
     def _attention_blocks_kernel(
         q_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, slopes_ptr, o_ptr, m_ptr, l_ptr,
         T, max_seq_len, num_blocks, sm_scale,
@@ -102,7 +108,7 @@ if triton is not None:
         live_len = tl.load(pos_ptr + T - 1) + 1
         # Blocks past the live cache, and between the sinks' block and the first query's window, do nothing;
         # the merge skips them.
-        if (block * BLOCK_KV < live_len) & ((block == 0) | (block >= _first_window_block(pos_ptr, BLOCK_KV, RECENT))):
+        if (block * BLOCK_KV < live_len) & _block_shown(block, _first_window_block(pos_ptr, BLOCK_KV, RECENT)):
             t = tl.arange(0, BLOCK_T)
             t_ok = t < T
             d = tl.arange(0, HEAD_DIM)
@@ -156,7 +162,7 @@ if triton is not None:
         acc = tl.zeros((HEAD_DIM,), dtype=tl.float32)
         for b0 in range(0, live_blocks, BLOCK_B):
             b = b0 + tl.arange(0, BLOCK_B)
-            ok = (b < live_blocks) & ((b == 0) | (b >= first_window_block))
+            ok = (b < live_blocks) & _block_shown(b, first_window_block)
             part = (h * num_blocks + b) * T + t
             m = tl.load(m_ptr + part, mask=ok, other=float("-inf"))
             new_max = tl.maximum(running_max, tl.max(m, axis=0, keep_dims=True))
@@ -275,6 +281,7 @@ def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None
         raise ValueError(f"the decode attention keeps at most {BLOCK_KV} sinks, got {window.sinks}")
     T, num_heads, head_dim = q.shape
     num_kv_heads, max_seq_len = k_cache.shape[1], k_cache.shape[2]
+    sinks, recent = (window.sinks, window.recent) if window is not None else (0, 0)
     num_blocks = triton.cdiv(end, BLOCK_KV)
     o = torch.empty(num_heads, num_blocks, T, head_dim, dtype=torch.float32, device=q.device)
     m = torch.empty(num_heads, num_blocks, T, dtype=torch.float32, device=q.device)
@@ -283,13 +290,13 @@ def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None
         q, k_cache, v_cache, input_pos, alibi_slopes if alibi_slopes is not None else m, o, m, l,
         T, max_seq_len, num_blocks, head_dim ** -0.5,
         HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_T=MAX_VERIFY_TOKENS, BLOCK_KV=BLOCK_KV,
-        ALIBI=alibi_slopes is not None, SINKS=window.sinks if window else 0, RECENT=window.recent if window else 0,
+        ALIBI=alibi_slopes is not None, SINKS=sinks, RECENT=recent,
         IEEE=q.dtype == torch.float32, PDL=launch.enabled, launch_pdl=launch.enabled,
     )
     y = torch.empty(T, num_heads * head_dim, dtype=q.dtype, device=q.device)
     _merge_blocks_kernel[(num_heads, T)](
         o, m, l, input_pos, y, T, num_blocks,
-        HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_KV=BLOCK_KV, BLOCK_B=32, RECENT=window.recent if window else 0,
+        HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_KV=BLOCK_KV, BLOCK_B=32, RECENT=recent,
         PDL=launch.enabled, launch_pdl=launch.enabled,
     )
     return y
