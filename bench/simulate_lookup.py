@@ -2,7 +2,7 @@
 
     python bench/simulate_lookup.py --chains F.json [--draft-step 0.45 ...] [--verify-step 1.04] [--out R.json]
 
-F.json is written by `bench/simulate_draft_stopping.py --max-step-draft 15 --out F.json` (any --prompt-set):
+F.json is written by `bench/simulate_draft_stopping.py --max-step-draft 8 --out F.json` (8 or more; any --prompt-set):
 the target's greedy answer to each prompt, the prompt's ids, and at every position of the answer the INT4
 draft's greedy chain with its top probabilities. Greedy decoding emits the target's answer whatever is
 drafted, so a policy is fully described by what it proposes and what that costs; each is replayed round by
@@ -40,7 +40,9 @@ from selfspec.generate import adapt_th_stop_draft  # noqa: E402
 from selfspec.lookup import NgramLookup  # noqa: E402
 
 POLICIES = ("int4", "lookup+int4", "hindsight", "tree", "checked", "checked when missing", "guided")
-HIT_EMA = 0.5  # `checked when missing`: weight of the previous value in the EMA of the lookup's first-token hits
+# `checked when missing`: the EMA of the lookup's first-token hits (weight of the previous value), and the level under
+# which its runs are checked
+HIT_EMA, HIT_FLOOR = 0.5, 0.5
 MAX_TREE_TOKENS = 16  # one verify pass: the last token and both branches
 
 
@@ -95,14 +97,15 @@ def replay(ids, answer, chains, policy: str, draft_step: float, verify_step: flo
         proposal = lookup.propose(min(max_lookup or max_step_draft, budget)) if lookup is not None else []
         tokens, confidences = chains[j]["tokens"][:max_step_draft], chains[j]["confidences"][:max_step_draft]
         n_lookup = matched(proposal, answer, j + 1)
-        checked = policy == "checked" or policy == "checked when missing" and hits < 0.5
+        checked = policy == "checked" or policy == "checked when missing" and hits < HIT_FLOOR
         if proposal:  # known once the round has emitted its tokens
             hits = HIT_EMA * hits + (1 - HIT_EMA) * (n_lookup > 0)
+        int4_round = not proposal or checked and tokens[0] != proposal[0] or policy == "hindsight" and hindsight_int4(
+            threshold, confidences, tokens, k_max, answer, j, n_lookup, draft_step, verify_step)
         if budget < 1:  # a plain step
             n, cost, drafted = 0, 1.0, 0
-        elif not proposal or checked and tokens[0] != proposal[0] or policy == "hindsight" and hindsight_int4(
-                threshold, confidences, tokens, k_max, answer, j, n_lookup, draft_step, verify_step):
-            proposal = []  # an INT4 round
+        elif int4_round:
+            proposal = []
             k = threshold.drafts(confidences, k_max)
             n = matched(tokens[:k], answer, j + 1)
             cost, drafted = verify_step + k * draft_step, k
