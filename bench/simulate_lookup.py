@@ -80,10 +80,11 @@ def hindsight_int4(threshold, confidences, tokens, k_max, answer, j, n_lookup, d
 
 def replay(ids, answer, chains, policy: str, draft_step: float, verify_step: float, guide_step: float = 0.0,
            tree_verify_step: float | None = None, max_step_draft: int = 8, max_new_tokens: int = 128,
-           ngram=(2, 4), max_lookup: int | None = None) -> dict:
+           ngram=(2, 4), max_lookup: int | None = None, tree_drafts: int | None = None) -> dict:
     """Replay one prompt's decoding under `policy` (POLICIES): its cost in FP16 steps and counts. A verify pass
     costs verify_step, one over a tree tree_verify_step (default: verify_step). The lookup proposes up to
-    max_lookup tokens a round (default: max_step_draft), the INT4 draft up to max_step_draft."""
+    max_lookup tokens a round (default: max_step_draft), the INT4 draft up to max_step_draft, in a tree's
+    branch up to tree_drafts (default: as many as the pass has room for)."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     lookup = NgramLookup(ids + answer[:1], *ngram) if policy != "int4" else None
@@ -114,7 +115,7 @@ def replay(ids, answer, chains, policy: str, draft_step: float, verify_step: flo
             n = n_lookup
             cost, drafted = verify_step + (draft_step if checked else 0.0), len(proposal)
         elif policy == "tree":
-            k = min(k_max, MAX_TREE_TOKENS - 1 - len(proposal))  # room in the pass
+            k = min(k_max, MAX_TREE_TOKENS - 1 - len(proposal), tree_drafts or k_max)  # room in the pass
             k = threshold.drafts(confidences, k) if k else 0
             n_int4 = matched(tokens[:k], answer, j + 1)
             n = max(n_lookup, n_int4)
@@ -142,18 +143,22 @@ def replay(ids, answer, chains, policy: str, draft_step: float, verify_step: flo
 
 
 def compare(records, draft_step: float, verify_step: float, guide_steps, tree_verify_step: float,
-            max_step_draft: int = 8, max_lookup: int | None = None) -> dict:
-    """Every policy over every record: per prompt and overall speedups; prints a markdown table."""
-    runs = [(p, 0.0) for p in POLICIES if p != "guided"] + [("guided", g) for g in guide_steps]
-    names = [p if p != "guided" else f"guided ({g:g})" for p, g in runs]
+            max_step_draft: int = 8, max_lookup: int | None = None, tree_drafts=(None,)) -> dict:
+    """Every policy over every record (`guided` at each of guide_steps, `tree` at each of tree_drafts): per
+    prompt and overall speedups; prints a markdown table."""
+    runs = {p: (p, {}) for p in POLICIES if p not in ("tree", "guided")}
+    runs.update({"tree" if n is None else f"tree ({n} INT4)": ("tree", dict(tree_drafts=n)) for n in tree_drafts})
+    runs.update({f"guided ({g:g})": ("guided", dict(guide_step=g)) for g in guide_steps})
+    names = list(runs)
     results = {name: {"prompts": []} for name in names}
     print("| prompt | " + " | ".join(names) + " |\n| --- |" + " ---: |" * len(names))
     for record in records:
         tokens = len(record["answer"]) - 1
         row = []
-        for name, (policy, guide) in zip(names, runs):
-            counts = replay(record["ids"], record["answer"], record["chains"], policy, draft_step, verify_step, guide,
-                            tree_verify_step, max_step_draft, max_lookup=max_lookup)
+        for name, (policy, options) in runs.items():
+            counts = replay(record["ids"], record["answer"], record["chains"], policy, draft_step, verify_step,
+                            tree_verify_step=tree_verify_step, max_step_draft=max_step_draft, max_lookup=max_lookup,
+                            **options)
             counts["speedup"] = tokens / counts["cost"] if counts["cost"] else 1.0
             results[name]["prompts"].append({"prompt": record["prompt"][-60:], "tokens": tokens, **counts})
             row.append(f"{counts['speedup']:.2f}x")
@@ -177,6 +182,8 @@ def main():
                    help="a verify pass over both branches (up to 16 tokens) in FP16 steps")
     p.add_argument("--guide-step", type=float, nargs="+", default=[0.45, 0.6, 0.9],
                    help="cost of the draft's one pass over a lookup run in FP16 steps, for `guided` (several: each)")
+    p.add_argument("--tree-drafts", type=int, nargs="+", default=[1, 2],
+                   help="also trees whose INT4 branch drafts at most this many tokens (several: each)")
     p.add_argument("--max-step-draft", type=int, default=8, help="INT4 drafts a round at most")
     p.add_argument("--max-lookup", type=int, help="lookup drafts a round at most (default: --max-step-draft; at most 15)")
     p.add_argument("--out", type=Path, help="write the results as JSON")
@@ -193,7 +200,8 @@ def main():
     for draft_step in args.draft_step:
         print(f"\n### INT4 draft step {draft_step:g}, verify pass {args.verify_step:g}\n")
         results[f"draft step {draft_step:g}"] = compare(records, draft_step, args.verify_step, args.guide_step,
-                                                         args.tree_verify_step, args.max_step_draft, args.max_lookup)
+                                                         args.tree_verify_step, args.max_step_draft, args.max_lookup,
+                                                         (None, *args.tree_drafts))
     if args.out:
         args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}))
 

@@ -60,6 +60,9 @@ def test_policies_on_one_round():
     # tree: both branches; the INT4 branch is accepted further (3, 4, 9), so the first round emits 4 tokens.
     tree = first_round("tree", tree_verify_step=1.25)
     assert tree["rounds"] < lookup["rounds"]
+    # A tree whose INT4 branch drafts one token (3) accepts no more than the lookup (3, 4), for a draft step more.
+    tree_1 = first_round("tree", tree_verify_step=1.0, tree_drafts=1)
+    assert tree_1["rounds"] == lookup["rounds"] and tree_1["cost"] == pytest.approx(lookup["cost"] + 0.5)
     # checked: the draft's first token (3) agrees with the lookup's: the lookup run is verified, at a draft step more.
     checked = first_round("checked")
     assert checked["rounds"] == lookup["rounds"] and checked["cost"] == pytest.approx(lookup["cost"] + 0.5)
