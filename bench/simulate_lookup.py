@@ -13,7 +13,8 @@ round with generate()'s logic (stopping rule, adaptive threshold, lookup index, 
   known only after the fact: about the best a rule that picks one of the two per round could do (not a
   strict bound: the better round now can lead to worse rounds later);
 - `tree`: where the lookup proposes, the INT4 draft drafts as well, and one verify pass checks both
-  branches (a tree of two; the pass then takes up to 16 tokens): the round keeps the longer accepted prefix;
+  branches (a tree of two; the pass then takes up to 16 tokens): the round keeps the longer accepted prefix
+  (also with the INT4 branch cut to --tree-drafts tokens);
 - `checked`: where the lookup proposes, the INT4 draft drafts its first token; if it is the lookup's first
   token the lookup run is verified, else the INT4 draft goes on as in an INT4 round;
 - `checked when missing`: as `checked`, but only while the lookup's first tokens have been missing (an EMA
