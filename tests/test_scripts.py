@@ -48,6 +48,7 @@ def test_simulate_lookup_bad_chains(tmp_path):
     no_ids.write_text(json.dumps({"records": [{"prompt": "p", "answer": [1, 2],
                                                "chains": [{"tokens": [3], "confidences": [0.5]}]}]}))
     assert_clean_error(run_bench("simulate_lookup.py", "--chains", no_ids, "--max-step-draft", 1), "no prompt ids")
+    assert_clean_error(run_bench("simulate_lookup.py", "--chains", no_ids, "--max-lookup", 16), "--max-lookup")
 
 
 def test_make_proxy_bad_sources(tmp_path, tiny_7b):
