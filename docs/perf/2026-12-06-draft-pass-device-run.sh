@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device run of the session of 2026-12-06/07: the GPU tier after the attention kernels' shared block test, and
+# The device call behind the figures of 2026-12-07 (an H100): the GPU tier after the attention kernels' shared block test, and
 # the shapes benchmark with the draft's multi-token passes timed (benchmark.step_costs' draft_pass_K_ms), which
 # price the `guided` policy of bench/simulate_lookup.py:
 #   bash docs/perf/2026-12-06-draft-pass-device-run.sh a   # GPU tier in four processes; the 7B shape
