@@ -160,7 +160,6 @@ def step_costs(model_g, draft_g, pos: int, max_k: int) -> dict:
              "draft_step_ms": cuda_ms(lambda: draft_g(tok[:, :1], offs[:1], pos + 1))}
     for k in range(1, max_k + 1):
         costs[f"verify_{k + 1}_ms"] = cuda_ms(lambda: model_g(tok[:, : k + 1], offs[: k + 1], pos + k + 1))
-    for k in range(1, max_k + 1):
         costs[f"draft_pass_{k + 1}_ms"] = cuda_ms(lambda: draft_g(tok[:, : k + 1], offs[: k + 1], pos + k + 1))
     return costs
 

@@ -39,20 +39,13 @@ from bench.simulate_draft_stopping import saved_chains  # noqa: E402
 from selfspec.errors import InputError, run_main  # noqa: E402
 from selfspec.generate import adapt_th_stop_draft  # noqa: E402
 from selfspec.lookup import NgramLookup  # noqa: E402
+from selfspec.sampling import count_accepted  # noqa: E402
 
 POLICIES = ("int4", "lookup+int4", "hindsight", "tree", "checked", "checked when missing", "guided")
 # `checked when missing`: the EMA of the lookup's first-token hits (weight of the previous value), and the level under
 # which its runs are checked
 HIT_EMA, HIT_FLOOR = 0.5, 0.5
 MAX_TREE_TOKENS = 16  # one verify pass: the last token and both branches
-
-
-def matched(proposal: list[int], answer: list[int], start: int) -> int:
-    """How many of `proposal` the target accepts when answer[start:] is what it emits."""
-    n = 0
-    while n < len(proposal) and start + n < len(answer) and proposal[n] == answer[start + n]:
-        n += 1
-    return n
 
 
 class Threshold:
@@ -73,10 +66,16 @@ class Threshold:
         self.th, self.ema = adapt_th_stop_draft(self.th, self.ema, accepted, drafted, max_step_draft)
 
 
-def hindsight_int4(threshold, confidences, tokens, k_max, answer, j, n_lookup, draft_step, verify_step) -> bool:
-    """Whether an INT4 round at j emits more tokens per cost than the lookup run that accepts n_lookup."""
+def accepted(drafts: list[int], emitted: list[int]) -> int:
+    """sampling.count_accepted for drafts that may run past the end of what the target emits."""
+    return count_accepted(drafts[: len(emitted)], emitted)
+
+
+def hindsight_int4(threshold, confidences, tokens, k_max, emitted, n_lookup, draft_step, verify_step) -> bool:
+    """Whether an INT4 round emits more tokens per cost than the lookup run that accepts n_lookup, the target
+    emitting `emitted` next."""
     k = threshold.drafts(confidences, k_max)
-    return (matched(tokens[:k], answer, j + 1) + 1) / (verify_step + k * draft_step) > (n_lookup + 1) / verify_step
+    return (accepted(tokens[:k], emitted) + 1) / (verify_step + k * draft_step) > (n_lookup + 1) / verify_step
 
 
 def replay(ids, answer, chains, policy: str, draft_step: float, verify_step: float, guide_step: float = 0.0,
@@ -98,18 +97,19 @@ def replay(ids, answer, chains, policy: str, draft_step: float, verify_step: flo
         k_max = min(max_step_draft, budget)
         proposal = lookup.propose(min(max_lookup or max_step_draft, budget)) if lookup is not None else []
         tokens, confidences = chains[j]["tokens"][:max_step_draft], chains[j]["confidences"][:max_step_draft]
-        n_lookup = matched(proposal, answer, j + 1)
+        emitted = answer[j + 1 :]  # what the target emits from here, whatever is drafted
+        n_lookup = accepted(proposal, emitted)
         checked = policy == "checked" or policy == "checked when missing" and hits < HIT_FLOOR
         if proposal:  # known once the round has emitted its tokens
             hits = HIT_EMA * hits + (1 - HIT_EMA) * (n_lookup > 0)
         int4_round = not proposal or checked and tokens[0] != proposal[0] or policy == "hindsight" and hindsight_int4(
-            threshold, confidences, tokens, k_max, answer, j, n_lookup, draft_step, verify_step)
+            threshold, confidences, tokens, k_max, emitted, n_lookup, draft_step, verify_step)
         if budget < 1:  # a plain step
             n, cost, drafted = 0, 1.0, 0
         elif int4_round:
             proposal = []
             k = threshold.drafts(confidences, k_max)
-            n = matched(tokens[:k], answer, j + 1)
+            n = accepted(tokens[:k], emitted)
             cost, drafted = verify_step + k * draft_step, k
             threshold.update(n, k, max_step_draft)
         elif policy in ("lookup+int4", "hindsight", "checked", "checked when missing"):
@@ -118,16 +118,16 @@ def replay(ids, answer, chains, policy: str, draft_step: float, verify_step: flo
         elif policy == "tree":
             k = min(k_max, MAX_TREE_TOKENS - 1 - len(proposal), tree_drafts or k_max)  # room in the pass
             k = threshold.drafts(confidences, k) if k else 0
-            n_int4 = matched(tokens[:k], answer, j + 1)
+            n_int4 = accepted(tokens[:k], emitted)
             n = max(n_lookup, n_int4)
             cost = (verify_step if tree_verify_step is None else tree_verify_step) + k * draft_step
             drafted = len(proposal) + k
             if k:
                 threshold.update(n_int4, k, max_step_draft)
         else:  # guided: the draft's pass over the run gives its tokens up to the first disagreement, and one more
-            free = min(matched(tokens, proposal, 0) + 1, k_max)
+            free = min(accepted(tokens, proposal) + 1, k_max)
             k = threshold.drafts(confidences, k_max, first=free)
-            n = matched(tokens[:k], answer, j + 1)
+            n = accepted(tokens[:k], emitted)
             cost, drafted = verify_step + guide_step + (k - free) * draft_step, k
         if proposal:
             counts["lookup_rounds"] += 1

@@ -3,7 +3,7 @@ other policies must propose and cost what they say."""
 import pytest
 
 from bench.simulate_draft_stopping import draft_chains
-from bench.simulate_lookup import replay
+from bench.simulate_lookup import accepted, replay
 from selfspec.draft import make_draft
 from selfspec.generate import generate
 from helpers import random_model
@@ -37,8 +37,8 @@ def chain(tokens):
     return {"tokens": tokens + [0] * (8 - len(tokens)), "confidences": [0.9] * 8}
 
 
-# The prompt [1, 2, 3, 4, 5, 6] ends "1, 2" after answer[0] = 2 ... built so that the lookup proposes 3, 4, 5, 6
-# at j = 0: the context is [7, 1, 2, 3, 4, 5, 6, 1, 2].
+# After answer[0] = 2 the context [7, 1, 2, 3, 4, 5, 6, 1, 2] ends with the bigram 1, 2 seen earlier: at j = 0 the
+# lookup proposes what followed it there, 3, 4, 5, 6.
 PROMPT = [7, 1, 2, 3, 4, 5, 6, 1]
 ANSWER = [2, 3, 4, 9, 10, 11]  # the target accepts the lookup's 3, 4 and emits 9
 
@@ -90,3 +90,7 @@ def test_checked_when_missing_checks_only_after_misses():
     missing = replay(ids, answer, chains, "checked when missing", **costs)
     assert missing["lookup_rounds"] == 2 and missing["rounds"] == unchecked["rounds"]
     assert missing["cost"] == pytest.approx(unchecked["cost"] + 0.5)
+
+
+def test_drafts_past_the_end_of_the_answer():
+    assert accepted([1, 2, 3], [1, 2]) == 2 and accepted([1, 5, 3], [1, 2]) == 1 and accepted([4], []) == 0
