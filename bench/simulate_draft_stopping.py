@@ -13,6 +13,7 @@ the tokens the target will accept: the bound for any rule. --chains replays the 
 holds, with other step costs or cut to fewer drafts per round, without running the model. Default model: SmolLM2-135M-Instruct
 (scripts/convert_gguf.py), float32 on CPU, the prompts of bench/measure_acceptance.py.
 """
+import functools
 import json
 import math
 import sys
@@ -56,10 +57,61 @@ def draft_chains(model, draft, ids: list[int], answer: list[int], depth: int) ->
     return chains
 
 
-def replay(answer, chains, stop, draft_step, verify_step, max_new_tokens=128):
-    """(FP16-step cost, drafted, accepted, rounds) of decoding `answer` with `stop(confidences, state)` as
-    the rule (None: the oracle), the round logic of generate()."""
-    state = {"th": 0.6, "ema": 0.0}
+class Rule:
+    """A stopping rule over the draft's top probabilities: it stops the draft once `stops(the probabilities of the
+    drafts so far)`, and sees each round's outcome in `update`."""
+
+    def stops(self, confidences: list[float]) -> bool:
+        raise NotImplementedError
+
+    def update(self, accepted: int, drafted: int, max_step_draft: int) -> None:
+        pass
+
+    def drafts(self, confidences: list[float], k_max: int, first: int = 1) -> int:
+        """How many of the chain's tokens the draft proposes, up to k_max, when the first `first` come without
+        consulting the rule (at least one: generate() consults it from the first draft on)."""
+        k = max(1, first)
+        while k < k_max and not self.stops(confidences[:k]):
+            k += 1
+        return min(k, k_max)
+
+
+class Threshold(Rule):
+    """generate()'s rule: the last draft's probability under a threshold that adapts after every round."""
+
+    def __init__(self, th: float = 0.6):
+        self.th, self.ema = th, 0.0
+
+    def stops(self, confidences):
+        return confidences[-1] < self.th
+
+    def update(self, accepted, drafted, max_step_draft):
+        self.th, self.ema = adapt_th_stop_draft(self.th, self.ema, accepted, drafted, max_step_draft)
+
+
+class Fixed(Rule):
+    def __init__(self, th: float):
+        self.th = th
+
+    def stops(self, confidences):
+        return confidences[-1] < self.th
+
+
+class Product(Rule):
+    """Stops once the product of the probabilities (the chain's chance of being right, as the draft sees it) is
+    under th."""
+
+    def __init__(self, th: float):
+        self.th = th
+
+    def stops(self, confidences):
+        return math.prod(confidences) < self.th
+
+
+def replay(answer, chains, make_rule, draft_step, verify_step, max_new_tokens=128):
+    """(FP16-step cost, drafted, accepted, rounds) of decoding `answer` with the rule `make_rule()` (None: the
+    oracle), the round logic of generate()."""
+    rule = make_rule() if make_rule is not None else None
     j = cost = drafted = accepted = rounds = 0
     while j < len(answer) - 1:
         k_max = min(len(chains[j]["tokens"]), max_new_tokens - (j + 1) - 1)
@@ -70,26 +122,21 @@ def replay(answer, chains, stop, draft_step, verify_step, max_new_tokens=128):
         right = 0
         while right < k_max and j + 1 + right < len(answer) and tokens[right] == answer[j + 1 + right]:
             right += 1
-        if stop is None and right == 0:  # the oracle does not draft at all: one plain step
+        if rule is None and right == 0:  # the oracle does not draft at all: one plain step
             cost, rounds, j = cost + 1, rounds + 1, j + 1
             continue
-        if stop is None:
-            k = right
-        else:
-            k = 1
-            while k < k_max and not stop(confidences[:k], state):
-                k += 1
+        k = right if rule is None else rule.drafts(confidences, k_max)
         n = min(k, right)
         cost += k * draft_step + verify_step
         drafted, accepted, rounds, j = drafted + k, accepted + n, rounds + 1, j + n + 1
-        # generate()'s adaptive threshold (used by the "adaptive" rule only)
-        state["th"], state["ema"] = adapt_th_stop_draft(state["th"], state["ema"], n, k, len(tokens))
+        if rule is not None:
+            rule.update(n, k, len(tokens))
     return cost, drafted, accepted, rounds
 
 
-RULES = {"oracle": None, "adaptive 0.6 (generate's default)": lambda c, s: c[-1] < s["th"]}
-RULES.update({f"fixed {t}": (lambda t: lambda c, s: c[-1] < t)(t) for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)})
-RULES.update({f"product {t}": (lambda t: lambda c, s: math.prod(c) < t)(t) for t in (0.2, 0.3, 0.4, 0.5, 0.6)})
+RULES = {"oracle": None, "adaptive 0.6 (generate's default)": Threshold}
+RULES.update({f"fixed {t}": functools.partial(Fixed, t) for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)})
+RULES.update({f"product {t}": functools.partial(Product, t) for t in (0.2, 0.3, 0.4, 0.5, 0.6)})
 
 
 def compare_rules(records, draft_step: float, verify_step: float) -> dict:
@@ -97,8 +144,8 @@ def compare_rules(records, draft_step: float, verify_step: float) -> dict:
     print("| rule | speedup over plain | acceptance | tokens/round |\n| --- | ---: | ---: | ---: |")
     results = {}
     tokens = sum(len(r["answer"]) - 1 for r in records)
-    for name, stop in RULES.items():
-        totals = [replay(r["answer"], r["chains"], stop, draft_step, verify_step) for r in records]
+    for name, make_rule in RULES.items():
+        totals = [replay(r["answer"], r["chains"], make_rule, draft_step, verify_step) for r in records]
         cost, drafted, accepted, rounds = (sum(t[i] for t in totals) for i in range(4))
         results[name] = {"speedup": tokens / cost, "acceptance": accepted / drafted, "tokens_per_round": tokens / rounds}
         print(f"| {name} | {tokens / cost:.2f}x | {accepted / drafted:.1%} | {tokens / rounds:.2f} |")

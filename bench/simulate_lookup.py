@@ -35,9 +35,8 @@ if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import parser  # noqa: E402
-from bench.simulate_draft_stopping import saved_chains  # noqa: E402
+from bench.simulate_draft_stopping import Threshold, saved_chains  # noqa: E402
 from selfspec.errors import InputError, run_main  # noqa: E402
-from selfspec.generate import adapt_th_stop_draft  # noqa: E402
 from selfspec.lookup import NgramLookup  # noqa: E402
 from selfspec.sampling import count_accepted  # noqa: E402
 
@@ -48,34 +47,15 @@ HIT_EMA, HIT_FLOOR = 0.5, 0.5
 MAX_TREE_TOKENS = 16  # one verify pass: the last token and both branches
 
 
-class Threshold:
-    """generate()'s adaptive stop threshold and the INT4 draft's stopping rule over a chain's confidences."""
-
-    def __init__(self, th: float = 0.6):
-        self.th, self.ema = th, 0.0
-
-    def drafts(self, confidences: list[float], k_max: int, first: int = 1) -> int:
-        """How many of the chain's tokens the draft proposes, up to k_max, when the first `first` come without
-        consulting the rule (at least one: generate() consults it from the first draft on)."""
-        k = max(1, first)
-        while k < k_max and confidences[k - 1] >= self.th:
-            k += 1
-        return min(k, k_max)
-
-    def update(self, accepted: int, drafted: int, max_step_draft: int):
-        self.th, self.ema = adapt_th_stop_draft(self.th, self.ema, accepted, drafted, max_step_draft)
-
-
 def accepted(drafts: list[int], emitted: list[int]) -> int:
     """sampling.count_accepted for drafts that may run past the end of what the target emits."""
     return count_accepted(drafts[: len(emitted)], emitted)
 
 
-def hindsight_int4(threshold, confidences, tokens, k_max, emitted, n_lookup, draft_step, verify_step) -> bool:
-    """Whether an INT4 round emits more tokens per cost than the lookup run that accepts n_lookup, the target
-    emitting `emitted` next."""
-    k = threshold.drafts(confidences, k_max)
-    return (accepted(tokens[:k], emitted) + 1) / (verify_step + k * draft_step) > (n_lookup + 1) / verify_step
+def hindsight_int4(drafts, emitted, n_lookup, draft_step, verify_step) -> bool:
+    """Whether an INT4 round proposing `drafts` emits more tokens per cost than the lookup run that accepts
+    n_lookup, the target emitting `emitted` next."""
+    return (accepted(drafts, emitted) + 1) / (verify_step + len(drafts) * draft_step) > (n_lookup + 1) / verify_step
 
 
 def replay(ids, answer, chains, policy: str, draft_step: float, verify_step: float, guide_step: float = 0.0,
@@ -102,13 +82,14 @@ def replay(ids, answer, chains, policy: str, draft_step: float, verify_step: flo
         checked = policy == "checked" or policy == "checked when missing" and hits < HIT_FLOOR
         if proposal:  # known once the round has emitted its tokens
             hits = HIT_EMA * hits + (1 - HIT_EMA) * (n_lookup > 0)
+        k_int4 = threshold.drafts(confidences, k_max)  # what an INT4 round would draft
         int4_round = not proposal or checked and tokens[0] != proposal[0] or policy == "hindsight" and hindsight_int4(
-            threshold, confidences, tokens, k_max, emitted, n_lookup, draft_step, verify_step)
+            tokens[:k_int4], emitted, n_lookup, draft_step, verify_step)
         if budget < 1:  # a plain step
             n, cost, drafted = 0, 1.0, 0
         elif int4_round:
             proposal = []
-            k = threshold.drafts(confidences, k_max)
+            k = k_int4
             n = accepted(tokens[:k], emitted)
             cost, drafted = verify_step + k * draft_step, k
             threshold.update(n, k, max_step_draft)

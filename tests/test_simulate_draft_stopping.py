@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from bench.simulate_draft_stopping import RULES, compare_rules, draft_chains, replay, saved_chains
+from bench.simulate_draft_stopping import RULES, Fixed, compare_rules, draft_chains, replay, saved_chains
 from selfspec.draft import make_draft
 from selfspec.errors import InputError
 from selfspec.generate import generate
@@ -33,7 +33,8 @@ def test_oracle_drafts_only_what_is_accepted():
     # once, so rounds from 4, 6 and 8 draft one token each.
     assert replay(answer, chains, None, draft_step=0.5, verify_step=1.0) == (0.5 * 6 + 4, 6, 6, 4)
     # A rule that stops after the first draft needs a round per two tokens from the start.
-    assert replay(answer, chains, lambda c, s: True, draft_step=0.5, verify_step=1.0)[1:] == (5, 5, 5)
+    always_stop = lambda: Fixed(float("inf"))  # noqa: E731
+    assert replay(answer, chains, always_stop, draft_step=0.5, verify_step=1.0)[1:] == (5, 5, 5)
 
 
 def test_saved_chains_replay_cut_to_fewer_drafts(tmp_path):
@@ -47,7 +48,7 @@ def test_saved_chains_replay_cut_to_fewer_drafts(tmp_path):
     # is wrong): the same rounds either way, while a rule that never stops drafts the wrong third when it can.
     oracle = compare_rules(cut, 0.5, 1.0)["oracle"]
     assert oracle == compare_rules(saved_chains(path, 4), 0.5, 1.0)["oracle"]
-    never_stop = lambda chains: replay(answer, chains, lambda c, s: False, 0.5, 1.0)  # noqa: E731
+    never_stop = lambda chains: replay(answer, chains, lambda: Fixed(0.0), 0.5, 1.0)  # noqa: E731
     assert never_stop(saved_chains(path, 4)[0]["chains"])[1] > never_stop(cut[0]["chains"])[1]
     with pytest.raises(InputError, match="4 drafts long"):
         saved_chains(path, 5)
