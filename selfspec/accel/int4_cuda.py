@@ -203,82 +203,6 @@ __device__ __forceinline__ void let_next_kernel_launch() {
 #endif
 }
 
-#if NORM && NORM_EARLY
-// The norm's weight does not depend on the kernel before: copied into shared memory before the grid-dependency
-// wait, in a cp.async group of its own, so that the norm after the wait reads it from there.
-__device__ __forceinline__ const uint4* prefetch_norm_weight(const uint4* weight) {
-    __shared__ uint4 norm_shared[K_COLS / 8];
-    for (int j = threadIdx.x; j < K_COLS / 8; j += WARPS * 32) {
-        const u32 to = (u32)__cvta_generic_to_shared(norm_shared + j);
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(to), "l"(weight + j) : "memory");
-    }
-    asm volatile("cp.async.commit_group;" ::: "memory");
-    return norm_shared;
-}
-#else
-__device__ __forceinline__ const uint4* prefetch_norm_weight(const uint4* weight) { return weight; }
-#endif
-
-// x's 32 activations of chunk c: four words' worth, each word's eight as four half2 pairs.
-__device__ __forceinline__ void activations_of_chunk(uint4 (&xc)[4], const uint4* xs, int c) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) xc[i] = xs[swizzle(4 * c + i)];
-}
-
-// One 16-byte chunk of a row (32 weights) times x's chunk: the float32 dot product / 16.
-__device__ __forceinline__ float chunk_dot(uint4 w, const uint4 (&xc)[4]) {
-    return word_dot(w.x, xc[0].x, xc[0].y, xc[0].z, xc[0].w) + word_dot(w.y, xc[1].x, xc[1].y, xc[1].z, xc[1].w)
-         + word_dot(w.z, xc[2].x, xc[2].y, xc[2].z, xc[2].w) + word_dot(w.w, xc[3].x, xc[3].y, xc[3].z, xc[3].w);
-}
-
-// The warp's sums for its ROWS rows from row0 on, written by lane 0 (silu(gate) * up with GLU; + residual).
-__device__ __forceinline__ void store_rows(float (&acc)[ROWS], u16* y, const u16* residual, int n, int row0) {
-    const int m = blockIdx.y;
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-        for (int offset = 16; offset > 0; offset /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
-        acc[r] *= 16.0f;  // word_dot's 1/16
-    }
-    if (threadIdx.x % 32 != 0) return;
-#if GLU
-    const int n_out = n / 2;
-#pragma unroll
-    for (int r = 0; r < ROWS; r += 2) {
-        const int row = (row0 + r) / 2;
-        if (row < n_out) {
-            const float gate = acc[r], up = acc[r + 1];
-            y[(long long)m * n_out + row] = float_to_half(gate / (1.0f + __expf(-gate)) * up);
-        }
-    }
-#else
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-        const int row = row0 + r;
-        if (row < n) {
-            float out = acc[r];
-#if RESIDUAL
-            out += half_to_float(residual[(long long)m * n + row]);
-#endif
-            y[(long long)m * n + row] = float_to_half(out);
-        }
-    }
-#endif
-}
-
-// The kernel before has finished (PDL's wait): the next one may launch now and stream its weights while this one
-// works (one kernel ahead at most, since it waits here in turn). Then x into shared memory, normalised.
-__device__ __forceinline__ void take_activations(uint4* xs, const uint4* x, const uint4* norm_weight, float eps) {
-    wait_for_inputs();
-#if LAUNCH_NEXT_EARLY
-    let_next_kernel_launch();
-#endif
-    copy_activations(xs, x);
-#if NORM
-    normalize_activations(xs, norm_weight, eps);
-#endif
-}
-
 // One tile of WARPS * ROWS rows: each warp its ROWS rows. `first`: the block's first tile, which waits for the
 // kernel before (PDL), copies x into shared memory and normalises it; later tiles reuse that copy.
 __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ words, const u16* __restrict__ scales,
@@ -305,7 +229,6 @@ __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ w
 
 #pragma unroll 1
     for (int base = 0; base < CHUNKS; base += STEP) {
-        if (!EARLY && base == 0 && first) take_activations(xs, x + (long long)m * (K_COLS / 8), norm_weight, eps);
         // All of this step's weight and scale loads first: ROWS * UNROLL * 16 bytes in flight per thread.
         uint4 w[UNROLL][ROWS];
         u16 s[UNROLL][ROWS];
@@ -320,157 +243,76 @@ __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ w
                 }
             }
         }
-        if (EARLY && base == 0 && first) take_activations(xs, x + (long long)m * (K_COLS / 8), norm_weight, eps);
+        if (base == 0 && first) {
+            wait_for_inputs();
+#if LAUNCH_NEXT_EARLY
+            // The kernel before this one has finished: the next one may launch now and stream its weights
+            // while this one works (one kernel ahead at most, since it waits here in turn).
+            let_next_kernel_launch();
+#endif
+            copy_activations(xs, x + (long long)m * (K_COLS / 8));
+#if NORM
+            normalize_activations(xs, norm_weight, eps);
+#endif
+        }
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
             const int c = base + u * 32 + lane;
             if (CHUNKS % STEP == 0 || c < CHUNKS) {
-                uint4 xc[4];
-                activations_of_chunk(xc, xs, c);
+                // 32 activations: four words' worth, each word's eight as four half2 pairs.
+                const uint4 x0 = xs[swizzle(4 * c)], x1 = xs[swizzle(4 * c + 1)], x2 = xs[swizzle(4 * c + 2)],
+                            x3 = xs[swizzle(4 * c + 3)];
 #pragma unroll
-                for (int r = 0; r < ROWS; ++r) acc[r] += chunk_dot(w[u][r], xc) * half_to_float(s[u][r]);
+                for (int r = 0; r < ROWS; ++r) {
+                    const float dot = word_dot(w[u][r].x, x0.x, x0.y, x0.z, x0.w)
+                                    + word_dot(w[u][r].y, x1.x, x1.y, x1.z, x1.w)
+                                    + word_dot(w[u][r].z, x2.x, x2.y, x2.z, x2.w)
+                                    + word_dot(w[u][r].w, x3.x, x3.y, x3.z, x3.w);
+                    acc[r] += dot * half_to_float(s[u][r]);
+                }
             }
         }
     }
 #if !LAUNCH_NEXT_EARLY
     if (first) let_next_kernel_launch();
 #endif
-    store_rows(acc, y, residual, n, row0);
-}
 
-#if STAGES
-// The pipelined walk: a block's work is a sequence of stages, one step along K of one of its tiles each, whose
-// weights pass through a ring of STAGES slots in shared memory, copied there by cp.async STAGES stages ahead of
-// their use, so that loads stay in flight while the block multiplies (gemv_tile loads a step, then waits for
-// it). Each thread copies only the chunks it reads itself: its own cp.async.wait_group is all the ring needs.
-// The scales travel in registers, loaded when their stage is issued. The arithmetic and the order of the sums
-// are gemv_tile's: the results are the same bit for bit.
-#define THREADS (WARPS * 32)
-#define SLOTS (ROWS * UNROLL)  // 16-byte chunks per thread per stage
-#define STEPS ((CHUNKS + STEP - 1) / STEP)
-
-#if L2_PREFETCH
-#define COPY_WEIGHTS "cp.async.cg.shared.global.L2::256B"
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+#pragma unroll
+        for (int offset = 16; offset > 0; offset /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
+        acc[r] *= 16.0f;  // word_dot's 1/16
+    }
+    if (lane != 0) return;
+#if GLU
+    const int n_out = n / 2;
+#pragma unroll
+    for (int r = 0; r < ROWS; r += 2) {
+        const int row = (row0 + r) / 2;
+        if (row < n_out) {
+            const float gate = acc[r], up = acc[r + 1];
+            y[(long long)m * n_out + row] = float_to_half(gate / (1.0f + __expf(-gate)) * up);
+        }
+    }
 #else
-#define COPY_WEIGHTS "cp.async.cg.shared.global"
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const int row = row0 + r;
+        if (row < n) {
+            float out = acc[r];
+#if RESIDUAL
+            out += half_to_float(residual[(long long)m * n + row]);
 #endif
-
-__device__ __forceinline__ int tile_of(int k) {  // the block's k-th tile
-    return TILE_LOOP ? blockIdx.x + k * gridDim.x : blockIdx.x;
-}
-
-__device__ __forceinline__ int first_row(int tile) { return (tile * WARPS + threadIdx.x / 32) * ROWS; }
-
-// Stage i of the block's n_stages: its weights into `slot` by cp.async, its scales into s; one commit group,
-// empty past the last stage so that every wait counts the same.
-__device__ __forceinline__ void issue_stage(uint4* slot, u16 (&s)[UNROLL][ROWS], const uint4* __restrict__ words,
-                                            const u16* __restrict__ scales, int n, int i, int n_stages) {
-    if (i < n_stages) {
-        const int row0 = first_row(tile_of(i / STEPS));
-        const int base = (i % STEPS) * STEP + threadIdx.x % 32;
-#pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
-            const int c = base + u * 32;
-            if (CHUNKS % STEP == 0 || c < CHUNKS) {
-#pragma unroll
-                for (int r = 0; r < ROWS; ++r) {
-                    const long long row = min(row0 + r, n - 1);  // as in gemv_tile
-                    const u32 to = (u32)__cvta_generic_to_shared(slot + (u * ROWS + r) * THREADS + threadIdx.x);
-                    asm volatile(COPY_WEIGHTS " [%0], [%1], 16;" :: "r"(to), "l"(words + row * CHUNKS + c) : "memory");
-                    s[u][r] = load_scale(scales + row * (K_COLS / GROUP) + c / CHUNKS_PER_GROUP);
-                }
-            }
+            y[(long long)m * n + row] = float_to_half(out);
         }
     }
-    asm volatile("cp.async.commit_group;" ::: "memory");
-}
-
-// x into shared memory by plain loads at L2, four pieces a thread in flight: waiting for a cp.async of x
-// would wait for the weights in the ring as well.
-__device__ __forceinline__ void load_activations(uint4* shared, const uint4* x) {
-#pragma unroll 1
-    for (int j0 = threadIdx.x; j0 < K_COLS / 8; j0 += 4 * THREADS) {
-        uint4 v[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-            if (j0 + i * THREADS < K_COLS / 8) v[i] = __ldcg(x + j0 + i * THREADS);
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-            if (j0 + i * THREADS < K_COLS / 8) shared[swizzle(j0 + i * THREADS)] = v[i];
-    }
-    __syncthreads();
-}
-
-__device__ __forceinline__ void gemv_pipelined(uint4* xs, uint4* ring, const uint4* __restrict__ words,
-                                               const u16* __restrict__ scales, const uint4* x, u16* y,
-                                               const u16* residual, const uint4* norm_weight, int n, float eps) {
-    const int n_tiles = (n + WARPS * ROWS - 1) / (WARPS * ROWS);
-    const int n_stages = (TILE_LOOP ? (n_tiles - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 1) * STEPS;
-    const uint4* norm_weight_copy = prefetch_norm_weight(norm_weight);
-    u16 s[STAGES][UNROLL][ROWS];
-#pragma unroll
-    for (int b = 0; b < EARLY && b < STAGES; ++b)
-        issue_stage(ring + b * SLOTS * THREADS, s[b], words, scales, n, b, n_stages);
-    wait_for_inputs();
-#if LAUNCH_NEXT_EARLY
-    let_next_kernel_launch();
-#endif
-#pragma unroll
-    for (int b = EARLY; b < STAGES; ++b) issue_stage(ring + b * SLOTS * THREADS, s[b], words, scales, n, b, n_stages);
-    load_activations(xs, x + (long long)blockIdx.y * (K_COLS / 8));
-#if NORM
-#if NORM_EARLY
-    asm volatile("cp.async.wait_group %0;" :: "n"(STAGES) : "memory");  // the norm weight's group, before the stages'
-#endif
-    normalize_activations(xs, norm_weight_copy, eps);
-#endif
-    float acc[ROWS];
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) acc[r] = 0.0f;
-#pragma unroll 1
-    for (int i0 = 0; i0 < n_stages; i0 += STAGES) {
-#pragma unroll
-        for (int b = 0; b < STAGES; ++b) {  // unrolled: s[b] stays in registers
-            const int i = i0 + b;
-            if (i < n_stages) {
-                uint4* slot = ring + b * SLOTS * THREADS;
-                asm volatile("cp.async.wait_group %0;" :: "n"(STAGES - 1) : "memory");
-                const int base = (i % STEPS) * STEP + threadIdx.x % 32;
-#pragma unroll
-                for (int u = 0; u < UNROLL; ++u) {
-                    const int c = base + u * 32;
-                    if (CHUNKS % STEP == 0 || c < CHUNKS) {
-                        uint4 xc[4];
-                        activations_of_chunk(xc, xs, c);
-#pragma unroll
-                        for (int r = 0; r < ROWS; ++r)
-                            acc[r] += chunk_dot(slot[(u * ROWS + r) * THREADS + threadIdx.x], xc) * half_to_float(s[b][u][r]);
-                    }
-                }
-                if (i % STEPS == STEPS - 1) {
-                    store_rows(acc, y, residual, n, first_row(tile_of(i / STEPS)));
-#pragma unroll
-                    for (int r = 0; r < ROWS; ++r) acc[r] = 0.0f;
-                }
-                issue_stage(slot, s[b], words, scales, n, i + STAGES, n_stages);
-            }
-        }
-    }
-#if !LAUNCH_NEXT_EARLY
-    let_next_kernel_launch();
 #endif
 }
-#endif
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const uint4* x, u16* y,
           const u16* residual, const uint4* norm_weight, int n, float eps) {
-#if STAGES
-    extern __shared__ uint4 shared[];  // x, then the ring: dynamic, since it may pass the static 48 KB
-    gemv_pipelined(shared, shared + K_COLS / 8, words, scales, x, y, residual, norm_weight, n, eps);
-#else
     __shared__ uint4 xs[K_COLS / 8];
-    norm_weight = prefetch_norm_weight(norm_weight);
 #if TILE_LOOP
     // A grid of fewer blocks than tiles: each block takes every gridDim.x-th tile.
     const int n_tiles = (n + WARPS * ROWS - 1) / (WARPS * ROWS);
@@ -478,7 +320,6 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
         gemv_tile(xs, words, scales, x, y, residual, norm_weight, n, eps, tile, tile == blockIdx.x);
 #else
     gemv_tile(xs, words, scales, x, y, residual, norm_weight, n, eps, blockIdx.x, true);
-#endif
 #endif
 }
 """.replace("__HALF2_DOT__", _asm_string(_HALF2_DOT))
@@ -498,15 +339,6 @@ class Tiling:
     # fewer, each looping over tiles; only where the tiles fill two such grids, since a grid with fewer leaves most
     # blocks one tile and the rest two.
     blocks_per_sm: int = 0
-    # 0: each step's weights loaded into registers, then used. Else the weights pass through a ring of this many
-    # steps in shared memory, loaded by cp.async that many steps ahead of their use (gemv_pipelined).
-    stages: int = 0
-    early: int = 1  # steps whose weights are loaded before the grid-dependency wait (at most `stages` with a ring)
-    norm_weight_early: bool = False  # the norm's weight copied into shared memory before that wait
-
-    def shared_bytes(self, k: int) -> int:
-        """Dynamic shared memory a block of the pipelined kernel takes: x and the ring (0 without the ring)."""
-        return 2 * k + self.stages * self.rows * self.unroll * self.warps * 32 * 16 if self.stages else 0
 
 
 def default_tiling(n: int, k: int) -> Tiling:
@@ -536,8 +368,7 @@ def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tili
         raise ValueError("GLU needs an even number of rows per warp")
     defines = dict(GROUP=group, K_COLS=k, ROWS=tiling.rows, UNROLL=tiling.unroll, WARPS=tiling.warps,
                    L2_PREFETCH=int(tiling.l2_prefetch), LAUNCH_NEXT_EARLY=int(tiling.launch_next_early),
-                   GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm), TILE_LOOP=int(tiling.blocks_per_sm > 0),
-                   STAGES=tiling.stages, EARLY=tiling.early, NORM_EARLY=int(tiling.norm_weight_early))
+                   GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm), TILE_LOOP=int(tiling.blocks_per_sm > 0))
     options = [f"--gpu-architecture=sm_{arch}", "-std=c++17"] + [f"-D{key}={value}" for key, value in defines.items()]
     program = _check(nvrtc.nvrtcCreateProgram(_SOURCE.encode(), b"int4_cuda.cu", 0, [], []))
     try:
@@ -575,30 +406,22 @@ def _kernel(device: torch.device, group: int, k: int, glu: bool, residual: bool,
         cubin = compile_cubin(major * 10 + minor, group, k, glu, residual, tiling, norm)
         module = _check(driver.cuModuleLoadData(cubin))
         function = _check(driver.cuModuleGetFunction(module, b"int4_gemv"))
-        shared = tiling.shared_bytes(k)
-        if shared > 48 * 1024:  # past the default limit of dynamic shared memory, which a kernel must raise
-            attribute = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-            _check(driver.cuFuncSetAttribute(function, attribute, shared))
-        resident = _check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(function, 32 * tiling.warps, shared))
+        resident = _check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(function, 32 * tiling.warps, 0))
         _kernels[key] = (module, function, resident)
     return _kernels[key][1:]
 
 
 @functools.cache  # once per shape: every eager call of a decode step asks again
 def _grid(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling, n: int):
-    """The kernel for n rows, its grid's width and its tiling: blocks looping over tiles where `tiling` asks for it
-    and the tiles fill two grids of them, else a block per tile (built without the loop); without the ring where
-    its shared memory passes what a block of this device may take."""
-    if tiling.shared_bytes(k) > torch.cuda.get_device_properties(device).shared_memory_per_block_optin:
-        tiling = replace(tiling, stages=0)
+    """The kernel for n rows and its grid's width: blocks looping over tiles where `tiling` asks for it and the
+    tiles fill two grids of them, else a block per tile (built without the loop)."""
     tiles = math.ceil(n / (tiling.rows * tiling.warps))
     if tiling.blocks_per_sm:
         function, resident = _kernel(device, group, k, glu, residual, norm, tiling)
         blocks = torch.cuda.get_device_properties(device).multi_processor_count * min(tiling.blocks_per_sm, resident)
         if tiles >= 2 * blocks:
-            return function, blocks, tiling
-    tiling = replace(tiling, blocks_per_sm=0)
-    return _kernel(device, group, k, glu, residual, norm, tiling)[0], tiles, tiling
+            return function, blocks
+    return _kernel(device, group, k, glu, residual, norm, replace(tiling, blocks_per_sm=0))[0], tiles
 
 
 def available(device: torch.device) -> bool:
@@ -627,11 +450,11 @@ def available(device: torch.device) -> bool:
 _ARG_TYPES = (ctypes.c_void_p,) * 6 + (ctypes.c_int, ctypes.c_float)
 
 
-def _launch(function, grid, block, shared: int, stream, pdl: bool, args) -> None:
+def _launch(function, grid, block, stream, pdl: bool, args) -> None:
     config = driver.CUlaunchConfig()
     config.gridDimX, config.gridDimY, config.gridDimZ = grid
     config.blockDimX, config.blockDimY, config.blockDimZ = block
-    config.sharedMemBytes = shared
+    config.sharedMemBytes = 0
     config.hStream = driver.CUstream(stream)
     if pdl:
         attribute = driver.CUlaunchAttribute()
@@ -686,12 +509,12 @@ def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group:
         raise ValueError("int4_gemv: the weight words must be 16-byte aligned")
     tiling = tiling or default_tiling(n, k)
     device = torch.device("cuda", x.device.index if x.device.index is not None else torch.cuda.current_device())
-    function, blocks, tiling = _grid(device, group, k, glu, residual is not None, norm_weight is not None, tiling, n)
+    function, blocks = _grid(device, group, k, glu, residual is not None, norm_weight is not None, tiling, n)
     pdl = pdl and torch.cuda.get_device_capability(device) >= (9, 0)
     grid = (blocks, m, 1)
     stream = torch.cuda.current_stream(device).cuda_stream
     args = (words.data_ptr(), scales.data_ptr(), flat.data_ptr(), out.data_ptr(),
             0 if residual is None else residual.data_ptr(), 0 if norm_weight is None else norm_weight.data_ptr(), n,
             float(norm_eps))
-    _launch(function, grid, (32 * tiling.warps, 1, 1), tiling.shared_bytes(k), stream, pdl, args)
+    _launch(function, grid, (32 * tiling.warps, 1, 1), stream, pdl, args)
     return out

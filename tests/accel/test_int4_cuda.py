@@ -37,9 +37,6 @@ def test_the_shared_ptx_block_becomes_a_cuda_asm_string():
     (32, 96, True, False, Tiling(rows=2, unroll=1, warps=1)), (128, 13696, True, False, Tiling(rows=4, unroll=4)),
     (64, 320, False, False, Tiling(rows=1, unroll=8, warps=2)), (128, 4096, False, True, Tiling(l2_prefetch=True)),
     (64, 4096, False, True, Tiling(launch_next_early=False)), (64, 11008, False, True, Tiling(blocks_per_sm=4)),
-    (64, 11008, False, True, Tiling(stages=2)), (128, 13696, True, False, Tiling(stages=3, unroll=2, blocks_per_sm=4)),
-    (64, 4096, False, False, Tiling(stages=2, l2_prefetch=True, launch_next_early=False)),
-    (64, 4096, False, True, Tiling(early=0)), (64, 4096, False, True, Tiling(stages=3, early=0, unroll=2)),
 ])
 def test_nvrtc_builds_a_cubin_for_each_variant(arch, group, k, glu, residual, tiling):
     cubin = int4_cuda.compile_cubin(arch, group, k, glu, residual, tiling)
@@ -51,8 +48,6 @@ def test_nvrtc_builds_a_cubin_for_each_variant(arch, group, k, glu, residual, ti
 @pytest.mark.parametrize("group,k,glu,residual,tiling", [
     (128, 4096, False, False, Tiling()), (64, 5120, True, False, Tiling(rows=4, unroll=4, warps=4)),
     (32, 96, True, False, Tiling(rows=2, unroll=1, warps=1)), (64, 320, False, True, Tiling(rows=1, unroll=8, warps=2)),
-    (64, 4096, True, False, Tiling(stages=2, blocks_per_sm=32)),
-    (64, 4096, False, False, Tiling(norm_weight_early=True)), (64, 5120, True, False, Tiling(stages=2, norm_weight_early=True)),
 ])
 def test_nvrtc_builds_the_norm_prologue_variants(arch, group, k, glu, residual, tiling):
     cubin = int4_cuda.compile_cubin(arch, group, k, glu, residual, tiling, norm=True)
@@ -148,8 +143,7 @@ def test_matches_float32_reference(n, k, group, m, glu):
                                     Tiling(rows=4, unroll=2, warps=8), Tiling(rows=4, unroll=4, warps=2),
                                     Tiling(rows=2, unroll=6, l2_prefetch=True),
                                     Tiling(rows=1, unroll=2, warps=1, blocks_per_sm=1),
-                                    Tiling(rows=1, unroll=4, warps=2, blocks_per_sm=1), Tiling(stages=2),
-                                    Tiling(rows=1, unroll=2, warps=2, blocks_per_sm=1, stages=3)])
+                                    Tiling(rows=1, unroll=4, warps=2, blocks_per_sm=1)])
 def test_every_tiling_matches_with_ragged_rows_and_columns(tiling):
     # 1001 rows and 11008 columns: a partial last warp and a partial last step along K (and tiles of one or two
     # rows, enough for a block an SM to loop over several each)
@@ -181,49 +175,6 @@ def test_norm_prologue_matches_rms_norm_then_gemv(n, k, group, glu, residual, m,
     assert _close(y, _reference(x, w, glu, added), glu)
 
 
-def test_the_ring_is_sized_in_shared_memory():
-    assert Tiling().shared_bytes(4096) == 0  # the register walk keeps x in static shared memory
-    assert Tiling(rows=2, unroll=4, warps=4, stages=2).shared_bytes(4096) == 2 * 4096 + 2 * 2 * 4 * 128 * 16
-
-
-@pytest.mark.gpu
-@cuda
-@pytest.mark.parametrize("m", [1, 3])
-@pytest.mark.parametrize("n,k,group,glu,residual,norm", [
-    (7, 96, 32, False, False, False), (1001, 11008, 64, False, True, False), (12288, 4096, 64, False, False, True),
-    (22016, 4096, 64, True, False, True), (5120, 13696, 128, False, True, False), (27392, 5120, 128, True, False, True),
-])
-@pytest.mark.parametrize("loading", [
-    dict(stages=2), dict(stages=3, unroll=2, early=2), dict(stages=2, blocks_per_sm=0, early=0),
-    dict(stages=4, unroll=1, warps=2, blocks_per_sm=1, norm_weight_early=True), dict(early=0),
-    dict(norm_weight_early=True), dict(early=0, norm_weight_early=True, blocks_per_sm=0)])
-def test_every_way_of_loading_gives_the_same_bits(n, k, group, glu, residual, norm, m, loading):
-    # The ring of weights in shared memory, loading before or after the grid-dependency wait, and the norm's weight
-    # copied early change no arithmetic. Shapes: a partial last warp and step along K (1001 x 11008), the 7B's
-    # W_pack and gate/up (blocks looping over tiles), the 13B's down and gate/up.
-    words, scales, _ = _weights(n, k, group)
-    x = torch.randn(m, k, device="cuda", dtype=torch.float16) * (3 if norm else 1)
-    added = torch.randn(m, n, device="cuda", dtype=torch.float16) if residual else None
-    norm_weight = (1 + 0.1 * torch.randn(k, device="cuda")).half() if norm else None
-    tiling = dataclasses.replace(int4_cuda.default_tiling(n, k), **loading)
-    plain = dataclasses.replace(tiling, stages=0, early=1, norm_weight_early=False)
-    ys = [int4_cuda.int4_gemv(x, words, scales, group, glu=glu, residual=added, norm_weight=norm_weight, tiling=t)
-          for t in (plain, tiling)]
-    assert torch.equal(ys[0], ys[1])
-
-
-@pytest.mark.gpu
-@cuda
-def test_a_ring_larger_than_a_block_may_hold_falls_back_to_the_register_walk():
-    device = torch.device("cuda", torch.cuda.current_device())
-    too_large = Tiling(rows=4, unroll=8, warps=8, stages=8)  # 1 MB of ring
-    function, _, tiling = int4_cuda._grid(device, 64, 4096, False, False, False, too_large, 4096)
-    assert tiling.stages == 0 and function is int4_cuda._kernel(device, 64, 4096, False, False, False, tiling)[0]
-    words, scales, w = _weights(4096, 4096, 64)
-    x = torch.randn(1, 4096, device="cuda", dtype=torch.float16)
-    assert _close(int4_cuda.int4_gemv(x, words, scales, 64, tiling=too_large), _reference(x, w))
-
-
 @pytest.mark.gpu
 @cuda
 def test_many_rows_loop_over_tiles_in_a_grid_the_gpu_holds_at_once():
@@ -232,11 +183,11 @@ def test_many_rows_loop_over_tiles_in_a_grid_the_gpu_holds_at_once():
     device = torch.device("cuda", torch.cuda.current_device())
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     tiling = int4_cuda.default_tiling(12288, 4096)
-    looping, blocks, _ = int4_cuda._grid(device, 128, 4096, False, False, True, tiling, 12288)
+    looping, blocks = int4_cuda._grid(device, 128, 4096, False, False, True, tiling, 12288)
     _, resident = int4_cuda._kernel(device, 128, 4096, False, False, True, tiling)
     assert blocks == sms * resident < 12288 // 8 and 1 <= resident <= tiling.blocks_per_sm
     tiling = int4_cuda.default_tiling(4096, 4096)
-    one_each, tiles, _ = int4_cuda._grid(device, 128, 4096, False, True, False, tiling, 4096)
+    one_each, tiles = int4_cuda._grid(device, 128, 4096, False, True, False, tiling, 4096)
     without_loop, _ = int4_cuda._kernel(device, 128, 4096, False, True, False, dataclasses.replace(tiling, blocks_per_sm=0))
     assert tiles == 4096 // 8 and one_each is without_loop
 
@@ -256,10 +207,7 @@ def test_residual_and_out():
 @cuda
 @pytest.mark.parametrize("pdl,launch_next_early,loop", [(False, False, {}), (True, False, {}), (True, True, {}),
                                                        (True, True, dict(rows=1, warps=2, blocks_per_sm=1)),
-                                                       (True, False, dict(rows=1, warps=2, blocks_per_sm=2)),
-                                                       (True, True, dict(stages=2)), (False, False, dict(stages=3)),
-                                                       (True, True, dict(early=0)), (True, True, dict(stages=2, early=0)),
-                                                       (True, True, dict(rows=1, warps=2, blocks_per_sm=1, stages=2))])
+                                                       (True, False, dict(rows=1, warps=2, blocks_per_sm=2))])
 def test_chain_in_a_cuda_graph_with_and_without_pdl(pdl, launch_next_early, loop):
     # Each GEMV reads what the one before wrote, with a torch kernel (no PDL) between two of them: PDL's wait
     # must hold the reads of x back until the producer is done, in eager launches and in a replayed graph.
