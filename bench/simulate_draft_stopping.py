@@ -76,25 +76,25 @@ class Rule:
         return min(k, k_max)
 
 
-class Threshold(Rule):
-    """generate()'s rule: the last draft's probability under a threshold that adapts after every round."""
-
-    def __init__(self, th: float = 0.6):
-        self.th, self.ema = th, 0.0
-
-    def stops(self, confidences):
-        return confidences[-1] < self.th
-
-    def update(self, accepted, drafted, max_step_draft):
-        self.th, self.ema = adapt_th_stop_draft(self.th, self.ema, accepted, drafted, max_step_draft)
-
-
 class Fixed(Rule):
+    """Stops once the last draft's probability is under th."""
+
     def __init__(self, th: float):
         self.th = th
 
     def stops(self, confidences):
         return confidences[-1] < self.th
+
+
+class Threshold(Fixed):
+    """generate()'s rule: Fixed's, with a threshold that adapts after every round."""
+
+    def __init__(self, th: float = 0.6):
+        super().__init__(th)
+        self.ema = 0.0
+
+    def update(self, accepted, drafted, max_step_draft):
+        self.th, self.ema = adapt_th_stop_draft(self.th, self.ema, accepted, drafted, max_step_draft)
 
 
 class Product(Rule):
