@@ -9,18 +9,15 @@ from selfspec.generate import generate
 from helpers import random_model
 
 
-# policy -> generate()'s options (the checked policies replayed generate's check_lookup of 51d9b6b exactly, tested
-# there; that option was taken out again: it did not pay, docs/performance.md)
-GENERATE_OPTIONS = {"int4": dict(draft_source="int4"), "lookup+int4": dict(draft_source="lookup+int4")}
-
-
-@pytest.mark.parametrize("policy", list(GENERATE_OPTIONS))
+# The policies that are generate()'s draft sources. (The checked policies replayed generate's check_lookup of
+# 51d9b6b exactly, tested there; that option was taken out again: it did not pay, docs/performance.md.)
+@pytest.mark.parametrize("policy", ["int4", "lookup+int4"])
 def test_replay_counts_like_generate(policy):
     model = random_model(max_seq_len=220)
     draft = make_draft(model, group_size=32)
     prompt = [71, 48, 316, 128, 272] * 6  # repeats: the lookup has matches
     answer, _ = generate(model, prompt, 80)
-    _, stats = generate(model, prompt, 80, draft=draft, **GENERATE_OPTIONS[policy])
+    _, stats = generate(model, prompt, 80, draft=draft, draft_source=policy)
     chains = draft_chains(model, draft, prompt, answer, depth=8)
     counts = replay(prompt, answer, chains, policy, draft_step=0.4, verify_step=1.0, max_new_tokens=80)
     assert (counts["drafted"], counts["accepted"], counts["rounds"]) == (stats.drafted, stats.accepted,
