@@ -73,7 +73,7 @@ _SOURCE = r"""
 // Compile-time: GROUP, K_COLS, ROWS (rows per warp), UNROLL (16-byte loads per thread per row per step),
 // WARPS (per block), L2_PREFETCH (a load hint), LAUNCH_NEXT_EARLY (where PDL lets the next kernel launch),
 // GLU (rows interleave gate and up), RESIDUAL (add [M, N] fp16), NORM (x is the residual stream h: the kernel
-// multiplies by rms_norm(h) * norm_weight).
+// multiplies by rms_norm(h) * norm_weight), TIMELINE (stamps of each block's phases, for a benchmark).
 typedef unsigned int u32;
 typedef unsigned short u16;
 
@@ -203,11 +203,81 @@ __device__ __forceinline__ void let_next_kernel_launch() {
 #endif
 }
 
+#if TIMELINE
+// bench/gemv_timeline.py: per block, the global timer (ns) at its start, once the grid-dependency wait returns,
+// once x is ready (copied, normalised) and when its last warp is done; its SM and how many tiles it takes.
+#define TIMELINE_BLOCKS 32768
+__device__ unsigned long long timeline[TIMELINE_BLOCKS][4];
+__device__ unsigned int timeline_where[TIMELINE_BLOCKS][2];
+__device__ unsigned int timeline_count;
+
+__device__ __forceinline__ unsigned long long global_time() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+#define STAMP(slot, i) timeline[slot][i] = global_time()
+#else
+#define STAMP(slot, i)
+#endif
+
+// After the grid-dependency wait (PDL), the block's copy of x in shared memory, normalised with the norm prologue.
+__device__ __forceinline__ void prepare_activations(uint4* xs, const uint4* x, const uint4* norm_weight, float eps,
+                                                    unsigned int slot) {
+    wait_for_inputs();
+    if (threadIdx.x == 0) STAMP(slot, 1);
+#if LAUNCH_NEXT_EARLY
+    // The kernel before this one has finished: the next one may launch now and stream its weights
+    // while this one works (one kernel ahead at most, since it waits here in turn).
+    let_next_kernel_launch();
+#endif
+    copy_activations(xs, x + (long long)blockIdx.y * (K_COLS / 8));
+#if NORM
+    normalize_activations(xs, norm_weight, eps);
+#endif
+    if (threadIdx.x == 0) STAMP(slot, 2);
+}
+
+// The warp's sums of its ROWS rows (each lane's share of every row) to y: lane 0 stores them.
+__device__ __forceinline__ void store_tile(float* acc, u16* y, const u16* residual, int n, int row0) {
+    const int m = blockIdx.y;
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+#pragma unroll
+        for (int offset = 16; offset > 0; offset /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
+        acc[r] *= 16.0f;  // word_dot's 1/16
+    }
+    if (threadIdx.x % 32 != 0) return;
+#if GLU
+    const int n_out = n / 2;
+#pragma unroll
+    for (int r = 0; r < ROWS; r += 2) {
+        const int row = (row0 + r) / 2;
+        if (row < n_out) {
+            const float gate = acc[r], up = acc[r + 1];
+            y[(long long)m * n_out + row] = float_to_half(gate / (1.0f + __expf(-gate)) * up);
+        }
+    }
+#else
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const int row = row0 + r;
+        if (row < n) {
+            float out = acc[r];
+#if RESIDUAL
+            out += half_to_float(residual[(long long)m * n + row]);
+#endif
+            y[(long long)m * n + row] = float_to_half(out);
+        }
+    }
+#endif
+}
+
 // One tile of WARPS * ROWS rows: each warp its ROWS rows. `first`: the block's first tile, which waits for the
 // kernel before (PDL), copies x into shared memory and normalises it; later tiles reuse that copy.
 __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ words, const u16* __restrict__ scales,
                                           const uint4* x, u16* y, const u16* residual, const uint4* norm_weight,
-                                          int n, float eps, int tile, bool first) {
+                                          int n, float eps, int tile, bool first, unsigned int slot) {
     const int lane = threadIdx.x % 32;
     const int m = blockIdx.y;
     const int row0 = (tile * WARPS + threadIdx.x / 32) * ROWS;
@@ -243,18 +313,7 @@ __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ w
                 }
             }
         }
-        if (base == 0 && first) {
-            wait_for_inputs();
-#if LAUNCH_NEXT_EARLY
-            // The kernel before this one has finished: the next one may launch now and stream its weights
-            // while this one works (one kernel ahead at most, since it waits here in turn).
-            let_next_kernel_launch();
-#endif
-            copy_activations(xs, x + (long long)m * (K_COLS / 8));
-#if NORM
-            normalize_activations(xs, norm_weight, eps);
-#endif
-        }
+        if (base == 0 && first) prepare_activations(xs, x, norm_weight, eps, slot);
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
             const int c = base + u * 32 + lane;
@@ -277,49 +336,41 @@ __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ w
     if (first) let_next_kernel_launch();
 #endif
 
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-        for (int offset = 16; offset > 0; offset /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
-        acc[r] *= 16.0f;  // word_dot's 1/16
-    }
-    if (lane != 0) return;
-#if GLU
-    const int n_out = n / 2;
-#pragma unroll
-    for (int r = 0; r < ROWS; r += 2) {
-        const int row = (row0 + r) / 2;
-        if (row < n_out) {
-            const float gate = acc[r], up = acc[r + 1];
-            y[(long long)m * n_out + row] = float_to_half(gate / (1.0f + __expf(-gate)) * up);
-        }
-    }
-#else
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-        const int row = row0 + r;
-        if (row < n) {
-            float out = acc[r];
-#if RESIDUAL
-            out += half_to_float(residual[(long long)m * n + row]);
-#endif
-            y[(long long)m * n + row] = float_to_half(out);
-        }
-    }
-#endif
+    store_tile(acc, y, residual, n, row0);
 }
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const uint4* x, u16* y,
           const u16* residual, const uint4* norm_weight, int n, float eps) {
     __shared__ uint4 xs[K_COLS / 8];
+    unsigned int slot = 0;
+#if TIMELINE
+    __shared__ unsigned int block_slot;
+    if (threadIdx.x == 0) {
+        const unsigned long long start = global_time();
+        block_slot = min(atomicAdd(&timeline_count, 1u), TIMELINE_BLOCKS - 1u);
+        timeline[block_slot][0] = start;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(timeline_where[block_slot][0]));
+#if TILE_LOOP
+        timeline_where[block_slot][1] = ((n + WARPS * ROWS - 1) / (WARPS * ROWS) - blockIdx.x + gridDim.x - 1) / gridDim.x;
+#else
+        timeline_where[block_slot][1] = 1;
+#endif
+        timeline[block_slot][3] = 0;
+    }
+    __syncthreads();
+    slot = block_slot;
+#endif
 #if TILE_LOOP
     // A grid of fewer blocks than tiles: each block takes every gridDim.x-th tile.
     const int n_tiles = (n + WARPS * ROWS - 1) / (WARPS * ROWS);
     for (int tile = blockIdx.x; tile < n_tiles; tile += gridDim.x)
-        gemv_tile(xs, words, scales, x, y, residual, norm_weight, n, eps, tile, tile == blockIdx.x);
+        gemv_tile(xs, words, scales, x, y, residual, norm_weight, n, eps, tile, tile == blockIdx.x, slot);
 #else
-    gemv_tile(xs, words, scales, x, y, residual, norm_weight, n, eps, blockIdx.x, true);
+    gemv_tile(xs, words, scales, x, y, residual, norm_weight, n, eps, blockIdx.x, true, slot);
+#endif
+#if TIMELINE
+    if (threadIdx.x % 32 == 0) atomicMax(&timeline[slot][3], global_time());
 #endif
 }
 """.replace("__HALF2_DOT__", _asm_string(_HALF2_DOT))
@@ -339,6 +390,7 @@ class Tiling:
     # fewer, each looping over tiles; only where the tiles fill two such grids, since a grid with fewer leaves most
     # blocks one tile and the rest two.
     blocks_per_sm: int = 0
+    timeline: bool = False  # record each block's phases in the module's `timeline` (bench/gemv_timeline.py)
 
 
 def default_tiling(n: int, k: int) -> Tiling:
@@ -368,7 +420,8 @@ def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tili
         raise ValueError("GLU needs an even number of rows per warp")
     defines = dict(GROUP=group, K_COLS=k, ROWS=tiling.rows, UNROLL=tiling.unroll, WARPS=tiling.warps,
                    L2_PREFETCH=int(tiling.l2_prefetch), LAUNCH_NEXT_EARLY=int(tiling.launch_next_early),
-                   GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm), TILE_LOOP=int(tiling.blocks_per_sm > 0))
+                   GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm), TILE_LOOP=int(tiling.blocks_per_sm > 0),
+                   TIMELINE=int(tiling.timeline))
     options = [f"--gpu-architecture=sm_{arch}", "-std=c++17"] + [f"-D{key}={value}" for key, value in defines.items()]
     program = _check(nvrtc.nvrtcCreateProgram(_SOURCE.encode(), b"int4_cuda.cu", 0, [], []))
     try:

@@ -37,6 +37,7 @@ def test_the_shared_ptx_block_becomes_a_cuda_asm_string():
     (32, 96, True, False, Tiling(rows=2, unroll=1, warps=1)), (128, 13696, True, False, Tiling(rows=4, unroll=4)),
     (64, 320, False, False, Tiling(rows=1, unroll=8, warps=2)), (128, 4096, False, True, Tiling(l2_prefetch=True)),
     (64, 4096, False, True, Tiling(launch_next_early=False)), (64, 11008, False, True, Tiling(blocks_per_sm=4)),
+    (64, 4096, True, False, Tiling(blocks_per_sm=4, timeline=True)),
 ])
 def test_nvrtc_builds_a_cubin_for_each_variant(arch, group, k, glu, residual, tiling):
     cubin = int4_cuda.compile_cubin(arch, group, k, glu, residual, tiling)
@@ -243,3 +244,27 @@ def test_chain_in_a_cuda_graph_with_and_without_pdl(pdl, launch_next_early, loop
     static_x.copy_(torch.randn_like(x))
     graph.replay()
     assert torch.equal(static_y, chain(static_x))
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("loop", [0, 1])
+def test_the_timeline_stamps_every_block_in_order_and_changes_no_result(loop):
+    from bench.gemv_timeline import read_stamps, reset
+
+    words, scales, w = _weights(4096, 4096, 64)
+    h = torch.randn(1, 4096, device="cuda", dtype=torch.float16)
+    norm_weight = (1 + 0.1 * torch.randn(4096, device="cuda")).half()
+    tiling = Tiling(blocks_per_sm=loop)
+    y = int4_cuda.int4_gemv(h, words, scales, 64, norm_weight=norm_weight, tiling=tiling)
+    stamped = dataclasses.replace(tiling, timeline=True)
+    device = torch.device("cuda", torch.cuda.current_device())
+    function, blocks = int4_cuda._grid(device, 64, 4096, False, False, True, stamped, 4096)
+    module = next(module for module, f, _ in int4_cuda._kernels.values() if f is function)
+    reset([("W_pack", module)])
+    assert torch.equal(int4_cuda.int4_gemv(h, words, scales, 64, norm_weight=norm_weight, tiling=stamped), y)
+    torch.cuda.synchronize()
+    stamps = read_stamps(module)
+    assert len(stamps) == blocks and (stamps[:, 0] > 0).all()
+    assert (stamps[:, 0] <= stamps[:, 1]).all() and (stamps[:, 1] <= stamps[:, 2]).all()
+    assert (stamps[:, 2] <= stamps[:, 3]).all()
