@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device call behind the figures of 2026-12-07 on the GEMVs' timeline inside a graphed draft step:
-#   bash docs/perf/2026-12-07-timeline-device-run.sh a   # the GEMV's GPU tests in four processes, the timeline of
-#                                                        # the 7B and 13B shapes, the A/B of the pipelined walk
+#   bash docs/perf/2026-12-07-timeline-device-run.sh a   # the A/B of the pipelined walk, the timeline of the 7B
+#                                                        # and 13B shapes, the GEMV's GPU tests in four processes
 # a carries the pytest-xdist and execnet wheels in out/carry4. Writes into $OUT/results.tgz, refreshed after every step.
 set -u
 stage=$1
@@ -10,8 +10,8 @@ start_device_call
 case $stage in
 a)
     python3 -m pip install -q --no-index --no-deps out/carry4/pytest_xdist-*.whl out/carry4/execnet-*.whl > "$OUT/pip.txt" 2>&1
-    run gpu-int4 150 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests/accel/test_int4_cuda.py
     run pipeline-ab 240 python3 docs/perf/2026-12-07-pipeline-ab.py "$OUT/pipeline-ab.json"
-    run timeline 170 python3 bench/gemv_timeline.py --shapes 7b 13b --json "$OUT/timeline.json"
+    run timeline 150 python3 bench/gemv_timeline.py --shapes 7b 13b --json "$OUT/timeline.json"
+    run gpu-int4 150 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests/accel/test_int4_cuda.py
     ;;
 esac
