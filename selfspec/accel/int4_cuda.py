@@ -339,110 +339,6 @@ __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ w
     store_tile(acc, y, residual, n, row0);
 }
 
-#if PIPELINE
-// The block's tiles as one walk over half-steps ("units": HALF loads a row a thread, half a step where UNROLL is
-// even), each held in one of two sets of registers: while a unit is summed, the next one is in flight, and the
-// one after is loaded as soon as its registers are free, across the end of a tile into the next. The registers
-// are those of one step; the sums and their order are gemv_tile's.
-#define HALF (UNROLL % 2 ? UNROLL : UNROLL / 2)
-#define UNITS (((CHUNKS + STEP - 1) / STEP) * (UNROLL / HALF))  // units a tile
-
-struct Unit { uint4 w[HALF][ROWS]; u16 s[HALF][ROWS]; };
-
-__device__ __forceinline__ int unit_chunk(int unit, int u) {  // the chunk of this lane's load u of a unit
-    return (unit / (UNROLL / HALF)) * STEP + (unit % (UNROLL / HALF)) * HALF * 32 + u * 32 + threadIdx.x % 32;
-}
-
-__device__ __forceinline__ void load_unit(Unit& v, const uint4* __restrict__ words, const u16* __restrict__ scales,
-                                          int n, int tile, int unit) {
-    const int row0 = (tile * WARPS + threadIdx.x / 32) * ROWS;
-#pragma unroll
-    for (int u = 0; u < HALF; ++u) {
-        const int c = unit_chunk(unit, u);
-        if (CHUNKS % STEP == 0 || c < CHUNKS) {
-#pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-                const long long row = min(row0 + r, n - 1);
-                v.w[u][r] = load_weights(words + row * CHUNKS + c);
-                v.s[u][r] = load_scale(scales + row * (K_COLS / GROUP) + c / CHUNKS_PER_GROUP);
-            }
-        }
-    }
-}
-
-__device__ __forceinline__ void sum_unit(const Unit& v, const uint4* xs, float* acc, int unit) {
-#pragma unroll
-    for (int u = 0; u < HALF; ++u) {
-        const int c = unit_chunk(unit, u);
-        if (CHUNKS % STEP == 0 || c < CHUNKS) {
-            const uint4 x0 = xs[swizzle(4 * c)], x1 = xs[swizzle(4 * c + 1)], x2 = xs[swizzle(4 * c + 2)],
-                        x3 = xs[swizzle(4 * c + 3)];
-#pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-                const float dot = word_dot(v.w[u][r].x, x0.x, x0.y, x0.z, x0.w)
-                                + word_dot(v.w[u][r].y, x1.x, x1.y, x1.z, x1.w)
-                                + word_dot(v.w[u][r].z, x2.x, x2.y, x2.z, x2.w)
-                                + word_dot(v.w[u][r].w, x3.x, x3.y, x3.z, x3.w);
-                acc[r] += dot * half_to_float(v.s[u][r]);
-            }
-        }
-    }
-}
-
-// Where the walk goes after (tile, unit): the next unit, or the first of the block's next tile.
-__device__ __forceinline__ void advance(int& tile, int& unit, int stride) {
-    if (++unit == UNITS) { unit = 0; tile += stride; }
-}
-
-// Sum the unit in v, store the tile if that was its last unit, then reuse v for the unit two ahead. False once
-// the block's last tile is stored.
-__device__ __forceinline__ bool step_walk(Unit& v, const uint4* xs, float* acc, int& use_tile, int& use_unit,
-                                          int& load_tile, int& load_unit_, int n_tiles, int stride,
-                                          const uint4* __restrict__ words, const u16* __restrict__ scales, u16* y,
-                                          const u16* residual, int n) {
-    sum_unit(v, xs, acc, use_unit);
-    if (use_unit == UNITS - 1) {
-        store_tile(acc, y, residual, n, (use_tile * WARPS + threadIdx.x / 32) * ROWS);
-#pragma unroll
-        for (int r = 0; r < ROWS; ++r) acc[r] = 0.0f;
-    }
-    advance(use_tile, use_unit, stride);
-    if (use_tile >= n_tiles) return false;
-    if (load_tile < n_tiles) {
-        load_unit(v, words, scales, n, load_tile, load_unit_);
-        advance(load_tile, load_unit_, stride);
-    }
-    return true;
-}
-
-__device__ __forceinline__ void gemv_block_pipelined(uint4* xs, const uint4* __restrict__ words,
-                                                     const u16* __restrict__ scales, const uint4* x, u16* y,
-                                                     const u16* residual, const uint4* norm_weight, int n, float eps,
-                                                     int n_tiles, int stride, unsigned int slot) {
-    int load_tile = blockIdx.x, load_unit_ = 0;
-    Unit a, b;
-    load_unit(a, words, scales, n, load_tile, load_unit_);  // both before the wait: the weights need nothing
-    advance(load_tile, load_unit_, stride);
-    if (load_tile < n_tiles) {
-        load_unit(b, words, scales, n, load_tile, load_unit_);
-        advance(load_tile, load_unit_, stride);
-    }
-    prepare_activations(xs, x, norm_weight, eps, slot);
-    float acc[ROWS];
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) acc[r] = 0.0f;
-    int use_tile = blockIdx.x, use_unit = 0;
-    while (step_walk(a, xs, acc, use_tile, use_unit, load_tile, load_unit_, n_tiles, stride, words, scales, y,
-                     residual, n)
-           && step_walk(b, xs, acc, use_tile, use_unit, load_tile, load_unit_, n_tiles, stride, words, scales, y,
-                        residual, n)) {
-    }
-#if !LAUNCH_NEXT_EARLY
-    let_next_kernel_launch();
-#endif
-}
-#endif
-
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const uint4* x, u16* y,
           const u16* residual, const uint4* norm_weight, int n, float eps) {
@@ -465,12 +361,7 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
     __syncthreads();
     slot = block_slot;
 #endif
-#if PIPELINE && TILE_LOOP
-    gemv_block_pipelined(xs, words, scales, x, y, residual, norm_weight, n, eps, (n + WARPS * ROWS - 1) / (WARPS * ROWS),
-                         gridDim.x, slot);
-#elif PIPELINE
-    gemv_block_pipelined(xs, words, scales, x, y, residual, norm_weight, n, eps, blockIdx.x + 1, 1, slot);
-#elif TILE_LOOP
+#if TILE_LOOP
     // A grid of fewer blocks than tiles: each block takes every gridDim.x-th tile.
     const int n_tiles = (n + WARPS * ROWS - 1) / (WARPS * ROWS);
     for (int tile = blockIdx.x; tile < n_tiles; tile += gridDim.x)
@@ -500,7 +391,6 @@ class Tiling:
     # blocks one tile and the rest two.
     blocks_per_sm: int = 0
     timeline: bool = False  # record each block's phases in the module's `timeline` (bench/gemv_timeline.py)
-    pipeline: bool = False  # half a step summed while the next half loads, across tiles (gemv_block_pipelined)
 
 
 def default_tiling(n: int, k: int) -> Tiling:
@@ -531,7 +421,7 @@ def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tili
     defines = dict(GROUP=group, K_COLS=k, ROWS=tiling.rows, UNROLL=tiling.unroll, WARPS=tiling.warps,
                    L2_PREFETCH=int(tiling.l2_prefetch), LAUNCH_NEXT_EARLY=int(tiling.launch_next_early),
                    GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm), TILE_LOOP=int(tiling.blocks_per_sm > 0),
-                   TIMELINE=int(tiling.timeline), PIPELINE=int(tiling.pipeline))
+                   TIMELINE=int(tiling.timeline))
     options = [f"--gpu-architecture=sm_{arch}", "-std=c++17"] + [f"-D{key}={value}" for key, value in defines.items()]
     program = _check(nvrtc.nvrtcCreateProgram(_SOURCE.encode(), b"int4_cuda.cu", 0, [], []))
     try:
