@@ -20,7 +20,7 @@ back, and for each kind of GEMV (W_pack, o_proj, gate/up, down) the medians over
 
 The step's time with and without the stamps is printed too (CUDA events over graph replays).
 
-    python bench/gemv_timeline.py [--shapes 7b 13b] [--pos 1088] [--json OUT.json]
+    python bench/gemv_timeline.py [--shapes 7b 13b] [--pos 1088] [--tiling FIELD=INTEGER ...] [--json OUT.json]
 """
 import dataclasses
 import statistics
@@ -37,7 +37,7 @@ from bench.harness import SHAPES, cuda_ms, free_cuda, parser, random_model, requ
 from bench.profile_step import GEMV_PHASES, phase_bytes  # noqa: E402
 from selfspec.accel import graph_models, int4_cuda  # noqa: E402
 from selfspec.draft import make_draft  # noqa: E402
-from selfspec.errors import run_main  # noqa: E402
+from selfspec.errors import InputError, run_main  # noqa: E402
 
 REPLAYS = 5
 FIELDS = ("early", "gap", "release", "prologue", "body", "body_max", "tiles", "extra_tile", "span", "floor", "tail")
@@ -82,6 +82,8 @@ def launches(stamped, layers: int) -> list[dict]:
     """Every GEMV launch of one replay, in order, from (kind, read_stamps) of each module (times in microseconds)."""
     out = []
     for kind, stamps in stamped:
+        if not len(stamps):  # a module built but not launched: the grid without the loop serves this shape
+            continue
         if len(stamps) % layers:
             raise RuntimeError(f"{kind}: {len(stamps)} blocks stamped, not a multiple of {layers} layers")
         for blocks in stamps.split(len(stamps) // layers):
@@ -121,15 +123,29 @@ def phases(replays: list[list[dict]], floor_us: dict) -> dict:
             for kind, row in rows.items()}
 
 
-def timeline_tiling(n: int, k: int) -> int4_cuda.Tiling:
-    return dataclasses.replace(default_tiling(n, k), timeline=True)
-
-
 default_tiling = int4_cuda.default_tiling
 
 
+def tiling_changes(pairs: list[str]) -> dict:
+    """--tiling FIELD=INTEGER ... as Tiling fields (booleans as 0 / 1)."""
+    fields = {field.name: field.type for field in dataclasses.fields(int4_cuda.Tiling)}
+    changes = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in fields or not value.lstrip("-").isdigit():
+            raise InputError(f"--tiling takes FIELD=INTEGER with a field of {', '.join(fields)}, got {pair!r}")
+        changes[name] = bool(int(value)) if fields[name] in (bool, "bool") else int(value)
+    return changes
+
+
+def timer_tick_ns(replay_stamps) -> int:
+    """The smallest step between two different stamps of a replay: the global timer's resolution, or finer."""
+    stamps = torch.cat([blocks[:, :4].flatten() for blocks in replay_stamps]).unique()
+    return int((stamps[1:] - stamps[:-1]).min()) if len(stamps) > 1 else 0
+
+
 @torch.inference_mode()
-def shape_timeline(shape: str, pos: int, gbs: float) -> dict:
+def shape_timeline(shape: str, pos: int, gbs: float, changes: dict) -> dict:
     model = random_model(shape, pos + 64)
     draft = make_draft(model)
     tok = torch.zeros(1, 1, dtype=torch.long, device="cuda")
@@ -138,24 +154,27 @@ def shape_timeline(shape: str, pos: int, gbs: float) -> dict:
 
     _, draft_g = graph_models(model, draft)
     plain_ms = cuda_ms(lambda: draft_g(tok, offsets, pos + 1), iters=100)
-    int4_cuda.default_tiling = timeline_tiling
+    int4_cuda.default_tiling = lambda n, k: dataclasses.replace(default_tiling(n, k), timeline=True, **changes)
     try:
         _, stamped_g = graph_models(model, draft)
         stamped_ms = cuda_ms(lambda: stamped_g(tok, offsets, pos + 1), iters=100)
         modules = timeline_kernels(SHAPES[shape]["hidden_size"], SHAPES[shape]["intermediate_size"])
-        replays = []
+        replays, ticks = [], []
         for _ in range(REPLAYS):
             torch.cuda.synchronize()
             reset(modules)
             stamped_g(tok, offsets, pos + 1)
             torch.cuda.synchronize()
-            replays.append(launches([(kind, read_stamps(module)) for kind, module in modules], layers))
+            stamped = [(kind, read_stamps(module)) for kind, module in modules]
+            replays.append(launches(stamped, layers))
+            ticks.append(timer_tick_ns([blocks for _, blocks in stamped]))
     finally:
         int4_cuda.default_tiling = default_tiling
     nbytes = phase_bytes(draft, pos + 1)
     floor_us = {kind: nbytes[kind] / layers / (gbs * 1e3) for kind in GEMV_PHASES}
     first, last = replays[-1][0], replays[-1][-1]
     return {"draft_step_ms": round(plain_ms, 4), "draft_step_ms_stamped": round(stamped_ms, 4),
+            "timer_tick_ns": min(ticks),
             "gemv_launches": len(replays[-1]), "first_to_last_gemv_us": round(last["end"] - first["start"], 1),
             "phases_us": phases(replays, floor_us)}
 
@@ -164,18 +183,22 @@ def main():
     p = parser(__doc__)
     p.add_argument("--shapes", nargs="+", default=["7b", "13b"], choices=sorted(SHAPES))
     p.add_argument("--pos", type=int, default=1088)
+    p.add_argument("--tiling", nargs="*", default=[], metavar="FIELD=INTEGER",
+                   help="changes to every GEMV's default Tiling (selfspec/accel/int4_cuda.py), e.g. blocks_per_sm=4")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
+    changes = tiling_changes(args.tiling)
     require_cuda("the GEMV timeline")
     if not int4_cuda.available(torch.device("cuda")):
         raise SystemExit(f"the CUDA INT4 GEMV is not available: {int4_cuda.unavailable_reason}")
     gbs = copy_bandwidth_gbs()
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "pos": args.pos,
-               "copy_bandwidth_gbs": round(gbs), "shapes": {}}
+               "tiling_changes": changes, "copy_bandwidth_gbs": round(gbs), "shapes": {}}
     for shape in args.shapes:
-        result = results["shapes"][shape] = shape_timeline(shape, args.pos, gbs)
+        result = results["shapes"][shape] = shape_timeline(shape, args.pos, gbs, changes)
         print(f"\n{shape}: draft step {result['draft_step_ms']:.3f} ms ({result['draft_step_ms_stamped']:.3f} ms "
-              f"stamped), {result['gemv_launches']} GEMV launches; microseconds, medians over launches:")
+              f"stamped), {result['gemv_launches']} GEMV launches, timer tick {result['timer_tick_ns']} ns or "
+              "finer; microseconds, medians over launches:")
         print(f"  {'':8s}" + "".join(f"{field:>10s}" for field in FIELDS))
         for kind, row in result["phases_us"].items():
             print(f"  {kind:8s}" + "".join(f"{'-' if row[f] is None else row[f]:>10}" for f in FIELDS))

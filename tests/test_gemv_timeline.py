@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from bench.gemv_timeline import launches, phases
+from bench.gemv_timeline import launches, phases, tiling_changes, timer_tick_ns
+from selfspec.errors import InputError
 
 # Per kind, two blocks a launch: (start, wait returned, x ready, end) in microseconds from the layer's start.
 LAYER = {
@@ -46,3 +47,15 @@ def test_phases_are_medians_over_launches_with_the_gap_from_the_gemv_before():
 def test_a_block_count_that_does_not_fit_the_layers_is_an_error():
     with pytest.raises(RuntimeError, match="not a multiple of 3 layers"):
         launches(stamped(layers=2), layers=3)
+
+
+def test_tiling_changes_are_fields_of_the_tiling():
+    assert tiling_changes(["blocks_per_sm=4", "norm_weight_early=1"]) == dict(blocks_per_sm=4, norm_weight_early=True)
+    for bad in ("stages=2", "rows", "rows=two"):
+        with pytest.raises(InputError, match="FIELD=INTEGER"):
+            tiling_changes([bad])
+
+
+def test_the_timer_tick_is_the_smallest_step_between_stamps():
+    blocks = torch.tensor([[1000, 1032, 1064, 2000, 0, 1], [1000, 1096, 1160, 2000, 0, 1]])
+    assert timer_tick_ns([blocks]) == 32
