@@ -2,7 +2,7 @@
 # The device call behind the figures of 2026-12-07 on the GEMVs' timeline inside a graphed draft step:
 #   bash docs/perf/2026-12-07-timeline-device-run.sh a   # the A/B of the pipelined walk (7917865), the timeline of
 #                                                        # the 7B and 13B shapes, the GEMV's GPU tests in four processes
-#   bash docs/perf/2026-12-07-timeline-device-run.sh b   # the A/B of the norm's weight copied before the wait, the
+#   bash docs/perf/2026-12-07-timeline-device-run.sh b   # the A/B of GEMV settings (the norm weight early, down), the
 #                                                        # timeline with it, the GEMV's GPU tests
 # Call a's timeline stopped at a module built but never launched (mended); it ran again alone on the same machine.
 # a and b carry the pytest-xdist and execnet wheels in out/carry4. Writes into $OUT/results.tgz, refreshed after every step.
@@ -19,7 +19,7 @@ a)
     ;;
 b)
     python3 -m pip install -q --no-index --no-deps out/carry4/pytest_xdist-*.whl out/carry4/execnet-*.whl > "$OUT/pip.txt" 2>&1
-    run norm-early-ab 200 python3 docs/perf/2026-12-07-norm-early-ab.py "$OUT/norm-early-ab.json"
+    run gemv-ab 200 python3 docs/perf/2026-12-07-gemv-ab.py "$OUT/gemv-ab.json"
     run timeline-norm-early 100 python3 bench/gemv_timeline.py --tiling norm_weight_early=1 --json "$OUT/timeline-norm-early.json"
     run timeline 100 python3 bench/gemv_timeline.py --json "$OUT/timeline.json"
     run gpu-int4 150 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests/accel/test_int4_cuda.py tests/test_gemv_timeline.py

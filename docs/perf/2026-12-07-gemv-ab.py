@@ -1,10 +1,12 @@
-"""A/B of where the INT4 GEMV's norm prologue reads the norm's weight: from global memory once the sum of squares
-is known (today's default, "base"), or from shared memory, copied there before the grid-dependency wait
-(`Tiling.norm_weight_early`), in W_pack and gate/up (the GEMVs with the norm prologue). Graphed draft steps of the
-7B and 13B shapes (random weights) at position 1,088, the variants alternated over three rounds; the largest
-difference of the variant's logits from base's (0 expected); registers a thread and blocks an SM.
+"""A/B of INT4 GEMV settings in the graphed draft step, per kind of GEMV (W_pack, o_proj, gate/up, down): the norm
+prologue reading the norm's weight from shared memory, copied there before the grid-dependency wait
+(`Tiling.norm_weight_early`), instead of from global memory once the sum of squares is known; down and o_proj
+with one row a warp (twice the blocks), down with two loads a row a thread (fewer registers), eight warps a block,
+or a grid of one block an SM looping over its tiles. Graphed draft steps of the 7B and 13B shapes (random
+weights) at position 1,088, the variants alternated over three rounds; the largest difference of each
+variant's logits from base's (0 expected); registers a thread and blocks an SM.
 
-    python docs/perf/2026-12-07-norm-early-ab.py OUT.json
+    python docs/perf/2026-12-07-gemv-ab.py OUT.json
 """
 import dataclasses
 import json
@@ -20,7 +22,15 @@ from selfspec.draft import make_draft  # noqa: E402
 
 POS = 1088
 default_tiling = int4_cuda.default_tiling
-VARIANTS = {"base": False, "norm_weight_early": True}
+VARIANTS = {  # name: {kind: changes to its default tiling}
+    "base": {}, "norm_weight_early": {"W_pack": dict(norm_weight_early=True), "gate_up": dict(norm_weight_early=True)},
+    "down_rows1": {"down": dict(rows=1)}, "down_unroll2": {"down": dict(unroll=2)}, "down_warps8": {"down": dict(warps=8)},
+    "down_loop1": {"down": dict(blocks_per_sm=1)}, "o_proj_rows1": {"o_proj": dict(rows=1)},
+}
+
+
+def kind(n, k, glu, norm) -> str:
+    return "gate_up" if glu else "W_pack" if norm else "o_proj" if n == k else "down"
 
 
 def kernel_facts(tilings) -> dict:
@@ -30,8 +40,10 @@ def kernel_facts(tilings) -> dict:
     for key, (_, function, resident) in int4_cuda._kernels.items():
         if key[-1] in tilings:
             registers = int4_cuda._check(int4_cuda.driver.cuFuncGetAttribute(attribute, function))
-            name = f"k{key[2]}{'_glu' if key[3] else ''}{'_norm' if key[5] else ''}_loop{key[-1].blocks_per_sm}"
-            facts[name + ("_norm_weight_early" if key[-1].norm_weight_early else "")] = (registers, resident)
+            t = key[-1]
+            name = f"k{key[2]}{'_glu' if key[3] else ''}{'_norm' if key[5] else ''}_r{t.rows}u{t.unroll}w{t.warps}"
+            facts[name + f"_loop{t.blocks_per_sm}" + ("_norm_weight_early" if t.norm_weight_early else "")] = (
+                registers, resident)
     return facts
 
 
@@ -46,12 +58,13 @@ def main():
         draft = make_draft(model)
         times, logits, facts = {name: [] for name in VARIANTS}, {}, {}
         for _ in range(3):
-            for name, early in VARIANTS.items():
+            for name, changes in VARIANTS.items():
                 chosen = set()
 
-                def gemv(x, words, scales, group, tiling=None, early=early, chosen=chosen, **kw):
+                def gemv(x, words, scales, group, tiling=None, changes=changes, chosen=chosen, **kw):
                     n, k = words.shape[0], words.shape[1] * 8
-                    tiling = dataclasses.replace(tiling or default_tiling(n, k), norm_weight_early=early)
+                    which = kind(n, k, kw.get("glu", False), kw.get("norm_weight") is not None)
+                    tiling = dataclasses.replace(tiling or default_tiling(n, k), **changes.get(which, {}))
                     chosen.update({tiling, dataclasses.replace(tiling, blocks_per_sm=0)})
                     return original_gemv(x, words, scales, group, tiling=tiling, **kw)
 
