@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from selfspec import accel
-from selfspec.accel import graph_models, launch
+from selfspec.accel import attention, graph_models, launch
 from selfspec.accel.cuda_graphs import GraphedModel
 from selfspec.draft import make_draft
 from selfspec.generate import generate
@@ -46,9 +46,13 @@ def test_programmatic_dependent_launch_stays_off_where_there_is_none():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0), reason="needs Hopper")
 @pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
-def test_programmatic_dependent_launch_changes_no_result(position_encoding, num_heads):
+@pytest.mark.parametrize("kv_before_wait", [False, True])
+def test_programmatic_dependent_launch_changes_no_result(position_encoding, num_heads, kv_before_wait, monkeypatch):
     # The same kernels, launched to overlap their neighbours and wait on the device: bit-identical steps
-    # of the FP16 target and the INT4 draft, eager and replayed from graphs captured with PDL.
+    # of the FP16 target and the INT4 draft, eager and replayed from graphs captured with PDL; also with the
+    # attention loading earlier passes' keys before its wait. Each pass first finds junk where it writes its
+    # keys: read before rope_and_store wrote them, they would change the result.
+    monkeypatch.setattr(attention, "KV_BEFORE_WAIT", kv_before_wait)
     model = random_model(position_encoding, num_heads=num_heads, head_dim=32, max_seq_len=300,
                          dtype=torch.float16).cuda()
     model.setup_caches(300)
@@ -56,6 +60,8 @@ def test_programmatic_dependent_launch_changes_no_result(position_encoding, num_
     accel.use_kernels(model, draft)
     tokens = torch.randint(0, 320, (1, 200), device="cuda")
     model(tokens, torch.arange(200, device="cuda"))
+    caches = {id(c): c for m in (model, draft) for layer in m.model.layers for c in layer.self_attn.kv_cache.buffers()}
+    caches = caches.values()
     results = {}
     for pdl in (False, True):
         graphed = [GraphedModel(m, bucket=64, pdl=pdl) for m in (model, draft)]
@@ -63,6 +69,8 @@ def test_programmatic_dependent_launch_changes_no_result(position_encoding, num_
             assert enabled == pdl
             for name, m in [("target", model), ("draft", draft), ("target graph", graphed[0]), ("draft graph", graphed[1])]:
                 for t in (1, 5):
+                    for cache in caches:
+                        cache[:, :, 150:160] = 30.0
                     results[pdl, name, t] = m(tokens[:, 150 : 150 + t], torch.arange(150, 150 + t, device="cuda"), 150 + t).clone()
     assert launch.enabled is False  # nothing is left on after the block
     for key, logits in results.items():

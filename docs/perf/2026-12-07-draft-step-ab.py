@@ -1,12 +1,13 @@
-"""A/B of INT4 GEMV settings in the graphed draft step, per kind of GEMV (W_pack, o_proj, gate/up, down): the norm
-prologue reading the norm's weight from shared memory, copied there before the grid-dependency wait
+"""A/B of settings of the graphed draft step. The decode attention loading the keys of earlier passes before its
+grid-dependency wait (`attention.KV_BEFORE_WAIT`; plain steps timed too). Per kind of INT4 GEMV (W_pack, o_proj,
+gate/up, down): the norm prologue reading the norm's weight from shared memory, copied there before the wait
 (`Tiling.norm_weight_early`), instead of from global memory once the sum of squares is known; down and o_proj
 with one row a warp (twice the blocks), down with two loads a row a thread (fewer registers), eight warps a block,
 or a grid of one block an SM looping over its tiles. Graphed draft steps of the 7B and 13B shapes (random
 weights) at position 1,088, the variants alternated over three rounds; the largest difference of each
 variant's logits from base's (0 expected); registers a thread and blocks an SM.
 
-    python docs/perf/2026-12-07-gemv-ab.py OUT.json
+    python docs/perf/2026-12-07-draft-step-ab.py OUT.json
 """
 import dataclasses
 import json
@@ -17,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.harness import cuda_ms, free_cuda, random_model  # noqa: E402
-from selfspec.accel import graph_models, int4_cuda  # noqa: E402
+from selfspec.accel import attention, graph_models, int4_cuda  # noqa: E402
 from selfspec.draft import make_draft  # noqa: E402
 
 POS = 1088
@@ -26,7 +27,10 @@ VARIANTS = {  # name: {kind: changes to its default tiling}
     "base": {}, "norm_weight_early": {"W_pack": dict(norm_weight_early=True), "gate_up": dict(norm_weight_early=True)},
     "down_rows1": {"down": dict(rows=1)}, "down_unroll2": {"down": dict(unroll=2)}, "down_warps8": {"down": dict(warps=8)},
     "down_loop1": {"down": dict(blocks_per_sm=1)}, "o_proj_rows1": {"o_proj": dict(rows=1)},
+    "attention_kv_early": {}, "attention_kv_early_norm_weight_early": {"W_pack": dict(norm_weight_early=True),
+                                                                       "gate_up": dict(norm_weight_early=True)},
 }
+PLAIN_TOO = ("base", "attention_kv_early")
 
 
 def kind(n, k, glu, norm) -> str:
@@ -57,6 +61,7 @@ def main():
         model = random_model(shape, POS + 64)
         draft = make_draft(model)
         times, logits, facts = {name: [] for name in VARIANTS}, {}, {}
+        plain = {name: [] for name in PLAIN_TOO}
         for _ in range(3):
             for name, changes in VARIANTS.items():
                 chosen = set()
@@ -69,17 +74,21 @@ def main():
                     return original_gemv(x, words, scales, group, tiling=tiling, **kw)
 
                 int4_cuda.int4_gemv = gemv
+                attention.KV_BEFORE_WAIT = name.startswith("attention_kv_early")
                 try:
-                    _, draft_g = graph_models(model, draft)
+                    model_g, draft_g = graph_models(model, draft)
                     logits[name] = draft_g(tok, offsets, POS + 1).float().clone()
                     times[name].append(cuda_ms(lambda: draft_g(tok, offsets, POS + 1), iters=100))
+                    if name in PLAIN_TOO:
+                        plain[name].append(cuda_ms(lambda: model_g(tok, offsets, POS + 1), iters=50))
                     facts[name] = kernel_facts(chosen)
-                    del draft_g
+                    del model_g, draft_g
                 except Exception as error:  # noqa: BLE001 - a variant that does not build is a result too
                     times[name].append(repr(error)[:200])
+                attention.KV_BEFORE_WAIT = False
         int4_cuda.int4_gemv = original_gemv
         results["shapes"][shape] = {
-            "draft_step_ms": times, "registers_and_blocks_per_sm": facts,
+            "draft_step_ms": times, "plain_step_ms": plain, "registers_and_blocks_per_sm": facts,
             "max_logit_diff_from_base": {k: float((v - logits["base"]).abs().max()) for k, v in logits.items()}}
         print(shape, json.dumps(results["shapes"][shape]), flush=True)
         del model, draft
