@@ -199,9 +199,9 @@ def main():
         print(f"\n{shape}: draft step {result['draft_step_ms']:.3f} ms ({result['draft_step_ms_stamped']:.3f} ms "
               f"stamped), {result['gemv_launches']} GEMV launches, timer tick {result['timer_tick_ns']} ns or "
               "finer; microseconds, medians over launches:")
-        print(f"  {'':8s}" + "".join(f"{field:>10s}" for field in FIELDS))
+        print(f"  {'':8s}" + "".join(f"{field:>11s}" for field in FIELDS))
         for kind, row in result["phases_us"].items():
-            print(f"  {kind:8s}" + "".join(f"{'-' if row[f] is None else row[f]:>10}" for f in FIELDS))
+            print(f"  {kind:8s}" + "".join(f"{'-' if row[f] is None else row[f]:>11}" for f in FIELDS))
         free_cuda()
     write_json(args.json, results)
 
