@@ -7,7 +7,7 @@ or a grid of one block an SM looping over its tiles. Graphed draft steps of the 
 weights) at position 1,088, the variants alternated over three rounds; the largest difference of each
 variant's logits from base's (0 expected); registers a thread and blocks an SM.
 
-    python docs/perf/2026-12-07-draft-step-ab.py OUT.json
+    python docs/perf/2026-12-07-draft-step-ab.py OUT.json [VARIANT ...]   (default: all; base always)
 """
 import dataclasses
 import json
@@ -53,6 +53,9 @@ def kernel_facts(tilings) -> dict:
 
 @torch.inference_mode()
 def main():
+    chosen_variants = {"base", *(sys.argv[2:] or VARIANTS)}
+    for name in set(VARIANTS) - chosen_variants:
+        del VARIANTS[name]
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "pos": POS, "shapes": {}}
     tok = torch.zeros(1, 1, dtype=torch.long, device="cuda")
     offsets = torch.tensor([POS], device="cuda")
