@@ -40,6 +40,7 @@ from selfspec.draft import make_draft  # noqa: E402
 from selfspec.errors import InputError, run_main  # noqa: E402
 
 REPLAYS = 5
+default_tiling = int4_cuda.default_tiling
 FIELDS = ("early", "gap", "release", "prologue", "body", "body_max", "tiles", "extra_tile", "span", "floor", "tail")
 
 
@@ -123,23 +124,20 @@ def phases(replays: list[list[dict]], floor_us: dict) -> dict:
             for kind, row in rows.items()}
 
 
-default_tiling = int4_cuda.default_tiling
-
-
 def tiling_changes(pairs: list[str]) -> dict:
     """--tiling FIELD=INTEGER ... as Tiling fields (booleans as 0 / 1)."""
-    fields = {field.name: field.type for field in dataclasses.fields(int4_cuda.Tiling)}
+    fields = {field.name: type(field.default) for field in dataclasses.fields(int4_cuda.Tiling)}
     changes = {}
     for pair in pairs:
         name, _, value = pair.partition("=")
         if name not in fields or not value.lstrip("-").isdigit():
             raise InputError(f"--tiling takes FIELD=INTEGER with a field of {', '.join(fields)}, got {pair!r}")
-        changes[name] = bool(int(value)) if fields[name] in (bool, "bool") else int(value)
+        changes[name] = fields[name](int(value))
     return changes
 
 
 def timer_tick_ns(replay_stamps) -> int:
-    """The smallest step between two different stamps of a replay: the global timer's resolution, or finer."""
+    """The smallest step between two different stamps of a replay: the global timer ticks by this or less."""
     stamps = torch.cat([blocks[:, :4].flatten() for blocks in replay_stamps]).unique()
     return int((stamps[1:] - stamps[:-1]).min()) if len(stamps) > 1 else 0
 
@@ -153,7 +151,7 @@ def shape_timeline(shape: str, pos: int, gbs: float, changes: dict) -> dict:
     layers = len(draft.model.layers)
 
     _, draft_g = graph_models(model, draft)
-    plain_ms = cuda_ms(lambda: draft_g(tok, offsets, pos + 1), iters=100)
+    unstamped_ms = cuda_ms(lambda: draft_g(tok, offsets, pos + 1), iters=100)
     int4_cuda.default_tiling = lambda n, k: dataclasses.replace(default_tiling(n, k), timeline=True, **changes)
     try:
         _, stamped_g = graph_models(model, draft)
@@ -173,10 +171,9 @@ def shape_timeline(shape: str, pos: int, gbs: float, changes: dict) -> dict:
     nbytes = phase_bytes(draft, pos + 1)
     floor_us = {kind: nbytes[kind] / layers / (gbs * 1e3) for kind in GEMV_PHASES}
     first, last = replays[-1][0], replays[-1][-1]
-    return {"draft_step_ms": round(plain_ms, 4), "draft_step_ms_stamped": round(stamped_ms, 4),
-            "timer_tick_ns": min(ticks),
-            "gemv_launches": len(replays[-1]), "first_to_last_gemv_us": round(last["end"] - first["start"], 1),
-            "phases_us": phases(replays, floor_us)}
+    return {"draft_step_ms": round(unstamped_ms, 4), "draft_step_ms_stamped": round(stamped_ms, 4),
+            "timer_tick_ns": min(ticks), "gemv_launches": len(replays[-1]),
+            "first_to_last_gemv_us": round(last["end"] - first["start"], 1), "phases_us": phases(replays, floor_us)}
 
 
 def main():
@@ -190,15 +187,15 @@ def main():
     changes = tiling_changes(args.tiling)
     require_cuda("the GEMV timeline")
     if not int4_cuda.available(torch.device("cuda")):
-        raise SystemExit(f"the CUDA INT4 GEMV is not available: {int4_cuda.unavailable_reason}")
+        raise InputError(f"the CUDA INT4 GEMV is not available: {int4_cuda.unavailable_reason}")
     gbs = copy_bandwidth_gbs()
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "pos": args.pos,
                "tiling_changes": changes, "copy_bandwidth_gbs": round(gbs), "shapes": {}}
     for shape in args.shapes:
         result = results["shapes"][shape] = shape_timeline(shape, args.pos, gbs, changes)
         print(f"\n{shape}: draft step {result['draft_step_ms']:.3f} ms ({result['draft_step_ms_stamped']:.3f} ms "
-              f"stamped), {result['gemv_launches']} GEMV launches, timer tick {result['timer_tick_ns']} ns or "
-              "finer; microseconds, medians over launches:")
+              f"stamped), {result['gemv_launches']} GEMV launches, the timer ticking by {result['timer_tick_ns']} ns or "
+              "less; microseconds, medians over launches:")
         print(f"  {'':8s}" + "".join(f"{field:>11s}" for field in FIELDS))
         for kind, row in result["phases_us"].items():
             print(f"  {kind:8s}" + "".join(f"{'-' if row[f] is None else row[f]:>11}" for f in FIELDS))

@@ -351,11 +351,8 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
         block_slot = min(atomicAdd(&timeline_count, 1u), TIMELINE_BLOCKS - 1u);
         timeline[block_slot][0] = start;
         asm volatile("mov.u32 %0, %%smid;" : "=r"(timeline_where[block_slot][0]));
-#if TILE_LOOP
-        timeline_where[block_slot][1] = ((n + WARPS * ROWS - 1) / (WARPS * ROWS) - blockIdx.x + gridDim.x - 1) / gridDim.x;
-#else
-        timeline_where[block_slot][1] = 1;
-#endif
+        const int n_tiles = TILE_LOOP ? (n + WARPS * ROWS - 1) / (WARPS * ROWS) : blockIdx.x + 1;
+        timeline_where[block_slot][1] = (n_tiles - blockIdx.x + gridDim.x - 1) / gridDim.x;  // tiles it takes
         timeline[block_slot][3] = 0;
     }
     __syncthreads();
