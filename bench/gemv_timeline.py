@@ -194,8 +194,8 @@ def main():
     for shape in args.shapes:
         result = results["shapes"][shape] = shape_timeline(shape, args.pos, gbs, changes)
         print(f"\n{shape}: draft step {result['draft_step_ms']:.3f} ms ({result['draft_step_ms_stamped']:.3f} ms "
-              f"stamped), {result['gemv_launches']} GEMV launches, the timer ticking by {result['timer_tick_ns']} ns or "
-              "less; microseconds, medians over launches:")
+              f"stamped), {result['gemv_launches']} GEMV launches, the timer ticking by "
+              f"{result['timer_tick_ns']} ns or less; microseconds, medians over launches:")
         print(f"  {'':8s}" + "".join(f"{field:>11s}" for field in FIELDS))
         for kind, row in result["phases_us"].items():
             print(f"  {kind:8s}" + "".join(f"{'-' if row[f] is None else row[f]:>11}" for f in FIELDS))
