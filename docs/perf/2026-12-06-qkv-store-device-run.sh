@@ -15,7 +15,7 @@ start_device_call
 case $stage in
 a)
     smollm2_first_half
-    python3 -m pip install -q --no-index --no-deps out/carry4/pytest_xdist-*.whl out/carry4/execnet-*.whl > "$OUT/pip.txt" 2>&1
+    install_test_wheels
     run gpu-tier-n4 240 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 --durations=20 tests
     run shapes 200 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
     (cd out/base && run shapes-base 200 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes-base")

@@ -12,7 +12,7 @@ source bench/device_step.sh
 start_device_call
 case $stage in
 a)
-    python3 -m pip install -q --no-index --no-deps out/carry4/pytest_xdist-*.whl out/carry4/execnet-*.whl > "$OUT/pip.txt" 2>&1
+    install_test_wheels
     run pipeline-ab 240 python3 docs/perf/2026-12-07-pipeline-ab.py "$OUT/pipeline-ab.json"
     run timeline 150 python3 bench/gemv_timeline.py --shapes 7b 13b --json "$OUT/timeline.json"
     run gpu-int4 150 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests/accel/test_int4_cuda.py

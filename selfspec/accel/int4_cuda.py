@@ -279,7 +279,6 @@ __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ w
                                           const uint4* x, u16* y, const u16* residual, const uint4* norm_weight,
                                           int n, float eps, int tile, bool first, unsigned int slot) {
     const int lane = threadIdx.x % 32;
-    const int m = blockIdx.y;
     const int row0 = (tile * WARPS + threadIdx.x / 32) * ROWS;
 
     // Rows past n (last tile) load row n - 1 again and store nothing: loads stay unconditional, and every
