@@ -50,7 +50,7 @@ def test_a_block_count_that_does_not_fit_the_layers_is_an_error():
 
 
 def test_tiling_changes_are_fields_of_the_tiling():
-    assert tiling_changes(["blocks_per_sm=4", "norm_weight_early=1"]) == dict(blocks_per_sm=4, norm_weight_early=True)
+    assert tiling_changes(["blocks_per_sm=4", "launch_next_early=0"]) == dict(blocks_per_sm=4, launch_next_early=False)
     for bad in ("stages=2", "rows", "rows=two"):
         with pytest.raises(InputError, match="FIELD=INTEGER"):
             tiling_changes([bad])

@@ -1,11 +1,10 @@
-"""A/B of settings of the graphed draft step. The decode attention loading the keys of earlier passes before its
-grid-dependency wait (`attention.KV_BEFORE_WAIT`; plain steps timed too). Per kind of INT4 GEMV (W_pack, o_proj,
-gate/up, down): the norm prologue reading the norm's weight from shared memory, copied there before the wait
-(`Tiling.norm_weight_early`), instead of from global memory once the sum of squares is known; down and o_proj
-with one row a warp (twice the blocks), down with two loads a row a thread (fewer registers), eight warps a block,
-or a grid of one block an SM looping over its tiles. Graphed draft steps of the 7B and 13B shapes (random
-weights) at position 1,088, the variants alternated over three rounds; the largest difference of each
-variant's logits from base's (0 expected); registers a thread and blocks an SM.
+"""A/B of settings of the graphed draft step. The decode attention's blocks of 64 or 256 keys instead of 128
+(`attention.BLOCK_KV`; plain steps timed too). Per kind of INT4 GEMV (W_pack, o_proj, gate/up, down): down and
+o_proj with one row a warp (twice the blocks), down with two loads a row a thread (fewer registers), eight warps a
+block, or a grid of one block an SM looping over its tiles. Graphed draft steps of the 7B and 13B shapes (random
+weights) at position 1,088, the variants alternated over three rounds; the largest difference of each variant's
+logits from base's (0 expected; other blocks of keys sum in another order); registers a thread and blocks an SM.
+The first version of this script (731f480, git history) timed the norm weight and the keys loaded before the wait.
 
     python docs/perf/2026-12-07-draft-step-ab.py OUT.json [VARIANT ...]   (default: all; base always)
 """
@@ -24,13 +23,12 @@ from selfspec.draft import make_draft  # noqa: E402
 POS = 1088
 default_tiling = int4_cuda.default_tiling
 VARIANTS = {  # name: {kind: changes to its default tiling}
-    "base": {}, "norm_weight_early": {"W_pack": dict(norm_weight_early=True), "gate_up": dict(norm_weight_early=True)},
-    "down_rows1": {"down": dict(rows=1)}, "down_unroll2": {"down": dict(unroll=2)}, "down_warps8": {"down": dict(warps=8)},
-    "down_loop1": {"down": dict(blocks_per_sm=1)}, "o_proj_rows1": {"o_proj": dict(rows=1)},
-    "attention_kv_early": {}, "attention_kv_early_norm_weight_early": {"W_pack": dict(norm_weight_early=True),
-                                                                       "gate_up": dict(norm_weight_early=True)},
+    "base": {}, "down_rows1": {"down": dict(rows=1)}, "down_unroll2": {"down": dict(unroll=2)},
+    "down_warps8": {"down": dict(warps=8)}, "down_loop1": {"down": dict(blocks_per_sm=1)},
+    "o_proj_rows1": {"o_proj": dict(rows=1)}, "attention_block_kv64": {}, "attention_block_kv256": {},
 }
-PLAIN_TOO = ("base", "attention_kv_early")
+BLOCK_KV = {"attention_block_kv64": 64, "attention_block_kv256": 256}
+PLAIN_TOO = ("base", "attention_block_kv64", "attention_block_kv256")
 
 
 def kind(n, k, glu, norm) -> str:
@@ -46,8 +44,7 @@ def kernel_facts(tilings) -> dict:
             registers = int4_cuda._check(int4_cuda.driver.cuFuncGetAttribute(attribute, function))
             t = key[-1]
             name = f"k{key[2]}{'_glu' if key[3] else ''}{'_norm' if key[5] else ''}_r{t.rows}u{t.unroll}w{t.warps}"
-            facts[name + f"_loop{t.blocks_per_sm}" + ("_norm_weight_early" if t.norm_weight_early else "")] = (
-                registers, resident)
+            facts[name + f"_loop{t.blocks_per_sm}"] = (registers, resident)
     return facts
 
 
@@ -77,7 +74,7 @@ def main():
                     return original_gemv(x, words, scales, group, tiling=tiling, **kw)
 
                 int4_cuda.int4_gemv = gemv
-                attention.KV_BEFORE_WAIT = name.startswith("attention_kv_early")
+                attention.BLOCK_KV = BLOCK_KV.get(name, 128)
                 try:
                     model_g, draft_g = graph_models(model, draft)
                     logits[name] = draft_g(tok, offsets, POS + 1).float().clone()
@@ -88,7 +85,7 @@ def main():
                     del model_g, draft_g
                 except Exception as error:  # noqa: BLE001 - a variant that does not build is a result too
                     times[name].append(repr(error)[:200])
-                attention.KV_BEFORE_WAIT = False
+                attention.BLOCK_KV = 128
         int4_cuda.int4_gemv = original_gemv
         results["shapes"][shape] = {
             "draft_step_ms": times, "plain_step_ms": plain, "registers_and_blocks_per_sm": facts,

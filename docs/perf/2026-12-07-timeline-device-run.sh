@@ -5,8 +5,15 @@
 #   bash docs/perf/2026-12-07-timeline-device-run.sh b   # the A/B of the keys and the norm weight loaded before the
 #                                                        # wait (docs/perf/2026-12-07-draft-step-ab.py), the GPU
 #                                                        # tier, the timeline without and with the norm weight early
+#   bash docs/perf/2026-12-07-timeline-device-run.sh c   # with the norm weight early by default: the A/B of the
+#                                                        # attention's blocks of keys and down's and o_proj's tilings,
+#                                                        # the 7B and 13B shapes, a graphed profile, the GGUF's first half
+#   bash docs/perf/2026-12-07-timeline-device-run.sh d   # at once after c: the SmolLM2 proxy
 # Call a's timeline stopped at a module built but never launched (mended); it ran again alone on the same machine.
-# a (its A/B script: git show 7917865:docs/perf/2026-12-07-pipeline-ab.py) and b carry the pytest-xdist and execnet wheels in out/carry4. Writes into $OUT/results.tgz, refreshed after every step.
+# The A/B scripts of a and b are git history: git show 7917865:docs/perf/2026-12-07-pipeline-ab.py and
+# git show 731f480:docs/perf/2026-12-07-draft-step-ab.py. a and b carry the pytest-xdist and execnet wheels in
+# out/carry4; c and d the SmolLM2 GGUF's halves (bench/device_step.sh). Writes into $OUT/results.tgz, refreshed
+# after every step.
 set -u
 stage=$1
 source bench/device_step.sh
@@ -25,5 +32,15 @@ b)
     run gpu-tier 240 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests
     run timeline 60 python3 bench/gemv_timeline.py --shapes 7b 13b --json "$OUT/timeline.json"
     run timeline-norm-early 40 python3 bench/gemv_timeline.py --tiling norm_weight_early=1 --json "$OUT/timeline-norm-early.json"
+    ;;
+c)
+    smollm2_first_half
+    run draft-step-ab 150 python3 docs/perf/2026-12-07-draft-step-ab.py "$OUT/draft-step-ab.json"
+    run shapes 240 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
+    run profile-7b-graphed 50 python3 bench/profile_step.py --shape 7b --graphed
+    ;;
+d)
+    smollm2_convert
+    run proxy 420 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --out "$OUT/proxy"
     ;;
 esac

@@ -34,7 +34,6 @@ except ImportError:  # CPU-only installs
 
 LOG2E = 1.4426950408889634  # the prefill's softmax runs in base 2: exp(x) = exp2(x * LOG2E)
 BLOCK_KV = 128  # with 4 warps and 32 blocks per merge step: the best of a sweep on an H100 (1,152 and 4,000 keys)
-KV_BEFORE_WAIT = False  # with PDL, the decode attention loads the keys of earlier passes before its wait (an A/B)
 
 
 def supported(device: torch.device, head_dim: int) -> bool:
@@ -99,15 +98,14 @@ if triton is not None:
         T, max_seq_len, num_blocks, sm_scale,
         HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr,
         BLOCK_KV: tl.constexpr, ALIBI: tl.constexpr, SINKS: tl.constexpr, RECENT: tl.constexpr,
-        IEEE: tl.constexpr, PDL: tl.constexpr, KV_EARLY: tl.constexpr,
+        IEEE: tl.constexpr, PDL: tl.constexpr,
     ):
         # RECENT > 0: each query sees keys [0, SINKS) and its last RECENT positions only (model.AttentionWindow).
         let_next_kernel_launch(PDL)
-        if not KV_EARLY:
-            wait_for_inputs(PDL)
+        wait_for_inputs(PDL)
         h = tl.program_id(0)
         block = tl.program_id(1)
-        live_len = tl.load(pos_ptr + T - 1) + 1  # the positions are the pass's input: no kernel before writes them
+        live_len = tl.load(pos_ptr + T - 1) + 1
         # Blocks past the live cache, and between the sinks' block and the first query's window, do nothing;
         # the merge skips them.
         if (block * BLOCK_KV < live_len) & _block_shown(block, _first_window_block(pos_ptr, BLOCK_KV, RECENT)):
@@ -115,21 +113,13 @@ if triton is not None:
             t_ok = t < T
             d = tl.arange(0, HEAD_DIM)
             j = block * BLOCK_KV + tl.arange(0, BLOCK_KV)
+            q_pos = tl.load(pos_ptr + t, mask=t_ok, other=-1)
+            q = tl.load(q_ptr + (t[:, None] * HEADS + h) * HEAD_DIM + d[None, :], mask=t_ok[:, None], other=0.0)
             kv_base = (h // (HEADS // KV_HEADS)) * max_seq_len * HEAD_DIM
             kv_offsets = kv_base + j[:, None] * HEAD_DIM + d[None, :]
             j_ok = j < live_len
             k = tl.load(k_cache_ptr + kv_offsets, mask=j_ok[:, None], other=0.0)
             v = tl.load(v_cache_ptr + kv_offsets, mask=j_ok[:, None], other=0.0)
-            if KV_EARLY:
-                # The keys before the pass's first position were written by earlier passes: loaded above while
-                # the kernel before still ran. A block holding the pass's own keys (rope_and_store writes them
-                # just before) loads them again once that kernel is done.
-                wait_for_inputs(PDL)
-                if block * BLOCK_KV + BLOCK_KV > tl.load(pos_ptr):
-                    k = tl.load(k_cache_ptr + kv_offsets, mask=j_ok[:, None], other=0.0)
-                    v = tl.load(v_cache_ptr + kv_offsets, mask=j_ok[:, None], other=0.0)
-            q_pos = tl.load(pos_ptr + t, mask=t_ok, other=-1)
-            q = tl.load(q_ptr + (t[:, None] * HEADS + h) * HEAD_DIM + d[None, :], mask=t_ok[:, None], other=0.0)
             if IEEE:
                 scores = tl.dot(q, tl.trans(k), input_precision="ieee") * sm_scale
             else:
@@ -301,8 +291,7 @@ def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None
         T, max_seq_len, num_blocks, head_dim ** -0.5,
         HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_T=MAX_VERIFY_TOKENS, BLOCK_KV=BLOCK_KV,
         ALIBI=alibi_slopes is not None, SINKS=sinks, RECENT=recent,
-        IEEE=q.dtype == torch.float32, PDL=launch.enabled, KV_EARLY=KV_BEFORE_WAIT and launch.enabled,
-        launch_pdl=launch.enabled,
+        IEEE=q.dtype == torch.float32, PDL=launch.enabled, launch_pdl=launch.enabled,
     )
     y = torch.empty(T, num_heads * head_dim, dtype=q.dtype, device=q.device)
     _merge_blocks_kernel[(num_heads, T)](

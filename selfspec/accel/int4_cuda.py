@@ -140,20 +140,15 @@ __device__ __forceinline__ u16 float_to_half(float f) {
 }
 
 #if NORM
-// The norm's weight depends on nothing the kernel before writes: with NORM_WEIGHT_EARLY each thread starts copying
-// the pieces it will read (normalize_activations) into shared memory before the grid-dependency wait;
-// copy_activations' wait covers these copies too.
-__device__ __forceinline__ const uint4* copy_norm_weight(uint4* shared, const uint4* weight) {
-#if NORM_WEIGHT_EARLY
+// The norm's weight depends on nothing the kernel before writes: each thread starts copying the pieces it will read
+// (normalize_activations) into shared memory before the grid-dependency wait; copy_activations' wait covers
+// these copies too.
+__device__ __forceinline__ void copy_norm_weight(uint4* shared, const uint4* weight) {
 #pragma unroll
     for (int j = threadIdx.x; j < K_COLS / 8; j += WARPS * 32) {
         const u32 to = (u32)__cvta_generic_to_shared(shared + j);
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(to), "l"(weight + j) : "memory");
     }
-    return shared;
-#else
-    return weight;
-#endif
 }
 
 // float32 division as Triton's `/` compiles it (pointwise.rms_norm divides the sum of squares by K).
@@ -175,7 +170,7 @@ __device__ __forceinline__ u32 norm_pair(u32 h, u32 weight, float rstd) {
 
 // The block's copy of h in shared memory (copy_activations) becomes x = rms_norm(h) * weight, in place: the
 // sum of squares in float32 over the block (each thread its own pieces, then warps, then the block), then
-// each thread scales the pieces it copied. The norm weight is read here, after the grid-dependency wait.
+// each thread scales the pieces it copied, with the norm weight copy_norm_weight put in shared memory.
 __device__ __forceinline__ void normalize_activations(uint4* shared, const uint4* weight, float eps) {
     __shared__ float warp_sums[WARPS];
     float sum = 0.0f;
@@ -358,9 +353,10 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32)
 int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const uint4* x, u16* y,
           const u16* residual, const uint4* norm_weight, int n, float eps) {
     __shared__ uint4 xs[K_COLS / 8];
-#if NORM && NORM_WEIGHT_EARLY
+#if NORM
     __shared__ uint4 norm_weight_shared[K_COLS / 8];
-    norm_weight = copy_norm_weight(norm_weight_shared, norm_weight);
+    copy_norm_weight(norm_weight_shared, norm_weight);
+    norm_weight = norm_weight_shared;
 #endif
     unsigned int slot = 0;
 #if TIMELINE
@@ -407,7 +403,6 @@ class Tiling:
     # blocks one tile and the rest two.
     blocks_per_sm: int = 0
     timeline: bool = False  # record each block's phases in the module's `timeline` (bench/gemv_timeline.py)
-    norm_weight_early: bool = False  # the norm prologue's weight copied into shared memory before the wait
 
 
 def default_tiling(n: int, k: int) -> Tiling:
@@ -438,7 +433,7 @@ def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tili
     defines = dict(GROUP=group, K_COLS=k, ROWS=tiling.rows, UNROLL=tiling.unroll, WARPS=tiling.warps,
                    L2_PREFETCH=int(tiling.l2_prefetch), LAUNCH_NEXT_EARLY=int(tiling.launch_next_early),
                    GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm), TILE_LOOP=int(tiling.blocks_per_sm > 0),
-                   TIMELINE=int(tiling.timeline), NORM_WEIGHT_EARLY=int(tiling.norm_weight_early))
+                   TIMELINE=int(tiling.timeline))
     options = [f"--gpu-architecture=sm_{arch}", "-std=c++17"] + [f"-D{key}={value}" for key, value in defines.items()]
     program = _check(nvrtc.nvrtcCreateProgram(_SOURCE.encode(), b"int4_cuda.cu", 0, [], []))
     try:

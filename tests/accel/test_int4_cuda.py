@@ -49,7 +49,6 @@ def test_nvrtc_builds_a_cubin_for_each_variant(arch, group, k, glu, residual, ti
 @pytest.mark.parametrize("group,k,glu,residual,tiling", [
     (128, 4096, False, False, Tiling()), (64, 5120, True, False, Tiling(rows=4, unroll=4, warps=4)),
     (32, 96, True, False, Tiling(rows=2, unroll=1, warps=1)), (64, 320, False, True, Tiling(rows=1, unroll=8, warps=2)),
-    (64, 4096, True, False, Tiling(blocks_per_sm=4, norm_weight_early=True)),
 ])
 def test_nvrtc_builds_the_norm_prologue_variants(arch, group, k, glu, residual, tiling):
     cubin = int4_cuda.compile_cubin(arch, group, k, glu, residual, tiling, norm=True)
@@ -161,8 +160,7 @@ def test_every_tiling_matches_with_ragged_rows_and_columns(tiling):
     (7, 96, 32, False, False), (1000, 320, 64, True, False), (1001, 352, 32, False, True),
     (12288, 4096, 128, False, False), (5120, 5120, 64, False, True), (27392, 5120, 128, True, False),
 ])
-@pytest.mark.parametrize("loop", [{}, dict(blocks_per_sm=0), dict(blocks_per_sm=1), dict(norm_weight_early=True),
-                                  dict(blocks_per_sm=1, norm_weight_early=True)])
+@pytest.mark.parametrize("loop", [{}, dict(blocks_per_sm=0), dict(blocks_per_sm=1)])
 def test_norm_prologue_matches_rms_norm_then_gemv(n, k, group, glu, residual, m, loop):
     words, scales, w = _weights(n, k, group)
     h = torch.randn(m, k, device="cuda", dtype=torch.float16) * 3
