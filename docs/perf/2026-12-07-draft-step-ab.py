@@ -1,7 +1,7 @@
 """A/B of settings of the graphed draft step. The decode attention's blocks of 64 or 256 keys instead of 128
 (`attention.BLOCK_KV`; plain steps timed too). Per kind of INT4 GEMV (W_pack, o_proj, gate/up, down): down and
-o_proj with one row a warp (twice the blocks), down with two loads a row a thread (fewer registers), eight warps a
-block, or a grid of one block an SM looping over its tiles. Graphed draft steps of the 7B and 13B shapes (random
+o_proj with one row a warp (twice the blocks), down with two or eight loads a row a thread (fewer or more
+registers), eight warps a block, or a grid of one block an SM looping over its tiles. Graphed draft steps of the 7B and 13B shapes (random
 weights) at position 1,088, the variants alternated over three rounds; the largest difference of each variant's
 logits from base's (0 expected; other blocks of keys sum in another order); registers a thread and blocks an SM.
 The first version of this script (731f480, git history) timed the norm weight and the keys loaded before the wait.
@@ -24,7 +24,8 @@ POS = 1088
 default_tiling = int4_cuda.default_tiling
 VARIANTS = {  # name: {kind: changes to its default tiling}
     "base": {}, "down_rows1": {"down": dict(rows=1)}, "down_unroll2": {"down": dict(unroll=2)},
-    "down_warps8": {"down": dict(warps=8)}, "down_loop1": {"down": dict(blocks_per_sm=1)},
+    "down_unroll8": {"down": dict(unroll=8)}, "down_warps8": {"down": dict(warps=8)},
+    "down_loop1": {"down": dict(blocks_per_sm=1)},
     "o_proj_rows1": {"o_proj": dict(rows=1)}, "attention_block_kv64": {}, "attention_block_kv256": {},
 }
 BLOCK_KV = {"attention_block_kv64": 64, "attention_block_kv256": 256}
