@@ -8,7 +8,7 @@
 #   bash docs/perf/2026-12-07-timeline-device-run.sh c   # with the norm weight early by default: the A/B of the
 #                                                        # attention's blocks of keys and down's and o_proj's tilings,
 #                                                        # the 7B and 13B shapes, a graphed profile, the GGUF's first half,
-#                                                        # the GEMV's and the graphs' GPU tests
+#                                                        # the norm prologue's and PDL's GPU tests
 #   bash docs/perf/2026-12-07-timeline-device-run.sh d   # at once after c: the SmolLM2 proxy
 # Call a's timeline stopped at a module built but never launched (mended); it ran again alone on the same machine.
 # The A/B scripts of a and b are git history: git show 7917865:docs/perf/2026-12-07-pipeline-ab.py and
@@ -40,7 +40,8 @@ c)
     run shapes 240 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
     run profile-7b-graphed 50 python3 bench/profile_step.py --shape 7b --graphed
     install_test_wheels
-    run gpu-tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests/accel/test_int4_cuda.py tests/accel/test_cuda_graphs.py
+    run gpu-tests 90 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests/accel/test_int4_cuda.py tests/accel/test_cuda_graphs.py \
+        -k "norm or programmatic"
     ;;
 d)
     smollm2_convert
