@@ -5,15 +5,14 @@
 #   bash docs/perf/2026-12-07-timeline-device-run.sh b   # the A/B of the keys and the norm weight loaded before the
 #                                                        # wait (docs/perf/2026-12-07-draft-step-ab.py), the GPU
 #                                                        # tier, the timeline without and with the norm weight early
-#   bash docs/perf/2026-12-07-timeline-device-run.sh c   # with the norm weight early by default: the A/B of the
-#                                                        # attention's blocks of keys and down's and o_proj's tilings,
-#                                                        # the 7B and 13B shapes, a graphed profile, the GGUF's first half,
-#                                                        # the norm prologue's and PDL's GPU tests
-#   bash docs/perf/2026-12-07-timeline-device-run.sh d   # at once after c: the SmolLM2 proxy
+#   bash docs/perf/2026-12-07-timeline-device-run.sh c   # with the norm weight early by default: the 7B and 13B
+#                                                        # shapes, the A/B of the attention's blocks of keys and
+#                                                        # down's and o_proj's tilings, the norm prologue's GPU tests
+#   bash docs/perf/2026-12-07-timeline-device-run.sh d1  # then at once d2: the SmolLM2 proxy
 # Call a's timeline stopped at a module built but never launched (mended); it ran again alone on the same machine.
 # The A/B scripts of a and b are git history: git show 7917865:docs/perf/2026-12-07-pipeline-ab.py and
 # git show 731f480:docs/perf/2026-12-07-draft-step-ab.py. a and b carry the pytest-xdist and execnet wheels in
-# out/carry4, as c does; c and d the SmolLM2 GGUF's halves (bench/device_step.sh). Writes into $OUT/results.tgz, refreshed
+# out/carry4, as c does; d1 and d2 the SmolLM2 GGUF's halves (bench/device_step.sh). Writes into $OUT/results.tgz, refreshed
 # after every step.
 set -u
 stage=$1
@@ -35,15 +34,15 @@ b)
     run timeline-norm-early 40 python3 bench/gemv_timeline.py --tiling norm_weight_early=1 --json "$OUT/timeline-norm-early.json"
     ;;
 c)
-    smollm2_first_half
-    run draft-step-ab 150 python3 docs/perf/2026-12-07-draft-step-ab.py "$OUT/draft-step-ab.json"
     run shapes 240 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
-    run profile-7b-graphed 50 python3 bench/profile_step.py --shape 7b --graphed
+    run draft-step-ab 150 python3 docs/perf/2026-12-07-draft-step-ab.py "$OUT/draft-step-ab.json"
     install_test_wheels
-    run gpu-tests 90 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests/accel/test_int4_cuda.py tests/accel/test_cuda_graphs.py \
-        -k "norm or programmatic"
+    run gpu-tests 60 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests/accel/test_int4_cuda.py -k norm
     ;;
-d)
+d1)
+    smollm2_first_half
+    ;;
+d2)
     smollm2_convert
     run proxy 420 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --out "$OUT/proxy"
     ;;
