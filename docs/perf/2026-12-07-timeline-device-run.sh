@@ -34,8 +34,8 @@ b)
     run timeline-norm-early 40 python3 bench/gemv_timeline.py --tiling norm_weight_early=1 --json "$OUT/timeline-norm-early.json"
     ;;
 c)
-    run shapes 240 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
-    run draft-step-ab 150 python3 docs/perf/2026-12-07-draft-step-ab.py "$OUT/draft-step-ab.json"
+    run shapes 200 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
+    run draft-step-ab 130 python3 docs/perf/2026-12-07-draft-step-ab.py "$OUT/draft-step-ab.json"
     install_test_wheels
     run gpu-tests 60 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests/accel/test_int4_cuda.py -k norm
     ;;
