@@ -5,9 +5,9 @@
 #   bash docs/perf/2026-12-07-timeline-device-run.sh b   # the A/B of the keys and the norm weight loaded before the
 #                                                        # wait (docs/perf/2026-12-07-draft-step-ab.py), the GPU
 #                                                        # tier, the timeline without and with the norm weight early
-#   bash docs/perf/2026-12-07-timeline-device-run.sh c   # with the norm weight early by default: the 7B and 13B
-#                                                        # shapes, the A/B of the attention's blocks of keys and
-#                                                        # down's and o_proj's tilings
+#   bash docs/perf/2026-12-07-timeline-device-run.sh c   # with the norm weight early by default: the A/B of the
+#                                                        # attention's blocks of keys and down's and o_proj's
+#                                                        # tilings, the 7B and 13B shapes
 #   bash docs/perf/2026-12-07-timeline-device-run.sh d1  # then at once d2: the SmolLM2 proxy
 # Call a's timeline stopped at a module built but never launched (mended); it ran again alone on the same machine.
 # The A/B scripts of a and b are git history: git show 7917865:docs/perf/2026-12-07-pipeline-ab.py and
@@ -34,9 +34,9 @@ b)
     run timeline-norm-early 40 python3 bench/gemv_timeline.py --tiling norm_weight_early=1 --json "$OUT/timeline-norm-early.json"
     ;;
 c)
-    run shapes 170 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
     run draft-step-ab 110 python3 docs/perf/2026-12-07-draft-step-ab.py "$OUT/draft-step-ab.json" down_rows1 \
         down_unroll8 o_proj_rows1 attention_block_kv64
+    run shapes 120 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
     ;;
 d1)
     smollm2_first_half
