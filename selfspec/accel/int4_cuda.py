@@ -14,8 +14,9 @@ A matrix of many rows (W_pack, gate/up) runs in a grid of as many blocks as the 
 kernel's occupancy), each looping over tiles of rows: x is copied (and normalised) once per block instead of
 once per tile, and no second wave of blocks waits for the first to leave.
 
-With the norm prologue the kernel is given the residual stream h instead of x, and the norm's weight: each
-block normalises its copy of h in shared memory (h is a few kilobytes, read from L2 by every block) with
+With the norm prologue the kernel is given the residual stream h instead of x, and the norm's weight (which
+no kernel before writes: each block copies it into shared memory before the wait): each block normalises its
+copy of h in shared memory (h is a few kilobytes, read from L2 by every block) with
 pointwise.rms_norm's arithmetic and rounding, so that norm-then-GEMV takes one kernel instead of two. Only
 the order of the float32 sum of squares differs from pointwise.rms_norm's, which can move an element of x by
 one fp16 rounding step, rarely.
