@@ -74,7 +74,10 @@ _SOURCE = r"""
 // Compile-time: GROUP, K_COLS, ROWS (rows per warp), UNROLL (16-byte loads per thread per row per step),
 // WARPS (per block), L2_PREFETCH (a load hint), LAUNCH_NEXT_EARLY (where PDL lets the next kernel launch),
 // GLU (rows interleave gate and up), RESIDUAL (add [M, N] fp16), NORM (x is the residual stream h: the kernel
-// multiplies by rms_norm(h) * norm_weight), TIMELINE (stamps of each block's phases, for a benchmark).
+// multiplies by rms_norm(h) * norm_weight), NORM_FROM_SQUARES (the norm's sum of squares from the per-block sums
+// the kernel before wrote, SQUARES_OUT), SQUARES_OUT (each block writes the sum of the squares of the outputs it
+// stored), MIN_BLOCKS (blocks an SM that __launch_bounds__ asks registers for; 0: none), TIMELINE (stamps of
+// each block's phases, for a benchmark).
 typedef unsigned int u32;
 typedef unsigned short u16;
 
@@ -117,15 +120,19 @@ __device__ __forceinline__ u16 load_scale(const u16* p) {
 __device__ __forceinline__ int swizzle(int j) { return j ^ ((j >> 3) & 3); }
 
 // x was written by the kernel before this one, maybe while this one already ran (PDL): copy it at L2 (.cg),
-// asynchronously, so that all pieces are in flight together.
-__device__ __forceinline__ void copy_activations(uint4* shared, const uint4* x) {
+// asynchronously, so that all pieces are in flight together; cp.async.wait_all then a barrier finish the copy.
+__device__ __forceinline__ void start_copy_activations(uint4* shared, const uint4* x) {
 #pragma unroll
     for (int j = threadIdx.x; j < K_COLS / 8; j += WARPS * 32) {
         const u32 to = (u32)__cvta_generic_to_shared(shared + swizzle(j));
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(to), "l"(x + j) : "memory");
     }
-    asm volatile("cp.async.wait_all;" ::: "memory");
-    __syncthreads();
+}
+
+__device__ __forceinline__ float warp_sum(float value) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    return value;
 }
 
 __device__ __forceinline__ float half_to_float(u16 h) {
@@ -162,18 +169,39 @@ __device__ __forceinline__ float divide_as_triton(float a, float b) {
 __device__ __forceinline__ float low_half(u32 pair) { return half_to_float((u16)(pair & 0xFFFFu)); }
 __device__ __forceinline__ float high_half(u32 pair) { return half_to_float((u16)(pair >> 16)); }
 
-// round(weight * round(h * rstd)), pointwise.rms_norm's two roundings, for one half2 pair of h and of the weight.
+// round(weight * round(h * rstd)), pointwise.rms_norm's two roundings, for one half2 pair of h and of the weight:
+// h * rstd in float32, both halves rounded by one cvt; the product of two halves is exact in float32, so one
+// f16x2 multiply rounds it as rms_norm does.
 __device__ __forceinline__ u32 norm_pair(u32 h, u32 weight, float rstd) {
-    const u16 lo = float_to_half(low_half(weight) * half_to_float(float_to_half(low_half(h) * rstd)));
-    const u16 hi = float_to_half(high_half(weight) * half_to_float(float_to_half(high_half(h) * rstd)));
-    return (u32)lo | ((u32)hi << 16);
+    u32 normed, out;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(normed) : "f"(high_half(h) * rstd), "f"(low_half(h) * rstd));
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(out) : "r"(normed), "r"(weight));
+    return out;
 }
 
-// The block's copy of h in shared memory (copy_activations) becomes x = rms_norm(h) * weight, in place: the
-// sum of squares in float32 over the block (each thread its own pieces, then warps, then the block), then
-// each thread scales the pieces it copied, with the norm weight copy_norm_weight put in shared memory.
-__device__ __forceinline__ void normalize_activations(uint4* shared, const uint4* weight, float eps) {
-    __shared__ float warp_sums[WARPS];
+// 1 / sqrt(mean square + eps) from the warps' sums of squares, added by every thread in the same order: one rstd
+// for the block.
+__device__ __forceinline__ float block_rstd(const float* warp_sums, float eps) {
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) total += warp_sums[w];
+    return rsqrtf(divide_as_triton(total, (float)K_COLS) + eps);
+}
+
+// x = rms_norm(h) * weight in place over the block's copy of h: each thread the pieces it copied, with the norm
+// weight copy_norm_weight put in shared memory.
+__device__ __forceinline__ void scale_activations(uint4* shared, const uint4* weight, float rstd) {
+    for (int j = threadIdx.x; j < K_COLS / 8; j += WARPS * 32) {
+        const uint4 h = shared[swizzle(j)], w = weight[j];
+        shared[swizzle(j)] = make_uint4(norm_pair(h.x, w.x, rstd), norm_pair(h.y, w.y, rstd),
+                                        norm_pair(h.z, w.z, rstd), norm_pair(h.w, w.w, rstd));
+    }
+    __syncthreads();
+}
+
+#if !NORM_FROM_SQUARES
+// The block's sum of squares of its copy of h: each thread its own pieces, then warps, then the block.
+__device__ __forceinline__ float sum_squares_rstd(const uint4* shared, float* warp_sums, float eps) {
     float sum = 0.0f;
     for (int j = threadIdx.x; j < K_COLS / 8; j += WARPS * 32) {
         const uint4 h = shared[swizzle(j)];
@@ -185,21 +213,12 @@ __device__ __forceinline__ void normalize_activations(uint4* shared, const uint4
             sum += hi * hi;
         }
     }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    sum = warp_sum(sum);
     if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
     __syncthreads();
-    float total = 0.0f;  // every thread adds the warps' sums in the same order: one rstd for the block
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) total += warp_sums[w];
-    const float rstd = rsqrtf(divide_as_triton(total, (float)K_COLS) + eps);
-    for (int j = threadIdx.x; j < K_COLS / 8; j += WARPS * 32) {
-        const uint4 h = shared[swizzle(j)], w = weight[j];
-        shared[swizzle(j)] = make_uint4(norm_pair(h.x, w.x, rstd), norm_pair(h.y, w.y, rstd),
-                                        norm_pair(h.z, w.z, rstd), norm_pair(h.w, w.w, rstd));
-    }
-    __syncthreads();
+    return block_rstd(warp_sums, eps);
 }
+#endif
 #endif
 
 // PDL: no-ops when the kernel was not launched with programmatic stream serialization.
@@ -234,8 +253,9 @@ __device__ __forceinline__ unsigned long long global_time() {
 #endif
 
 // After the grid-dependency wait (PDL), the block's copy of x in shared memory, normalised with the norm prologue.
+// With NORM_FROM_SQUARES the block adds up the kernel before's n_squares sums of squares while x is copied.
 __device__ __forceinline__ void prepare_activations(uint4* xs, const uint4* x, const uint4* norm_weight, float eps,
-                                                    unsigned int slot) {
+                                                    const float* squares, int n_squares, unsigned int slot) {
     wait_for_inputs();
     if (threadIdx.x == 0) STAMP(slot, 1);
 #if LAUNCH_NEXT_EARLY
@@ -243,22 +263,32 @@ __device__ __forceinline__ void prepare_activations(uint4* xs, const uint4* x, c
     // while this one works (one kernel ahead at most, since it waits here in turn).
     let_next_kernel_launch();
 #endif
-    copy_activations(xs, x + (long long)blockIdx.y * (K_COLS / 8));
+    start_copy_activations(xs, x + (long long)blockIdx.y * (K_COLS / 8));
 #if NORM
-    normalize_activations(xs, norm_weight, eps);
+    __shared__ float warp_sums[WARPS];
+#endif
+#if NORM_FROM_SQUARES
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < n_squares; i += WARPS * 32) sum += __ldcg(squares + blockIdx.y * n_squares + i);
+    sum = warp_sum(sum);
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
+#endif
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    __syncthreads();
+#if NORM_FROM_SQUARES
+    scale_activations(xs, norm_weight, block_rstd(warp_sums, eps));
+#elif NORM
+    scale_activations(xs, norm_weight, sum_squares_rstd(xs, warp_sums, eps));
 #endif
     if (threadIdx.x == 0) STAMP(slot, 2);
 }
 
-// The warp's sums of its ROWS rows (each lane's share of every row) to y: lane 0 stores them.
-__device__ __forceinline__ void store_tile(float* acc, u16* y, const u16* residual, int n, int row0) {
+// The warp's sums of its ROWS rows (each lane's share of every row) to y: lane 0 stores them, and with
+// SQUARES_OUT adds the squares of what it stored to `squares`.
+__device__ __forceinline__ void store_tile(float* acc, u16* y, const u16* residual, int n, int row0, float& squares) {
     const int m = blockIdx.y;
 #pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-        for (int offset = 16; offset > 0; offset /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
-        acc[r] *= 16.0f;  // word_dot's 1/16
-    }
+    for (int r = 0; r < ROWS; ++r) acc[r] = warp_sum(acc[r]) * 16.0f;  // word_dot's 1/16
     if (threadIdx.x % 32 != 0) return;
 #if GLU
     const int n_out = n / 2;
@@ -279,7 +309,11 @@ __device__ __forceinline__ void store_tile(float* acc, u16* y, const u16* residu
 #if RESIDUAL
             out += half_to_float(residual[(long long)m * n + row]);
 #endif
-            y[(long long)m * n + row] = float_to_half(out);
+            const u16 stored = float_to_half(out);
+            y[(long long)m * n + row] = stored;
+#if SQUARES_OUT
+            squares += half_to_float(stored) * half_to_float(stored);
+#endif
         }
     }
 #endif
@@ -289,7 +323,8 @@ __device__ __forceinline__ void store_tile(float* acc, u16* y, const u16* residu
 // kernel before (PDL), copies x into shared memory and normalises it; later tiles reuse that copy.
 __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ words, const u16* __restrict__ scales,
                                           const uint4* x, u16* y, const u16* residual, const uint4* norm_weight,
-                                          int n, float eps, int tile, bool first, unsigned int slot) {
+                                          const float* squares_in, int n_squares, float& squares, int n, float eps,
+                                          int tile, bool first, unsigned int slot) {
     const int lane = threadIdx.x % 32;
     const int row0 = (tile * WARPS + threadIdx.x / 32) * ROWS;
 
@@ -324,7 +359,7 @@ __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ w
                 }
             }
         }
-        if (base == 0 && first) prepare_activations(xs, x, norm_weight, eps, slot);
+        if (base == 0 && first) prepare_activations(xs, x, norm_weight, eps, squares_in, n_squares, slot);
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
             const int c = base + u * 32 + lane;
@@ -347,12 +382,21 @@ __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ w
     if (first) let_next_kernel_launch();
 #endif
 
-    store_tile(acc, y, residual, n, row0);
+    store_tile(acc, y, residual, n, row0, squares);
 }
 
-extern "C" __global__ void __launch_bounds__(WARPS * 32)
+#if MIN_BLOCKS
+#define BOUNDS __launch_bounds__(WARPS * 32, MIN_BLOCKS)
+#else
+#define BOUNDS __launch_bounds__(WARPS * 32)
+#endif
+
+// squares_out [M, gridDim.x]: with SQUARES_OUT, each block's sum of the squares of its outputs. squares_in [M,
+// n_squares]: with NORM_FROM_SQUARES, the kernel before's, whose sum over a row of M is that of h's row.
+extern "C" __global__ void BOUNDS
 int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const uint4* x, u16* y,
-          const u16* residual, const uint4* norm_weight, int n, float eps) {
+          const u16* residual, const uint4* norm_weight, float* squares_out, const float* squares_in, int n_squares,
+          int n, float eps) {
     __shared__ uint4 xs[K_COLS / 8];
 #if NORM
     __shared__ uint4 norm_weight_shared[K_COLS / 8];
@@ -360,6 +404,7 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
     norm_weight = norm_weight_shared;
 #endif
     unsigned int slot = 0;
+    float squares = 0.0f;  // SQUARES_OUT: lane 0's of its warp's outputs
 #if TIMELINE
     __shared__ unsigned int block_slot;
     if (threadIdx.x == 0) {
@@ -378,9 +423,22 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
     // A grid of fewer blocks than tiles: each block takes every gridDim.x-th tile.
     const int n_tiles = (n + WARPS * ROWS - 1) / (WARPS * ROWS);
     for (int tile = blockIdx.x; tile < n_tiles; tile += gridDim.x)
-        gemv_tile(xs, words, scales, x, y, residual, norm_weight, n, eps, tile, tile == blockIdx.x, slot);
+        gemv_tile(xs, words, scales, x, y, residual, norm_weight, squares_in, n_squares, squares, n, eps, tile,
+                  tile == blockIdx.x, slot);
 #else
-    gemv_tile(xs, words, scales, x, y, residual, norm_weight, n, eps, blockIdx.x, true, slot);
+    gemv_tile(xs, words, scales, x, y, residual, norm_weight, squares_in, n_squares, squares, n, eps, blockIdx.x, true,
+              slot);
+#endif
+#if SQUARES_OUT
+    __shared__ float warp_squares[WARPS];
+    if (threadIdx.x % 32 == 0) warp_squares[threadIdx.x / 32] = squares;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float total = 0.0f;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) total += warp_squares[w];
+        squares_out[blockIdx.y * gridDim.x + blockIdx.x] = total;
+    }
 #endif
 #if TIMELINE
     if (threadIdx.x % 32 == 0) atomicMax(&timeline[slot][3], global_time());
@@ -403,6 +461,7 @@ class Tiling:
     # fewer, each looping over tiles; only where the tiles fill two such grids, since a grid with fewer leaves most
     # blocks one tile and the rest two.
     blocks_per_sm: int = 0
+    min_blocks: int = 0  # blocks an SM that __launch_bounds__ asks the compiler to leave registers for (0: none)
     timeline: bool = False  # record each block's phases in the module's `timeline` (bench/gemv_timeline.py)
 
 
@@ -425,16 +484,20 @@ def supports(k: int, group: int, dtype: torch.dtype) -> bool:
     return dtype == torch.float16 and group % 32 == 0 and k % group == 0
 
 
-def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tiling: Tiling, norm: bool = False) -> bytes:
-    """The kernel as a cubin for sm_{arch} (e.g. 90), with the norm prologue if `norm`. Needs NVRTC only, no GPU."""
+def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tiling: Tiling, norm: bool = False,
+                  norm_from_squares: bool = False, squares_out: bool = False) -> bytes:
+    """The kernel as a cubin for sm_{arch} (e.g. 90), with the norm prologue if `norm` (its sum of squares from the
+    kernel before's if `norm_from_squares`), writing its blocks' sums of squares if `squares_out`. Needs NVRTC
+    only, no GPU."""
     if k % group or group % 32:
         raise ValueError(f"K {k} must be a multiple of the group size {group}, itself a multiple of 32")
     if glu and tiling.rows % 2:
         raise ValueError("GLU needs an even number of rows per warp")
     defines = dict(GROUP=group, K_COLS=k, ROWS=tiling.rows, UNROLL=tiling.unroll, WARPS=tiling.warps,
                    L2_PREFETCH=int(tiling.l2_prefetch), LAUNCH_NEXT_EARLY=int(tiling.launch_next_early),
-                   GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm), TILE_LOOP=int(tiling.blocks_per_sm > 0),
-                   TIMELINE=int(tiling.timeline))
+                   GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm), NORM_FROM_SQUARES=int(norm and norm_from_squares),
+                   SQUARES_OUT=int(squares_out and not glu), TILE_LOOP=int(tiling.blocks_per_sm > 0),
+                   MIN_BLOCKS=tiling.min_blocks, TIMELINE=int(tiling.timeline))
     options = [f"--gpu-architecture=sm_{arch}", "-std=c++17"] + [f"-D{key}={value}" for key, value in defines.items()]
     program = _check(nvrtc.nvrtcCreateProgram(_SOURCE.encode(), b"int4_cuda.cu", 0, [], []))
     try:
@@ -451,6 +514,8 @@ def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tili
 
 
 _kernels: dict = {}  # (device index, compile key) -> (module, function, blocks an SM holds); modules stay loaded
+# Which of compile_cubin's flags norm_from_squares and squares_out are on, by name.
+_Variant = tuple[str, ...]
 
 
 def _ensure_context(device: torch.device) -> None:
@@ -464,12 +529,13 @@ def _ensure_context(device: torch.device) -> None:
             _check(driver.cuCtxSetCurrent(context))
 
 
-def _kernel(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling):
-    key = (device.index, group, k, glu, residual, norm, tiling)
+def _kernel(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling,
+            variant: _Variant = ()):
+    key = (device.index, group, k, glu, residual, norm, tiling, variant)
     if key not in _kernels:
         _ensure_context(device)
         major, minor = torch.cuda.get_device_capability(device)
-        cubin = compile_cubin(major * 10 + minor, group, k, glu, residual, tiling, norm)
+        cubin = compile_cubin(major * 10 + minor, group, k, glu, residual, tiling, norm, **dict.fromkeys(variant, True))
         module = _check(driver.cuModuleLoadData(cubin))
         function = _check(driver.cuModuleGetFunction(module, b"int4_gemv"))
         resident = _check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(function, 32 * tiling.warps, 0))
@@ -478,16 +544,17 @@ def _kernel(device: torch.device, group: int, k: int, glu: bool, residual: bool,
 
 
 @functools.cache  # once per shape: every eager call of a decode step asks again
-def _grid(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling, n: int):
+def _grid(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling, n: int,
+          variant: _Variant = ()):
     """The kernel for n rows and its grid's width: blocks looping over tiles where `tiling` asks for it and the
     tiles fill two grids of them, else a block per tile (built without the loop)."""
     tiles = math.ceil(n / (tiling.rows * tiling.warps))
     if tiling.blocks_per_sm:
-        function, resident = _kernel(device, group, k, glu, residual, norm, tiling)
+        function, resident = _kernel(device, group, k, glu, residual, norm, tiling, variant)
         blocks = torch.cuda.get_device_properties(device).multi_processor_count * min(tiling.blocks_per_sm, resident)
         if tiles >= 2 * blocks:
             return function, blocks
-    return _kernel(device, group, k, glu, residual, norm, replace(tiling, blocks_per_sm=0))[0], tiles
+    return _kernel(device, group, k, glu, residual, norm, replace(tiling, blocks_per_sm=0), variant)[0], tiles
 
 
 def available(device: torch.device) -> bool:
@@ -512,8 +579,8 @@ def available(device: torch.device) -> bool:
     return True
 
 
-# words, scales, x, y, residual, norm_weight, n, eps
-_ARG_TYPES = (ctypes.c_void_p,) * 6 + (ctypes.c_int, ctypes.c_float)
+# words, scales, x, y, residual, norm_weight, squares_out, squares_in, n_squares, n, eps
+_ARG_TYPES = (ctypes.c_void_p,) * 8 + (ctypes.c_int, ctypes.c_int, ctypes.c_float)
 
 
 def _launch(function, grid, block, stream, pdl: bool, args) -> None:
@@ -535,13 +602,16 @@ def _launch(function, grid, block, stream, pdl: bool, args) -> None:
 
 def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group: int, glu: bool = False,
               out: torch.Tensor | None = None, pdl: bool = False, residual: torch.Tensor | None = None,
-              tiling: Tiling | None = None, norm_weight: torch.Tensor | None = None,
-              norm_eps: float = 1e-6) -> torch.Tensor:
+              tiling: Tiling | None = None, norm_weight: torch.Tensor | None = None, norm_eps: float = 1e-6,
+              norm_squares: torch.Tensor | None = None, with_squares: bool = False):
     """x [..., K] float16 times the INT4 weight (int32 words [N, K/8], quantize.pack_half2_words; float16 scales
     [N, K/group]) -> [..., N], or silu(gate) * up [..., N/2] with `glu` (rows interleave gate and up).
     `residual` [..., N] is added to the product (not with `glu`). `out` receives the result if given.
     `norm_weight` [K] float16: x is the residual stream, and the product is taken of its RMS norm times this
-    weight (pointwise.rms_norm(x, norm_weight, norm_eps)), computed in the kernel.
+    weight (pointwise.rms_norm(x, norm_weight, norm_eps)), computed in the kernel; `norm_squares`, the sums of
+    squares that the GEMV which wrote x returned (`with_squares`), spare the kernel summing x's squares itself.
+    `with_squares` (not with `glu`): return (y, squares), squares [M, S] float32 whose rows sum to those of y's
+    squares (one per block), for the next GEMV's `norm_squares`.
     `pdl`: launch with programmatic dependent launch (compute capability 9.0 and later)."""
     if x.dtype != torch.float16 or scales.dtype != torch.float16 or words.dtype != torch.int32:
         raise TypeError(f"int4_gemv takes float16 x and scales and int32 words, got {x.dtype}, {scales.dtype}, "
@@ -550,8 +620,8 @@ def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group:
     if x.shape[-1] != k or scales.shape != (n, k // group):
         raise ValueError(f"int4_gemv: x {tuple(x.shape)}, words {tuple(words.shape)} and scales "
                          f"{tuple(scales.shape)} do not fit group size {group}")
-    if glu and (n % 2 or residual is not None):
-        raise ValueError("int4_gemv: GLU needs an even number of rows and no residual")
+    if glu and (n % 2 or residual is not None or with_squares):
+        raise ValueError("int4_gemv: GLU needs an even number of rows, no residual and no squares")
     if norm_weight is not None:
         if norm_weight.shape != (k,) or norm_weight.dtype != torch.float16:
             raise ValueError(f"int4_gemv: norm_weight must be float16 of shape ({k},)")
@@ -562,6 +632,10 @@ def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group:
     if not flat.is_contiguous() or flat.data_ptr() % 16:
         flat = flat.clone(memory_format=torch.contiguous_format)
     m = flat.shape[0]
+    if norm_squares is not None and (norm_weight is None or norm_squares.dtype != torch.float32
+                                     or norm_squares.dim() != 2 or norm_squares.shape[0] != m
+                                     or not norm_squares.is_contiguous()):
+        raise ValueError(f"int4_gemv: norm_squares must be contiguous float32 [{m}, S], with norm_weight")
     if out is None:
         out = torch.empty(*x.shape[:-1], n_out, dtype=torch.float16, device=x.device)
     if out.shape != (*x.shape[:-1], n_out) or out.dtype != torch.float16 or not out.is_contiguous():
@@ -575,12 +649,15 @@ def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group:
         raise ValueError("int4_gemv: the weight words must be 16-byte aligned")
     tiling = tiling or default_tiling(n, k)
     device = torch.device("cuda", x.device.index if x.device.index is not None else torch.cuda.current_device())
-    function, blocks = _grid(device, group, k, glu, residual is not None, norm_weight is not None, tiling, n)
+    variant = ("norm_from_squares",) * (norm_squares is not None) + ("squares_out",) * with_squares
+    function, blocks = _grid(device, group, k, glu, residual is not None, norm_weight is not None, tiling, n, variant)
+    squares = torch.empty(m, blocks, dtype=torch.float32, device=x.device) if with_squares else None
     pdl = pdl and torch.cuda.get_device_capability(device) >= (9, 0)
     grid = (blocks, m, 1)
     stream = torch.cuda.current_stream(device).cuda_stream
-    args = (words.data_ptr(), scales.data_ptr(), flat.data_ptr(), out.data_ptr(),
-            0 if residual is None else residual.data_ptr(), 0 if norm_weight is None else norm_weight.data_ptr(), n,
-            float(norm_eps))
+    pointer = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    args = (words.data_ptr(), scales.data_ptr(), flat.data_ptr(), out.data_ptr(), pointer(residual),
+            pointer(norm_weight), pointer(squares), pointer(norm_squares),
+            0 if norm_squares is None else norm_squares.shape[1], n, float(norm_eps))
     _launch(function, grid, (32 * tiling.warps, 1, 1), stream, pdl, args)
-    return out
+    return (out, squares) if with_squares else out

@@ -53,6 +53,19 @@ def test_nvrtc_builds_a_cubin_for_each_variant(arch, group, k, glu, residual, ti
 def test_nvrtc_builds_the_norm_prologue_variants(arch, group, k, glu, residual, tiling):
     cubin = int4_cuda.compile_cubin(arch, group, k, glu, residual, tiling, norm=True)
     assert cubin[:4] == b"\x7fELF" and cubin != int4_cuda.compile_cubin(arch, group, k, glu, residual, tiling)
+    from_squares = int4_cuda.compile_cubin(arch, group, k, glu, residual, tiling, norm=True, norm_from_squares=True)
+    assert from_squares[:4] == b"\x7fELF" and from_squares != cubin
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("tiling", [Tiling(), Tiling(blocks_per_sm=4), Tiling(min_blocks=5)])
+def test_nvrtc_builds_the_sums_of_squares_and_launch_bounds_variants(tiling):
+    plain = int4_cuda.compile_cubin(90, 64, 4096, False, True, tiling)
+    squares = int4_cuda.compile_cubin(90, 64, 4096, False, True, tiling, squares_out=True)
+    assert squares[:4] == b"\x7fELF" and squares != plain
+    # a GLU kernel writes no squares: the flag builds the same kernel
+    assert int4_cuda.compile_cubin(90, 64, 4096, True, False, tiling, squares_out=True) == \
+        int4_cuda.compile_cubin(90, 64, 4096, True, False, tiling)
 
 
 @needs_nvrtc
@@ -95,6 +108,13 @@ def test_arguments_are_checked_before_anything_runs():
         int4_cuda.int4_gemv(x, words, scales, 64, norm_weight=torch.ones(64, dtype=torch.float16))
     with pytest.raises(ValueError, match="norm_weight"):
         int4_cuda.int4_gemv(x, words, scales, 64, norm_weight=torch.ones(128))
+    with pytest.raises(ValueError, match="norm_squares"):  # no norm to take them
+        int4_cuda.int4_gemv(x, words, scales, 64, norm_squares=torch.ones(1, 4))
+    with pytest.raises(ValueError, match="norm_squares"):  # one row of sums for each of x's rows
+        int4_cuda.int4_gemv(x, words, scales, 64, norm_weight=torch.ones(128, dtype=torch.float16),
+                            norm_squares=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="squares"):
+        int4_cuda.int4_gemv(x, words, scales, 64, glu=True, with_squares=True)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the lab runs for real where there is a GPU")
@@ -176,6 +196,53 @@ def test_norm_prologue_matches_rms_norm_then_gemv(n, k, group, glu, residual, m,
     assert _close(y, _reference(x, w, glu, added), glu)
 
 
+def _split_squares(h, parts):
+    """Sums of squares of h's rows in `parts` pieces each, as a GEMV's blocks return them."""
+    return torch.stack([piece.sum(-1) for piece in (h.float() ** 2).tensor_split(parts, dim=-1)], dim=-1)
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("n,k,group,glu,parts", [(1000, 320, 64, True, 1), (1001, 352, 32, False, 7),
+                                                  (12288, 4096, 128, False, 512), (27392, 5120, 128, True, 640)])
+@pytest.mark.parametrize("loop", [{}, dict(blocks_per_sm=0)])
+def test_norm_from_given_sums_of_squares_matches_rms_norm_then_gemv(n, k, group, glu, parts, m, loop):
+    words, scales, w = _weights(n, k, group)
+    h = torch.randn(m, k, device="cuda", dtype=torch.float16) * 3
+    norm_weight = (1 + 0.1 * torch.randn(k, device="cuda")).half()
+    x = pointwise.rms_norm(h, norm_weight, 1e-6)
+    tiling = dataclasses.replace(int4_cuda.default_tiling(n, k), **loop)
+    y = int4_cuda.int4_gemv(h, words, scales, group, glu=glu, norm_weight=norm_weight, norm_eps=1e-6, tiling=tiling,
+                            norm_squares=_split_squares(h, parts))
+    unfused = int4_cuda.int4_gemv(x, words, scales, group, glu=glu)
+    assert y.shape == unfused.shape
+    assert float((y.float() - unfused.float()).norm() / unfused.float().norm()) < NORM_TOLERANCE
+    assert _close(y, _reference(x, w, glu), glu)
+    wrong = int4_cuda.int4_gemv(h, words, scales, group, glu=glu, norm_weight=norm_weight, norm_eps=1e-6,
+                                tiling=tiling, norm_squares=_split_squares(h, parts) * 4)  # the sums are used
+    assert _close(wrong, _reference(x / 2, w, glu), glu)
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("n,k,loop", [(4096, 11008, {}), (5120, 5120, {}), (1001, 352, dict(rows=1, warps=2,
+                                                                                             blocks_per_sm=1))])
+def test_sums_of_squares_of_the_output_one_per_block(n, k, loop, m):
+    words, scales, _ = _weights(n, k, 64)
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    residual = torch.randn(m, n, device="cuda", dtype=torch.float16)
+    tiling = dataclasses.replace(int4_cuda.default_tiling(n, k), **loop)
+    y, squares = int4_cuda.int4_gemv(x, words, scales, 64, residual=residual, tiling=tiling, with_squares=True)
+    device = torch.device("cuda", torch.cuda.current_device())
+    _, blocks = int4_cuda._grid(device, 64, k, False, True, False, tiling, n, ("squares_out",))
+    assert squares.shape == (m, blocks) and squares.dtype == torch.float32
+    assert torch.equal(y, int4_cuda.int4_gemv(x, words, scales, 64, residual=residual, tiling=tiling))
+    torch.testing.assert_close(squares.sum(-1), (y.float() ** 2).sum(-1), rtol=1e-5, atol=0)
+    assert (squares > 0).all()  # every block wrote its own
+
+
 @pytest.mark.gpu
 @cuda
 def test_many_rows_loop_over_tiles_in_a_grid_the_gpu_holds_at_once():
@@ -244,6 +311,51 @@ def test_chain_in_a_cuda_graph_with_and_without_pdl(pdl, launch_next_early, loop
     static_x.copy_(torch.randn_like(x))
     graph.replay()
     assert torch.equal(static_y, chain(static_x))
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("pdl", [False, True])
+def test_sums_of_squares_pass_to_the_next_norm_in_a_cuda_graph(pdl):
+    # o_proj -> gate/up -> down -> W_pack as the draft chains them: each norm takes the sums of squares of the GEMV
+    # before, which PDL's wait must hold back as it holds x; a graph replays what eager launches computed.
+    if pdl and torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("PDL needs compute capability 9.0")
+    o_proj, gate_up, down, w_pack = (_weights(*shape, 64) for shape in [(2048, 2048), (2 * 5504, 2048),
+                                                                        (2048, 5504), (3 * 2048, 2048)])
+    norm_weight = (1 + 0.1 * torch.randn(2048, device="cuda")).half()
+
+    def chain(y, h):
+        h, squares = int4_cuda.int4_gemv(y, *o_proj[:2], 64, pdl=pdl, residual=h, with_squares=True)
+        x = int4_cuda.int4_gemv(h, *gate_up[:2], 64, glu=True, pdl=pdl, norm_weight=norm_weight, norm_squares=squares)
+        h, squares = int4_cuda.int4_gemv(x, *down[:2], 64, pdl=pdl, residual=h, with_squares=True)
+        return int4_cuda.int4_gemv(h, *w_pack[:2], 64, pdl=pdl, norm_weight=norm_weight, norm_squares=squares)
+
+    def unfused(y, h):
+        h = int4_cuda.int4_gemv(y, *o_proj[:2], 64, residual=h)
+        x = int4_cuda.int4_gemv(h, *gate_up[:2], 64, glu=True, norm_weight=norm_weight)
+        h = int4_cuda.int4_gemv(x, *down[:2], 64, residual=h)
+        return int4_cuda.int4_gemv(h, *w_pack[:2], 64, norm_weight=norm_weight)
+
+    y, h = (torch.randn(1, 2048, device="cuda", dtype=torch.float16) for _ in range(2))
+    eager = chain(y, h)
+    expected = unfused(y, h)
+    assert float((eager.float() - expected.float()).norm() / expected.float().norm()) < NORM_TOLERANCE
+    static = y.clone(), h.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        chain(*static)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = chain(*static)
+    graph.replay()
+    assert torch.equal(static_out, eager)
+    for tensor in static:
+        tensor.copy_(torch.randn_like(tensor))
+    graph.replay()
+    assert torch.equal(static_out, chain(*static))
 
 
 @pytest.mark.gpu

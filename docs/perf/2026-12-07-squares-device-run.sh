@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The device calls behind the figures of 2026-12-07 on the norms' sums of squares from the GEMV before, two calls back
+# to back on one machine:
+#   bash docs/perf/2026-12-07-squares-device-run.sh a   # the A/B of the draft step's settings
+#                                                       # (docs/perf/2026-12-07-draft-step-ab.py), the GEMV's and the
+#                                                       # fused draft's GPU tests, the 7B and 13B shapes
+#   bash docs/perf/2026-12-07-squares-device-run.sh b   # the SmolLM2 proxy with and without the sums of squares from
+#                                                       # the GEMV before; the 7B draft's graphed profile with them
+# a carries the pytest-xdist and execnet wheels in out/carry4 and the GGUF's first half (bench/device_step.sh).
+# Writes into $OUT/results.tgz, refreshed after every step.
+set -u
+stage=$1
+source bench/device_step.sh
+start_device_call
+squares="python3 docs/perf/2026-12-07-with-squares.py"
+case $stage in
+a)
+    smollm2_first_half
+    install_test_wheels
+    run draft-step-ab 270 python3 docs/perf/2026-12-07-draft-step-ab.py "$OUT/draft-step-ab.json"
+    run gpu-tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests/accel/test_int4_cuda.py \
+        tests/accel/test_fused_draft.py
+    run shapes 150 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
+    ;;
+b)
+    smollm2_convert
+    run proxy-squares 220 $squares bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --draft int4 lookup+int4 \
+        --out "$OUT/proxy-squares"
+    run proxy 220 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --draft int4 lookup+int4 --out "$OUT/proxy"
+    run profile-7b-squares 60 $squares bench/profile_step.py --shape 7b --graphed
+    ;;
+esac
