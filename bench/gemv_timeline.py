@@ -49,7 +49,7 @@ def timeline_kernels(hidden: int, intermediate: int):
     key: one module serves a kind in every layer."""
     out = []
     for key, (module, _, _) in int4_cuda._kernels.items():
-        _, _, k, glu, _, norm, tiling, _ = key
+        _, _, k, glu, _, norm, tiling = key
         if tiling.timeline and k in (hidden, intermediate):
             out.append(("gate_up" if glu else "W_pack" if norm else "o_proj" if k == hidden else "down", module))
     return out

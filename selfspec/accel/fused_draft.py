@@ -5,8 +5,6 @@ matrix of the draft's decoder layers multiplies on the CUDA C++ GEMV (int4_cuda.
 adds move into the GEMVs next to them: W_pack and gate/up take the residual stream h and normalise it in their
 prologue, o_proj and down return h + W x from their epilogue. Per layer: W_pack, rope_and_store, attention,
 o_proj, gate/up, down; no norm or add kernel. The final norm before the head stays a kernel of its own.
-o_proj and down also return the sums of squares of the h they wrote, one per block, which the next norm adds up
-while it copies h: only the first layer's W_pack sums its input's squares itself.
 
 Each GEMV reads h only after the grid-dependency wait of programmatic dependent launch (or after the kernel
 before it ends, without PDL), and h is never written in place: o_proj and down write a new tensor.
@@ -22,7 +20,6 @@ from .transformer import FusedTransformer
 
 
 enabled = True  # False: such a draft keeps FusedTransformer's forward pass (for benchmarks that compare them)
-squares_from_producer = False  # the norms' sums of squares from the GEMV before (an A/B in docs/perf)
 
 
 def serves(model) -> bool:
@@ -41,9 +38,8 @@ def serves(model) -> bool:
     return True
 
 
-def _gemv(layer, x, residual=None, norm=None, **squares):
-    return layer.gemv(x, layer.packed, layer.scales, layer.group_size, glu=layer.glu, residual=residual, norm=norm,
-                      **squares)
+def _gemv(layer, x, residual=None, norm=None):
+    return layer.gemv(x, layer.packed, layer.scales, layer.group_size, glu=layer.glu, residual=residual, norm=norm)
 
 
 class FusedDraft(FusedTransformer):
@@ -56,20 +52,10 @@ class FusedDraft(FusedTransformer):
         rope = (self.rope_cos, self.rope_sin) if self.args.position_encoding == "rope" else None
         alibi = None if rope is not None else self.alibi
         h = self.model.embed_tokens(tokens)
-        if not squares_from_producer:
-            for layer in self.model.layers:
-                attn, mlp = layer.self_attn, layer.mlp
-                qkv = _gemv(attn.W_pack, h, norm=layer.input_layernorm)
-                y = attention.attend_qkv(attn, qkv, input_pos, end, rope, alibi, self.attention_window)
-                h = _gemv(attn.o_proj, y, residual=h)
-                h = _gemv(mlp.down_proj, _gemv(mlp.gate_up_proj, h, norm=layer.post_attention_layernorm), residual=h)
-            return pointwise.rms_norm(h, self.model.norm.weight, self.model.norm.eps)
-        squares = None  # of h, per block of the GEMV that wrote it
         for layer in self.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            qkv = _gemv(attn.W_pack, h, norm=layer.input_layernorm, norm_squares=squares)
+            qkv = _gemv(attn.W_pack, h, norm=layer.input_layernorm)
             y = attention.attend_qkv(attn, qkv, input_pos, end, rope, alibi, self.attention_window)
-            h, squares = _gemv(attn.o_proj, y, residual=h, with_squares=True)
-            x = _gemv(mlp.gate_up_proj, h, norm=layer.post_attention_layernorm, norm_squares=squares)
-            h, squares = _gemv(mlp.down_proj, x, residual=h, with_squares=True)
+            h = _gemv(attn.o_proj, y, residual=h)
+            h = _gemv(mlp.down_proj, _gemv(mlp.gate_up_proj, h, norm=layer.post_attention_layernorm), residual=h)
         return pointwise.rms_norm(h, self.model.norm.weight, self.model.norm.eps)

@@ -319,17 +319,14 @@ def quantizer(device: torch.device):
 prefer_cuda_kernel = True  # the CUDA C++ GEMV (int4_cuda.py) where it is available; False: Triton's everywhere
 
 
-def cuda_gemv(x, words, scales, group_size, glu=False, residual=None, norm=None, norm_squares=None,
-              with_squares=False):
+def cuda_gemv(x, words, scales, group_size, glu=False, residual=None, norm=None):
     """int4_cuda.int4_gemv, launched with PDL where launch.enabled says so; `norm` an RMSNorm module whose
-    norm of x is taken in the kernel (its prologue), `residual` added to the product; `norm_squares` and
-    `with_squares` as int4_gemv's."""
+    norm of x is taken in the kernel (its prologue), `residual` added to the product."""
     from . import int4_cuda  # here: it takes this module's _HALF2_DOT
 
     norm_weight, norm_eps = (None, 0.0) if norm is None else (norm.weight, norm.eps)
     return int4_cuda.int4_gemv(x, words, scales, group_size, glu=glu, pdl=launch.enabled, residual=residual,
-                               norm_weight=norm_weight, norm_eps=norm_eps, norm_squares=norm_squares,
-                               with_squares=with_squares)
+                               norm_weight=norm_weight, norm_eps=norm_eps)
 
 
 def half2_gemv(device: torch.device, k: int, group_size: int, dtype: torch.dtype):

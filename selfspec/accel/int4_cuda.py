@@ -74,10 +74,7 @@ _SOURCE = r"""
 // Compile-time: GROUP, K_COLS, ROWS (rows per warp), UNROLL (16-byte loads per thread per row per step),
 // WARPS (per block), L2_PREFETCH (a load hint), LAUNCH_NEXT_EARLY (where PDL lets the next kernel launch),
 // GLU (rows interleave gate and up), RESIDUAL (add [M, N] fp16), NORM (x is the residual stream h: the kernel
-// multiplies by rms_norm(h) * norm_weight), NORM_FROM_SQUARES (the norm's sum of squares from the per-block sums
-// the kernel before wrote, SQUARES_OUT), SQUARES_OUT (each block writes the sum of the squares of the outputs it
-// stored), MIN_BLOCKS (blocks an SM that __launch_bounds__ asks registers for; 0: none), TIMELINE (stamps of
-// each block's phases, for a benchmark).
+// multiplies by rms_norm(h) * norm_weight), TIMELINE (stamps of each block's phases, for a benchmark).
 typedef unsigned int u32;
 typedef unsigned short u16;
 
@@ -120,19 +117,15 @@ __device__ __forceinline__ u16 load_scale(const u16* p) {
 __device__ __forceinline__ int swizzle(int j) { return j ^ ((j >> 3) & 3); }
 
 // x was written by the kernel before this one, maybe while this one already ran (PDL): copy it at L2 (.cg),
-// asynchronously, so that all pieces are in flight together; cp.async.wait_all then a barrier finish the copy.
-__device__ __forceinline__ void start_copy_activations(uint4* shared, const uint4* x) {
+// asynchronously, so that all pieces are in flight together.
+__device__ __forceinline__ void copy_activations(uint4* shared, const uint4* x) {
 #pragma unroll
     for (int j = threadIdx.x; j < K_COLS / 8; j += WARPS * 32) {
         const u32 to = (u32)__cvta_generic_to_shared(shared + swizzle(j));
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(to), "l"(x + j) : "memory");
     }
-}
-
-__device__ __forceinline__ float warp_sum(float value) {
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
-    return value;
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    __syncthreads();
 }
 
 __device__ __forceinline__ float half_to_float(u16 h) {
@@ -179,29 +172,11 @@ __device__ __forceinline__ u32 norm_pair(u32 h, u32 weight, float rstd) {
     return out;
 }
 
-// 1 / sqrt(mean square + eps) from the warps' sums of squares, added by every thread in the same order: one rstd
-// for the block.
-__device__ __forceinline__ float block_rstd(const float* warp_sums, float eps) {
-    float total = 0.0f;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) total += warp_sums[w];
-    return rsqrtf(divide_as_triton(total, (float)K_COLS) + eps);
-}
-
-// x = rms_norm(h) * weight in place over the block's copy of h: each thread the pieces it copied, with the norm
-// weight copy_norm_weight put in shared memory.
-__device__ __forceinline__ void scale_activations(uint4* shared, const uint4* weight, float rstd) {
-    for (int j = threadIdx.x; j < K_COLS / 8; j += WARPS * 32) {
-        const uint4 h = shared[swizzle(j)], w = weight[j];
-        shared[swizzle(j)] = make_uint4(norm_pair(h.x, w.x, rstd), norm_pair(h.y, w.y, rstd),
-                                        norm_pair(h.z, w.z, rstd), norm_pair(h.w, w.w, rstd));
-    }
-    __syncthreads();
-}
-
-#if !NORM_FROM_SQUARES
-// The block's sum of squares of its copy of h: each thread its own pieces, then warps, then the block.
-__device__ __forceinline__ float sum_squares_rstd(const uint4* shared, float* warp_sums, float eps) {
+// The block's copy of h in shared memory (copy_activations) becomes x = rms_norm(h) * weight, in place: the
+// sum of squares in float32 over the block (each thread its own pieces, then warps, then the block), then
+// each thread scales the pieces it copied, with the norm weight copy_norm_weight put in shared memory.
+__device__ __forceinline__ void normalize_activations(uint4* shared, const uint4* weight, float eps) {
+    __shared__ float warp_sums[WARPS];
     float sum = 0.0f;
     for (int j = threadIdx.x; j < K_COLS / 8; j += WARPS * 32) {
         const uint4 h = shared[swizzle(j)];
@@ -213,12 +188,21 @@ __device__ __forceinline__ float sum_squares_rstd(const uint4* shared, float* wa
             sum += hi * hi;
         }
     }
-    sum = warp_sum(sum);
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
     if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
     __syncthreads();
-    return block_rstd(warp_sums, eps);
+    float total = 0.0f;  // every thread adds the warps' sums in the same order: one rstd for the block
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) total += warp_sums[w];
+    const float rstd = rsqrtf(divide_as_triton(total, (float)K_COLS) + eps);
+    for (int j = threadIdx.x; j < K_COLS / 8; j += WARPS * 32) {
+        const uint4 h = shared[swizzle(j)], w = weight[j];
+        shared[swizzle(j)] = make_uint4(norm_pair(h.x, w.x, rstd), norm_pair(h.y, w.y, rstd),
+                                        norm_pair(h.z, w.z, rstd), norm_pair(h.w, w.w, rstd));
+    }
+    __syncthreads();
 }
-#endif
 #endif
 
 // PDL: no-ops when the kernel was not launched with programmatic stream serialization.
@@ -253,9 +237,8 @@ __device__ __forceinline__ unsigned long long global_time() {
 #endif
 
 // After the grid-dependency wait (PDL), the block's copy of x in shared memory, normalised with the norm prologue.
-// With NORM_FROM_SQUARES the block adds up the kernel before's n_squares sums of squares while x is copied.
 __device__ __forceinline__ void prepare_activations(uint4* xs, const uint4* x, const uint4* norm_weight, float eps,
-                                                    const float* squares, int n_squares, unsigned int slot) {
+                                                    unsigned int slot) {
     wait_for_inputs();
     if (threadIdx.x == 0) STAMP(slot, 1);
 #if LAUNCH_NEXT_EARLY
@@ -263,32 +246,22 @@ __device__ __forceinline__ void prepare_activations(uint4* xs, const uint4* x, c
     // while this one works (one kernel ahead at most, since it waits here in turn).
     let_next_kernel_launch();
 #endif
-    start_copy_activations(xs, x + (long long)blockIdx.y * (K_COLS / 8));
+    copy_activations(xs, x + (long long)blockIdx.y * (K_COLS / 8));
 #if NORM
-    __shared__ float warp_sums[WARPS];
-#endif
-#if NORM_FROM_SQUARES
-    float sum = 0.0f;
-    for (int i = threadIdx.x; i < n_squares; i += WARPS * 32) sum += __ldcg(squares + blockIdx.y * n_squares + i);
-    sum = warp_sum(sum);
-    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
-#endif
-    asm volatile("cp.async.wait_all;" ::: "memory");
-    __syncthreads();
-#if NORM_FROM_SQUARES
-    scale_activations(xs, norm_weight, block_rstd(warp_sums, eps));
-#elif NORM
-    scale_activations(xs, norm_weight, sum_squares_rstd(xs, warp_sums, eps));
+    normalize_activations(xs, norm_weight, eps);
 #endif
     if (threadIdx.x == 0) STAMP(slot, 2);
 }
 
-// The warp's sums of its ROWS rows (each lane's share of every row) to y: lane 0 stores them, and with
-// SQUARES_OUT adds the squares of what it stored to `squares`.
-__device__ __forceinline__ void store_tile(float* acc, u16* y, const u16* residual, int n, int row0, float& squares) {
+// The warp's sums of its ROWS rows (each lane's share of every row) to y: lane 0 stores them.
+__device__ __forceinline__ void store_tile(float* acc, u16* y, const u16* residual, int n, int row0) {
     const int m = blockIdx.y;
 #pragma unroll
-    for (int r = 0; r < ROWS; ++r) acc[r] = warp_sum(acc[r]) * 16.0f;  // word_dot's 1/16
+    for (int r = 0; r < ROWS; ++r) {
+#pragma unroll
+        for (int offset = 16; offset > 0; offset /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
+        acc[r] *= 16.0f;  // word_dot's 1/16
+    }
     if (threadIdx.x % 32 != 0) return;
 #if GLU
     const int n_out = n / 2;
@@ -309,11 +282,7 @@ __device__ __forceinline__ void store_tile(float* acc, u16* y, const u16* residu
 #if RESIDUAL
             out += half_to_float(residual[(long long)m * n + row]);
 #endif
-            const u16 stored = float_to_half(out);
-            y[(long long)m * n + row] = stored;
-#if SQUARES_OUT
-            squares += half_to_float(stored) * half_to_float(stored);
-#endif
+            y[(long long)m * n + row] = float_to_half(out);
         }
     }
 #endif
@@ -323,8 +292,7 @@ __device__ __forceinline__ void store_tile(float* acc, u16* y, const u16* residu
 // kernel before (PDL), copies x into shared memory and normalises it; later tiles reuse that copy.
 __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ words, const u16* __restrict__ scales,
                                           const uint4* x, u16* y, const u16* residual, const uint4* norm_weight,
-                                          const float* squares_in, int n_squares, float& squares, int n, float eps,
-                                          int tile, bool first, unsigned int slot) {
+                                          int n, float eps, int tile, bool first, unsigned int slot) {
     const int lane = threadIdx.x % 32;
     const int row0 = (tile * WARPS + threadIdx.x / 32) * ROWS;
 
@@ -359,7 +327,7 @@ __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ w
                 }
             }
         }
-        if (base == 0 && first) prepare_activations(xs, x, norm_weight, eps, squares_in, n_squares, slot);
+        if (base == 0 && first) prepare_activations(xs, x, norm_weight, eps, slot);
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
             const int c = base + u * 32 + lane;
@@ -382,21 +350,12 @@ __device__ __forceinline__ void gemv_tile(uint4* xs, const uint4* __restrict__ w
     if (first) let_next_kernel_launch();
 #endif
 
-    store_tile(acc, y, residual, n, row0, squares);
+    store_tile(acc, y, residual, n, row0);
 }
 
-#if MIN_BLOCKS
-#define BOUNDS __launch_bounds__(WARPS * 32, MIN_BLOCKS)
-#else
-#define BOUNDS __launch_bounds__(WARPS * 32)
-#endif
-
-// squares_out [M, gridDim.x]: with SQUARES_OUT, each block's sum of the squares of its outputs. squares_in [M,
-// n_squares]: with NORM_FROM_SQUARES, the kernel before's, whose sum over a row of M is that of h's row.
-extern "C" __global__ void BOUNDS
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
 int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const uint4* x, u16* y,
-          const u16* residual, const uint4* norm_weight, float* squares_out, const float* squares_in, int n_squares,
-          int n, float eps) {
+          const u16* residual, const uint4* norm_weight, int n, float eps) {
     __shared__ uint4 xs[K_COLS / 8];
 #if NORM
     __shared__ uint4 norm_weight_shared[K_COLS / 8];
@@ -404,7 +363,6 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
     norm_weight = norm_weight_shared;
 #endif
     unsigned int slot = 0;
-    float squares = 0.0f;  // SQUARES_OUT: lane 0's of its warp's outputs
 #if TIMELINE
     __shared__ unsigned int block_slot;
     if (threadIdx.x == 0) {
@@ -423,22 +381,9 @@ int4_gemv(const uint4* __restrict__ words, const u16* __restrict__ scales, const
     // A grid of fewer blocks than tiles: each block takes every gridDim.x-th tile.
     const int n_tiles = (n + WARPS * ROWS - 1) / (WARPS * ROWS);
     for (int tile = blockIdx.x; tile < n_tiles; tile += gridDim.x)
-        gemv_tile(xs, words, scales, x, y, residual, norm_weight, squares_in, n_squares, squares, n, eps, tile,
-                  tile == blockIdx.x, slot);
+        gemv_tile(xs, words, scales, x, y, residual, norm_weight, n, eps, tile, tile == blockIdx.x, slot);
 #else
-    gemv_tile(xs, words, scales, x, y, residual, norm_weight, squares_in, n_squares, squares, n, eps, blockIdx.x, true,
-              slot);
-#endif
-#if SQUARES_OUT
-    __shared__ float warp_squares[WARPS];
-    if (threadIdx.x % 32 == 0) warp_squares[threadIdx.x / 32] = squares;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float total = 0.0f;
-#pragma unroll
-        for (int w = 0; w < WARPS; ++w) total += warp_squares[w];
-        squares_out[blockIdx.y * gridDim.x + blockIdx.x] = total;
-    }
+    gemv_tile(xs, words, scales, x, y, residual, norm_weight, n, eps, blockIdx.x, true, slot);
 #endif
 #if TIMELINE
     if (threadIdx.x % 32 == 0) atomicMax(&timeline[slot][3], global_time());
@@ -452,7 +397,7 @@ MAX_BLOCKS_PER_SM = 32  # what an SM of compute capability 8.0 to 9.0 holds at m
 
 @dataclass(frozen=True)
 class Tiling:
-    rows: int = 2  # rows per warp (even with GLU)
+    rows: int = 2  # rows per warp (even with GLU); 0: one or two, chosen by _grid
     unroll: int = 4  # 16-byte loads per thread per row before any is used
     warps: int = 4  # per block
     l2_prefetch: bool = False  # the .L2::256B hint on weight loads
@@ -461,14 +406,14 @@ class Tiling:
     # fewer, each looping over tiles; only where the tiles fill two such grids, since a grid with fewer leaves most
     # blocks one tile and the rest two.
     blocks_per_sm: int = 0
-    min_blocks: int = 0  # blocks an SM that __launch_bounds__ asks the compiler to leave registers for (0: none)
     timeline: bool = False  # record each block's phases in the module's `timeline` (bench/gemv_timeline.py)
 
 
 def default_tiling(n: int, k: int) -> Tiling:
     """Enough loads per thread to cover short rows in one step, without more registers than that needs; as many
-    blocks as fit at once, looping over tiles: each copies (and normalises) x once for several tiles."""
-    return Tiling(rows=2, unroll=max(1, min(4, math.ceil(k / 1024))), warps=4, blocks_per_sm=MAX_BLOCKS_PER_SM)
+    blocks as fit at once, looping over tiles: each copies (and normalises) x once for several tiles; one or two
+    rows a warp as _grid finds best."""
+    return Tiling(rows=0, unroll=max(1, min(4, math.ceil(k / 1024))), warps=4, blocks_per_sm=MAX_BLOCKS_PER_SM)
 
 
 def _check(result):
@@ -484,20 +429,16 @@ def supports(k: int, group: int, dtype: torch.dtype) -> bool:
     return dtype == torch.float16 and group % 32 == 0 and k % group == 0
 
 
-def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tiling: Tiling, norm: bool = False,
-                  norm_from_squares: bool = False, squares_out: bool = False) -> bytes:
-    """The kernel as a cubin for sm_{arch} (e.g. 90), with the norm prologue if `norm` (its sum of squares from the
-    kernel before's if `norm_from_squares`), writing its blocks' sums of squares if `squares_out`. Needs NVRTC
-    only, no GPU."""
+def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tiling: Tiling, norm: bool = False) -> bytes:
+    """The kernel as a cubin for sm_{arch} (e.g. 90), with the norm prologue if `norm`. Needs NVRTC only, no GPU."""
     if k % group or group % 32:
         raise ValueError(f"K {k} must be a multiple of the group size {group}, itself a multiple of 32")
-    if glu and tiling.rows % 2:
-        raise ValueError("GLU needs an even number of rows per warp")
+    if tiling.rows < 1 or glu and tiling.rows % 2:
+        raise ValueError(f"{tiling.rows} rows a warp: at least one, and an even number with GLU")
     defines = dict(GROUP=group, K_COLS=k, ROWS=tiling.rows, UNROLL=tiling.unroll, WARPS=tiling.warps,
                    L2_PREFETCH=int(tiling.l2_prefetch), LAUNCH_NEXT_EARLY=int(tiling.launch_next_early),
-                   GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm), NORM_FROM_SQUARES=int(norm and norm_from_squares),
-                   SQUARES_OUT=int(squares_out and not glu), TILE_LOOP=int(tiling.blocks_per_sm > 0),
-                   MIN_BLOCKS=tiling.min_blocks, TIMELINE=int(tiling.timeline))
+                   GLU=int(glu), RESIDUAL=int(residual), NORM=int(norm), TILE_LOOP=int(tiling.blocks_per_sm > 0),
+                   TIMELINE=int(tiling.timeline))
     options = [f"--gpu-architecture=sm_{arch}", "-std=c++17"] + [f"-D{key}={value}" for key, value in defines.items()]
     program = _check(nvrtc.nvrtcCreateProgram(_SOURCE.encode(), b"int4_cuda.cu", 0, [], []))
     try:
@@ -514,8 +455,6 @@ def compile_cubin(arch: int, group: int, k: int, glu: bool, residual: bool, tili
 
 
 _kernels: dict = {}  # (device index, compile key) -> (module, function, blocks an SM holds); modules stay loaded
-# Which of compile_cubin's flags norm_from_squares and squares_out are on, by name.
-_Variant = tuple[str, ...]
 
 
 def _ensure_context(device: torch.device) -> None:
@@ -529,13 +468,12 @@ def _ensure_context(device: torch.device) -> None:
             _check(driver.cuCtxSetCurrent(context))
 
 
-def _kernel(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling,
-            variant: _Variant = ()):
-    key = (device.index, group, k, glu, residual, norm, tiling, variant)
+def _kernel(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling):
+    key = (device.index, group, k, glu, residual, norm, tiling)
     if key not in _kernels:
         _ensure_context(device)
         major, minor = torch.cuda.get_device_capability(device)
-        cubin = compile_cubin(major * 10 + minor, group, k, glu, residual, tiling, norm, **dict.fromkeys(variant, True))
+        cubin = compile_cubin(major * 10 + minor, group, k, glu, residual, tiling, norm)
         module = _check(driver.cuModuleLoadData(cubin))
         function = _check(driver.cuModuleGetFunction(module, b"int4_gemv"))
         resident = _check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(function, 32 * tiling.warps, 0))
@@ -543,18 +481,32 @@ def _kernel(device: torch.device, group: int, k: int, glu: bool, residual: bool,
     return _kernels[key][1:]
 
 
+def _rows_per_warp(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling,
+                   n: int) -> int:
+    """For Tiling(rows=0): one row a warp where a row takes more than one step of a warp's loop and the tiles of
+    one row a warp fit in one wave of resident blocks (twice the blocks of two rows a warp, the rows spread more
+    evenly over the SMs: the 7B shape's down), else two (a second, partial wave costs more: the 13B shape's down;
+    rows of one step gain nothing: the 7B shape's o_proj)."""
+    if glu or k <= 32 * 32 * tiling.unroll:
+        return 2
+    _, resident = _kernel(device, group, k, glu, residual, norm, replace(tiling, rows=1, blocks_per_sm=0))
+    one_wave = torch.cuda.get_device_properties(device).multi_processor_count * resident
+    return 1 if math.ceil(n / tiling.warps) <= one_wave else 2
+
+
 @functools.cache  # once per shape: every eager call of a decode step asks again
-def _grid(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling, n: int,
-          variant: _Variant = ()):
+def _grid(device: torch.device, group: int, k: int, glu: bool, residual: bool, norm: bool, tiling: Tiling, n: int):
     """The kernel for n rows and its grid's width: blocks looping over tiles where `tiling` asks for it and the
     tiles fill two grids of them, else a block per tile (built without the loop)."""
+    if tiling.rows == 0:
+        tiling = replace(tiling, rows=_rows_per_warp(device, group, k, glu, residual, norm, tiling, n))
     tiles = math.ceil(n / (tiling.rows * tiling.warps))
     if tiling.blocks_per_sm:
-        function, resident = _kernel(device, group, k, glu, residual, norm, tiling, variant)
+        function, resident = _kernel(device, group, k, glu, residual, norm, tiling)
         blocks = torch.cuda.get_device_properties(device).multi_processor_count * min(tiling.blocks_per_sm, resident)
         if tiles >= 2 * blocks:
             return function, blocks
-    return _kernel(device, group, k, glu, residual, norm, replace(tiling, blocks_per_sm=0), variant)[0], tiles
+    return _kernel(device, group, k, glu, residual, norm, replace(tiling, blocks_per_sm=0))[0], tiles
 
 
 def available(device: torch.device) -> bool:
@@ -579,8 +531,8 @@ def available(device: torch.device) -> bool:
     return True
 
 
-# words, scales, x, y, residual, norm_weight, squares_out, squares_in, n_squares, n, eps
-_ARG_TYPES = (ctypes.c_void_p,) * 8 + (ctypes.c_int, ctypes.c_int, ctypes.c_float)
+# words, scales, x, y, residual, norm_weight, n, eps
+_ARG_TYPES = (ctypes.c_void_p,) * 6 + (ctypes.c_int, ctypes.c_float)
 
 
 def _launch(function, grid, block, stream, pdl: bool, args) -> None:
@@ -602,16 +554,13 @@ def _launch(function, grid, block, stream, pdl: bool, args) -> None:
 
 def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group: int, glu: bool = False,
               out: torch.Tensor | None = None, pdl: bool = False, residual: torch.Tensor | None = None,
-              tiling: Tiling | None = None, norm_weight: torch.Tensor | None = None, norm_eps: float = 1e-6,
-              norm_squares: torch.Tensor | None = None, with_squares: bool = False):
+              tiling: Tiling | None = None, norm_weight: torch.Tensor | None = None,
+              norm_eps: float = 1e-6) -> torch.Tensor:
     """x [..., K] float16 times the INT4 weight (int32 words [N, K/8], quantize.pack_half2_words; float16 scales
     [N, K/group]) -> [..., N], or silu(gate) * up [..., N/2] with `glu` (rows interleave gate and up).
     `residual` [..., N] is added to the product (not with `glu`). `out` receives the result if given.
     `norm_weight` [K] float16: x is the residual stream, and the product is taken of its RMS norm times this
-    weight (pointwise.rms_norm(x, norm_weight, norm_eps)), computed in the kernel; `norm_squares`, the sums of
-    squares that the GEMV which wrote x returned (`with_squares`), spare the kernel summing x's squares itself.
-    `with_squares` (not with `glu`): return (y, squares), squares [M, S] float32 whose rows sum to those of y's
-    squares (one per block), for the next GEMV's `norm_squares`.
+    weight (pointwise.rms_norm(x, norm_weight, norm_eps)), computed in the kernel.
     `pdl`: launch with programmatic dependent launch (compute capability 9.0 and later)."""
     if x.dtype != torch.float16 or scales.dtype != torch.float16 or words.dtype != torch.int32:
         raise TypeError(f"int4_gemv takes float16 x and scales and int32 words, got {x.dtype}, {scales.dtype}, "
@@ -620,8 +569,8 @@ def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group:
     if x.shape[-1] != k or scales.shape != (n, k // group):
         raise ValueError(f"int4_gemv: x {tuple(x.shape)}, words {tuple(words.shape)} and scales "
                          f"{tuple(scales.shape)} do not fit group size {group}")
-    if glu and (n % 2 or residual is not None or with_squares):
-        raise ValueError("int4_gemv: GLU needs an even number of rows, no residual and no squares")
+    if glu and (n % 2 or residual is not None):
+        raise ValueError("int4_gemv: GLU needs an even number of rows and no residual")
     if norm_weight is not None:
         if norm_weight.shape != (k,) or norm_weight.dtype != torch.float16:
             raise ValueError(f"int4_gemv: norm_weight must be float16 of shape ({k},)")
@@ -632,10 +581,6 @@ def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group:
     if not flat.is_contiguous() or flat.data_ptr() % 16:
         flat = flat.clone(memory_format=torch.contiguous_format)
     m = flat.shape[0]
-    if norm_squares is not None and (norm_weight is None or norm_squares.dtype != torch.float32
-                                     or norm_squares.dim() != 2 or norm_squares.shape[0] != m
-                                     or not norm_squares.is_contiguous()):
-        raise ValueError(f"int4_gemv: norm_squares must be contiguous float32 [{m}, S], with norm_weight")
     if out is None:
         out = torch.empty(*x.shape[:-1], n_out, dtype=torch.float16, device=x.device)
     if out.shape != (*x.shape[:-1], n_out) or out.dtype != torch.float16 or not out.is_contiguous():
@@ -649,15 +594,12 @@ def int4_gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor, group:
         raise ValueError("int4_gemv: the weight words must be 16-byte aligned")
     tiling = tiling or default_tiling(n, k)
     device = torch.device("cuda", x.device.index if x.device.index is not None else torch.cuda.current_device())
-    variant = ("norm_from_squares",) * (norm_squares is not None) + ("squares_out",) * with_squares
-    function, blocks = _grid(device, group, k, glu, residual is not None, norm_weight is not None, tiling, n, variant)
-    squares = torch.empty(m, blocks, dtype=torch.float32, device=x.device) if with_squares else None
+    function, blocks = _grid(device, group, k, glu, residual is not None, norm_weight is not None, tiling, n)
     pdl = pdl and torch.cuda.get_device_capability(device) >= (9, 0)
     grid = (blocks, m, 1)
     stream = torch.cuda.current_stream(device).cuda_stream
-    pointer = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    args = (words.data_ptr(), scales.data_ptr(), flat.data_ptr(), out.data_ptr(), pointer(residual),
-            pointer(norm_weight), pointer(squares), pointer(norm_squares),
-            0 if norm_squares is None else norm_squares.shape[1], n, float(norm_eps))
+    args = (words.data_ptr(), scales.data_ptr(), flat.data_ptr(), out.data_ptr(),
+            0 if residual is None else residual.data_ptr(), 0 if norm_weight is None else norm_weight.data_ptr(), n,
+            float(norm_eps))
     _launch(function, grid, (32 * tiling.warps, 1, 1), stream, pdl, args)
-    return (out, squares) if with_squares else out
+    return out

@@ -61,33 +61,20 @@ def test_use_kernels_on_cpu_keeps_the_plain_draft():
     assert not isinstance(draft, FusedDraft) and not isinstance(model, FusedDraft)
 
 
-@pytest.mark.parametrize("squares_from_producer", [False, True])
 @pytest.mark.parametrize("position_encoding,num_heads", SHAPES)
-def test_the_fused_layers_compute_the_plain_draft_on_cpu(position_encoding, num_heads, squares_from_producer,
-                                                         monkeypatch):
-    # The order of FusedDraft's work (which norm each GEMV takes, where each residual is added, which sums of
-    # squares reach which norm), with torch's arithmetic in place of the CUDA kernels: float32, so only the
-    # rounding of float32 sums can differ.
-    monkeypatch.setattr(fused_draft, "squares_from_producer", squares_from_producer)
+def test_the_fused_layers_compute_the_plain_draft_on_cpu(position_encoding, num_heads, monkeypatch):
+    # The order of FusedDraft's work (which norm each GEMV takes, where each residual is added), with torch's
+    # arithmetic in place of the CUDA kernels: float32, so only the rounding of float32 sums can differ.
     model = random_model(position_encoding, num_heads=num_heads, head_dim=16)
     draft = make_draft(model, group_size=16)
     tokens, input_pos = torch.randint(0, 320, (1, 7)), torch.arange(5, 12)
     model(torch.randint(0, 320, (1, 5)), torch.arange(5))  # a cache to attend to
-    given = []
 
-    def gemv(x, packed, scales, group_size, glu=False, residual=None, norm=None, norm_squares=None,
-             with_squares=False):
-        if norm_squares is not None:  # the squares of this very x, in any number of pieces
-            torch.testing.assert_close(norm_squares.sum(-1), (x * x).sum(-1).flatten())
-            given.append(norm_squares)
+    def gemv(x, packed, scales, group_size, glu=False, residual=None, norm=None):
         x = x if norm is None else norm(x)
         y = torch.nn.functional.linear(x, dequantize_int4(unpack_nibbles(packed, group_size), scales, x.dtype))
         y = silu_mul(y[..., 0::2], y[..., 1::2]) if glu else y
-        y = y if residual is None else residual + y
-        if not with_squares:
-            return y
-        pieces = (y * y).flatten(0, -2).tensor_split(3, dim=-1)  # three blocks' worth
-        return y, torch.stack([piece.sum(-1) for piece in pieces], dim=-1)
+        return y if residual is None else residual + y
 
     def attend_qkv(attn, qkv, input_pos, end, rope, alibi, window):  # Attention.forward between W_pack and o_proj
         assert window == draft.attention_window  # the mask of attention_inputs below applies it
@@ -106,8 +93,6 @@ def test_the_fused_layers_compute_the_plain_draft_on_cpu(position_encoding, num_
     expected = draft.hidden_states(tokens, input_pos)
     draft.__class__ = FusedDraft
     torch.testing.assert_close(draft.hidden_states(tokens, input_pos), expected, atol=1e-5, rtol=1e-5)
-    # every norm but the first layer's takes the sums of squares of the GEMV before it
-    assert len(given) == (2 * len(draft.model.layers) - 1 if squares_from_producer else 0)
 
 
 def _cuda_draft(position_encoding, num_heads, group_size, attention_window=None):
@@ -134,12 +119,9 @@ def _relative(a, b) -> float:
 
 @pytest.mark.gpu
 @cuda
-@pytest.mark.parametrize("squares_from_producer", [False, True])
 @pytest.mark.parametrize("group_size", [32, 64])
 @pytest.mark.parametrize("position_encoding,num_heads", SHAPES)
-def test_fused_draft_logits_match_the_unfused_draft(position_encoding, num_heads, group_size, squares_from_producer,
-                                                    monkeypatch):
-    monkeypatch.setattr(fused_draft, "squares_from_producer", squares_from_producer)
+def test_fused_draft_logits_match_the_unfused_draft(position_encoding, num_heads, group_size, monkeypatch):
     window = AttentionWindow(sinks=4, recent=16)  # steps at 150-158: the sinks' block masked, the next one read
     model, draft = _cuda_draft(position_encoding, num_heads, group_size, window)
     accel.use_kernels(model, draft)

@@ -53,19 +53,6 @@ def test_nvrtc_builds_a_cubin_for_each_variant(arch, group, k, glu, residual, ti
 def test_nvrtc_builds_the_norm_prologue_variants(arch, group, k, glu, residual, tiling):
     cubin = int4_cuda.compile_cubin(arch, group, k, glu, residual, tiling, norm=True)
     assert cubin[:4] == b"\x7fELF" and cubin != int4_cuda.compile_cubin(arch, group, k, glu, residual, tiling)
-    from_squares = int4_cuda.compile_cubin(arch, group, k, glu, residual, tiling, norm=True, norm_from_squares=True)
-    assert from_squares[:4] == b"\x7fELF" and from_squares != cubin
-
-
-@needs_nvrtc
-@pytest.mark.parametrize("tiling", [Tiling(), Tiling(blocks_per_sm=4), Tiling(min_blocks=5)])
-def test_nvrtc_builds_the_sums_of_squares_and_launch_bounds_variants(tiling):
-    plain = int4_cuda.compile_cubin(90, 64, 4096, False, True, tiling)
-    squares = int4_cuda.compile_cubin(90, 64, 4096, False, True, tiling, squares_out=True)
-    assert squares[:4] == b"\x7fELF" and squares != plain
-    # a GLU kernel writes no squares: the flag builds the same kernel
-    assert int4_cuda.compile_cubin(90, 64, 4096, True, False, tiling, squares_out=True) == \
-        int4_cuda.compile_cubin(90, 64, 4096, True, False, tiling)
 
 
 @needs_nvrtc
@@ -76,6 +63,8 @@ def test_build_refuses_shapes_the_kernel_cannot_walk():
         int4_cuda.compile_cubin(90, 16, 96, False, False, Tiling())  # a group smaller than one 16-byte chunk
     with pytest.raises(ValueError, match="even"):
         int4_cuda.compile_cubin(90, 64, 128, True, False, Tiling(rows=3))
+    with pytest.raises(ValueError, match="at least one"):
+        int4_cuda.compile_cubin(90, 64, 128, False, False, Tiling(rows=0))  # _grid chooses first
 
 
 def test_not_available_on_cpu_with_a_reason():
@@ -108,13 +97,6 @@ def test_arguments_are_checked_before_anything_runs():
         int4_cuda.int4_gemv(x, words, scales, 64, norm_weight=torch.ones(64, dtype=torch.float16))
     with pytest.raises(ValueError, match="norm_weight"):
         int4_cuda.int4_gemv(x, words, scales, 64, norm_weight=torch.ones(128))
-    with pytest.raises(ValueError, match="norm_squares"):  # no norm to take them
-        int4_cuda.int4_gemv(x, words, scales, 64, norm_squares=torch.ones(1, 4))
-    with pytest.raises(ValueError, match="norm_squares"):  # one row of sums for each of x's rows
-        int4_cuda.int4_gemv(x, words, scales, 64, norm_weight=torch.ones(128, dtype=torch.float16),
-                            norm_squares=torch.ones(2, 4))
-    with pytest.raises(ValueError, match="squares"):
-        int4_cuda.int4_gemv(x, words, scales, 64, glu=True, with_squares=True)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the lab runs for real where there is a GPU")
@@ -196,68 +178,72 @@ def test_norm_prologue_matches_rms_norm_then_gemv(n, k, group, glu, residual, m,
     assert _close(y, _reference(x, w, glu, added), glu)
 
 
-def _split_squares(h, parts):
-    """Sums of squares of h's rows in `parts` pieces each, as a GEMV's blocks return them."""
-    return torch.stack([piece.sum(-1) for piece in (h.float() ** 2).tensor_split(parts, dim=-1)], dim=-1)
-
-
 @pytest.mark.gpu
 @cuda
-@pytest.mark.parametrize("m", [1, 3])
-@pytest.mark.parametrize("n,k,group,glu,parts", [(1000, 320, 64, True, 1), (1001, 352, 32, False, 7),
-                                                  (12288, 4096, 128, False, 512), (27392, 5120, 128, True, 640)])
-@pytest.mark.parametrize("loop", [{}, dict(blocks_per_sm=0)])
-def test_norm_from_given_sums_of_squares_matches_rms_norm_then_gemv(n, k, group, glu, parts, m, loop):
-    words, scales, w = _weights(n, k, group)
-    h = torch.randn(m, k, device="cuda", dtype=torch.float16) * 3
+@pytest.mark.parametrize("k", [4096, 5120])
+def test_norm_prologue_rounds_as_rms_norm_bit_for_bit_where_the_sum_of_squares_is_exact(k):
+    # Quarters up to 4: their squares are sixteenths, summed exactly in float32 in any order; then only the
+    # roundings of h * rstd and of weight * that can differ, and must not.
+    h = (torch.randint(-16, 17, (3, k), device="cuda") / 4).half()
     norm_weight = (1 + 0.1 * torch.randn(k, device="cuda")).half()
-    x = pointwise.rms_norm(h, norm_weight, 1e-6)
-    tiling = dataclasses.replace(int4_cuda.default_tiling(n, k), **loop)
-    y = int4_cuda.int4_gemv(h, words, scales, group, glu=glu, norm_weight=norm_weight, norm_eps=1e-6, tiling=tiling,
-                            norm_squares=_split_squares(h, parts))
-    unfused = int4_cuda.int4_gemv(x, words, scales, group, glu=glu)
-    assert y.shape == unfused.shape
-    assert float((y.float() - unfused.float()).norm() / unfused.float().norm()) < NORM_TOLERANCE
-    assert _close(y, _reference(x, w, glu), glu)
-    wrong = int4_cuda.int4_gemv(h, words, scales, group, glu=glu, norm_weight=norm_weight, norm_eps=1e-6,
-                                tiling=tiling, norm_squares=_split_squares(h, parts) * 4)  # the sums are used
-    assert _close(wrong, _reference(x / 2, w, glu), glu)
-
-
-@pytest.mark.gpu
-@cuda
-@pytest.mark.parametrize("m", [1, 3])
-@pytest.mark.parametrize("n,k,loop", [(4096, 11008, {}), (5120, 5120, {}), (1001, 352, dict(rows=1, warps=2,
-                                                                                             blocks_per_sm=1))])
-def test_sums_of_squares_of_the_output_one_per_block(n, k, loop, m):
-    words, scales, _ = _weights(n, k, 64)
-    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-    residual = torch.randn(m, n, device="cuda", dtype=torch.float16)
-    tiling = dataclasses.replace(int4_cuda.default_tiling(n, k), **loop)
-    y, squares = int4_cuda.int4_gemv(x, words, scales, 64, residual=residual, tiling=tiling, with_squares=True)
-    device = torch.device("cuda", torch.cuda.current_device())
-    _, blocks = int4_cuda._grid(device, 64, k, False, True, False, tiling, n, ("squares_out",))
-    assert squares.shape == (m, blocks) and squares.dtype == torch.float32
-    assert torch.equal(y, int4_cuda.int4_gemv(x, words, scales, 64, residual=residual, tiling=tiling))
-    torch.testing.assert_close(squares.sum(-1), (y.float() ** 2).sum(-1), rtol=1e-5, atol=0)
-    assert (squares > 0).all()  # every block wrote its own
+    words, scales, _ = _weights(1000, k, 64)
+    y = int4_cuda.int4_gemv(h, words, scales, 64, norm_weight=norm_weight, norm_eps=1e-6)
+    assert torch.equal(y, int4_cuda.int4_gemv(pointwise.rms_norm(h, norm_weight, 1e-6), words, scales, 64))
 
 
 @pytest.mark.gpu
 @cuda
 def test_many_rows_loop_over_tiles_in_a_grid_the_gpu_holds_at_once():
     # W_pack's 12,288 rows of the 7B shape: as many blocks as the SMs hold at once, each taking several tiles;
-    # o_proj's 4,096 rows (512 tiles) do not fill two such grids: a block per tile, built without the loop.
+    # o_proj's 4,096 rows (512 tiles) do not fill two such grids: a block per tile, built without the loop. Both
+    # take two rows a warp (rows of one step of a warp's loop).
     device = torch.device("cuda", torch.cuda.current_device())
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    tiling = int4_cuda.default_tiling(12288, 4096)
-    looping, blocks = int4_cuda._grid(device, 128, 4096, False, False, True, tiling, 12288)
+    tiling = dataclasses.replace(int4_cuda.default_tiling(12288, 4096), rows=2)
+    looping, blocks = int4_cuda._grid(device, 128, 4096, False, False, True, int4_cuda.default_tiling(12288, 4096),
+                                      12288)
+    assert int4_cuda._kernel(device, 128, 4096, False, False, True, tiling)[0] is looping
     _, resident = int4_cuda._kernel(device, 128, 4096, False, False, True, tiling)
     assert blocks == sms * resident < 12288 // 8 and 1 <= resident <= tiling.blocks_per_sm
-    tiling = int4_cuda.default_tiling(4096, 4096)
-    one_each, tiles = int4_cuda._grid(device, 128, 4096, False, True, False, tiling, 4096)
+    tiling = dataclasses.replace(int4_cuda.default_tiling(4096, 4096), rows=2)
+    one_each, tiles = int4_cuda._grid(device, 128, 4096, False, True, False, int4_cuda.default_tiling(4096, 4096), 4096)
     without_loop, _ = int4_cuda._kernel(device, 128, 4096, False, True, False, dataclasses.replace(tiling, blocks_per_sm=0))
     assert tiles == 4096 // 8 and one_each is without_loop
+
+
+@pytest.mark.gpu
+@cuda
+def test_one_row_a_warp_where_those_tiles_fit_one_wave():
+    # down of the 7B (4,096 rows of 11,008) and 13B (5,120 of 13,696) shapes: one row a warp only where the 4-row
+    # tiles fit in one wave of resident blocks; a GLU matrix or rows of one step: two; results as any tiling's.
+    device = torch.device("cuda", torch.cuda.current_device())
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    for n, k in [(4096, 11008), (5120, 13696)]:
+        tiling = int4_cuda.default_tiling(n, k)
+        one_row = dataclasses.replace(tiling, rows=1, blocks_per_sm=0)
+        _, resident = int4_cuda._kernel(device, 64, k, False, True, False, one_row)
+        function, blocks = int4_cuda._grid(device, 64, k, False, True, False, tiling, n)
+        if n // 4 <= sms * resident:
+            assert blocks == n // 4 and function is int4_cuda._kernel(device, 64, k, False, True, False, one_row)[0]
+        else:
+            assert blocks == n // 8
+    assert int4_cuda._grid(device, 64, 11008, True, False, False, int4_cuda.default_tiling(4096, 11008), 4096)[1] == 512
+    assert int4_cuda._grid(device, 64, 4096, False, True, False, int4_cuda.default_tiling(512, 4096), 512)[1] == 64
+    words, scales, w = _weights(4096, 11008, 64)
+    x, residual = (torch.randn(1, n, device="cuda", dtype=torch.float16) for n in (11008, 4096))
+    assert _close(int4_cuda.int4_gemv(x, words, scales, 64, residual=residual), _reference(x, w, residual=residual))
+
+
+def test_the_rows_a_warp_rule_without_a_gpu(monkeypatch):
+    # _rows_per_warp with a made-up device of 100 SMs and kernels of 8 resident blocks: 800 tiles fit in one wave.
+    monkeypatch.setattr(int4_cuda, "_kernel", lambda *args: (None, 8))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(multi_processor_count=100))
+    rows = lambda n, k, glu=False: int4_cuda._rows_per_warp(None, 64, k, glu, True, False,  # noqa: E731
+                                                            int4_cuda.default_tiling(n, k), n)
+    assert rows(3200, 11008) == 1 and rows(3204, 11008) == 2  # 800 tiles of 4 rows fit, 801 do not
+    assert rows(3200, 11008, glu=True) == 2  # GLU pairs rows
+    # default_tiling's loads cover a row of up to 4,096 columns in one step of a warp's loop
+    assert rows(3200, 4096) == rows(3200, 2048) == 2 and rows(3200, 4160) == 1
 
 
 @pytest.mark.gpu
@@ -311,51 +297,6 @@ def test_chain_in_a_cuda_graph_with_and_without_pdl(pdl, launch_next_early, loop
     static_x.copy_(torch.randn_like(x))
     graph.replay()
     assert torch.equal(static_y, chain(static_x))
-
-
-@pytest.mark.gpu
-@cuda
-@pytest.mark.parametrize("pdl", [False, True])
-def test_sums_of_squares_pass_to_the_next_norm_in_a_cuda_graph(pdl):
-    # o_proj -> gate/up -> down -> W_pack as the draft chains them: each norm takes the sums of squares of the GEMV
-    # before, which PDL's wait must hold back as it holds x; a graph replays what eager launches computed.
-    if pdl and torch.cuda.get_device_capability() < (9, 0):
-        pytest.skip("PDL needs compute capability 9.0")
-    o_proj, gate_up, down, w_pack = (_weights(*shape, 64) for shape in [(2048, 2048), (2 * 5504, 2048),
-                                                                        (2048, 5504), (3 * 2048, 2048)])
-    norm_weight = (1 + 0.1 * torch.randn(2048, device="cuda")).half()
-
-    def chain(y, h):
-        h, squares = int4_cuda.int4_gemv(y, *o_proj[:2], 64, pdl=pdl, residual=h, with_squares=True)
-        x = int4_cuda.int4_gemv(h, *gate_up[:2], 64, glu=True, pdl=pdl, norm_weight=norm_weight, norm_squares=squares)
-        h, squares = int4_cuda.int4_gemv(x, *down[:2], 64, pdl=pdl, residual=h, with_squares=True)
-        return int4_cuda.int4_gemv(h, *w_pack[:2], 64, pdl=pdl, norm_weight=norm_weight, norm_squares=squares)
-
-    def unfused(y, h):
-        h = int4_cuda.int4_gemv(y, *o_proj[:2], 64, residual=h)
-        x = int4_cuda.int4_gemv(h, *gate_up[:2], 64, glu=True, norm_weight=norm_weight)
-        h = int4_cuda.int4_gemv(x, *down[:2], 64, residual=h)
-        return int4_cuda.int4_gemv(h, *w_pack[:2], 64, norm_weight=norm_weight)
-
-    y, h = (torch.randn(1, 2048, device="cuda", dtype=torch.float16) for _ in range(2))
-    eager = chain(y, h)
-    expected = unfused(y, h)
-    assert float((eager.float() - expected.float()).norm() / expected.float().norm()) < NORM_TOLERANCE
-    static = y.clone(), h.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        chain(*static)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = chain(*static)
-    graph.replay()
-    assert torch.equal(static_out, eager)
-    for tensor in static:
-        tensor.copy_(torch.randn_like(tensor))
-    graph.replay()
-    assert torch.equal(static_out, chain(*static))
 
 
 @pytest.mark.gpu
