@@ -12,7 +12,9 @@ one computes.
 
 A matrix of many rows (W_pack, gate/up) runs in a grid of as many blocks as the SMs hold at once (the
 kernel's occupancy), each looping over tiles of rows: x is copied (and normalised) once per block instead of
-once per tile, and no second wave of blocks waits for the first to leave.
+once per tile, and no second wave of blocks waits for the first to leave. A matrix whose tiles of one row a warp
+fit in one such wave, and whose rows take more than one step of a warp's loop, gets one row a warp (twice the
+blocks of two, its rows spread more evenly over the SMs); others two.
 
 With the norm prologue the kernel is given the residual stream h instead of x, and the norm's weight (which
 no kernel before writes: each block copies it into shared memory before the wait): each block normalises its
