@@ -199,15 +199,14 @@ def test_many_rows_loop_over_tiles_in_a_grid_the_gpu_holds_at_once():
     # take two rows a warp (rows of one step of a warp's loop).
     device = torch.device("cuda", torch.cuda.current_device())
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    tiling = dataclasses.replace(int4_cuda.default_tiling(12288, 4096), rows=2)
-    looping, blocks = int4_cuda._grid(device, 128, 4096, False, False, True, int4_cuda.default_tiling(12288, 4096),
-                                      12288)
-    assert int4_cuda._kernel(device, 128, 4096, False, False, True, tiling)[0] is looping
-    _, resident = int4_cuda._kernel(device, 128, 4096, False, False, True, tiling)
-    assert blocks == sms * resident < 12288 // 8 and 1 <= resident <= tiling.blocks_per_sm
-    tiling = dataclasses.replace(int4_cuda.default_tiling(4096, 4096), rows=2)
-    one_each, tiles = int4_cuda._grid(device, 128, 4096, False, True, False, int4_cuda.default_tiling(4096, 4096), 4096)
-    without_loop, _ = int4_cuda._kernel(device, 128, 4096, False, True, False, dataclasses.replace(tiling, blocks_per_sm=0))
+    tiling = int4_cuda.default_tiling(12288, 4096)
+    looping, blocks = int4_cuda._grid(device, 128, 4096, False, False, True, tiling, 12288)
+    function, resident = int4_cuda._kernel(device, 128, 4096, False, False, True, dataclasses.replace(tiling, rows=2))
+    assert function is looping and blocks == sms * resident < 12288 // 8 and 1 <= resident <= tiling.blocks_per_sm
+    tiling = int4_cuda.default_tiling(4096, 4096)
+    one_each, tiles = int4_cuda._grid(device, 128, 4096, False, True, False, tiling, 4096)
+    without_loop, _ = int4_cuda._kernel(device, 128, 4096, False, True, False,
+                                        dataclasses.replace(tiling, rows=2, blocks_per_sm=0))
     assert tiles == 4096 // 8 and one_each is without_loop
 
 
@@ -237,7 +236,8 @@ def test_one_row_a_warp_where_those_tiles_fit_one_wave():
 def test_the_rows_a_warp_rule_without_a_gpu(monkeypatch):
     # _rows_per_warp with a made-up device of 100 SMs and kernels of 8 resident blocks: 800 tiles fit in one wave.
     monkeypatch.setattr(int4_cuda, "_kernel", lambda *args: (None, 8))
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(multi_processor_count=100))
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: types.SimpleNamespace(multi_processor_count=100))
     rows = lambda n, k, glu=False: int4_cuda._rows_per_warp(None, 64, k, glu, True, False,  # noqa: E731
                                                             int4_cuda.default_tiling(n, k), n)
     assert rows(3200, 11008) == 1 and rows(3204, 11008) == 2  # 800 tiles of 4 rows fit, 801 do not
