@@ -8,11 +8,11 @@
 #                                                       # the GEMV before; the 7B draft's graphed profile with them
 #   bash docs/perf/2026-12-07-squares-device-run.sh c   # one row a warp where those tiles fit in one wave: the A/B,
 #                                                       # the GPU tier, the 7B and 13B shapes, graphed profiles
-#   bash docs/perf/2026-12-07-squares-device-run.sh d1  # then at once d2: the 7B and 13B shapes, the GEMVs'
-#                                                       # timeline, the SmolLM2 proxy
+#   bash docs/perf/2026-12-07-squares-device-run.sh d1  # then at once d2: the 7B and 13B shapes, the GEMV's GPU
+#                                                       # tests, the GEMVs' timeline, the SmolLM2 proxy
 # a and b ran the code of 5bc4ce2 (with docs/perf/2026-12-07-with-squares.py, which turned the sums of squares on;
 # git history): the sums of squares are gone since, the norm's rounding in f16x2 stayed. a and c carry the
-# pytest-xdist and execnet wheels in out/carry4, a and d1 the GGUF's first half (bench/device_step.sh).
+# pytest-xdist and execnet wheels in out/carry4 (d1 too), a and d1 the GGUF's first half (bench/device_step.sh).
 # Writes into $OUT/results.tgz, refreshed after every step.
 set -u
 stage=$1
@@ -45,7 +45,9 @@ c)
     ;;
 d1)
     smollm2_first_half
+    install_test_wheels
     run shapes 120 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
+    run gpu-int4 90 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests/accel/test_int4_cuda.py
     run timeline 60 python3 bench/gemv_timeline.py --shapes 7b 13b --json "$OUT/timeline.json"
     ;;
 d2)
