@@ -10,6 +10,7 @@
 #                                                       # the GPU tier, the 7B and 13B shapes, graphed profiles
 #   bash docs/perf/2026-12-07-squares-device-run.sh d1  # then at once d2: the 7B and 13B shapes, the GEMV's GPU
 #                                                       # tests, the GEMVs' timeline, the SmolLM2 proxy
+#   bash docs/perf/2026-12-07-squares-device-run.sh e   # d1 without the GGUF (no proxy)
 # a and b ran the code of 5bc4ce2 (with docs/perf/2026-12-07-with-squares.py, which turned the sums of squares on;
 # git history): the sums of squares are gone since, the norm's rounding in f16x2 stayed. a and c carry the
 # pytest-xdist and execnet wheels in out/carry4 (d1 too), a and d1 the GGUF's first half (bench/device_step.sh).
@@ -43,8 +44,8 @@ c)
     run profile-7b 40 python3 bench/profile_step.py --shape 7b --graphed
     run profile-13b 40 python3 bench/profile_step.py --shape 13b --graphed
     ;;
-d1)
-    smollm2_first_half
+d1|e)
+    if [ "$stage" = d1 ]; then smollm2_first_half; fi
     install_test_wheels
     run shapes 120 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
     run gpu-int4 90 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests/accel/test_int4_cuda.py
