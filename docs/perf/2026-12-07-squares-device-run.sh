@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The device calls behind the figures of 2026-12-07 on the norms' sums of squares from the GEMV before and the
-# tilings of down, three calls on one machine (an H100):
+# tilings of down, on H100s: a and b on one machine, c on another, e on a third (d1 and d2 never got a machine):
 #   bash docs/perf/2026-12-07-squares-device-run.sh a   # the A/B of the draft step's settings
 #                                                       # (docs/perf/2026-12-07-draft-step-ab.py), the GEMV's and the
 #                                                       # fused draft's GPU tests, the 7B and 13B shapes
