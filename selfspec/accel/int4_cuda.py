@@ -489,7 +489,8 @@ def _rows_per_warp(device: torch.device, group: int, k: int, glu: bool, residual
     one row a warp fit in one wave of resident blocks (twice the blocks of two rows a warp, the rows spread more
     evenly over the SMs: the 7B shape's down), else two (a second, partial wave costs more: the 13B shape's down;
     rows of one step gain nothing: the 7B shape's o_proj)."""
-    if glu or k <= 32 * 32 * tiling.unroll:
+    columns_per_step = 32 * tiling.unroll * 32  # a warp's 32 lanes, UNROLL chunks of 32 columns each
+    if glu or k <= columns_per_step:
         return 2
     _, resident = _kernel(device, group, k, glu, residual, norm, replace(tiling, rows=1, blocks_per_sm=0))
     one_wave = torch.cuda.get_device_properties(device).multi_processor_count * resident
