@@ -1,0 +1,54 @@
+"""A/B of the draft step's attention: base (attend_qkv: rope_and_store, the blocks' kernel, the merge kernel) against
+attend_draft_step (one kernel) with blocks of 64 keys (4 warps and 2) and 128. Graphed draft steps of the 7B and 13B shapes
+(random weights) at positions 1,088 and 3,008, the variants alternated over three rounds; the largest difference of
+each variant's logits from base's (rounding only).
+
+    python docs/perf/2026-12-07-draft-attention-ab.py OUT.json
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.harness import cuda_ms, free_cuda, random_model  # noqa: E402
+from selfspec.accel import attention, graph_models  # noqa: E402
+from selfspec.draft import make_draft  # noqa: E402
+
+POSITIONS = (1088, 3008)
+one_kernel = attention.attend_draft_step
+VARIANTS = {"base": (attention.attend_qkv, 64, 4), "one_kernel_64": (one_kernel, 64, 4),
+            "one_kernel_64_w2": (one_kernel, 64, 2), "one_kernel_128": (one_kernel, 128, 4)}
+
+
+@torch.inference_mode()
+def main():
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "shapes": {}}
+    tok = torch.zeros(1, 1, dtype=torch.long, device="cuda")
+    for shape in ("7b", "13b"):
+        model = random_model(shape, max(POSITIONS) + 64)
+        draft = make_draft(model)
+        for pos in POSITIONS:
+            offsets = torch.tensor([pos], device="cuda")
+            times, logits = {name: [] for name in VARIANTS}, {}
+            for _ in range(3):
+                for name, (attend, block_kv, warps) in VARIANTS.items():
+                    attention.attend_draft_step = attend
+                    attention.DRAFT_BLOCK_KV, attention.DRAFT_WARPS = block_kv, warps
+                    _, draft_g = graph_models(model, draft)
+                    logits[name] = draft_g(tok, offsets, pos + 1).float().clone()
+                    times[name].append(cuda_ms(lambda: draft_g(tok, offsets, pos + 1), iters=100))
+                    del draft_g
+            attention.attend_draft_step = one_kernel
+            results["shapes"][f"{shape}@{pos}"] = {
+                "draft_step_ms": times,
+                "max_logit_diff_from_base": {k: float((v - logits["base"]).abs().max()) for k, v in logits.items()}}
+            print(shape, pos, json.dumps(results["shapes"][f"{shape}@{pos}"]), flush=True)
+        del model, draft
+        free_cuda()
+    Path(sys.argv[1]).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
