@@ -1,5 +1,6 @@
 """A/B of the draft step's attention: base (attend_qkv: rope_and_store, the blocks' kernel, the merge kernel) against
-attend_draft_step (one kernel) with blocks of 64 keys (4 warps and 2) and 128. Graphed draft steps of the 7B and 13B shapes
+attend_draft_step (one kernel, its keys and values loaded before any math) with blocks of 32 keys and 2 warps,
+64 and 2, 128 and 4. The version of this script in git history (24df15a) timed the values loaded after the scores. Graphed draft steps of the 7B and 13B shapes
 (random weights) at positions 1,088 and 3,008, the variants alternated over three rounds; the largest difference of
 each variant's logits from base's (rounding only).
 
@@ -18,7 +19,7 @@ from selfspec.draft import make_draft  # noqa: E402
 
 POSITIONS = (1088, 3008)
 one_kernel = attention.attend_draft_step
-VARIANTS = {"base": (attention.attend_qkv, 64, 4), "one_kernel_64": (one_kernel, 64, 4),
+VARIANTS = {"base": (attention.attend_qkv, 64, 4), "one_kernel_32_w2": (one_kernel, 32, 2),
             "one_kernel_64_w2": (one_kernel, 64, 2), "one_kernel_128": (one_kernel, 128, 4)}
 
 

@@ -34,7 +34,7 @@ except ImportError:  # CPU-only installs
 
 LOG2E = 1.4426950408889634  # the prefill's softmax runs in base 2: exp(x) = exp2(x * LOG2E)
 BLOCK_KV = 128  # with 4 warps and 32 blocks per merge step: the best of a sweep on an H100 (1,152 and 4,000 keys)
-DRAFT_BLOCK_KV, DRAFT_WARPS = 64, 4  # the draft's one-kernel step (attend_draft_step)
+DRAFT_BLOCK_KV, DRAFT_WARPS = 64, 2  # the draft's one-kernel step (attend_draft_step)
 _arrivals = {}  # (device, heads) -> the draft step's counters of finished blocks per head, 0 between launches
 
 
@@ -228,9 +228,11 @@ if triton is not None:
             d = tl.arange(0, HALF)[None, :]
             j = block * BLOCK_KV + tl.arange(0, BLOCK_KV)
             cached, new = (j < pos)[:, None], (j == pos)[:, None]
-            rows = k_cache_ptr + (kv_head * max_seq_len + j[:, None]) * HEAD_DIM + d
-            key1 = tl.where(new, k1[None, :], tl.load(rows, mask=cached, other=0.0)).to(tl.float32)
-            key2 = tl.where(new, k2[None, :], tl.load(rows + HALF, mask=cached, other=0.0)).to(tl.float32)
+            rows = (kv_head * max_seq_len + j[:, None]) * HEAD_DIM + d  # keys and values loaded before any math
+            key1 = tl.where(new, k1[None, :], tl.load(k_cache_ptr + rows, mask=cached, other=0.0)).to(tl.float32)
+            key2 = tl.where(new, k2[None, :], tl.load(k_cache_ptr + rows + HALF, mask=cached, other=0.0)).to(tl.float32)
+            value1 = tl.where(new, v1[None, :], tl.load(v_cache_ptr + rows, mask=cached, other=0.0)).to(tl.float32)
+            value2 = tl.where(new, v2[None, :], tl.load(v_cache_ptr + rows + HALF, mask=cached, other=0.0)).to(tl.float32)
             scores = tl.sum(key1 * q1.to(tl.float32)[None, :], axis=1) + tl.sum(key2 * q2.to(tl.float32)[None, :], axis=1)
             scores *= sm_scale
             offset = (j - pos).to(tl.float32)
@@ -242,9 +244,6 @@ if triton is not None:
             scores = tl.where(visible, scores, float("-inf"))
             m = tl.max(scores, axis=0)
             p = tl.exp(scores - tl.where(m == float("-inf"), 0.0, m))  # no visible key here: p = 0
-            rows = v_cache_ptr + (kv_head * max_seq_len + j[:, None]) * HEAD_DIM + d
-            value1 = tl.where(new, v1[None, :], tl.load(rows, mask=cached, other=0.0)).to(tl.float32)
-            value2 = tl.where(new, v2[None, :], tl.load(rows + HALF, mask=cached, other=0.0)).to(tl.float32)
             part = h * num_blocks + block
             tl.store(o_ptr + part * HEAD_DIM + d, tl.sum(p[:, None] * value1, axis=0)[None, :])
             tl.store(o_ptr + part * HEAD_DIM + HALF + d, tl.sum(p[:, None] * value2, axis=0)[None, :])
