@@ -5,9 +5,9 @@
 #                                                               # the attention's, fused draft's and graphs' GPU tests,
 #                                                               # the 7B and 13B shapes, the 7B draft's graphed profile
 #   bash docs/perf/2026-12-07-draft-attention-device-run.sh b   # the SmolLM2 proxy
-#   bash docs/perf/2026-12-07-draft-attention-device-run.sh c   # later, another machine: the A/B again (the values
-#                                                               # loaded with the keys), the 7B draft's profile
-# a carries the pytest-xdist and execnet wheels (out/carry4) and the GGUF's first half (bench/device_step.sh).
+# a ran the code of 24df15a (the A/B script and attend_draft_step are in git history), b that of 76080a0 (the code
+# before, this page's). a carries the pytest-xdist and execnet wheels (out/carry4) and the GGUF's first half
+# (bench/device_step.sh).
 # Writes into $OUT/results.tgz, refreshed after every step.
 set -u
 source bench/device_step.sh
@@ -20,10 +20,6 @@ a)
     run gpu-tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests/accel/test_attention.py \
         tests/accel/test_fused_draft.py tests/accel/test_cuda_graphs.py
     run shapes 120 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
-    run profile-7b 40 python3 bench/profile_step.py --shape 7b --graphed
-    ;;
-c)
-    run draft-attention-ab 120 python3 docs/perf/2026-12-07-draft-attention-ab.py "$OUT/draft-attention-ab.json"
     run profile-7b 40 python3 bench/profile_step.py --shape 7b --graphed
     ;;
 b)
