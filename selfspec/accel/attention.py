@@ -34,7 +34,6 @@ except ImportError:  # CPU-only installs
 
 LOG2E = 1.4426950408889634  # the prefill's softmax runs in base 2: exp(x) = exp2(x * LOG2E)
 BLOCK_KV = 128  # with 4 warps and 32 blocks per merge step: the best of a sweep on an H100 (1,152 and 4,000 keys)
-DRAFT_BLOCKS_PER_HEAD = 8  # draft_block_kv's aim
 
 
 def supported(device: torch.device, head_dim: int) -> bool:
@@ -274,43 +273,30 @@ def rope_and_store(qkv, input_pos, rope, k_cache, v_cache, num_heads: int, num_k
     return q
 
 
-def draft_block_kv(end: int, window=None) -> int:
-    """Keys per block of a draft's decode attention over [0, end): about DRAFT_BLOCKS_PER_HEAD blocks a head,
-    of 32 to BLOCK_KV keys, and never fewer keys than the window's sinks. The target's passes keep BLOCK_KV,
-    so that a verify pass reproduces the plain step's rows; a draft's rows only propose tokens, so its
-    blocks can follow the cache's length: over a short cache, smaller blocks give the GPU more programs."""
-    block = 32
-    while block < BLOCK_KV and (block * DRAFT_BLOCKS_PER_HEAD < end or window is not None and block < window.sinks):
-        block *= 2
-    return block
-
-
-def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None, window=None,
-                     block_kv: int = BLOCK_KV) -> torch.Tensor:
-    """q [T, heads, head_dim] at positions input_pos [T] (consecutive) over the cache, in blocks of `block_kv`
-    keys (a power of two, 16 or more); keys beyond input_pos[-1] are never read, `end` only bounds the grid;
-    with `window` (model.AttentionWindow) neither are the blocks of keys between its sinks and the first
-    query's recent keys. Returns [T, heads * head_dim]."""
-    if window is not None and window.sinks > block_kv:
-        raise ValueError(f"the decode attention keeps at most {block_kv} sinks, got {window.sinks}")
+def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None, window=None) -> torch.Tensor:
+    """q [T, heads, head_dim] at positions input_pos [T] (consecutive) over the cache; keys beyond
+    input_pos[-1] are never read, `end` only bounds the grid; with `window` (model.AttentionWindow) neither are
+    the blocks of keys between its sinks and the first query's recent keys. Returns [T, heads * head_dim]."""
+    if window is not None and window.sinks > BLOCK_KV:
+        raise ValueError(f"the decode attention keeps at most {BLOCK_KV} sinks, got {window.sinks}")
     T, num_heads, head_dim = q.shape
     num_kv_heads, max_seq_len = k_cache.shape[1], k_cache.shape[2]
     sinks, recent = (window.sinks, window.recent) if window is not None else (0, 0)
-    num_blocks = triton.cdiv(end, block_kv)
+    num_blocks = triton.cdiv(end, BLOCK_KV)
     o = torch.empty(num_heads, num_blocks, T, head_dim, dtype=torch.float32, device=q.device)
     m = torch.empty(num_heads, num_blocks, T, dtype=torch.float32, device=q.device)
     l = torch.empty_like(m)  # noqa: E741
     _attention_blocks_kernel[(num_heads, num_blocks)](
         q, k_cache, v_cache, input_pos, alibi_slopes if alibi_slopes is not None else m, o, m, l,
         T, max_seq_len, num_blocks, head_dim ** -0.5,
-        HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_T=MAX_VERIFY_TOKENS, BLOCK_KV=block_kv,
+        HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_T=MAX_VERIFY_TOKENS, BLOCK_KV=BLOCK_KV,
         ALIBI=alibi_slopes is not None, SINKS=sinks, RECENT=recent,
         IEEE=q.dtype == torch.float32, PDL=launch.enabled, launch_pdl=launch.enabled,
     )
     y = torch.empty(T, num_heads * head_dim, dtype=q.dtype, device=q.device)
     _merge_blocks_kernel[(num_heads, T)](
         o, m, l, input_pos, y, T, num_blocks,
-        HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_KV=block_kv, BLOCK_B=32, RECENT=recent,
+        HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_KV=BLOCK_KV, BLOCK_B=32, RECENT=recent,
         PDL=launch.enabled, launch_pdl=launch.enabled,
     )
     return y
@@ -343,16 +329,15 @@ def attend(attn, x, input_pos, end: int, rope, alibi_slopes, window=None) -> tor
     return attn.o_proj(attend_qkv(attn, attn.W_pack(x), input_pos, end, rope, alibi_slopes, window))
 
 
-def attend_qkv(attn, qkv, input_pos, end: int, rope, alibi_slopes, window=None, block_kv: int = BLOCK_KV) -> torch.Tensor:
-    """`attend` between W_pack and o_proj: W_pack's output qkv [1, T, ...] -> [1, T, heads * head_dim]; a decode
-    pass's attention in blocks of `block_kv` keys (decode_attention)."""
+def attend_qkv(attn, qkv, input_pos, end: int, rope, alibi_slopes, window=None) -> torch.Tensor:
+    """`attend` between W_pack and o_proj: W_pack's output qkv [1, T, ...] -> [1, T, heads * head_dim]."""
     T = qkv.shape[1]
     if window is not None and T > MAX_VERIFY_TOKENS:  # only a draft attends through a window, in decode passes
         raise ValueError(f"a windowed attention pass takes at most {MAX_VERIFY_TOKENS} tokens, got {T}")
     cache = attn.kv_cache
     q = rope_and_store(qkv.view(T, -1), input_pos, rope, cache.k, cache.v, attn.num_heads, attn.num_kv_heads)
     if T <= MAX_VERIFY_TOKENS:
-        y = decode_attention(q, cache.k, cache.v, input_pos, end, alibi_slopes, window, block_kv)
+        y = decode_attention(q, cache.k, cache.v, input_pos, end, alibi_slopes, window)
     else:
         y = prefill_attention(q, cache.k, cache.v, input_pos, alibi_slopes)
     return y.view(1, T, attn.num_heads * attn.head_dim)

@@ -68,16 +68,14 @@ def check_kernels(device: str):
         torch.testing.assert_close(kc2, kc, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(vc2, vc, atol=0, rtol=0)
         torch.testing.assert_close(q, q_ref[0].transpose(0, 1), atol=1e-6, rtol=1e-6)
-        for block_kv in (128, 16):  # the target's blocks, and a draft's smallest over many more (draft_block_kv)
-            y = decode_attention(q, kc2, vc2, pos, end, slopes, block_kv=block_kv)
-            torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
-            for t in range(T):  # what a one-token step at that position computes
-                row = decode_attention(q[t : t + 1].contiguous(), kc2, vc2, pos[t : t + 1], end, slopes,
-                                       block_kv=block_kv)[0]
-                if exact_rows:
-                    assert torch.equal(row, y[t]), (H, T, t, block_kv)
-                else:
-                    torch.testing.assert_close(row, y[t], atol=1e-6, rtol=1e-6)
+        y = decode_attention(q, kc2, vc2, pos, end, slopes)
+        torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+        for t in range(T):  # what a one-token step at that position computes
+            row = decode_attention(q[t : t + 1].contiguous(), kc2, vc2, pos[t : t + 1], end, slopes)[0]
+            if exact_rows:
+                assert torch.equal(row, y[t]), (H, T, t)
+            else:
+                torch.testing.assert_close(row, y[t], atol=1e-6, rtol=1e-6)
     # The draft's attention window: the blocks it skips and the keys it masks.
     for (sinks, recent), (H, KVH, D, S, T, start, alibi) in WINDOW_CASES:
         window = AttentionWindow(sinks, recent)
@@ -89,9 +87,6 @@ def check_kernels(device: str):
         expected = reference_attention(q.transpose(0, 1)[None], kc, vc, pos, slopes, end, window)
         y = decode_attention(q, kc, vc, pos, end, slopes, window)
         torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
-        if sinks <= 32:  # the window's blocks in a draft's blocks of 32 keys
-            torch.testing.assert_close(decode_attention(q, kc, vc, pos, end, slopes, window, block_kv=32), expected,
-                                       atol=1e-5, rtol=1e-5)
         for t in range(T):
             row = decode_attention(q[t : t + 1].contiguous(), kc, vc, pos[t : t + 1], end, slopes, window)[0]
             if exact_rows:
@@ -100,8 +95,6 @@ def check_kernels(device: str):
                 torch.testing.assert_close(row, y[t], atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="at most 128 sinks"):
         decode_attention(q, kc, vc, pos, end, slopes, AttentionWindow(129, 8))
-    with pytest.raises(ValueError, match="at most 32 sinks"):
-        decode_attention(q, kc, vc, pos, end, slopes, AttentionWindow(33, 8), block_kv=32)
     # A prefill's rotation and cache writes (16 tokens per program, the last block part-filled).
     H, KVH, D, S, T = 4, 2, 16, 512, 300
     kc, vc = torch.randn(2, 1, KVH, S, D, device=device)
@@ -129,21 +122,6 @@ def check_kernels(device: str):
 
 test_compiled_kernels_match_sdpa_and_rows_are_exact, test_kernel_logic_in_the_interpreter = kernel_tests(
     __name__, check_kernels)
-
-
-def test_a_drafts_blocks_of_keys_follow_the_cache_length():
-    from selfspec.accel.attention import BLOCK_KV, DRAFT_BLOCKS_PER_HEAD, draft_block_kv
-
-    # About DRAFT_BLOCKS_PER_HEAD blocks a head over the graph's bucket of keys, 32 to BLOCK_KV keys each.
-    assert [draft_block_kv(end) for end in (1, 256, 257, 512, 513, 1024, 4096)] == [32, 32, 64, 64, 128, 128, 128]
-    for end in range(1, 2048, 37):
-        block = draft_block_kv(end)
-        assert -(-end // block) <= DRAFT_BLOCKS_PER_HEAD or block == BLOCK_KV
-        assert block == 32 or -(-end // (block // 2)) > DRAFT_BLOCKS_PER_HEAD
-    # Never fewer keys a block than a window's sinks, which the first block holds.
-    assert draft_block_kv(256, AttentionWindow(sinks=4, recent=64)) == 32
-    assert draft_block_kv(256, AttentionWindow(sinks=40, recent=64)) == 64
-    assert draft_block_kv(256, AttentionWindow(sinks=100, recent=64)) == BLOCK_KV
 
 
 @pytest.mark.gpu
