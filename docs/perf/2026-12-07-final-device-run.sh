@@ -9,8 +9,8 @@
 #   bash docs/perf/2026-12-07-final-device-run.sh c   # the GEMVs' timeline, the 13B's graphed profile
 # a and b ran the code of ab9b0ea (the draft's blocks of keys following the cache's length; git history).
 #   bash docs/perf/2026-12-07-final-device-run.sh d   # the A/B of the draft's attention unsplit over short caches
-#                                                     # (docs/perf/2026-12-07-draft-unsplit-ab.py), the 7B and 13B
-#                                                     # shapes, the 7B's graphed profile at position 200
+#                                                     # (docs/perf/2026-12-07-draft-unsplit-ab.py), the 7B's
+#                                                     # graphed profile at position 200
 #   bash docs/perf/2026-12-07-final-device-run.sh e   # the SmolLM2 proxy with it and without
 #                                                     # (docs/perf/2026-12-07-draft-split-only.py); the GPU tier
 # a and d carry the GGUF's first half, b and e the second and the pytest-xdist and execnet wheels
@@ -39,7 +39,6 @@ b)
 d)
     smollm2_first_half
     run draft-unsplit-ab 200 python3 docs/perf/2026-12-07-draft-unsplit-ab.py "$OUT/draft-unsplit-ab.json"
-    run shapes 130 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
     run profile-7b-200 40 python3 bench/profile_step.py --shape 7b --graphed --pos 200
     ;;
 e)
