@@ -220,10 +220,10 @@ def test_one_row_a_warp_where_those_tiles_fit_one_wave():
     for n, k in [(4096, 11008), (5120, 13696)]:
         tiling = int4_cuda.default_tiling(n, k)
         one_row = dataclasses.replace(tiling, rows=1, blocks_per_sm=0)
-        _, resident = int4_cuda._kernel(device, 64, k, False, True, False, one_row)
+        one_row_function, resident = int4_cuda._kernel(device, 64, k, False, True, False, one_row)
         function, blocks = int4_cuda._grid(device, 64, k, False, True, False, tiling, n)
         if n // 4 <= sms * resident:
-            assert blocks == n // 4 and function is int4_cuda._kernel(device, 64, k, False, True, False, one_row)[0]
+            assert blocks == n // 4 and function is one_row_function
         else:
             assert blocks == n // 8
     assert int4_cuda._grid(device, 64, 11008, True, False, False, int4_cuda.default_tiling(4096, 11008), 4096)[1] == 512
