@@ -34,8 +34,6 @@ except ImportError:  # CPU-only installs
 
 LOG2E = 1.4426950408889634  # the prefill's softmax runs in base 2: exp(x) = exp2(x * LOG2E)
 BLOCK_KV = 128  # with 4 warps and 32 blocks per merge step: the best of a sweep on an H100 (1,152 and 4,000 keys)
-DRAFT_UNSPLIT_KEYS = 512  # a draft's decode pass over at most this many keys attends in one program per head
-DRAFT_UNSPLIT_BLOCKS = (MAX_VERIFY_TOKENS, 64)  # prefill_attention's (BLOCK_M, BLOCK_N) for it
 
 
 def supported(device: torch.device, head_dim: int) -> bool:
@@ -320,17 +318,8 @@ def prefill_attention(q, k_cache, v_cache, input_pos, alibi_slopes=None, blocks=
     if blocks is None:
         _prefill_attention_tuned[grid](*args, **constants, PDL=launch.enabled, launch_pdl=launch.enabled)
     else:
-        _prefill_attention_kernel[grid](*args, **constants, BLOCK_M=blocks[0], BLOCK_N=blocks[1], PDL=launch.enabled,
-                                        launch_pdl=launch.enabled)
+        _prefill_attention_kernel[grid](*args, **constants, BLOCK_M=blocks[0], BLOCK_N=blocks[1], PDL=False)
     return y
-
-
-def draft_attends_unsplit(end: int, window=None) -> bool:
-    """Whether a draft's decode pass over keys [0, end) attends with `prefill_attention` (one program per head
-    and block of query rows, its keys in a loop) rather than split into blocks of keys and merged: over a
-    short cache the split's second kernel costs more than its parallelism saves. Only a draft may: its rows
-    need not match between passes, as the target's must (verify reproduces the plain step)."""
-    return window is None and end <= DRAFT_UNSPLIT_KEYS
 
 
 def attend(attn, x, input_pos, end: int, rope, alibi_slopes, window=None) -> torch.Tensor:
@@ -340,20 +329,15 @@ def attend(attn, x, input_pos, end: int, rope, alibi_slopes, window=None) -> tor
     return attn.o_proj(attend_qkv(attn, attn.W_pack(x), input_pos, end, rope, alibi_slopes, window))
 
 
-def attend_qkv(attn, qkv, input_pos, end: int, rope, alibi_slopes, window=None, unsplit=False) -> torch.Tensor:
-    """`attend` between W_pack and o_proj: W_pack's output qkv [1, T, ...] -> [1, T, heads * head_dim]; with
-    `unsplit` (draft_attends_unsplit) a decode pass attends as prefills do."""
+def attend_qkv(attn, qkv, input_pos, end: int, rope, alibi_slopes, window=None) -> torch.Tensor:
+    """`attend` between W_pack and o_proj: W_pack's output qkv [1, T, ...] -> [1, T, heads * head_dim]."""
     T = qkv.shape[1]
     if window is not None and T > MAX_VERIFY_TOKENS:  # only a draft attends through a window, in decode passes
         raise ValueError(f"a windowed attention pass takes at most {MAX_VERIFY_TOKENS} tokens, got {T}")
-    if window is not None and unsplit:
-        raise ValueError("an unsplit attention pass attends to every earlier key: it takes no window")
     cache = attn.kv_cache
     q = rope_and_store(qkv.view(T, -1), input_pos, rope, cache.k, cache.v, attn.num_heads, attn.num_kv_heads)
-    if T > MAX_VERIFY_TOKENS:
-        y = prefill_attention(q, cache.k, cache.v, input_pos, alibi_slopes)
-    elif unsplit:
-        y = prefill_attention(q, cache.k, cache.v, input_pos, alibi_slopes, DRAFT_UNSPLIT_BLOCKS)
-    else:
+    if T <= MAX_VERIFY_TOKENS:
         y = decode_attention(q, cache.k, cache.v, input_pos, end, alibi_slopes, window)
+    else:
+        y = prefill_attention(q, cache.k, cache.v, input_pos, alibi_slopes)
     return y.view(1, T, attn.num_heads * attn.head_dim)

@@ -51,12 +51,11 @@ class FusedDraft(FusedTransformer):
             end = int(input_pos[-1]) + 1
         rope = (self.rope_cos, self.rope_sin) if self.args.position_encoding == "rope" else None
         alibi = None if rope is not None else self.alibi
-        unsplit = attention.draft_attends_unsplit(end, self.attention_window)
         h = self.model.embed_tokens(tokens)
         for layer in self.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             qkv = _gemv(attn.W_pack, h, norm=layer.input_layernorm)
-            y = attention.attend_qkv(attn, qkv, input_pos, end, rope, alibi, self.attention_window, unsplit)
+            y = attention.attend_qkv(attn, qkv, input_pos, end, rope, alibi, self.attention_window)
             h = _gemv(attn.o_proj, y, residual=h)
             h = _gemv(mlp.down_proj, _gemv(mlp.gate_up_proj, h, norm=layer.post_attention_layernorm), residual=h)
         return pointwise.rms_norm(h, self.model.norm.weight, self.model.norm.eps)

@@ -50,7 +50,7 @@ def reference_attention(q, kc, vc, pos, slopes, end, window=None):
 
 def check_kernels(device: str):
     exact_rows = device == "cuda"  # numpy's matmul in the interpreter is not row-exact
-    from selfspec.accel.attention import DRAFT_UNSPLIT_BLOCKS, decode_attention, prefill_attention, rope_and_store
+    from selfspec.accel.attention import decode_attention, prefill_attention, rope_and_store
 
     torch.manual_seed(0)
     for H, KVH, D, S, T, start, alibi in CASES:
@@ -70,9 +70,6 @@ def check_kernels(device: str):
         torch.testing.assert_close(q, q_ref[0].transpose(0, 1), atol=1e-6, rtol=1e-6)
         y = decode_attention(q, kc2, vc2, pos, end, slopes)
         torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
-        # a draft's decode pass over a short cache (draft_attends_unsplit)
-        torch.testing.assert_close(prefill_attention(q, kc2, vc2, pos, slopes, DRAFT_UNSPLIT_BLOCKS), y_ref,
-                                   atol=1e-5, rtol=1e-5)
         for t in range(T):  # what a one-token step at that position computes
             row = decode_attention(q[t : t + 1].contiguous(), kc2, vc2, pos[t : t + 1], end, slopes)[0]
             if exact_rows:
@@ -125,17 +122,6 @@ def check_kernels(device: str):
 
 test_compiled_kernels_match_sdpa_and_rows_are_exact, test_kernel_logic_in_the_interpreter = kernel_tests(
     __name__, check_kernels)
-
-
-def test_only_a_drafts_pass_over_a_short_cache_without_a_window_attends_unsplit():
-    from selfspec.accel import attention
-
-    assert attention.draft_attends_unsplit(1) and attention.draft_attends_unsplit(attention.DRAFT_UNSPLIT_KEYS)
-    assert not attention.draft_attends_unsplit(attention.DRAFT_UNSPLIT_KEYS + 1)
-    window = AttentionWindow(sinks=4, recent=40)
-    assert not attention.draft_attends_unsplit(100, window)
-    with pytest.raises(ValueError, match="takes no window"):  # checked before any kernel runs
-        attention.attend_qkv(None, torch.zeros(1, 1, 24), torch.zeros(1), 100, None, None, window, unsplit=True)
 
 
 @pytest.mark.gpu

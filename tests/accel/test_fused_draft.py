@@ -76,9 +76,8 @@ def test_the_fused_layers_compute_the_plain_draft_on_cpu(position_encoding, num_
         y = silu_mul(y[..., 0::2], y[..., 1::2]) if glu else y
         return y if residual is None else residual + y
 
-    def attend_qkv(attn, qkv, input_pos, end, rope, alibi, window, unsplit):  # Attention.forward between W_pack and o_proj
+    def attend_qkv(attn, qkv, input_pos, end, rope, alibi, window):  # Attention.forward between W_pack and o_proj
         assert window == draft.attention_window  # the mask of attention_inputs below applies it
-        assert unsplit == fused_draft.attention.draft_attends_unsplit(end, window)
         projections = attn.W_pack, attn.o_proj
         attn.W_pack = attn.o_proj = torch.nn.Identity()
         try:
@@ -141,30 +140,6 @@ def test_fused_draft_logits_match_the_unfused_draft(position_encoding, num_heads
     accel.use_kernels(triton_draft)
     assert type(triton_draft) is FusedTransformer
     assert _relative(fused, _draft_steps(triton_draft, tokens, pdl)) < TRITON_TOLERANCE
-
-
-@pytest.mark.gpu
-@cuda
-@pytest.mark.parametrize("position_encoding,num_heads", SHAPES)
-def test_the_drafts_unsplit_attention_matches_the_split_one(position_encoding, num_heads, monkeypatch):
-    # Steps at 150-158 over a bucket of 192 keys attend unsplit (attention.draft_attends_unsplit), one program a
-    # head; with DRAFT_UNSPLIT_KEYS 0 the same steps split their keys into blocks and merge them.
-    model, draft = _cuda_draft(position_encoding, num_heads, 32)
-    accel.use_kernels(model, draft)
-    tokens = torch.randint(0, 320, (1, 200), device="cuda")
-    model(tokens[:, :150], torch.arange(150, device="cuda"))
-    pdl = torch.cuda.get_device_capability() >= (9, 0)
-    unsplit_passes = []
-    prefill_attention = fused_draft.attention.prefill_attention
-    monkeypatch.setattr(fused_draft.attention, "prefill_attention",
-                        lambda *args: unsplit_passes.append(args[-1]) or prefill_attention(*args))
-    unsplit = _draft_steps(draft, tokens, pdl)
-    assert unsplit_passes and set(unsplit_passes) == {fused_draft.attention.DRAFT_UNSPLIT_BLOCKS}
-    monkeypatch.setattr(fused_draft.attention, "DRAFT_UNSPLIT_KEYS", 0)
-    unsplit_passes.clear()
-    split = _draft_steps(draft, tokens, pdl)
-    assert not unsplit_passes
-    assert _relative(unsplit, split) < SAME_GEMV_TOLERANCE
 
 
 @pytest.mark.gpu
