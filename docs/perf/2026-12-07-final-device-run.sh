@@ -13,7 +13,13 @@
 #                                                     # graphed profile at position 200
 #   bash docs/perf/2026-12-07-final-device-run.sh e   # the SmolLM2 proxy with it and without
 #                                                     # (docs/perf/2026-12-07-draft-split-only.py); the GPU tier
-# a and d carry the GGUF's first half, b and e the second and the pytest-xdist and execnet wheels
+# d ran the code of 21b14d1 (git history).
+#   bash docs/perf/2026-12-07-final-device-run.sh f   # the A/B of the draft's one-token attention in one kernel over
+#                                                     # short caches (docs/perf/2026-12-07-draft-one-kernel-ab.py), the
+#                                                     # 7B's graphed profile at position 200
+#   bash docs/perf/2026-12-07-final-device-run.sh g   # the SmolLM2 proxy with it and without
+#                                                     # (docs/perf/2026-12-07-draft-three-kernels.py); the GPU tier
+# a, d and f carry the GGUF's first half, b, e and g the second and the pytest-xdist and execnet wheels
 # (bench/device_step.sh).
 # Writes into $OUT/results.tgz, refreshed after every step.
 set -u
@@ -47,6 +53,19 @@ e)
     run proxy 150 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --out "$OUT/proxy"
     run proxy-split-only 150 python3 docs/perf/2026-12-07-draft-split-only.py bench/benchmark.py --proxy /tmp/smollm2 \
         --skip-hf --out "$OUT/proxy-split-only"
+    run gpu-tier 200 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 --durations=5 tests
+    ;;
+f)
+    smollm2_first_half
+    run draft-one-kernel-ab 200 python3 docs/perf/2026-12-07-draft-one-kernel-ab.py "$OUT/draft-one-kernel-ab.json"
+    run profile-7b-200 40 python3 bench/profile_step.py --shape 7b --graphed --pos 200
+    ;;
+g)
+    smollm2_convert
+    install_test_wheels
+    run proxy 150 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --out "$OUT/proxy"
+    run proxy-three-kernels 150 python3 docs/perf/2026-12-07-draft-three-kernels.py bench/benchmark.py \
+        --proxy /tmp/smollm2 --skip-hf --out "$OUT/proxy-three-kernels"
     run gpu-tier 200 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 --durations=5 tests
     ;;
 c)
