@@ -5,7 +5,9 @@ Every tool in bench/ runs as a file (`python bench/benchmark.py`) or as a module
 from the repository root.
 """
 import argparse
+import ast
 import gc
+import importlib
 import json
 import statistics
 from pathlib import Path
@@ -37,6 +39,35 @@ def draft_window(recent: int) -> AttentionWindow | None:
     if recent < 0:
         raise InputError(f"--draft-window must be 0 (the whole cache) or a number of positions, got {recent}")
     return AttentionWindow(DRAFT_WINDOW_SINKS, recent) if recent else None
+
+
+def apply_settings(settings) -> list:
+    """Set module-level settings of this package's kernels, each "MODULE.NAME=VALUE" (a module of selfspec.accel,
+    VALUE a Python literal: attention.BLOCK_KV=64), for an A/B; returns what `restore_settings` puts back."""
+    undo = []
+    for setting in settings:
+        target, equals, value = setting.partition("=")
+        module_name, dot, name = target.rpartition(".")
+        if not equals or not dot:
+            raise InputError(f"a setting is MODULE.NAME=VALUE (a module of selfspec.accel), got {setting!r}")
+        try:
+            module = importlib.import_module(f"selfspec.accel.{module_name}")
+        except (ImportError, ValueError):
+            raise InputError(f"selfspec.accel has no module {module_name!r} (setting {setting!r})") from None
+        if not hasattr(module, name):
+            raise InputError(f"selfspec.accel.{module_name} has no setting {name!r}")
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise InputError(f"the value of {setting!r} is not a Python literal") from None
+        undo.append((module, name, getattr(module, name)))
+        setattr(module, name, parsed)
+    return undo
+
+
+def restore_settings(undo: list) -> None:
+    for module, name, value in reversed(undo):
+        setattr(module, name, value)
 
 
 def write_json(path, data) -> None:

@@ -83,6 +83,38 @@ def test_bench_tools_run_as_modules():
     assert result.returncode == 0 and result.stdout.startswith("usage:"), result.stderr
 
 
+def test_an_ab_changes_kernel_settings_and_puts_them_back():
+    from bench.harness import apply_settings, restore_settings
+    from selfspec.accel import attention, launch
+
+    before = attention.BLOCK_KV, launch.MAX_VERIFY_TOKENS
+    undo = apply_settings(["attention.BLOCK_KV=64", "launch.MAX_VERIFY_TOKENS=8"])
+    assert (attention.BLOCK_KV, launch.MAX_VERIFY_TOKENS) == (64, 8)
+    restore_settings(undo)
+    assert (attention.BLOCK_KV, launch.MAX_VERIFY_TOKENS) == before
+    for bad in ["BLOCK_KV=64", "attention.BLOCK_KV", "no_such_module.X=1", ".X=1", "attention.NO_SUCH=1",
+                "attention.BLOCK_KV=sixty"]:
+        with pytest.raises(InputError):
+            apply_settings([bad])
+    assert attention.BLOCK_KV == before[0]
+
+
+def test_with_settings_runs_a_script_with_them(tmp_path):
+    script = tmp_path / "show.py"
+    script.write_text("import sys\nfrom selfspec.accel import attention\nprint(attention.BLOCK_KV, sys.argv[1:])\n")
+    result = run_bench("with_settings.py", "attention.BLOCK_KV=32", "--", script, "--flag")
+    assert result.returncode == 0 and result.stdout.strip() == "32 ['--flag']", result.stderr
+    assert_clean_error(run_bench("with_settings.py", "attention.BLOCK_KV=32"), "after `--`")
+    assert_clean_error(run_bench("with_settings.py", "attention.BLOCK_KV=32", "--", tmp_path / "missing.py"), "script file")
+    assert_clean_error(run_bench("with_settings.py", "attention.BLOCK=32", "--", script), "no setting 'BLOCK'")
+
+
+def test_draft_step_ab_checks_its_variants_before_the_gpu():
+    assert_clean_error(run_bench("draft_step_ab.py", "--variant", "a", "--variant", "a", "attention.BLOCK_KV=64"),
+                       "a name of its own")
+    assert_clean_error(run_bench("draft_step_ab.py", "--variant", "a", "attention.BLOCK_KV=x"), "not a Python literal")
+
+
 def test_benchmark_missing_model(tmp_path):
     # Without CUDA the benchmark stops at its own CUDA message before looking at --model.
     result = run_bench("benchmark.py", "--model", tmp_path / "missing", "--out", tmp_path / "out")

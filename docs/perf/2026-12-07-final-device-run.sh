@@ -13,12 +13,12 @@
 #                                                     # graphed profile at position 200
 #   bash docs/perf/2026-12-07-final-device-run.sh e   # the SmolLM2 proxy with it and without
 #                                                     # (docs/perf/2026-12-07-draft-split-only.py); the GPU tier
-# d ran the code of 21b14d1 (git history).
+# d ran the code of 21b14d1. Their scripts under docs/perf are in git history.
 #   bash docs/perf/2026-12-07-final-device-run.sh f   # the A/B of the draft's one-token attention in one kernel over
-#                                                     # short caches (docs/perf/2026-12-07-draft-one-kernel-ab.py), the
-#                                                     # 7B's graphed profile at position 200
-#   bash docs/perf/2026-12-07-final-device-run.sh g   # the SmolLM2 proxy with it and without
-#                                                     # (docs/perf/2026-12-07-draft-three-kernels.py); the GPU tier
+#                                                     # short caches (bench/draft_step_ab.py), the 7B's graphed
+#                                                     # profile at position 200
+#   bash docs/perf/2026-12-07-final-device-run.sh g   # the SmolLM2 proxy with it and without (bench/with_settings.py);
+#                                                     # the GPU tier
 # a, d and f carry the GGUF's first half, b, e and g the second and the pytest-xdist and execnet wheels
 # (bench/device_step.sh).
 # Writes into $OUT/results.tgz, refreshed after every step.
@@ -57,14 +57,19 @@ e)
     ;;
 f)
     smollm2_first_half
-    run draft-one-kernel-ab 200 python3 docs/perf/2026-12-07-draft-one-kernel-ab.py "$OUT/draft-one-kernel-ab.json"
+    one_kernel=attention.DRAFT_ONE_KERNEL_KEYS=4096
+    run draft-one-kernel-ab 200 python3 bench/draft_step_ab.py --positions 200 450 700 1088 \
+        --out "$OUT/draft-one-kernel-ab.json" --variant three_kernels attention.DRAFT_ONE_KERNEL_KEYS=0 \
+        --variant one_kernel_32_w2 $one_kernel attention.DRAFT_BLOCK_KV=32 attention.DRAFT_WARPS=2 \
+        --variant one_kernel_64_w2 $one_kernel attention.DRAFT_BLOCK_KV=64 attention.DRAFT_WARPS=2 \
+        --variant one_kernel_128_w4 $one_kernel attention.DRAFT_BLOCK_KV=128 attention.DRAFT_WARPS=4
     run profile-7b-200 40 python3 bench/profile_step.py --shape 7b --graphed --pos 200
     ;;
 g)
     smollm2_convert
     install_test_wheels
     run proxy 150 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --out "$OUT/proxy"
-    run proxy-three-kernels 150 python3 docs/perf/2026-12-07-draft-three-kernels.py bench/benchmark.py \
+    run proxy-three-kernels 150 python3 bench/with_settings.py attention.DRAFT_ONE_KERNEL_KEYS=0 -- bench/benchmark.py \
         --proxy /tmp/smollm2 --skip-hf --out "$OUT/proxy-three-kernels"
     run gpu-tier 200 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 --durations=5 tests
     ;;
