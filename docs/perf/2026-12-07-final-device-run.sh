@@ -19,6 +19,7 @@
 #                                                     # profile at position 200
 #   bash docs/perf/2026-12-07-final-device-run.sh g   # the SmolLM2 proxy with it and without (bench/with_settings.py);
 #                                                     # the GPU tier
+#   bash docs/perf/2026-12-07-final-device-run.sh h   # f's A/B and the GPU tier, in one call (f never got a machine)
 # a, d and f carry the GGUF's first half, b, e and g the second and the pytest-xdist and execnet wheels
 # (bench/device_step.sh).
 # Writes into $OUT/results.tgz, refreshed after every step.
@@ -72,6 +73,15 @@ g)
     run proxy-three-kernels 150 python3 bench/with_settings.py attention.DRAFT_ONE_KERNEL_KEYS=0 -- bench/benchmark.py \
         --proxy /tmp/smollm2 --skip-hf --out "$OUT/proxy-three-kernels"
     run gpu-tier 200 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 --durations=5 tests
+    ;;
+h)
+    install_test_wheels
+    run draft-one-kernel-ab 150 python3 bench/draft_step_ab.py --positions 200 450 700 1088 \
+        --out "$OUT/draft-one-kernel-ab.json" --variant three_kernels attention.DRAFT_ONE_KERNEL_KEYS=0 \
+        --variant one_kernel_32_w2 attention.DRAFT_ONE_KERNEL_KEYS=4096 attention.DRAFT_BLOCK_KV=32 attention.DRAFT_WARPS=2 \
+        --variant one_kernel_64_w2 attention.DRAFT_ONE_KERNEL_KEYS=4096 attention.DRAFT_BLOCK_KV=64 attention.DRAFT_WARPS=2 \
+        --variant one_kernel_128_w4 attention.DRAFT_ONE_KERNEL_KEYS=4096 attention.DRAFT_BLOCK_KV=128 attention.DRAFT_WARPS=4
+    run gpu-tier 180 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 --durations=5 tests
     ;;
 c)
     run timeline 60 python3 bench/gemv_timeline.py --shapes 7b 13b --json "$OUT/timeline.json"
