@@ -19,7 +19,8 @@
 #                                                     # profile at position 200
 #   bash docs/perf/2026-12-07-final-device-run.sh g   # the SmolLM2 proxy with it and without (bench/with_settings.py);
 #                                                     # the GPU tier
-#   bash docs/perf/2026-12-07-final-device-run.sh h   # f's A/B and the GPU tier, in one call (f never got a machine)
+#   bash docs/perf/2026-12-07-final-device-run.sh h   # f's A/B (fewer positions and variants) and the attention's and
+#                                                     # the fused draft's GPU tests, in one call (f never got a machine)
 # a, d and f carry the GGUF's first half, b, e and g the second and the pytest-xdist and execnet wheels
 # (bench/device_step.sh).
 # Writes into $OUT/results.tgz, refreshed after every step.
@@ -76,12 +77,12 @@ g)
     ;;
 h)
     install_test_wheels
-    run draft-one-kernel-ab 150 python3 bench/draft_step_ab.py --positions 200 450 700 1088 \
+    run draft-one-kernel-ab 100 python3 bench/draft_step_ab.py --positions 200 450 1088 \
         --out "$OUT/draft-one-kernel-ab.json" --variant three_kernels attention.DRAFT_ONE_KERNEL_KEYS=0 \
         --variant one_kernel_32_w2 attention.DRAFT_ONE_KERNEL_KEYS=4096 attention.DRAFT_BLOCK_KV=32 attention.DRAFT_WARPS=2 \
-        --variant one_kernel_64_w2 attention.DRAFT_ONE_KERNEL_KEYS=4096 attention.DRAFT_BLOCK_KV=64 attention.DRAFT_WARPS=2 \
-        --variant one_kernel_128_w4 attention.DRAFT_ONE_KERNEL_KEYS=4096 attention.DRAFT_BLOCK_KV=128 attention.DRAFT_WARPS=4
-    run gpu-tier 180 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 --durations=5 tests
+        --variant one_kernel_64_w2 attention.DRAFT_ONE_KERNEL_KEYS=4096 attention.DRAFT_BLOCK_KV=64 attention.DRAFT_WARPS=2
+    run gpu-tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 tests/accel/test_attention.py \
+        tests/accel/test_fused_draft.py
     ;;
 c)
     run timeline 60 python3 bench/gemv_timeline.py --shapes 7b 13b --json "$OUT/timeline.json"
