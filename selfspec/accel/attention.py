@@ -34,9 +34,6 @@ except ImportError:  # CPU-only installs
 
 LOG2E = 1.4426950408889634  # the prefill's softmax runs in base 2: exp(x) = exp2(x * LOG2E)
 BLOCK_KV = 128  # with 4 warps and 32 blocks per merge step: the best of a sweep on an H100 (1,152 and 4,000 keys)
-DRAFT_BLOCK_KV, DRAFT_WARPS = 64, 2  # the draft's one-kernel step (attend_draft_step)
-DRAFT_ONE_KERNEL_KEYS = 512  # attend_draft_step's longest cache; longer ones, three kernels
-_arrivals = {}  # (device, heads) -> the draft step's counters of finished blocks per head, 0 between launches
 
 
 def supported(device: torch.device, head_dim: int) -> bool:
@@ -147,10 +144,18 @@ if triton is not None:
             tl.store(l_ptr + part, tl.sum(p, axis=1), mask=t_ok)
 
     @triton.jit
-    def _merged_row(o_ptr, m_ptr, l_ptr, h, t, T, num_blocks, live_blocks, first_window_block,
-                    HEAD_DIM: tl.constexpr, BLOCK_B: tl.constexpr, CACHE: tl.constexpr):
-        """Query t's output for head h, float32 [HEAD_DIM], from the partial softmaxes (o, m, l) of its shown blocks.
-        Block 0 always holds a visible key (position 0), so the running max is finite from the first chunk."""
+    def _merge_blocks_kernel(
+        o_ptr, m_ptr, l_ptr, pos_ptr, y_ptr, T, num_blocks,
+        HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_B: tl.constexpr,
+        RECENT: tl.constexpr, PDL: tl.constexpr,
+    ):
+        # Block 0 always holds a visible key (position 0), so the running max is finite from the first chunk.
+        let_next_kernel_launch(PDL)
+        wait_for_inputs(PDL)
+        h = tl.program_id(0)
+        t = tl.program_id(1)
+        live_blocks = (tl.load(pos_ptr + T - 1) + BLOCK_KV) // BLOCK_KV
+        first_window_block = _first_window_block(pos_ptr, BLOCK_KV, RECENT)
         d = tl.arange(0, HEAD_DIM)
         running_max = tl.full((1,), float("-inf"), tl.float32)
         total = tl.zeros((1,), dtype=tl.float32)
@@ -159,111 +164,15 @@ if triton is not None:
             b = b0 + tl.arange(0, BLOCK_B)
             ok = (b < live_blocks) & _block_shown(b, first_window_block)
             part = (h * num_blocks + b) * T + t
-            m = tl.load(m_ptr + part, mask=ok, other=float("-inf"), cache_modifier=CACHE)
+            m = tl.load(m_ptr + part, mask=ok, other=float("-inf"))
             new_max = tl.maximum(running_max, tl.max(m, axis=0, keep_dims=True))
             weight = tl.where(m == float("-inf"), 0.0, tl.exp(m - new_max))
             rescale = tl.exp(running_max - new_max)
-            o = tl.load(o_ptr + part[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0, cache_modifier=CACHE)
+            o = tl.load(o_ptr + part[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
             acc = acc * rescale + tl.sum(weight[:, None] * o, axis=0)
-            l = tl.load(l_ptr + part, mask=ok, other=0.0, cache_modifier=CACHE)  # noqa: E741
-            total = total * rescale + tl.sum(weight * l, axis=0, keep_dims=True)
+            total = total * rescale + tl.sum(weight * tl.load(l_ptr + part, mask=ok, other=0.0), axis=0, keep_dims=True)
             running_max = new_max
-        return acc / total
-
-    @triton.jit
-    def _merge_blocks_kernel(
-        o_ptr, m_ptr, l_ptr, pos_ptr, y_ptr, T, num_blocks,
-        HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_B: tl.constexpr,
-        RECENT: tl.constexpr, PDL: tl.constexpr,
-    ):
-        let_next_kernel_launch(PDL)
-        wait_for_inputs(PDL)
-        h = tl.program_id(0)
-        t = tl.program_id(1)
-        live_blocks = (tl.load(pos_ptr + T - 1) + BLOCK_KV) // BLOCK_KV
-        y = _merged_row(o_ptr, m_ptr, l_ptr, h, t, T, num_blocks, live_blocks,
-                        _first_window_block(pos_ptr, BLOCK_KV, RECENT), HEAD_DIM, BLOCK_B, "")
-        tl.store(y_ptr + (t * HEADS + h) * HEAD_DIM + tl.arange(0, HEAD_DIM), y.to(y_ptr.dtype.element_ty))
-
-    @triton.jit
-    def _rotated_half_pair(ptr, pos, cos_ptr, sin_ptr, HALF: tl.constexpr, ROPE: tl.constexpr):
-        """The two halves of the head vector at `ptr`, NeoX-rotated to position `pos` in float32 (where ROPE),
-        in their own dtype."""
-        d = tl.arange(0, HALF)
-        x1 = tl.load(ptr + d)
-        x2 = tl.load(ptr + HALF + d)
-        if ROPE:
-            cos = tl.load(cos_ptr + pos * 2 * HALF + d)
-            sin = tl.load(sin_ptr + pos * 2 * HALF + d)
-            a, b = x1.to(tl.float32), x2.to(tl.float32)
-            x1, x2 = (a * cos - b * sin).to(x1.dtype), (b * cos + a * sin).to(x2.dtype)
-        return x1, x2
-
-    @triton.jit
-    def _draft_token_attention_kernel(
-        qkv_ptr, pos_ptr, cos_ptr, sin_ptr, k_cache_ptr, v_cache_ptr, slopes_ptr, o_ptr, m_ptr, l_ptr,
-        arrivals_ptr, y_ptr, max_seq_len, num_blocks, sm_scale,
-        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, ROPE: tl.constexpr,
-        ALIBI: tl.constexpr, SINKS: tl.constexpr, RECENT: tl.constexpr, BLOCK_KV: tl.constexpr,
-        BLOCK_B: tl.constexpr, PDL: tl.constexpr,
-    ):
-        # One program per (head, block of keys), as _attention_blocks_kernel with one query; each rotates q
-        # and the new k from W_pack's output itself and takes position pos's k and v from there, not from
-        # the cache, which the program of the last block writes (one per kv head). The head's last program
-        # to finish (a counter per head, back to 0 after) merges the partial softmaxes.
-        let_next_kernel_launch(PDL)
-        wait_for_inputs(PDL)
-        h = tl.program_id(0)
-        block = tl.program_id(1)
-        pos = tl.load(pos_ptr)
-        live_blocks = pos // BLOCK_KV + 1
-        first_window_block = _first_window_block(pos_ptr, BLOCK_KV, RECENT)
-        HALF: tl.constexpr = HEAD_DIM // 2
-        if (block < live_blocks) & _block_shown(block, first_window_block):
-            group = HEADS // KV_HEADS
-            kv_head = h // group
-            q1, q2 = _rotated_half_pair(qkv_ptr + h * HEAD_DIM, pos, cos_ptr, sin_ptr, HALF, ROPE)
-            k1, k2 = _rotated_half_pair(qkv_ptr + (HEADS + kv_head) * HEAD_DIM, pos, cos_ptr, sin_ptr, HALF, ROPE)
-            v1, v2 = _rotated_half_pair(qkv_ptr + (HEADS + KV_HEADS + kv_head) * HEAD_DIM, pos, cos_ptr, sin_ptr,
-                                        HALF, False)
-            d = tl.arange(0, HALF)[None, :]
-            j = block * BLOCK_KV + tl.arange(0, BLOCK_KV)
-            cached, new = (j < pos)[:, None], (j == pos)[:, None]
-            rows = (kv_head * max_seq_len + j[:, None]) * HEAD_DIM + d  # keys and values loaded before any math
-            key1 = tl.where(new, k1[None, :], tl.load(k_cache_ptr + rows, mask=cached, other=0.0)).to(tl.float32)
-            key2 = tl.where(new, k2[None, :], tl.load(k_cache_ptr + rows + HALF, mask=cached, other=0.0)).to(tl.float32)
-            value1 = tl.where(new, v1[None, :], tl.load(v_cache_ptr + rows, mask=cached, other=0.0)).to(tl.float32)
-            value2 = tl.where(new, v2[None, :], tl.load(v_cache_ptr + rows + HALF, mask=cached, other=0.0)).to(tl.float32)
-            scores = tl.sum(key1 * q1.to(tl.float32)[None, :], axis=1) + tl.sum(key2 * q2.to(tl.float32)[None, :], axis=1)
-            scores *= sm_scale
-            offset = (j - pos).to(tl.float32)
-            if ALIBI:
-                scores += tl.load(slopes_ptr + h) * offset
-            visible = offset <= 0
-            if RECENT > 0:
-                visible = visible & ((j < SINKS) | (offset > -RECENT))
-            scores = tl.where(visible, scores, float("-inf"))
-            m = tl.max(scores, axis=0)
-            p = tl.exp(scores - tl.where(m == float("-inf"), 0.0, m))  # no visible key here: p = 0
-            part = h * num_blocks + block
-            tl.store(o_ptr + part * HEAD_DIM + d, tl.sum(p[:, None] * value1, axis=0)[None, :])
-            tl.store(o_ptr + part * HEAD_DIM + HALF + d, tl.sum(p[:, None] * value2, axis=0)[None, :])
-            tl.store(m_ptr + part, m)
-            tl.store(l_ptr + part, tl.sum(p, axis=0))
-            if (block == live_blocks - 1) & (h % group == 0):
-                at = (kv_head * max_seq_len + pos) * HEAD_DIM + tl.arange(0, HALF)
-                tl.store(k_cache_ptr + at, k1)
-                tl.store(k_cache_ptr + at + HALF, k2)
-                tl.store(v_cache_ptr + at, v1)
-                tl.store(v_cache_ptr + at + HALF, v2)
-            # Every thread's stores before the counter's release; the last arrival reads the others' from L2.
-            tl.debug_barrier()
-            shown_blocks = live_blocks - tl.maximum(first_window_block - 1, 0)
-            if tl.atomic_add(arrivals_ptr + h, 1, sem="acq_rel", scope="gpu") == shown_blocks - 1:
-                y = _merged_row(o_ptr, m_ptr, l_ptr, h, 0, 1, num_blocks, live_blocks, first_window_block,
-                                HEAD_DIM, BLOCK_B, ".cg")
-                tl.store(y_ptr + h * HEAD_DIM + tl.arange(0, HEAD_DIM), y.to(y_ptr.dtype.element_ty))
-                tl.atomic_xchg(arrivals_ptr + h, 0)
+        tl.store(y_ptr + (t * HEADS + h) * HEAD_DIM + d, (acc / total).to(y_ptr.dtype.element_ty))
 
     @triton.jit
     def _prefill_block(q, k, v, q_pos, j, first_pos, slope, running_max, total, acc, qk_scale,
@@ -418,36 +327,6 @@ def attend(attn, x, input_pos, end: int, rope, alibi_slopes, window=None) -> tor
     whole (cos, sin) tables or None, `alibi_slopes` or None, `window` a model.AttentionWindow or None; the
     cache is read over [0, end)."""
     return attn.o_proj(attend_qkv(attn, attn.W_pack(x), input_pos, end, rope, alibi_slopes, window))
-
-
-def attend_draft_step(attn, qkv, input_pos, end: int, rope, alibi_slopes, window=None) -> torch.Tensor:
-    """attend_qkv for a draft's one-token pass, in one kernel: RoPE, the cache write, attention and the merge of
-    its blocks. Its rows are not those of a multi-token pass, which only the target's passes need (verify must
-    reproduce the plain step); other passes, caches of more than DRAFT_ONE_KERNEL_KEYS keys (`end`) and windows
-    with more sinks than a block of keys go to attend_qkv.
-    Launches on one stream at a time: the counters are shared by all layers of the device."""
-    T = qkv.shape[1]
-    if T != 1 or end > DRAFT_ONE_KERNEL_KEYS or (window is not None and window.sinks > DRAFT_BLOCK_KV):
-        return attend_qkv(attn, qkv, input_pos, end, rope, alibi_slopes, window)
-    cache, heads, head_dim = attn.kv_cache, attn.num_heads, attn.head_dim
-    num_blocks = triton.cdiv(end, DRAFT_BLOCK_KV)
-    o = torch.empty(heads, num_blocks, head_dim, dtype=torch.float32, device=qkv.device)
-    m = torch.empty(heads, num_blocks, dtype=torch.float32, device=qkv.device)
-    l = torch.empty_like(m)  # noqa: E741
-    key = (qkv.device, heads)
-    if key not in _arrivals:
-        _arrivals[key] = torch.zeros(heads, dtype=torch.int32, device=qkv.device)
-    y = torch.empty(1, 1, heads * head_dim, dtype=qkv.dtype, device=qkv.device)
-    cos, sin = rope if rope is not None else (qkv, qkv)  # unused without RoPE
-    sinks, recent = (window.sinks, window.recent) if window is not None else (0, 0)
-    _draft_token_attention_kernel[(heads, num_blocks)](
-        qkv, input_pos, cos, sin, cache.k, cache.v, alibi_slopes if alibi_slopes is not None else m, o, m, l,
-        _arrivals[key], y, cache.k.shape[2], num_blocks, head_dim ** -0.5,
-        HEADS=heads, KV_HEADS=attn.num_kv_heads, HEAD_DIM=head_dim, ROPE=rope is not None,
-        ALIBI=alibi_slopes is not None, SINKS=sinks, RECENT=recent, BLOCK_KV=DRAFT_BLOCK_KV, BLOCK_B=32,
-        PDL=launch.enabled, launch_pdl=launch.enabled, num_warps=DRAFT_WARPS,
-    )
-    return y
 
 
 def attend_qkv(attn, qkv, input_pos, end: int, rope, alibi_slopes, window=None) -> torch.Tensor:

@@ -3,9 +3,8 @@
 FusedTransformer's layer runs add_rms_norm, W_pack, attention, o_proj, add_rms_norm, gate/up, down. Where every
 matrix of the draft's decoder layers multiplies on the CUDA C++ GEMV (int4_cuda.py), the norms and the residual
 adds move into the GEMVs next to them: W_pack and gate/up take the residual stream h and normalise it in their
-prologue, o_proj and down return h + W x from their epilogue. Per layer of a one-token step: W_pack, attention
-(attention.attend_draft_step: RoPE, cache write and the merge in the same kernel), o_proj, gate/up, down; no
-norm or add kernel. The final norm before the head stays a kernel of its own.
+prologue, o_proj and down return h + W x from their epilogue. Per layer: W_pack, rope_and_store, attention,
+o_proj, gate/up, down; no norm or add kernel. The final norm before the head stays a kernel of its own.
 
 Each GEMV reads h only after the grid-dependency wait of programmatic dependent launch (or after the kernel
 before it ends, without PDL), and h is never written in place: o_proj and down write a new tensor.
@@ -56,7 +55,7 @@ class FusedDraft(FusedTransformer):
         for layer in self.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             qkv = _gemv(attn.W_pack, h, norm=layer.input_layernorm)
-            y = attention.attend_draft_step(attn, qkv, input_pos, end, rope, alibi, self.attention_window)
+            y = attention.attend_qkv(attn, qkv, input_pos, end, rope, alibi, self.attention_window)
             h = _gemv(attn.o_proj, y, residual=h)
             h = _gemv(mlp.down_proj, _gemv(mlp.gate_up_proj, h, norm=layer.post_attention_layernorm), residual=h)
         return pointwise.rms_norm(h, self.model.norm.weight, self.model.norm.eps)

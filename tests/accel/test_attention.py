@@ -4,8 +4,6 @@ over the same cache.
 On CUDA the kernels run compiled, and a one-token call must reproduce each row of a multi-token call
 exactly (float32). Without CUDA their logic runs under Triton's CPU interpreter (helpers.kernel_tests),
 where numpy's matmul is not row-exact, so rows are compared with a tolerance there."""
-import types
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,13 +19,6 @@ CASES = [(4, 4, 32, 200, 1, 70, False), (4, 2, 16, 300, 5, 130, False), (5, 5, 3
 # back) starting in the sinks' block, in the next, blocks further on (blocks skipped); sinks filling a block.
 WINDOW_CASES = [((4, 64), CASES[1]), ((4, 20), CASES[2]), ((4, 20), CASES[4]), ((3, 40), (4, 2, 32, 1024, 3, 700, True)),
                 ((128, 200), CASES[4]), ((1, 1), CASES[2]), ((2, 300), CASES[0])]
-# The draft's one-token step (attend_draft_step, blocks of 64 keys): (heads, kv heads, head_dim, cache length, first
-# position, ALiBi, window); two steps from there, the second reading what the first wrote. The first key alone, the
-# last key of a block, the first of the next, grouped-query heads, windows skipping blocks, a window past the block's
-# sinks (handed to decode_attention).
-DRAFT_STEP_CASES = [(4, 4, 32, 200, 0, False, None), (4, 2, 16, 300, 62, False, None), (5, 5, 32, 256, 127, True, None),
-                    (2, 2, 64, 512, 400, False, (4, 20)), (5, 5, 32, 256, 190, True, (3, 100)),
-                    (4, 4, 32, 300, 150, False, (100, 8))]
 PREFILL_CASES = [(5, 5, 32, 300, 200, 0, True), (4, 2, 16, 300, 37, 50, False), (4, 4, 64, 512, 300, 100, True)]
 
 
@@ -104,28 +95,6 @@ def check_kernels(device: str):
                 torch.testing.assert_close(row, y[t], atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="at most 128 sinks"):
         decode_attention(q, kc, vc, pos, end, slopes, AttentionWindow(129, 8))
-    # The draft's one-kernel step: the output and the cache entry it writes, and its counters back to 0 after.
-    from selfspec.accel.attention import _arrivals, attend_draft_step
-    for H, KVH, D, S, start, alibi, window in DRAFT_STEP_CASES:
-        window = AttentionWindow(*window) if window is not None else None
-        kc, vc = torch.randn(2, 1, KVH, S, D, device=device)
-        angles = torch.outer(torch.arange(S, device=device).float(),
-                             1.0 / 10000 ** (torch.arange(0, D, 2, device=device).float() / D)).repeat(1, 2)
-        rope = None if alibi else (angles.cos(), angles.sin())
-        slopes = alibi_slopes(H).to(device) if alibi else None
-        attn = types.SimpleNamespace(kv_cache=types.SimpleNamespace(k=kc.clone(), v=vc.clone()), num_heads=H,
-                                     num_kv_heads=KVH, head_dim=D)
-        for pos in (start, start + 1):
-            qkv = torch.randn(1, (H + 2 * KVH) * D, device=device)
-            positions = torch.tensor([pos], device=device)
-            end = min(S, pos + 100)
-            q, _ = reference(qkv, positions, kc, vc, H, KVH, D, rope, slopes, end)
-            expected = reference_attention(q, kc, vc, positions, slopes, end, window)
-            y = attend_draft_step(attn, qkv[None], positions, end, rope, slopes, window)
-            torch.testing.assert_close(y[0], expected, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(attn.kv_cache.k, kc, atol=1e-6, rtol=1e-6)
-            torch.testing.assert_close(attn.kv_cache.v, vc, atol=0, rtol=0)
-            assert not any(counters.any() for counters in _arrivals.values())
     # A prefill's rotation and cache writes (16 tokens per program, the last block part-filled).
     H, KVH, D, S, T = 4, 2, 16, 512, 300
     kc, vc = torch.randn(2, 1, KVH, S, D, device=device)
@@ -181,14 +150,3 @@ def test_model_steps_match_the_sdpa_path(position_encoding, num_heads, dtype, to
         step, positions = tokens[:, pos : pos + t], torch.arange(pos, pos + t, device="cuda")
         expected = plain(step, positions).float()
         torch.testing.assert_close(fast(step, positions).float(), expected, atol=tol, rtol=tol)
-
-
-def test_the_drafts_one_kernel_step_takes_one_token_over_a_short_cache(monkeypatch):
-    from selfspec.accel import attention
-
-    monkeypatch.setattr(attention, "attend_qkv", lambda *args: "three kernels")
-    short, long = attention.DRAFT_ONE_KERNEL_KEYS, attention.DRAFT_ONE_KERNEL_KEYS + 1
-    assert attention.attend_draft_step(None, torch.zeros(1, 1, 96), None, long, None, None) == "three kernels"
-    assert attention.attend_draft_step(None, torch.zeros(1, 2, 96), None, short, None, None) == "three kernels"
-    window = AttentionWindow(sinks=attention.DRAFT_BLOCK_KV + 1, recent=8)
-    assert attention.attend_draft_step(None, torch.zeros(1, 1, 96), None, short, None, None, window) == "three kernels"
