@@ -52,6 +52,8 @@ def main():
     variants = {name: settings for name, *settings in args.variant}
     if len(variants) != len(args.variant):
         raise InputError("each --variant needs a name of its own")
+    if min(args.positions) < 0 or args.rounds < 1 or args.iters < 1:
+        raise InputError("--positions must be 0 or more, --rounds and --iters 1 or more")
     restore_settings(apply_settings(s for settings in variants.values() for s in settings))  # checked before any run
     require_cuda("the draft step's A/B")
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "variants": variants, "runs": {}}

@@ -45,24 +45,34 @@ def apply_settings(settings) -> list:
     """Set module-level settings of this package's kernels, each "MODULE.NAME=VALUE" (a module of selfspec.accel,
     VALUE a Python literal: attention.BLOCK_KV=64), for an A/B; returns what `restore_settings` puts back."""
     undo = []
-    for setting in settings:
-        target, equals, value = setting.partition("=")
-        module_name, dot, name = target.rpartition(".")
-        if not equals or not dot:
-            raise InputError(f"a setting is MODULE.NAME=VALUE (a module of selfspec.accel), got {setting!r}")
-        try:
-            module = importlib.import_module(f"selfspec.accel.{module_name}")
-        except (ImportError, ValueError):
-            raise InputError(f"selfspec.accel has no module {module_name!r} (setting {setting!r})") from None
-        if not hasattr(module, name):
-            raise InputError(f"selfspec.accel.{module_name} has no setting {name!r}")
-        try:
-            parsed = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise InputError(f"the value of {setting!r} is not a Python literal") from None
-        undo.append((module, name, getattr(module, name)))
-        setattr(module, name, parsed)
+    try:
+        for setting in settings:
+            undo.append(_apply_setting(setting))
+    except InputError:
+        restore_settings(undo)
+        raise
     return undo
+
+
+def _apply_setting(setting: str) -> tuple:
+    """One of apply_settings' settings: (module, name, the value before)."""
+    target, equals, value = setting.partition("=")
+    module_name, dot, name = target.rpartition(".")
+    if not equals or not dot:
+        raise InputError(f"a setting is MODULE.NAME=VALUE (a module of selfspec.accel), got {setting!r}")
+    try:
+        module = importlib.import_module(f"selfspec.accel.{module_name}")
+    except (ImportError, ValueError):
+        raise InputError(f"selfspec.accel has no module {module_name!r} (setting {setting!r})") from None
+    if not hasattr(module, name):
+        raise InputError(f"selfspec.accel.{module_name} has no setting {name!r}")
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        raise InputError(f"the value of {setting!r} is not a Python literal") from None
+    before = getattr(module, name)
+    setattr(module, name, parsed)
+    return module, name, before
 
 
 def restore_settings(undo: list) -> None:

@@ -23,8 +23,10 @@ def main():
         raise InputError("name the script after `--`: SETTING ... -- SCRIPT ARGS")
     split = words.index("--")
     settings, command = words[:split], words[split + 1:]
-    if not command or not Path(command[0]).is_file():
-        raise InputError(f"name a script file after `--`: SETTING ... -- SCRIPT ARGS, got {command[:1]}")
+    if not command:
+        raise InputError("name the script after `--`: SETTING ... -- SCRIPT ARGS")
+    if not Path(command[0]).is_file():
+        raise InputError(f"no script file {command[0]}")
     apply_settings(settings)
     sys.argv = command
     runpy.run_path(command[0], run_name="__main__")

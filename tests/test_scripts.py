@@ -95,8 +95,8 @@ def test_an_ab_changes_kernel_settings_and_puts_them_back():
     for bad in ["BLOCK_KV=64", "attention.BLOCK_KV", "no_such_module.X=1", ".X=1", "attention.NO_SUCH=1",
                 "attention.BLOCK_KV=sixty"]:
         with pytest.raises(InputError):
-            apply_settings([bad])
-    assert attention.BLOCK_KV == before[0]
+            apply_settings(["launch.MAX_VERIFY_TOKENS=8", bad])  # the good one is put back too
+    assert (attention.BLOCK_KV, launch.MAX_VERIFY_TOKENS) == before
 
 
 def test_with_settings_runs_a_script_with_them(tmp_path):
@@ -105,7 +105,8 @@ def test_with_settings_runs_a_script_with_them(tmp_path):
     result = run_bench("with_settings.py", "attention.BLOCK_KV=32", "--", script, "--flag")
     assert result.returncode == 0 and result.stdout.strip() == "32 ['--flag']", result.stderr
     assert_clean_error(run_bench("with_settings.py", "attention.BLOCK_KV=32"), "after `--`")
-    assert_clean_error(run_bench("with_settings.py", "attention.BLOCK_KV=32", "--", tmp_path / "missing.py"), "script file")
+    missing = tmp_path / "missing.py"
+    assert_clean_error(run_bench("with_settings.py", "attention.BLOCK_KV=32", "--", missing), "no script file")
     assert_clean_error(run_bench("with_settings.py", "attention.BLOCK=32", "--", script), "no setting 'BLOCK'")
 
 
@@ -113,6 +114,7 @@ def test_draft_step_ab_checks_its_variants_before_the_gpu():
     assert_clean_error(run_bench("draft_step_ab.py", "--variant", "a", "--variant", "a", "attention.BLOCK_KV=64"),
                        "a name of its own")
     assert_clean_error(run_bench("draft_step_ab.py", "--variant", "a", "attention.BLOCK_KV=x"), "not a Python literal")
+    assert_clean_error(run_bench("draft_step_ab.py", "--variant", "a", "--positions", "-1"), "--positions")
 
 
 def test_benchmark_missing_model(tmp_path):
