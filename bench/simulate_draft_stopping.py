@@ -36,21 +36,23 @@ from selfspec.draft import make_draft  # noqa: E402
 
 @torch.inference_mode()
 def draft_chains(model, draft, ids: list[int], answer: list[int], depth: int) -> list[dict]:
-    """chains[j]: the draft's greedy tokens and top probabilities for a round whose last emitted token is
-    answer[j], reading the target's cache before it (as in generate: the draft writes its own entries)."""
+    """chains[j]: the draft's greedy tokens, their probabilities and the draft's second choices for a round whose
+    last emitted token is answer[j], reading the target's cache before it (as in generate: the draft writes its
+    own entries)."""
     seq, n = ids + answer[:-1], len(ids)
     model(torch.tensor([seq]), torch.arange(len(seq)))  # the target's KV everywhere
     chains = []
     for j in range(len(answer) - 1):
-        token, tokens, confidences = answer[j], [], []
+        token, chain = answer[j], {"tokens": [], "confidences": [], "seconds": []}
         for i in range(depth):
             pos = n + j + i
             probs = draft(torch.tensor([[token]]), torch.tensor([pos]), pos + 1)[0, -1].float().softmax(-1)
             confidence, token = (float(v) for v in probs.max(-1))
             token = int(token)
-            tokens.append(token)
-            confidences.append(confidence)
-        chains.append({"tokens": tokens, "confidences": confidences})
+            chain["tokens"].append(token)
+            chain["confidences"].append(confidence)
+            chain["seconds"].append(next(int(t) for t in probs.topk(2).indices if int(t) != token))
+        chains.append(chain)
         end = min(n + j + depth, len(seq))
         if end > n + j:  # put the target's entries back where the draft wrote
             model(torch.tensor([seq[n + j : end]]), torch.arange(n + j, end), end)
@@ -160,7 +162,7 @@ def saved_chains(path: Path, depth: int) -> list[dict]:
     saved = min(len(c["tokens"]) for r in records for c in r["chains"])
     if depth > saved:
         raise InputError(f"the chains in {path} are {saved} drafts long; --max-step-draft {depth} asks for more")
-    cut = lambda c: {"tokens": c["tokens"][:depth], "confidences": c["confidences"][:depth]}  # noqa: E731
+    cut = lambda c: {key: values[:depth] for key, values in c.items()}  # noqa: E731
     return [dict(r, chains=[cut(c) for c in r["chains"]]) for r in records]
 
 

@@ -17,35 +17,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.harness import model_folder  # noqa: E402
 from bench.measure_acceptance import PROMPTS  # noqa: E402
-from bench.simulate_draft_stopping import Threshold  # noqa: E402
+from bench.simulate_draft_stopping import Threshold, draft_chains  # noqa: E402
 from selfspec.checkpoint import load_checkpoint  # noqa: E402
 from selfspec.draft import make_draft  # noqa: E402
 from selfspec.generate import generate  # noqa: E402
 
 DEPTH = 8
-
-
-@torch.inference_mode()
-def chains_with_seconds(model, draft, ids, answer):
-    """bench/simulate_draft_stopping.draft_chains, with the draft's second choice at each step."""
-    seq, n = ids + answer[:-1], len(ids)
-    model(torch.tensor([seq]), torch.arange(len(seq)))
-    chains = []
-    for j in range(len(answer) - 1):
-        token, chain = answer[j], {"tokens": [], "confidences": [], "seconds": []}
-        for i in range(DEPTH):
-            pos = n + j + i
-            probs = draft(torch.tensor([[token]]), torch.tensor([pos]), pos + 1)[0, -1].float().softmax(-1)
-            top = probs.topk(2)
-            token = int(top.indices[0])
-            chain["tokens"].append(token)
-            chain["confidences"].append(float(top.values[0]))
-            chain["seconds"].append(int(top.indices[1]))
-        chains.append(chain)
-        end = min(n + j + DEPTH, len(seq))
-        if end > n + j:
-            model(torch.tensor([seq[n + j : end]]), torch.arange(n + j, end), end)
-    return chains
 
 
 def replay(answer, chains, k_limit: int, leaves: bool):
@@ -82,7 +59,7 @@ def main():
     for prompt in PROMPTS[:5]:
         ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=1024 - 128 - DEPTH)
         answer = generate(model, ids, 128, eos_token_id=ckpt.eos_token_id)[0]
-        records.append({"answer": answer, "chains": chains_with_seconds(model, draft, ids, answer)})
+        records.append({"answer": answer, "chains": draft_chains(model, draft, ids, answer, DEPTH)})
         print(f"{len(records)} prompts", file=sys.stderr, flush=True)
     tokens = sum(len(r["answer"]) - 1 for r in records)
     results = {}
