@@ -76,6 +76,9 @@ def parse_args(argv=None):
                    help=f"where drafts come from: int4 (the INT4 copy of the weights), lookup (tokens that followed the "
                         f"context's last few tokens earlier in the prompt or the answer), lookup+int4 (the lookup when it "
                         f"finds a match, else the INT4 draft) (default: {DEFAULT_DRAFT}; given on CPU, it implies --speculative)")
+    p.add_argument("--second-choices", action="store_true",
+                   help="greedy decoding with the INT4 draft: each verification also checks the draft's second choice "
+                        "beside each draft, which gives one more token where the target chose it")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float,
                    help="with --do-sample (default: the checkpoint's generation_config.json, else 1)")
@@ -192,6 +195,9 @@ def run(args) -> int:
     args.speculative = args.speculative or (not args.no_speculative and (device.type != "cpu" or args.draft is not None))
     draft_source = (args.draft or DEFAULT_DRAFT) if args.speculative else None
     uses_int4 = draft_source in ("int4", "lookup+int4")
+    if args.second_choices and (args.do_sample or not uses_int4):
+        raise InputError("--second-choices checks the INT4 draft's greedy drafts: it needs speculative decoding with "
+                         "--draft int4 or lookup+int4, without --do-sample")
     if draft_source and device.type == "cuda" and args.max_step_draft + 1 > accel.MAX_VERIFY_TOKENS:
         raise InputError(f"--max-step-draft {args.max_step_draft} is more than the CUDA path verifies in one pass: "
                          f"at most {accel.MAX_VERIFY_TOKENS - 1}")
@@ -222,9 +228,10 @@ def run(args) -> int:
     options = dict(
         draft=draft, draft_source=draft_source or "int4", do_sample=args.do_sample, **sampling,
         repetition_penalty=repetition_penalty, th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft,
-        eos_token_id=ckpt.eos_token_id,
+        eos_token_id=ckpt.eos_token_id, second_choices=args.second_choices,
     )
-    fields = {"speculative": draft_source is not None, "draft_source": draft_source, "sampling": sampling or None,
+    fields = {"speculative": draft_source is not None, "draft_source": draft_source,
+              "second_choices": args.second_choices, "sampling": sampling or None,
               "repetition_penalty": repetition_penalty, "device": device.type,
               "dtype": str(dtype).removeprefix("torch.")}
 
@@ -284,6 +291,9 @@ def print_result(args, answer: str, output_ids: list[int], stats, fields: dict):
     if source == "lookup+int4":
         print(f"INT4 draft tokens proposed {stats.drafted - stats.lookup_drafted}")
         print(f"INT4 draft tokens accepted {stats.accepted - stats.lookup_accepted}")
+    if fields["second_choices"]:
+        print(f"Second choices verified {stats.leaves}")
+        print(f"Second choices accepted {stats.leaves_accepted}")
     sys.stdout.flush()
 
 

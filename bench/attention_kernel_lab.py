@@ -40,8 +40,10 @@ def attention_call(q, k_cache, v_cache, pos, end, block_kv, warps, block_b):
             q, k_cache, v_cache, pos, m, o, m, l, T, max_seq, num_blocks, head_dim ** -0.5, HEADS=heads,
             KV_HEADS=k_cache.shape[1], HEAD_DIM=head_dim, BLOCK_T=at.MAX_VERIFY_TOKENS, BLOCK_KV=block_kv, ALIBI=False,
             SINKS=0, RECENT=0, IEEE=False, num_warps=warps, **pdl)
-        at._merge_blocks_kernel[(heads, T)](o, m, l, pos, y, T, num_blocks, HEADS=heads, HEAD_DIM=head_dim,
-                                            BLOCK_KV=block_kv, BLOCK_B=block_b, RECENT=0, **pdl)
+        at._merge_blocks_kernel[(heads, T)](o, m, l, pos, q, k_cache, v_cache, pos, y, T, num_blocks, max_seq,
+                                            head_dim ** -0.5, HEADS=heads, KV_HEADS=k_cache.shape[1],
+                                            HEAD_DIM=head_dim, BLOCK_T=at.MAX_VERIFY_TOKENS, BLOCK_KV=block_kv,
+                                            BLOCK_B=block_b, RECENT=0, **pdl)
 
     return call, y
 

@@ -361,7 +361,8 @@ def bench_proxy(args) -> dict:
               "plain_decode_tokens_per_s": decode_tokens_per_s("plain"), "variants": {}}
     for name in args.draft:
         totals = {key: sum(r[name][key] for r in rows)
-                  for key in ("drafted", "accepted", "lookup_drafted", "lookup_accepted", "lookup_steps", "verify_steps")}
+                  for key in ("drafted", "accepted", "lookup_drafted", "lookup_accepted", "lookup_steps", "leaves",
+                              "leaves_accepted", "verify_steps")}
         result["variants"][name] = {
             "decode_tokens_per_s": decode_tokens_per_s(name),
             "speedup": decode_tokens_per_s(name) / result["plain_decode_tokens_per_s"],
@@ -678,7 +679,9 @@ def proxy_markdown(r: dict, meta: dict) -> str:
     for name, v in r["variants"].items():
         lines.append(f"{name}: {v['decode_tokens_per_s']:.1f} ({v['speedup']:.2f}x); acceptance {v['acceptance_rate']:.1%}; "
                      f"lookup {split(v, 'lookup')} in {v['lookup_steps']} of {v['verify_steps']} rounds, INT4 "
-                     f"{split(v, 'int4')}; outputs identical to plain: {'all' if v['all_identical'] else 'NOT all'}"
+                     f"{split(v, 'int4')}"
+                     + (f", second choices {v['leaves_accepted']}/{v['leaves']}" if v["leaves"] else "")
+                     + f"; outputs identical to plain: {'all' if v['all_identical'] else 'NOT all'}"
                      + (f"; {v['over_transformers_eager']:.1f}x transformers eager" if "over_transformers_eager" in v
                         else "") + ".")
     if "transformers_eager" in r:

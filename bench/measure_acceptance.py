@@ -131,6 +131,8 @@ VARIANTS = {
     "lookup": dict(draft_source="lookup"),
     "lookup+int4": dict(draft_source="lookup+int4"),
     "lookup+int4+continue": dict(draft_source="lookup+int4", draft_after_lookup=True),
+    "int4+second": dict(draft_source="int4", second_choices=True),  # the draft's second choices verified too
+    "lookup+int4+second": dict(draft_source="lookup+int4", second_choices=True),
 }
 # Step costs in plain FP16 steps for the speedup estimate: the H200's INT4 draft step (docs/performance.md)
 # and a verification pass of up to 9 tokens.
@@ -181,7 +183,8 @@ def measure(model, draft, ckpt, tokenizer, prompts=PROMPTS, n_predict=128, th_st
             "drafted": stats.drafted, "accepted": stats.accepted, "acceptance_rate": stats.acceptance_rate,
             "lookup_drafted": stats.lookup_drafted, "lookup_accepted": stats.lookup_accepted,
             "lookup_steps": stats.lookup_steps, "int4_drafted": int4_drafted,
-            "int4_accepted": stats.accepted - stats.lookup_accepted, "verify_steps": stats.verify_steps,
+            "int4_accepted": stats.accepted - stats.lookup_accepted, "leaves": stats.leaves,
+            "leaves_accepted": stats.leaves_accepted, "verify_steps": stats.verify_steps,
             "tokens_per_step": stats.tokens_per_step, "top1_agreement": agree / positions if positions else 0.0,
             "agree_positions": agree, "positions": positions, "spec_equals_plain": spec == plain,
             "estimated_speedup": (stats.tokens_generated - 1) / cost if cost else 1.0,
@@ -210,7 +213,7 @@ def summary(records) -> dict:
         "tokens": tokens, "drafted": drafted, "accepted": accepted,
         "acceptance_rate": accepted / drafted if drafted else 0.0,
         **{key: total(key) for key in ("lookup_drafted", "lookup_accepted", "lookup_steps", "int4_drafted",
-                                       "int4_accepted", "verify_steps")},
+                                       "int4_accepted", "leaves", "leaves_accepted", "verify_steps")},
         "tokens_per_step": decode_tokens / steps if steps else 0.0,
         "top1_agreement": total("agree_positions") / max(1, total("positions")),
         "spec_equals_plain": all(r["spec_equals_plain"] for r in records),

@@ -9,6 +9,10 @@ One speculative round, with `token` the last emitted token at position `pos` (no
   2. the FP16 target runs once over [token, d1..dk] at pos..pos+k, overwriting those entries;
   3. greedy: keep the longest prefix of drafts equal to the target's argmax, plus the target's next
      token; sampling: standard speculative sampling (min(1, p/q) acceptance, residual resampling).
+With `second_choices` (greedy, INT4 drafts) the pass of step 2 also carries leaves: the draft's second
+choice l_i beside each draft d_i, at d_i's position, attending to the tokens before it and to itself
+(model.Transformer.forward's `slots`). Where the target rejects d_i for l_i, the leaf's row gives the token
+after l_i too: one more token that round, and the leaf's key and value move to its position in the cache.
 The cache needs no rollback: the next round starts writing right after the accepted tokens, and
 attention never reads past the current query position.
 """
@@ -21,8 +25,8 @@ import torch
 from . import accel
 from .device import synchronize
 from .lookup import NgramLookup
-from .sampling import (Sampling, count_accepted, greedy_pick, penalize, seen_by_row, speculative_accept,
-                       spread)
+from .sampling import (Sampling, count_accepted, greedy_pick, greedy_top_two, penalize, seen_by_row,
+                       speculative_accept, spread)
 
 # IPEX-LLM's auto_th_stop_draft: an EMA of the per-round match ratio steers the stop threshold.
 MATCH_EMA = 0.5  # weight of the previous EMA value
@@ -46,6 +50,8 @@ class GenerationStats:
     lookup_drafted: int = 0  # of `drafted`, the tokens the prompt lookup proposed
     lookup_accepted: int = 0  # of `accepted`, the lookup's
     lookup_steps: int = 0  # verification rounds whose drafts began with a lookup proposal
+    leaves: int = 0  # second choices of the INT4 draft verified beside its drafts (second_choices)
+    leaves_accepted: int = 0  # of those, the ones the target chose, each with the target's token after it
     verify_steps: int = 0  # target forward passes after the prefill (one per round, or per plain step)
     final_th_stop_draft: float = 0.0
 
@@ -140,6 +146,7 @@ def generate(
     draft_after_lookup: bool = False,
     lookup_min_ngram: int = 2,
     lookup_max_ngram: int = 4,
+    second_choices: bool = False,
     streamer=None,
     generator: torch.Generator | None = None,
     cached_tokens: int = 0,
@@ -166,6 +173,10 @@ def generate(
     proposal with q = one-hot(d): kept with probability p(d), else replaced by a sample of p without d.
     The adaptive stop threshold follows the INT4 draft's own tokens only.
 
+    `second_choices` (greedy decoding with the INT4 draft): each round of the INT4 draft's own drafts also
+    verifies the draft's second choice beside each draft, as far as the pass's token limit allows (module
+    docstring); the output stays plain decoding's.
+
     `cached_tokens`: the first that many of `input_ids` are in the KV cache already, at positions 0.. (a
     conversation's earlier turns: an earlier call's input_ids and all its new ids but the last); only the
     rest is prefilled. At least the last id of `input_ids` must be new.
@@ -175,7 +186,7 @@ def generate(
     """
     target = getattr(model, "module", model)
     check_arguments(model, draft, input_ids, max_new_tokens, cached_tokens, th_stop_draft, max_step_draft,
-                    repetition_penalty, draft_source)
+                    repetition_penalty, draft_source, second_choices, do_sample)
     device = target.model.norm.weight.device
     sampling = Sampling(do_sample, temperature, top_k, top_p)
     stats = GenerationStats(prompt_tokens=len(input_ids), final_th_stop_draft=th_stop_draft)
@@ -185,7 +196,7 @@ def generate(
 
     start = time.perf_counter()
     # A round never drafts more tokens than are left to generate.
-    bufs = Buffers(min(max_step_draft, max_new_tokens), target.max_seq_len, device)
+    bufs = Buffers(min(max_step_draft, max_new_tokens), target.max_seq_len, device, second_choices)
     n_prompt = len(input_ids)
     logits = model(torch.tensor([input_ids[cached_tokens:]], device=device), bufs.positions[cached_tokens:n_prompt],
                    n_prompt, last_only=True)
@@ -217,17 +228,27 @@ def generate(
             bufs.stage(proposal, do_sample)
         if draft is not None and (m == 0 or draft_after_lookup and m < k_max):
             k = draft_more(draft, bufs, answer, sampling, generator, pos, m, k_max, min_step_draft, th_stop_draft)
-        draft_tokens, n, token = verify(model, bufs, answer, sampling, generator, pos, k)
+        # Leaves beside the first drafts, as many as the pass's token limit and the cache leave room for.
+        leaves = 0
+        if bufs.seconds is not None and m == 0:
+            leaves = min(k, (accel.pass_limit(model) or 2 * k + 1) - k - 1, target.max_seq_len - pos - k - 1)
+        draft_tokens, n, token, leaf = verify(model, bufs, answer, sampling, generator, pos, k, leaves)
         bufs.tokens[0] = token
         stats.drafted += k
         stats.accepted += n
         stats.verify_steps += 1
+        stats.leaves += leaves
         if m:
             stats.lookup_drafted += m
             stats.lookup_accepted += min(n, m)
             stats.lookup_steps += 1
-        pos += n + 1
-        done = answer.add(draft_tokens[:n] + [token])
+        emitted = draft_tokens[:n] + [token]
+        if leaf is not None:  # the target chose the leaf beside d_{n+1}: its key and value go to its position
+            target.copy_cache_entry(pos + k + 1 + n, pos + n + 1)
+            stats.leaves_accepted += 1
+            emitted = draft_tokens[:n] + [leaf, token]
+        pos += len(emitted)
+        done = answer.add(emitted)
 
         # The threshold steers the INT4 draft: only its own tokens, where the target reached them, count.
         if auto_th_stop_draft and k > m and n >= m:
@@ -244,7 +265,7 @@ def generate(
 
 
 def check_arguments(model, draft, input_ids, max_new_tokens, cached_tokens, th_stop_draft, max_step_draft,
-                    repetition_penalty, draft_source):
+                    repetition_penalty, draft_source, second_choices=False, do_sample=False):
     """generate()'s ValueErrors for arguments it cannot honour."""
     target = getattr(model, "module", model)
     if not input_ids:
@@ -268,6 +289,8 @@ def check_arguments(model, draft, input_ids, max_new_tokens, cached_tokens, th_s
         raise ValueError("draft_source 'lookup' drafts from the context alone: pass draft=None")
     if draft_source == "lookup+int4" and draft is None:
         raise ValueError("draft_source 'lookup+int4' needs the INT4 draft")
+    if second_choices and (do_sample or draft is None):
+        raise ValueError("second_choices verifies the INT4 draft's greedy drafts: it needs the draft and do_sample=False")
     limit = accel.pass_limit(model)
     if limit is not None and (draft is not None or draft_source != "int4") and max_step_draft + 1 > limit:
         raise ValueError(f"max_step_draft {max_step_draft} needs verify passes of {max_step_draft + 1} tokens; the "
@@ -317,9 +340,12 @@ class Buffers:
     """The device tensors a generation reuses, so that no step makes a new one: a tensor made per step is a
     launch on the host's path between two steps."""
 
-    def __init__(self, draft_slots: int, max_seq_len: int, device):
+    def __init__(self, draft_slots: int, max_seq_len: int, device, second_choices: bool = False):
         self.positions = torch.arange(max_seq_len, device=device)  # each pass takes a slice
-        self.tokens = torch.empty(draft_slots + 1, dtype=torch.long, device=device)  # [last token, d1..dk]
+        # [last token, d1..dk], and with second choices the leaves l1..lL after them
+        self.tokens = torch.empty((2 if second_choices else 1) * draft_slots + 1, dtype=torch.long, device=device)
+        self.seconds = torch.empty(draft_slots, dtype=torch.long, device=device) if second_choices else None
+        self.leaf_positions = torch.empty_like(self.tokens) if second_choices else None  # a pass's [p..p+k, p+1..p+L]
         # Lookup drafts reach `tokens` in one copy from pinned memory, which does not wait for the device; the
         # copy has run before the staging is written again, as every round ends by reading the device.
         self.staging = torch.empty(draft_slots, dtype=torch.long, pin_memory=device.type == "cuda")
@@ -352,6 +378,9 @@ def draft_more(draft, bufs: Buffers, answer: Answer, sampling: Sampling, generat
         if sampling.do_sample:
             tokens[k + 1], q, q_ids = sampling.sample(logits, generator)
             confidence = spread(q, q_ids, bufs.draft_probs[k]).gather(0, tokens[k + 1 : k + 2])
+        elif bufs.seconds is not None:
+            top_two, confidence = greedy_top_two(logits)
+            tokens[k + 1], bufs.seconds[k] = top_two
         else:
             tokens[k + 1], confidence = greedy_pick(logits)
         if draft_seen is not None:
@@ -362,18 +391,36 @@ def draft_more(draft, bufs: Buffers, answer: Answer, sampling: Sampling, generat
     return k
 
 
-def verify(model, bufs: Buffers, answer: Answer, sampling: Sampling, generator, pos: int, k: int):
-    """The target's pass over [token, d1..dk]: (the drafts as ints, how many it accepts, its next token)."""
-    tokens = bufs.tokens
-    logits = model(tokens[: k + 1].view(1, -1), bufs.positions[pos : pos + k + 1], pos + k + 1)[0]
+def verify(model, bufs: Buffers, answer: Answer, sampling: Sampling, generator, pos: int, k: int, leaves: int = 0):
+    """The target's pass over [token, d1..dk] and, greedy, the leaves l1..l_leaves beside the first drafts:
+    (the drafts as ints, how many it accepts, its next token, the accepted leaf or None). An accepted leaf
+    l_{n+1} comes after the n accepted drafts, and the next token after it; its key and value are still at
+    slot pos + k + 1 + n of the cache."""
+    tokens, positions = bufs.tokens, bufs.positions
+    if leaves:
+        tokens[k + 1 : k + 1 + leaves] = bufs.seconds[:leaves]
+        pass_pos = bufs.leaf_positions[: k + 1 + leaves]
+        pass_pos[: k + 1] = positions[pos : pos + k + 1]
+        pass_pos[k + 1 :] = positions[pos + 1 : pos + 1 + leaves]
+        logits = model(tokens[: k + 1 + leaves].view(1, -1), pass_pos, pos + k + 1 + leaves,
+                       slots=positions[pos : pos + k + 1 + leaves])[0]
+    else:
+        logits = model(tokens[: k + 1].view(1, -1), positions[pos : pos + k + 1], pos + k + 1)[0]
     if answer.seen is not None:
-        logits = penalize(logits, seen_by_row(answer.seen, tokens[1 : k + 1]), answer.penalty)
+        seen = seen_by_row(answer.seen, tokens[1 : k + 1])
+        if leaves:  # the row of l_i has seen d1..d(i-1) and l_i
+            leaf_seen = seen[:leaves].scatter(1, tokens[k + 1 : k + 1 + leaves, None], True)
+            seen = torch.cat([seen, leaf_seen])
+        logits = penalize(logits, seen, answer.penalty)
     if sampling.do_sample:
         p, p_ids = sampling.distribution(logits)
         n, next_token = speculative_accept(p, bufs.draft_probs[:k], tokens[1 : k + 1], generator, p_ids)
         host = torch.cat([tokens[1 : k + 1], n.view(1), next_token.view(1)]).tolist()
-        return host[:k], host[k], host[k + 1]
-    host = torch.cat([tokens[1 : k + 1], greedy_pick(logits)[0]]).tolist()
-    draft_tokens, target_tokens = host[:k], host[k:]
+        return host[:k], host[k], host[k + 1], None
+    host = torch.cat([tokens[1 : k + 1 + leaves], greedy_pick(logits)[0]]).tolist()
+    draft_tokens, leaf_tokens = host[:k], host[k : k + leaves]
+    target_tokens, after_leaves = host[k + leaves : 2 * k + leaves + 1], host[2 * k + leaves + 1 :]
     n = count_accepted(draft_tokens, target_tokens)
-    return draft_tokens, n, target_tokens[n]
+    if n < leaves and leaf_tokens[n] == target_tokens[n]:
+        return draft_tokens, n, after_leaves[n], leaf_tokens[n]
+    return draft_tokens, n, target_tokens[n], None

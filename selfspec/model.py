@@ -95,16 +95,19 @@ class MLP(nn.Module):
 
 
 class KVCache(nn.Module):
-    def __init__(self, num_kv_heads: int, max_seq_len: int, head_dim: int, dtype, device):
-        super().__init__()
-        shape = (1, num_kv_heads, max_seq_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+    """One layer's keys and values [1, kv_heads, max_seq_len, head_dim] (views of the model's one cache
+    tensor: Transformer.setup_caches), by slot. A token's slot is its position, except for the leaves of a
+    verify pass (Transformer.forward's `slots`)."""
 
-    def update(self, input_pos, k, v, end: int):
-        """Write k/v [1, kv_heads, T, head_dim] at positions `input_pos`; return the cache up to `end`."""
-        self.k.index_copy_(2, input_pos, k)
-        self.v.index_copy_(2, input_pos, v)
+    def __init__(self, k, v):
+        super().__init__()
+        self.register_buffer("k", k, persistent=False)
+        self.register_buffer("v", v, persistent=False)
+
+    def update(self, slots, k, v, end: int):
+        """Write k/v [1, kv_heads, T, head_dim] at `slots`; return the cache up to `end`."""
+        self.k.index_copy_(2, slots, k)
+        self.v.index_copy_(2, slots, v)
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
@@ -118,10 +121,10 @@ class Attention(nn.Module):
         self.o_proj = Linear(args.num_heads * args.head_dim, args.hidden_size)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, input_pos, end: int, mask, rope):
-        """x [1, T, hidden] at positions input_pos [T]; attends to the cache over [0, end) with the additive
-        `mask` (None: causal, for a prefill from position 0); `rope`: the (cos, sin) rows of the positions,
-        or None (ALiBi: the mask holds the bias)."""
+    def forward(self, x, input_pos, end: int, mask, rope, slots=None):
+        """x [1, T, hidden] at positions input_pos [T], stored at `slots` (None: input_pos); attends to the
+        cache over [0, end) with the additive `mask` (None: causal, for a prefill from position 0); `rope`:
+        the (cos, sin) rows of the positions, or None (ALiBi: the mask holds the bias)."""
         T = x.shape[1]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = self.W_pack(x).split([q_size, kv_size, kv_size], dim=-1)
@@ -130,7 +133,7 @@ class Attention(nn.Module):
         v = v.view(1, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, k, *rope)
-        k, v = self.kv_cache.update(input_pos, k, v, end)
+        k, v = self.kv_cache.update(input_pos if slots is None else slots, k, v, end)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.num_kv_heads != self.num_heads
         )
@@ -145,8 +148,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.mlp = MLP(args)
 
-    def forward(self, x, input_pos, end: int, mask, rope):
-        h = x + self.self_attn(self.input_layernorm(x), input_pos, end, mask, rope)
+    def forward(self, x, input_pos, end: int, mask, rope, slots=None):
+        h = x + self.self_attn(self.input_layernorm(x), input_pos, end, mask, rope, slots)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -159,10 +162,10 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(args) for _ in range(args.num_layers))
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
-    def forward(self, tokens, input_pos, end: int, mask, rope):
+    def forward(self, tokens, input_pos, end: int, mask, rope, slots=None):
         x = self.embed_tokens(tokens)
         for layer in self.layers:
-            x = layer(x, input_pos, end, mask, rope)
+            x = layer(x, input_pos, end, mask, rope, slots)
         return self.norm(x)
 
 
@@ -199,8 +202,11 @@ class Transformer(nn.Module):
         dtype = dtype or self.lm_head.weight.dtype
         device = device or self.lm_head.weight.device
         self.max_seq_len = max_seq_len
-        for layer in self.model.layers:
-            layer.self_attn.kv_cache = KVCache(args.num_kv_heads, max_seq_len, args.head_dim, dtype, device)
+        # One tensor for every layer's keys and values, so that copy_cache_entry is one copy.
+        self.kv_storage = torch.zeros(args.num_layers, 2, 1, args.num_kv_heads, max_seq_len, args.head_dim,
+                                      dtype=dtype, device=device)
+        for layer, (k, v) in zip(self.model.layers, self.kv_storage):
+            layer.self_attn.kv_cache = KVCache(k, v)
         positions = torch.arange(max_seq_len, device=device, dtype=torch.float32)
         if args.position_encoding == "rope":
             inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, args.head_dim, 2, device=device).float() / args.head_dim))
@@ -213,15 +219,25 @@ class Transformer(nn.Module):
         else:
             raise ValueError(f"unknown position encoding {args.position_encoding!r}")
 
-    def attention_mask(self, input_pos, end: int):
+    def copy_cache_entry(self, source: int, dest: int):
+        """Every layer's key and value at slot `source` into slot `dest` (a verify pass's accepted leaf)."""
+        self.kv_storage[..., dest, :] = self.kv_storage[..., source, :]
+
+    def attention_mask(self, input_pos, end: int, slots=None):
         """Causal mask (RoPE) or causal ALiBi bias slope*(j-i) (relative: exact near the diagonal in fp16),
         keys outside `attention_window` masked too.
 
-        Keys run over positions [0, end); `end` may exceed the last query position + 1 (CUDA graphs use
-        fixed-length buckets), so the mask, not the slice, is what keeps queries causal."""
+        Keys run over slots [0, end); `end` may exceed the last query position + 1 (CUDA graphs use
+        fixed-length buckets), so the mask, not the slice, is what keeps queries causal. A query whose slot
+        is not its position (a leaf) sees the keys before its position and, in place of the key at its
+        position, its own."""
         key_pos = torch.arange(end, device=input_pos.device)
         offset = key_pos[None, :] - input_pos[:, None]  # [T, end], j - i
         hidden = offset > 0
+        if slots is not None:
+            own = key_pos[None, :] == slots[:, None]
+            hidden = (hidden | (offset == 0)) & ~own
+            offset = offset.masked_fill(own, 0)
         if self.attention_window is not None:
             window = self.attention_window
             hidden |= (key_pos[None, :] >= window.sinks) & (offset <= -window.recent)
@@ -232,28 +248,33 @@ class Transformer(nn.Module):
         bias = self.alibi[:, None, None] * offset.float()
         return bias.masked_fill(hidden, float("-inf")).to(dtype).unsqueeze(0)
 
-    def forward(self, tokens, input_pos, end: int | None = None, last_only: bool = False):
+    def forward(self, tokens, input_pos, end: int | None = None, last_only: bool = False, slots=None):
         """tokens [1, T] at absolute positions input_pos [T] (consecutive). Returns logits [1, T, vocab],
         or [1, 1, vocab] for the last position only (`last_only`: a prefill needs no more).
 
         Attention reads the cache over [0, end), `end` defaulting to the last query position + 1 (pass it
         to avoid reading input_pos back from the device). Entries past a query's own position, left by
         rejected drafts or padding, are masked out and get overwritten later.
+
+        `slots` [T] (None: input_pos): where each token's key and value go in the cache. A verify pass with
+        leaves (generate.py) puts tokens at positions that drafts already hold, [token, d1..dk, l1..lk] at
+        positions [p..p+k, p+1..p+k] and slots p..p+2k; each row still gives the logits of a one-token step
+        after the tokens before its position.
         """
-        x = self.hidden_states(tokens, input_pos, end)
+        x = self.hidden_states(tokens, input_pos, end, slots)
         return self.lm_head(x[:, -1:] if last_only else x)
 
-    def hidden_states(self, tokens, input_pos, end: int | None = None):
+    def hidden_states(self, tokens, input_pos, end: int | None = None, slots=None):
         """The final-normed hidden states [1, T, hidden] that the head turns into logits."""
         if end is None:
             end = int(input_pos[-1]) + 1
-        return self.model(tokens, input_pos, end, *self.attention_inputs(tokens, input_pos, end))
+        return self.model(tokens, input_pos, end, *self.attention_inputs(tokens, input_pos, end, slots), slots)
 
-    def attention_inputs(self, tokens, input_pos, end: int):
+    def attention_inputs(self, tokens, input_pos, end: int, slots=None):
         """(mask, rope) of every layer's attention in one forward pass (see Attention.forward)."""
         rope = None
         if self.args.position_encoding == "rope":
             rope = self.rope_cos[input_pos], self.rope_sin[input_pos]
         # A prefill from position 0 of a RoPE model needs no mask: SDPA's causal kernels apply.
-        causal = tokens.shape[1] == end and rope is not None and self.attention_window is None
-        return None if causal else self.attention_mask(input_pos, end), rope
+        causal = tokens.shape[1] == end and rope is not None and self.attention_window is None and slots is None
+        return None if causal else self.attention_mask(input_pos, end, slots), rope

@@ -58,6 +58,12 @@ def greedy_pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return topk.greedy(logits)
 
 
+def greedy_top_two(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the argmax, as greedy_pick's, and the second largest logit's index: [..., 2]; the argmax's softmax
+    probability in float32)."""
+    return topk.greedy_two(logits)
+
+
 def spread(probs: torch.Tensor, ids: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
     """Write the probabilities of the tokens `ids` (all of the vocabulary's if None) into `out` [..., vocab]
     (float32) as a distribution over the vocabulary; returns `out`."""

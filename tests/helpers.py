@@ -40,16 +40,20 @@ def random_model(position_encoding="rope", num_heads=4, head_dim=16, num_layers=
 
 
 def check_greedy_speculative_equals_plain(target, draft, seed: int, runs: int, new_tokens: int, plain=None,
-                                          prompt_lengths=(1, 100)):
+                                          prompt_lengths=(1, 100), **options) -> int:
     """Greedy speculative decoding of `runs` random prompts (lengths in range(*prompt_lengths), a random
-    th_stop_draft each) gives the tokens of plain greedy decoding with `plain` (default: the target), and
-    drafts some tokens."""
+    th_stop_draft each, generate()'s `options` for both) gives the tokens of plain greedy decoding with `plain`
+    (default: the target), and drafts some tokens. Returns the leaves the target accepted (second_choices)."""
     rng = random.Random(seed)
+    leaves_accepted = 0
     for _ in range(runs):
         prompt = [rng.randrange(320) for _ in range(rng.randrange(*prompt_lengths))]
-        expected, _ = generate(plain if plain is not None else target, prompt, new_tokens)
-        spec, stats = generate(target, prompt, new_tokens, draft=draft, th_stop_draft=rng.random())
+        plain_options = {key: value for key, value in options.items() if key != "second_choices"}
+        expected, _ = generate(plain if plain is not None else target, prompt, new_tokens, **plain_options)
+        spec, stats = generate(target, prompt, new_tokens, draft=draft, th_stop_draft=rng.random(), **options)
         assert spec == expected and stats.drafted > 0
+        leaves_accepted += stats.leaves_accepted
+    return leaves_accepted
 
 
 def kernel_tests(module: str, check):

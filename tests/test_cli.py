@@ -63,6 +63,19 @@ def test_draft_sources_are_lossless_and_report_the_split(tiny_7b, draft):
         assert spec["drafted"] == spec["lookup_drafted"] and spec["accepted"] == spec["lookup_accepted"]
 
 
+def test_second_choices_are_lossless_and_reported(tiny_7b):
+    common = ["--repo-id-or-model-path", tiny_7b, "--prompt", "Tell me about the river.", "--n-predict", 40,
+              "--dtype", "float32", "--warmup", 0, "--draft", "int4"]
+    spec = json.loads(run_cli(*common, "--second-choices", "--json", check_exit=0).stdout.splitlines()[-1])
+    plain = json.loads(run_cli(*common, "--no-speculative", "--json", check_exit=0).stdout.splitlines()[-1])
+    assert spec["token_ids"] == plain["token_ids"] and spec["second_choices"] and not plain["second_choices"]
+    assert 0 <= spec["leaves_accepted"] <= spec["leaves"] <= spec["drafted"] and spec["leaves"] > 0
+    lines = run_cli(*common, "--second-choices", check_exit=0).stdout.splitlines()
+    assert re.fullmatch(r"Second choices verified \d+", lines[-2]) and re.fullmatch(r"Second choices accepted \d+", lines[-1])
+    assert_clean_error(run_cli(*common, "--second-choices", "--do-sample"), "--second-choices")
+    assert_clean_error(run_cli(*common[:-1], "lookup", "--second-choices"), "--second-choices")
+
+
 def test_bad_draft_source_and_ignored_draft(tiny_7b):
     result = run_cli("--repo-id-or-model-path", tiny_7b, "--draft", "ngram", "--n-predict", 4)
     assert_clean_error(result, "--draft")
@@ -429,7 +442,8 @@ def test_bad_prompt_files(tiny_7b, tmp_path):
 STATS_LINE = re.compile(r"(Tokens generated|E2E Generation time|First token latency|Decode speed|Draft tokens proposed"
                         r"|Draft tokens accepted|Acceptance rate|Verification steps|Tokens per verification step"
                         r"|Lookup tokens proposed|Lookup tokens accepted|Lookup verification steps"
-                        r"|INT4 draft tokens proposed|INT4 draft tokens accepted) ")
+                        r"|INT4 draft tokens proposed|INT4 draft tokens accepted|Second choices verified"
+                        r"|Second choices accepted) ")
 
 
 @pytest.mark.parametrize("options", [[], ["--speculative", "--do-sample", "--seed", 5, "--repetition-penalty", 1.05]], ids=["plain-greedy",

@@ -101,6 +101,53 @@ def test_speculative_with_repetition_penalty_equals_plain_float32(model_and_draf
     assert accepted > 0
 
 
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_second_choices_greedy_equals_plain_greedy_float32(model_and_draft, penalty):
+    model, draft = model_and_draft
+    rng = random.Random(7)
+    leaves = accepted = 0
+    for _ in range(8):
+        prompt = [rng.randrange(model.args.vocab_size) for _ in range(rng.randrange(1, 40))]
+        n = rng.randrange(1, 60)
+        plain, _ = generate(model, prompt, n, repetition_penalty=penalty)
+        spec, stats = generate(model, prompt, n, draft=draft, second_choices=True, repetition_penalty=penalty,
+                               th_stop_draft=rng.random(), max_step_draft=rng.randrange(1, 10))
+        assert spec == plain and stats.tokens_generated == n
+        assert stats.leaves == stats.drafted  # on CPU no pass limit: a leaf beside every draft
+        leaves, accepted = leaves + stats.leaves, accepted + stats.leaves_accepted
+    assert 0 < accepted < leaves  # both the accepted-leaf and the rejected-leaf paths ran
+
+
+class PassSizes:
+    """A model wrapper (as GraphedModel is one) that records how many tokens each pass takes."""
+
+    def __init__(self, module):
+        self.module, self.sizes = module, []
+
+    def __call__(self, tokens, *args, **kwargs):
+        self.sizes.append(tokens.shape[1])
+        return self.module(tokens, *args, **kwargs)
+
+
+def test_second_choices_fill_a_pass_up_to_its_limit(model_and_draft, monkeypatch):
+    model, draft = model_and_draft
+    monkeypatch.setattr("selfspec.generate.accel.pass_limit", lambda m: 10)  # as CUDA's fast path limits passes to 16
+    counted = PassSizes(model)
+    prompt = list(range(3, 30))
+    spec, stats = generate(counted, prompt, 80, draft=draft, second_choices=True, max_step_draft=6, th_stop_draft=0.0)
+    assert spec == generate(model, prompt, 80)[0]
+    # Rounds of 6 drafts (the threshold never stops the draft) take 3 leaves; [0] is the prefill.
+    assert max(counted.sizes[1:]) == 10 and 0 < stats.leaves < stats.drafted
+
+
+def test_second_choices_near_the_end_of_the_context():
+    # Leaves need slots after a round's drafts: near the end of the cache, fewer leaves or none.
+    model = random_model("alibi", num_heads=5, max_seq_len=48)
+    plain, _ = generate(model, [1, 2, 3], 45)
+    spec, stats = generate(model, [1, 2, 3], 45, draft=make_draft(model, 32), th_stop_draft=0.0, second_choices=True)
+    assert spec == plain and len(plain) == 45 and stats.leaves > 0
+
+
 LOOKUP_VARIANTS = [("lookup", False), ("lookup+int4", False), ("lookup+int4", True)]  # (source, draft_after_lookup)
 
 
@@ -339,6 +386,9 @@ def test_rejects_impossible_arguments():
     with pytest.raises(ValueError, match="KV cache"):
         other = random_model("rope", max_seq_len=64)
         generate(model, [1], 5, draft=make_draft(other))
+    for options in ({}, {"draft": make_draft(model), "do_sample": True}):
+        with pytest.raises(ValueError, match="second_choices"):
+            generate(model, [1], 5, second_choices=True, **options)
 
 
 def test_runs_to_the_end_of_the_context():

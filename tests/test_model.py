@@ -132,6 +132,29 @@ def test_incremental_decoding_matches_full_forward(position_encoding, num_heads)
     torch.testing.assert_close(last[0, 0], expected[10], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
+def test_leaf_rows_are_one_token_steps_with_their_own_key(position_encoding, num_heads):
+    """A verify pass with leaves: [token, d1, d2, d3, l1, l2, l3] at positions [20..23, 21..23], slots 20..26. The
+    row of l_i is a one-token step at l_i's position after token, d1..d(i-1); copy_cache_entry then puts l_i's key
+    and value where a step at its position would have."""
+    model = random_model(position_encoding, num_heads=num_heads)
+    gen = torch.Generator().manual_seed(5)
+    prompt, chain, leaves = (torch.randint(0, model.args.vocab_size, (n,), generator=gen) for n in (20, 4, 3))
+    model(prompt[None], torch.arange(20))
+    logits = model(torch.cat([chain, leaves])[None], torch.tensor([20, 21, 22, 23, 21, 22, 23]), 27,
+                   slots=torch.arange(20, 27))[0]
+    torch.testing.assert_close(logits[:4], full_forward(model, torch.cat([prompt, chain]).tolist())[20:])
+    for i in range(3):
+        step = model(torch.cat([chain[: i + 1], leaves[i : i + 1]])[None], torch.arange(20, 22 + i))[0, -1]
+        torch.testing.assert_close(logits[4 + i], step, atol=1e-5, rtol=1e-5)
+    keys = model.model.layers[1].self_attn.kv_cache.k
+    model(leaves[None, 2:], torch.tensor([23]), slots=torch.tensor([26]))
+    leaf_key = keys[:, :, 26].clone()
+    model(chain[None], torch.arange(20, 24))
+    model.copy_cache_entry(26, 23)
+    torch.testing.assert_close(keys[:, :, 23], leaf_key, atol=0, rtol=0)
+
+
 def test_stale_cache_entries_past_the_query_are_ignored():
     """A rejected draft leaves entries past the verified prefix; they must not change later logits."""
     model = random_model("alibi", num_heads=5)

@@ -4,7 +4,8 @@ distribution)."""
 import pytest
 import torch
 
-from selfspec.sampling import Sampling, count_accepted, greedy_pick, penalize, seen_by_row, speculative_accept, spread
+from selfspec.sampling import (Sampling, count_accepted, greedy_pick, greedy_top_two, penalize, seen_by_row,
+                               speculative_accept, spread)
 
 
 def test_repetition_penalty_matches_transformers():
@@ -86,6 +87,15 @@ def test_greedy_pick_gives_the_argmax_and_its_probability():
     token, prob = greedy_pick(logits[1])  # one row of logits: 0-d results
     assert token.dim() == prob.dim() == 0 and int(token) == 0
     assert int(Sampling().pick(logits[0])) == 1
+
+
+def test_greedy_top_two_gives_the_argmax_and_the_next_largest():
+    logits = torch.tensor([[1.0, 3.0, 3.0, -2.0], [0.5, 0.0, 0.0, 0.0], [-1.0, 2.0, 0.0, 1.5]], dtype=torch.float16)
+    top_two, probs = greedy_top_two(logits)
+    assert top_two.tolist() == [[1, 2], [0, 1], [1, 3]]  # ties: the lower index first
+    assert torch.equal(probs, greedy_pick(logits)[1])
+    top_two, prob = greedy_top_two(logits[2])  # one row of logits
+    assert top_two.tolist() == [1, 3] and prob.dim() == 0
 
 
 def test_count_accepted():

@@ -5,12 +5,15 @@ Per layer, two jobs replace RoPE + two cache writes + a mask + SDPA + a transpos
   1. `rope_and_store`: rotate q and k (RoPE models), write k and v into the cache at their positions,
      return q as [T, heads, head_dim];
   2. `decode_attention`: split-KV ("flash-decoding") attention over the live cache only. One program per
-     (head, block of BLOCK_KV keys) computes a partial softmax for all new tokens; a second kernel merges
-     the blocks. The live length is read from `input_pos` on the device, so a CUDA graph captured for a
-     longer cache bucket skips the blocks past it instead of masking them.
+     (head, block of BLOCK_KV keys) computes a partial softmax for all new tokens over the keys before
+     their positions; a second kernel merges the blocks, starting from the query's own key, which it reads
+     from the query's slot. The live length is read from `input_pos` on the device, so a CUDA graph
+     captured for a longer cache bucket skips the blocks past it instead of masking them.
 Queries see keys at positions <= their own (causal); ALiBi adds slope * (j - i). Each query row is
 computed the same way whatever the number of tokens in the call, so a verify pass gives the rows a
-one-token step would give (exactly so in float32: tl.dot runs in IEEE float32 there).
+one-token step would give (exactly so in float32: tl.dot runs in IEEE float32 there). The own key apart
+is what lets a verify pass's leaf (model.Transformer.forward's `slots`), whose position a draft's key holds
+in the cache, give a one-token step's row too.
 
 Prefills use `prefill_attention`, a flash-attention kernel (one program per block of query rows and head,
 online softmax over the keys up to the block's last position) that computes the ALiBi bias itself: SDPA
@@ -44,36 +47,37 @@ if triton is not None:
 
     @triton.jit
     def _rope_and_store_kernel(
-        qkv_ptr, pos_ptr, cos_ptr, sin_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, T, max_seq_len,
+        qkv_ptr, pos_ptr, slot_ptr, cos_ptr, sin_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, T, max_seq_len,
         HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, ROPE: tl.constexpr,
         BLOCK_T: tl.constexpr, PDL: tl.constexpr,
     ):
-        # One program per (BLOCK_T tokens, head slot); slots are the q heads, then k heads, then v heads, as
-        # in W_pack. Decode steps take a token per program, prefills 16.
+        # One program per (BLOCK_T tokens, head of W_pack's output: the q heads, then the k heads, then the v
+        # heads). Decode steps take a token per program, prefills 16. k and v go to the tokens' cache slots.
         let_next_kernel_launch(PDL)
         wait_for_inputs(PDL)
         t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
         t_ok = (t < T)[:, None]
-        slot = tl.program_id(1)
+        head = tl.program_id(1)
         HALF: tl.constexpr = HEAD_DIM // 2
         d = tl.arange(0, HALF)[None, :]
-        row = qkv_ptr + t[:, None] * (HEADS + 2 * KV_HEADS) * HEAD_DIM + slot * HEAD_DIM
+        row = qkv_ptr + t[:, None] * (HEADS + 2 * KV_HEADS) * HEAD_DIM + head * HEAD_DIM
         x1 = tl.load(row + d, mask=t_ok)
         x2 = tl.load(row + HALF + d, mask=t_ok)
         pos = tl.load(pos_ptr + t, mask=t < T, other=0)[:, None]
+        slot = tl.load(slot_ptr + t, mask=t < T, other=0)[:, None]
         if ROPE:
-            if slot < HEADS + KV_HEADS:  # NeoX rotate_half in float32; cos/sin rows repeat per half
+            if head < HEADS + KV_HEADS:  # NeoX rotate_half in float32; cos/sin rows repeat per half
                 cos = tl.load(cos_ptr + pos * HEAD_DIM + d, mask=t_ok)
                 sin = tl.load(sin_ptr + pos * HEAD_DIM + d, mask=t_ok)
                 a, b = x1.to(tl.float32), x2.to(tl.float32)
                 x1 = (a * cos - b * sin).to(x1.dtype)
                 x2 = (b * cos + a * sin).to(x2.dtype)
-        if slot < HEADS:
-            out = q_out_ptr + (t[:, None] * HEADS + slot) * HEAD_DIM
-        elif slot < HEADS + KV_HEADS:
-            out = k_cache_ptr + ((slot - HEADS) * max_seq_len + pos) * HEAD_DIM
+        if head < HEADS:
+            out = q_out_ptr + (t[:, None] * HEADS + head) * HEAD_DIM
+        elif head < HEADS + KV_HEADS:
+            out = k_cache_ptr + ((head - HEADS) * max_seq_len + slot) * HEAD_DIM
         else:
-            out = v_cache_ptr + ((slot - HEADS - KV_HEADS) * max_seq_len + pos) * HEAD_DIM
+            out = v_cache_ptr + ((head - HEADS - KV_HEADS) * max_seq_len + slot) * HEAD_DIM
         tl.store(out + d, x1, mask=t_ok)
         tl.store(out + HALF + d, x2, mask=t_ok)
 
@@ -85,6 +89,12 @@ if triton is not None:
         if RECENT > 0:
             first = tl.maximum(tl.load(pos_ptr) - RECENT + 1, 0) // BLOCK_KV
         return first
+
+    @triton.jit
+    def _live_len(pos_ptr, T, BLOCK_T: tl.constexpr):
+        """The keys any of the T queries (at most BLOCK_T) sees: up to the largest position."""
+        t = tl.arange(0, BLOCK_T)
+        return tl.max(tl.load(pos_ptr + t, mask=t < T, other=0), axis=0) + 1
 
     @triton.jit
     def _block_shown(block, first_window_block):
@@ -105,7 +115,7 @@ if triton is not None:
         wait_for_inputs(PDL)
         h = tl.program_id(0)
         block = tl.program_id(1)
-        live_len = tl.load(pos_ptr + T - 1) + 1
+        live_len = _live_len(pos_ptr, T, BLOCK_T)
         # Blocks past the live cache, and between the sinks' block and the first query's window, do nothing;
         # the merge skips them.
         if (block * BLOCK_KV < live_len) & _block_shown(block, _first_window_block(pos_ptr, BLOCK_KV, RECENT)):
@@ -127,7 +137,7 @@ if triton is not None:
             offset = (j[None, :] - q_pos[:, None]).to(tl.float32)
             if ALIBI:
                 scores += tl.load(slopes_ptr + h) * offset
-            visible = offset <= 0
+            visible = offset < 0  # the query's own key: the merge's
             if RECENT > 0:
                 visible = visible & ((j[None, :] < SINKS) | (offset > -RECENT))
             scores = tl.where(visible, scores, float("-inf"))
@@ -145,21 +155,25 @@ if triton is not None:
 
     @triton.jit
     def _merge_blocks_kernel(
-        o_ptr, m_ptr, l_ptr, pos_ptr, y_ptr, T, num_blocks,
-        HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_B: tl.constexpr,
-        RECENT: tl.constexpr, PDL: tl.constexpr,
+        o_ptr, m_ptr, l_ptr, pos_ptr, q_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, y_ptr, T, num_blocks,
+        max_seq_len, sm_scale, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+        BLOCK_T: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_B: tl.constexpr, RECENT: tl.constexpr,
+        PDL: tl.constexpr,
     ):
-        # Block 0 always holds a visible key (position 0), so the running max is finite from the first chunk.
+        # The merge starts from the query's own key (at its slot; ALiBi's bias there is 0), so the running
+        # max is finite from the start.
         let_next_kernel_launch(PDL)
         wait_for_inputs(PDL)
         h = tl.program_id(0)
         t = tl.program_id(1)
-        live_blocks = (tl.load(pos_ptr + T - 1) + BLOCK_KV) // BLOCK_KV
+        live_blocks = (_live_len(pos_ptr, T, BLOCK_T) + BLOCK_KV - 1) // BLOCK_KV
         first_window_block = _first_window_block(pos_ptr, BLOCK_KV, RECENT)
         d = tl.arange(0, HEAD_DIM)
-        running_max = tl.full((1,), float("-inf"), tl.float32)
-        total = tl.zeros((1,), dtype=tl.float32)
-        acc = tl.zeros((HEAD_DIM,), dtype=tl.float32)
+        own = ((h // (HEADS // KV_HEADS)) * max_seq_len + tl.load(slot_ptr + t)) * HEAD_DIM + d
+        q = tl.load(q_ptr + (t * HEADS + h) * HEAD_DIM + d).to(tl.float32)
+        running_max = tl.sum(q * tl.load(k_cache_ptr + own).to(tl.float32), axis=0, keep_dims=True) * sm_scale
+        total = tl.full((1,), 1.0, tl.float32)
+        acc = tl.load(v_cache_ptr + own).to(tl.float32)
         for b0 in range(0, live_blocks, BLOCK_B):
             b = b0 + tl.arange(0, BLOCK_B)
             ok = (b < live_blocks) & _block_shown(b, first_window_block)
@@ -256,27 +270,30 @@ if triton is not None:
     )(_prefill_attention_kernel)
 
 
-def rope_and_store(qkv, input_pos, rope, k_cache, v_cache, num_heads: int, num_kv_heads: int) -> torch.Tensor:
-    """qkv [T, (heads + 2 kv_heads) * head_dim] (W_pack's output); rope the (cos, sin) tables [max_seq_len,
-    head_dim] or None. Writes k, v at `input_pos` into the caches [1, kv_heads, max_seq_len, head_dim];
-    returns q [T, heads, head_dim]."""
+def rope_and_store(qkv, input_pos, rope, k_cache, v_cache, num_heads: int, num_kv_heads: int,
+                   slots=None) -> torch.Tensor:
+    """qkv [T, (heads + 2 kv_heads) * head_dim] (W_pack's output) at positions input_pos; rope the (cos, sin)
+    tables [max_seq_len, head_dim] or None. Writes k, v at `slots` (None: input_pos) into the caches
+    [1, kv_heads, max_seq_len, head_dim]; returns q [T, heads, head_dim]."""
     T = qkv.shape[0]
     max_seq_len, head_dim = k_cache.shape[2], k_cache.shape[3]
     q = torch.empty(T, num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
     cos, sin = rope if rope is not None else (qkv, qkv)  # unused without RoPE
     block_t = 1 if T <= MAX_VERIFY_TOKENS else 16
     _rope_and_store_kernel[(triton.cdiv(T, block_t), num_heads + 2 * num_kv_heads)](
-        qkv, input_pos, cos, sin, q, k_cache, v_cache, T, max_seq_len,
+        qkv, input_pos, input_pos if slots is None else slots, cos, sin, q, k_cache, v_cache, T, max_seq_len,
         HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, ROPE=rope is not None, BLOCK_T=block_t,
         PDL=launch.enabled, launch_pdl=launch.enabled,
     )
     return q
 
 
-def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None, window=None) -> torch.Tensor:
-    """q [T, heads, head_dim] at positions input_pos [T] (consecutive) over the cache; keys beyond
-    input_pos[-1] are never read, `end` only bounds the grid; with `window` (model.AttentionWindow) neither are
-    the blocks of keys between its sinks and the first query's recent keys. Returns [T, heads * head_dim]."""
+def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None, window=None,
+                     slots=None) -> torch.Tensor:
+    """q [T, heads, head_dim] at positions input_pos [T] over the cache, each with its own key and value at
+    its slot (`slots`, None: input_pos); the positions are consecutive, or those of a verify pass with leaves
+    (model.Transformer.forward). Keys beyond the largest position are never read, `end` only bounds the grid; with `window` (model.AttentionWindow) neither are the blocks of keys
+    between its sinks and the first query's recent keys. Returns [T, heads * head_dim]."""
     if window is not None and window.sinks > BLOCK_KV:
         raise ValueError(f"the decode attention keeps at most {BLOCK_KV} sinks, got {window.sinks}")
     T, num_heads, head_dim = q.shape
@@ -295,8 +312,10 @@ def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None
     )
     y = torch.empty(T, num_heads * head_dim, dtype=q.dtype, device=q.device)
     _merge_blocks_kernel[(num_heads, T)](
-        o, m, l, input_pos, y, T, num_blocks,
-        HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_KV=BLOCK_KV, BLOCK_B=32, RECENT=recent,
+        o, m, l, input_pos, q, k_cache, v_cache, input_pos if slots is None else slots, y, T, num_blocks,
+        max_seq_len, head_dim ** -0.5,
+        HEADS=num_heads, KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, BLOCK_T=MAX_VERIFY_TOKENS, BLOCK_KV=BLOCK_KV,
+        BLOCK_B=32, RECENT=recent,
         PDL=launch.enabled, launch_pdl=launch.enabled,
     )
     return y
@@ -322,22 +341,24 @@ def prefill_attention(q, k_cache, v_cache, input_pos, alibi_slopes=None, blocks=
     return y
 
 
-def attend(attn, x, input_pos, end: int, rope, alibi_slopes, window=None) -> torch.Tensor:
-    """model.Attention `attn` over x [1, T, hidden] at positions input_pos with these kernels: `rope` the
-    whole (cos, sin) tables or None, `alibi_slopes` or None, `window` a model.AttentionWindow or None; the
-    cache is read over [0, end)."""
-    return attn.o_proj(attend_qkv(attn, attn.W_pack(x), input_pos, end, rope, alibi_slopes, window))
+def attend(attn, x, input_pos, end: int, rope, alibi_slopes, window=None, slots=None) -> torch.Tensor:
+    """model.Attention `attn` over x [1, T, hidden] at positions input_pos, stored at `slots` (None:
+    input_pos), with these kernels: `rope` the whole (cos, sin) tables or None, `alibi_slopes` or None,
+    `window` a model.AttentionWindow or None; the cache is read over [0, end)."""
+    return attn.o_proj(attend_qkv(attn, attn.W_pack(x), input_pos, end, rope, alibi_slopes, window, slots))
 
 
-def attend_qkv(attn, qkv, input_pos, end: int, rope, alibi_slopes, window=None) -> torch.Tensor:
+def attend_qkv(attn, qkv, input_pos, end: int, rope, alibi_slopes, window=None, slots=None) -> torch.Tensor:
     """`attend` between W_pack and o_proj: W_pack's output qkv [1, T, ...] -> [1, T, heads * head_dim]."""
     T = qkv.shape[1]
-    if window is not None and T > MAX_VERIFY_TOKENS:  # only a draft attends through a window, in decode passes
-        raise ValueError(f"a windowed attention pass takes at most {MAX_VERIFY_TOKENS} tokens, got {T}")
+    # Only a draft attends through a window, and only a verify pass has slots apart from its positions: both
+    # decode-sized passes.
+    if (window is not None or slots is not None) and T > MAX_VERIFY_TOKENS:
+        raise ValueError(f"a windowed or slotted attention pass takes at most {MAX_VERIFY_TOKENS} tokens, got {T}")
     cache = attn.kv_cache
-    q = rope_and_store(qkv.view(T, -1), input_pos, rope, cache.k, cache.v, attn.num_heads, attn.num_kv_heads)
+    q = rope_and_store(qkv.view(T, -1), input_pos, rope, cache.k, cache.v, attn.num_heads, attn.num_kv_heads, slots)
     if T <= MAX_VERIFY_TOKENS:
-        y = decode_attention(q, cache.k, cache.v, input_pos, end, alibi_slopes, window)
+        y = decode_attention(q, cache.k, cache.v, input_pos, end, alibi_slopes, window, slots)
     else:
         y = prefill_attention(q, cache.k, cache.v, input_pos, alibi_slopes)
     return y.view(1, T, attn.num_heads * attn.head_dim)

@@ -22,12 +22,13 @@ class _Graph:
     graph: "torch.cuda.CUDAGraph"
     tokens: torch.Tensor
     input_pos: torch.Tensor
+    slots: torch.Tensor | None  # a verify pass with leaves: where its keys and values go
     output: torch.Tensor  # logits, or hidden states for a prefill graph
 
 
 class GraphedModel:
-    """Callable like the model, `(tokens, input_pos, end, last_only) -> logits`; the returned logits are a
-    graph's static output, valid until the same graph replays again (stream order makes that safe).
+    """Callable like the model, `(tokens, input_pos, end, last_only, slots) -> logits`; the returned logits
+    are a graph's static output, valid until the same graph replays again (stream order makes that safe).
 
     With `pdl` this package's kernels are launched with programmatic dependent launch (launch.py) where the
     GPU has it, in the graphs and in the passes that run eagerly, and nowhere else."""
@@ -39,34 +40,37 @@ class GraphedModel:
         self.prefill_bucket = prefill_bucket
         self.pool = pool if pool is not None else torch.cuda.graph_pool_handle()
         self.pdl = pdl and launch.available(next(module.parameters()).device)  # checked once, not per step
-        self.graphs: dict[tuple[int, int], _Graph] = {}
+        self.graphs: dict[tuple[int, int, bool], _Graph] = {}  # (tokens, KV length bucket, with slots)
         self.prefill_graphs: dict[int, _Graph] = {}
 
     @property
     def max_seq_len(self) -> int:
         return self.module.max_seq_len
 
-    def __call__(self, tokens, input_pos, end: int | None = None, last_only: bool = False):
+    def __call__(self, tokens, input_pos, end: int | None = None, last_only: bool = False, slots=None):
         previous = launch.set_pdl(self.pdl)
         try:
-            return self._run(tokens, input_pos, end, last_only)
+            return self._run(tokens, input_pos, end, last_only, slots)
         finally:
             launch.set_pdl(previous)
 
-    def _run(self, tokens, input_pos, end: int | None, last_only: bool):
+    def _run(self, tokens, input_pos, end: int | None, last_only: bool, slots):
         num_tokens = tokens.shape[1]
         if end is None:
-            return self.module(tokens, input_pos, end, last_only)
+            return self.module(tokens, input_pos, end, last_only, slots)
         if num_tokens > self.max_graph_tokens:
-            if last_only and end == num_tokens:  # a prefill from position 0
+            if last_only and end == num_tokens and slots is None:  # a prefill from position 0
                 return self._prefill(tokens)
-            return self.module(tokens, input_pos, end, last_only)
+            return self.module(tokens, input_pos, end, last_only, slots)
         kv_len = min(-(-end // self.bucket) * self.bucket, self.max_seq_len)
-        entry = self.graphs.get((num_tokens, kv_len))
+        key = num_tokens, kv_len, slots is not None
+        entry = self.graphs.get(key)
         if entry is None:
-            entry = self.graphs[num_tokens, kv_len] = self._capture(self.module, tokens, input_pos, kv_len)
+            entry = self.graphs[key] = self._capture(self.module, tokens, input_pos, kv_len, slots)
         entry.tokens.copy_(tokens)
         entry.input_pos.copy_(input_pos)
+        if slots is not None:
+            entry.slots.copy_(slots)
         entry.graph.replay()
         return entry.output[:, -1:] if last_only else entry.output
 
@@ -83,20 +87,21 @@ class GraphedModel:
         entry.graph.replay()
         return self.module.lm_head(entry.output[:, n - 1 : n])
 
-    def _capture(self, fn, tokens, input_pos, end: int) -> _Graph:
+    def _capture(self, fn, tokens, input_pos, end: int, slots=None) -> _Graph:
         static_tokens, static_pos = tokens.clone(), input_pos.clone()
+        static_slots = slots.clone() if slots is not None else None
         # Warm-up runs on a side stream (Triton autotuning, allocator); they compute the real step, so
         # the cache entries they write are the ones the replay writes again.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                fn(static_tokens, static_pos, end)
+                fn(static_tokens, static_pos, end, slots=static_slots)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            output = fn(static_tokens, static_pos, end)
-        return _Graph(graph, static_tokens, static_pos, output)
+            output = fn(static_tokens, static_pos, end, slots=static_slots)
+        return _Graph(graph, static_tokens, static_pos, static_slots, output)
 
 
 def graph_models(model, draft=None, bucket: int = 256, pdl: bool = True):

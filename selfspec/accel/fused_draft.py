@@ -46,7 +46,7 @@ class FusedDraft(FusedTransformer):
     """FusedTransformer with the norms and residual adds inside the CUDA GEMVs (accel.use_kernels chooses it
     for a draft that `serves`)."""
 
-    def hidden_states(self, tokens, input_pos, end: int | None = None):
+    def hidden_states(self, tokens, input_pos, end: int | None = None, slots=None):
         if end is None:
             end = int(input_pos[-1]) + 1
         rope = (self.rope_cos, self.rope_sin) if self.args.position_encoding == "rope" else None
@@ -55,7 +55,7 @@ class FusedDraft(FusedTransformer):
         for layer in self.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             qkv = _gemv(attn.W_pack, h, norm=layer.input_layernorm)
-            y = attention.attend_qkv(attn, qkv, input_pos, end, rope, alibi, self.attention_window)
+            y = attention.attend_qkv(attn, qkv, input_pos, end, rope, alibi, self.attention_window, slots)
             h = _gemv(attn.o_proj, y, residual=h)
             h = _gemv(mlp.down_proj, _gemv(mlp.gate_up_proj, h, norm=layer.post_attention_layernorm), residual=h)
         return pointwise.rms_norm(h, self.model.norm.weight, self.model.norm.eps)

@@ -1,7 +1,8 @@
 """Top-k over the vocabulary on CUDA: the greedy pick (k = 1, with the argmax's softmax probability) and
 the candidates of top-k sampling.
 
-The draft's stopping rule needs the argmax and its probability after every draft step, the target its
+The draft's stopping rule needs the argmax and its probability after every draft step (and the second
+largest, where a verify pass checks the draft's second choices too), the target its
 argmax after every step, sampling the top k logits. torch takes a float copy, a softmax and a max over the
 whole row for the first (62 us on an H100 for Baichuan2's 125,696 logits), 0.1 ms for a top-k, and its
 reductions over one long row keep few SMs busy. Here blocks of the row are reduced in parallel and then
@@ -102,6 +103,17 @@ def greedy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return argmax_and_prob(logits)
     tokens = logits.argmax(-1)
     return tokens, logits.float().softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def greedy_two(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the argmax and the next largest logit's index [..., 2], ties to the lower index; the argmax's softmax
+    probability in float32)."""
+    if serves(logits, 2):
+        _, indices, probs = top_k(logits, 2)
+        return indices, probs
+    first, probs = greedy(logits)
+    second = logits.scatter(-1, first.unsqueeze(-1), float("-inf")).argmax(-1)
+    return torch.stack((first, second), -1), probs
 
 
 def largest(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,14 +18,14 @@ class FusedTransformer(Transformer):
         # rope_and_store and the Triton attention where they serve the head size, else the plain attention
         self.attention_kernels = attention.supported(self.model.norm.weight.device, self.args.head_dim)
 
-    def hidden_states(self, tokens, input_pos, end: int | None = None):
+    def hidden_states(self, tokens, input_pos, end: int | None = None, slots=None):
         if end is None:
             end = int(input_pos[-1]) + 1
         if self.attention_kernels:
             rope = (self.rope_cos, self.rope_sin) if self.args.position_encoding == "rope" else None
             alibi = None if rope is not None else self.alibi
         else:
-            mask, rope = self.attention_inputs(tokens, input_pos, end)
+            mask, rope = self.attention_inputs(tokens, input_pos, end, slots)
         x = self.model.embed_tokens(tokens)
         delta = None  # the previous layer's MLP output, not yet added to x
         for layer in self.model.layers:
@@ -35,9 +35,10 @@ class FusedTransformer(Transformer):
             else:
                 x, normed = pointwise.add_rms_norm(x, delta, norm.weight, norm.eps)
             if self.attention_kernels:
-                y = attention.attend(layer.self_attn, normed, input_pos, end, rope, alibi, self.attention_window)
+                y = attention.attend(layer.self_attn, normed, input_pos, end, rope, alibi, self.attention_window,
+                                     slots)
             else:
-                y = layer.self_attn(normed, input_pos, end, mask, rope)
+                y = layer.self_attn(normed, input_pos, end, mask, rope, slots)
             norm = layer.post_attention_layernorm
             x, normed = pointwise.add_rms_norm(x, y, norm.weight, norm.eps)
             delta = layer.mlp(normed)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from selfspec import accel
+from selfspec.accel.launch import MAX_VERIFY_TOKENS
 from selfspec.model import AttentionWindow, alibi_slopes, apply_rope
 from helpers import kernel_tests, random_model
 
@@ -72,6 +73,33 @@ def check_kernels(device: str):
         torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
         for t in range(T):  # what a one-token step at that position computes
             row = decode_attention(q[t : t + 1].contiguous(), kc2, vc2, pos[t : t + 1], end, slopes)[0]
+            if exact_rows:
+                assert torch.equal(row, y[t]), (H, T, t)
+            else:
+                torch.testing.assert_close(row, y[t], atol=1e-6, rtol=1e-6)
+    # A verify pass with leaves: [token, d1..dk, l1..lL] at positions [p..p+k, p+1..p+L] and slots p..p+k+L. Each
+    # row is what a one-token step at its position gives over the same cache with its own key and value there.
+    for H, KVH, D, S, T, start, alibi in CASES[1:4]:
+        k = T - 1
+        leaves = min(k, MAX_VERIFY_TOKENS - T)
+        kc, vc = torch.randn(2, 1, KVH, S, D, device=device)
+        qkv = torch.randn(T + leaves, (H + 2 * KVH) * D, device=device)
+        pos = torch.cat([torch.arange(start, start + T), torch.arange(start + 1, start + 1 + leaves)]).to(device)
+        slots = torch.arange(start, start + T + leaves, device=device)
+        angles = torch.outer(torch.arange(S, device=device).float(),
+                             1.0 / 10000 ** (torch.arange(0, D, 2, device=device).float() / D)).repeat(1, 2)
+        rope = None if alibi else (angles.cos(), angles.sin())
+        slopes = alibi_slopes(H).to(device) if alibi else None
+        end = min(S, start + T + leaves + 100)
+        q = rope_and_store(qkv, pos, rope, kc, vc, H, KVH, slots)
+        y = decode_attention(q, kc, vc, pos, end, slopes, slots=slots)
+        for t in range(T + leaves):
+            kc_step, vc_step = kc.clone(), vc.clone()
+            q_step = rope_and_store(qkv[t : t + 1], pos[t : t + 1], rope, kc_step, vc_step, H, KVH)
+            assert torch.equal(q_step[0], q[t])
+            row = decode_attention(q_step, kc_step, vc_step, pos[t : t + 1], end, slopes)[0]
+            expected = reference_attention(q_step.transpose(0, 1)[None], kc_step, vc_step, pos[t : t + 1], slopes, end)
+            torch.testing.assert_close(row, expected[0], atol=1e-5, rtol=1e-5)
             if exact_rows:
                 assert torch.equal(row, y[t]), (H, T, t)
             else:

@@ -103,6 +103,23 @@ def test_float16_speculative_with_graphs_equals_plain(position_encoding, num_hea
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+@pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
+def test_float16_second_choices_with_graphs_equal_plain(position_encoding, num_heads, penalty):
+    """Verify passes with leaves (the draft's second choices at its drafts' positions, their keys in slots of
+    their own) still give each row of a one-token step, bit for bit in float16; accepted leaves move their
+    keys to their positions."""
+    model = random_model(position_encoding, num_heads=num_heads, max_seq_len=300, dtype=torch.float16).cuda()
+    model.setup_caches(300)
+    draft = make_draft(model, group_size=32)
+    model_g, draft_g = graph_models(model, draft, bucket=64)
+    accepted = check_greedy_speculative_equals_plain(model_g, draft_g, seed=5, runs=8, new_tokens=60, second_choices=True,
+                                                     repetition_penalty=penalty)
+    assert accepted > 0
+    assert any(with_slots for _, _, with_slots in model_g.graphs)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("position_encoding,num_heads", [("rope", 4), ("alibi", 5)])
 def test_float16_speculative_with_a_windowed_draft_equals_plain(position_encoding, num_heads):
     # Contexts of 250-360 positions: the draft's attention skips the cache blocks between its sinks and window.

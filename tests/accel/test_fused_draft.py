@@ -76,8 +76,8 @@ def test_the_fused_layers_compute_the_plain_draft_on_cpu(position_encoding, num_
         y = silu_mul(y[..., 0::2], y[..., 1::2]) if glu else y
         return y if residual is None else residual + y
 
-    def attend_qkv(attn, qkv, input_pos, end, rope, alibi, window):  # Attention.forward between W_pack and o_proj
-        assert window == draft.attention_window  # the mask of attention_inputs below applies it
+    def attend_qkv(attn, qkv, input_pos, end, rope, alibi, window, slots):  # Attention.forward without W_pack, o_proj
+        assert window == draft.attention_window and slots is None  # the mask of attention_inputs below applies it
         projections = attn.W_pack, attn.o_proj
         attn.W_pack = attn.o_proj = torch.nn.Identity()
         try:

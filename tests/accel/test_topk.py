@@ -29,6 +29,10 @@ def check_kernels(device: str):
             tokens, top_probs = topk.argmax_and_prob(x)
             assert tokens.dtype == torch.int64 and torch.equal(tokens, x.argmax(-1))
             torch.testing.assert_close(top_probs, probs, rtol=1e-5, atol=0)
+            if vocab > 1:  # the draft's pick with its second choice: the kernel on CUDA, torch elsewhere
+                top_two, two_probs = topk.greedy_two(x)
+                assert torch.equal(top_two, expected_indices[:, :2]), (dtype, rows, vocab)
+                torch.testing.assert_close(two_probs.double(), x.double().softmax(-1).max(-1).values, rtol=1e-4, atol=0)
     x = torch.randn(2, 3, 50, device=device)  # leading dimensions are kept; a strided view is copied first
     values, indices, probs = topk.top_k(x[:, :, ::2], 4, block=16)
     assert values.shape == indices.shape == (2, 3, 4) and probs.shape == (2, 3)
