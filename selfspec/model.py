@@ -249,8 +249,8 @@ class Transformer(nn.Module):
         return bias.masked_fill(hidden, float("-inf")).to(dtype).unsqueeze(0)
 
     def forward(self, tokens, input_pos, end: int | None = None, last_only: bool = False, slots=None):
-        """tokens [1, T] at absolute positions input_pos [T] (consecutive). Returns logits [1, T, vocab],
-        or [1, 1, vocab] for the last position only (`last_only`: a prefill needs no more).
+        """tokens [1, T] at absolute positions input_pos [T] (consecutive but for leaves, below). Returns
+        logits [1, T, vocab], or [1, 1, vocab] for the last position only (`last_only`: a prefill needs no more).
 
         Attention reads the cache over [0, end), `end` defaulting to the last query position + 1 (pass it
         to avoid reading input_pos back from the device). Entries past a query's own position, left by
