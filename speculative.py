@@ -76,9 +76,10 @@ def parse_args(argv=None):
                    help=f"where drafts come from: int4 (the INT4 copy of the weights), lookup (tokens that followed the "
                         f"context's last few tokens earlier in the prompt or the answer), lookup+int4 (the lookup when it "
                         f"finds a match, else the INT4 draft) (default: {DEFAULT_DRAFT}; given on CPU, it implies --speculative)")
-    p.add_argument("--second-choices", action="store_true",
+    p.add_argument("--second-choices", action=argparse.BooleanOptionalAction,
                    help="greedy decoding with the INT4 draft: each verification also checks the draft's second choice "
-                        "beside each draft, which gives one more token where the target chose it")
+                        "beside each draft, which gives one more token where the target chose it (default: on where "
+                        "it applies)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float,
                    help="with --do-sample (default: the checkpoint's generation_config.json, else 1)")
@@ -195,9 +196,11 @@ def run(args) -> int:
     args.speculative = args.speculative or (not args.no_speculative and (device.type != "cpu" or args.draft is not None))
     draft_source = (args.draft or DEFAULT_DRAFT) if args.speculative else None
     uses_int4 = draft_source in ("int4", "lookup+int4")
-    if args.second_choices and (args.do_sample or not uses_int4):
+    applies = uses_int4 and not args.do_sample
+    if args.second_choices and not applies:
         raise InputError("--second-choices checks the INT4 draft's greedy drafts: it needs speculative decoding with "
                          "--draft int4 or lookup+int4, without --do-sample")
+    second_choices = applies if args.second_choices is None else args.second_choices
     if draft_source and device.type == "cuda" and args.max_step_draft + 1 > accel.MAX_VERIFY_TOKENS:
         raise InputError(f"--max-step-draft {args.max_step_draft} is more than the CUDA path verifies in one pass: "
                          f"at most {accel.MAX_VERIFY_TOKENS - 1}")
@@ -228,10 +231,10 @@ def run(args) -> int:
     options = dict(
         draft=draft, draft_source=draft_source or "int4", do_sample=args.do_sample, **sampling,
         repetition_penalty=repetition_penalty, th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft,
-        eos_token_id=ckpt.eos_token_id, second_choices=args.second_choices,
+        eos_token_id=ckpt.eos_token_id, second_choices=second_choices,
     )
     fields = {"speculative": draft_source is not None, "draft_source": draft_source,
-              "second_choices": args.second_choices, "sampling": sampling or None,
+              "second_choices": second_choices, "sampling": sampling or None,
               "repetition_penalty": repetition_penalty, "device": device.type,
               "dtype": str(dtype).removeprefix("torch.")}
 

@@ -13,12 +13,14 @@ from safetensors.torch import load_file, save_file
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# The lines after "Decode speed": where the drafts came from, per --draft.
+# The lines after "Decode speed": where the drafts came from, per --draft, and the second choices (on by default
+# where the INT4 draft drafts greedily).
+SECOND_CHOICES = [r"Second choices verified \d+", r"Second choices accepted \d+"]
 SOURCE_LINES = {
-    "int4": [],
+    "int4": SECOND_CHOICES,
     "lookup": [r"Lookup tokens proposed \d+", r"Lookup tokens accepted \d+", r"Lookup verification steps \d+"],
     "lookup+int4": [r"Lookup tokens proposed \d+", r"Lookup tokens accepted \d+", r"Lookup verification steps \d+",
-                    r"INT4 draft tokens proposed \d+", r"INT4 draft tokens accepted \d+"],
+                    r"INT4 draft tokens proposed \d+", r"INT4 draft tokens accepted \d+", *SECOND_CHOICES],
 }
 
 
@@ -66,12 +68,14 @@ def test_draft_sources_are_lossless_and_report_the_split(tiny_7b, draft):
 def test_second_choices_are_lossless_and_reported(tiny_7b):
     common = ["--repo-id-or-model-path", tiny_7b, "--prompt", "Tell me about the river.", "--n-predict", 40,
               "--dtype", "float32", "--warmup", 0, "--draft", "int4"]
-    spec = json.loads(run_cli(*common, "--second-choices", "--json", check_exit=0).stdout.splitlines()[-1])
+    spec = json.loads(run_cli(*common, "--json", check_exit=0).stdout.splitlines()[-1])  # on by default
+    off = json.loads(run_cli(*common, "--no-second-choices", "--json", check_exit=0).stdout.splitlines()[-1])
     plain = json.loads(run_cli(*common, "--no-speculative", "--json", check_exit=0).stdout.splitlines()[-1])
-    assert spec["token_ids"] == plain["token_ids"] and spec["second_choices"] and not plain["second_choices"]
-    assert 0 <= spec["leaves_accepted"] <= spec["leaves"] <= spec["drafted"] and spec["leaves"] > 0
-    lines = run_cli(*common, "--second-choices", check_exit=0).stdout.splitlines()
-    assert re.fullmatch(r"Second choices verified \d+", lines[-2]) and re.fullmatch(r"Second choices accepted \d+", lines[-1])
+    assert spec["token_ids"] == off["token_ids"] == plain["token_ids"]
+    assert spec["second_choices"] and not off["second_choices"] and not plain["second_choices"]
+    assert 0 <= spec["leaves_accepted"] <= spec["leaves"] <= spec["drafted"] and spec["leaves"] > 0 and off["leaves"] == 0
+    sampled = json.loads(run_cli(*common, "--do-sample", "--json", check_exit=0).stdout.splitlines()[-1])
+    assert not sampled["second_choices"]  # the default applies to greedy decoding only
     assert_clean_error(run_cli(*common, "--second-choices", "--do-sample"), "--second-choices")
     assert_clean_error(run_cli(*common[:-1], "lookup", "--second-choices"), "--second-choices")
 

@@ -32,22 +32,30 @@ def test_a_round_may_draft_past_the_gpu_pass_limit_on_cpu(model_and_draft):
     assert spec == generate(model, prompt, 60)[0] and stats.drafted > accel.MAX_VERIFY_TOKENS
 
 
-def test_speculative_greedy_equals_plain_greedy_float32(model_and_draft):
+@pytest.mark.parametrize("options", [{}, {"second_choices": True}, {"second_choices": True, "repetition_penalty": 1.3}],
+                         ids=["drafts", "second-choices", "second-choices-penalty"])
+def test_speculative_greedy_equals_plain_greedy_float32(model_and_draft, options):
     model, draft = model_and_draft
+    second_choices = options.get("second_choices", False)
+    plain_options = {key: value for key, value in options.items() if key != "second_choices"}
     rng = random.Random(0)
-    drafted = accepted = 0
+    drafted = accepted = leaves = leaves_accepted = 0
     for _ in range(12):
         prompt = [rng.randrange(model.args.vocab_size) for _ in range(rng.randrange(1, 40))]
         n = rng.randrange(1, 60)
-        plain, _ = generate(model, prompt, n)
+        plain, _ = generate(model, prompt, n, **plain_options)
         spec, stats = generate(
             model, prompt, n, draft=draft, th_stop_draft=rng.random(), max_step_draft=rng.randrange(1, 10),
-            min_step_draft=rng.randrange(1, 4), auto_th_stop_draft=rng.random() < 0.5,
+            min_step_draft=rng.randrange(1, 4), auto_th_stop_draft=rng.random() < 0.5, **options,
         )
         assert spec == plain
         assert stats.tokens_generated == len(plain) == n
+        assert stats.leaves == (stats.drafted if second_choices else 0)  # on CPU no pass limit: a leaf beside each draft
         drafted, accepted = drafted + stats.drafted, accepted + stats.accepted
+        leaves, leaves_accepted = leaves + stats.leaves, leaves_accepted + stats.leaves_accepted
     assert drafted > 0 and 0 < accepted < drafted  # both the accept and the reject paths ran
+    if second_choices:
+        assert 0 < leaves_accepted < leaves  # and a leaf taken and not
 
 
 @pytest.mark.parametrize("lm_head", ["shared", "int4"])  # the fixture's drafts have the default INT8 head
@@ -99,23 +107,6 @@ def test_speculative_with_repetition_penalty_equals_plain_float32(model_and_draf
         sampled, _ = generate(model, prompt, 50, draft=draft, repetition_penalty=penalty, do_sample=True, top_k=1)
         assert sampled == plain  # top-k 1 sampling is greedy: the penalty reaches the sampling path too
     assert accepted > 0
-
-
-@pytest.mark.parametrize("penalty", [1.0, 1.3])
-def test_second_choices_greedy_equals_plain_greedy_float32(model_and_draft, penalty):
-    model, draft = model_and_draft
-    rng = random.Random(7)
-    leaves = accepted = 0
-    for _ in range(8):
-        prompt = [rng.randrange(model.args.vocab_size) for _ in range(rng.randrange(1, 40))]
-        n = rng.randrange(1, 60)
-        plain, _ = generate(model, prompt, n, repetition_penalty=penalty)
-        spec, stats = generate(model, prompt, n, draft=draft, second_choices=True, repetition_penalty=penalty,
-                               th_stop_draft=rng.random(), max_step_draft=rng.randrange(1, 10))
-        assert spec == plain and stats.tokens_generated == n
-        assert stats.leaves == stats.drafted  # on CPU no pass limit: a leaf beside every draft
-        leaves, accepted = leaves + stats.leaves, accepted + stats.leaves_accepted
-    assert 0 < accepted < leaves  # both the accepted-leaf and the rejected-leaf paths ran
 
 
 class PassSizes:

@@ -4,7 +4,7 @@
 #   bash docs/perf/2026-12-07-second-choices-device-run.sh b   # the SmolLM2 proxy: the INT4 draft and the lookup
 #                                                              # with and without the second choices; the GPU tier
 # a carries the GGUF's first half, b the second and the pytest-xdist and execnet wheels (bench/device_step.sh); b
-# must run on the machine a warmed. Writes into $OUT/results.tgz, refreshed after every step.
+# runs on the machine a warmed (else the GPU tier alone). Writes into $OUT/results.tgz, refreshed after every step.
 set -u
 stage=$1
 source bench/device_step.sh
@@ -14,10 +14,12 @@ a)
     smollm2_first_half
     ;;
 b)
-    smollm2_convert
+    if [ -f /tmp/smollm2.gguf.part00 ]; then  # else a machine that a did not warm: the GPU tier only
+        smollm2_convert
+        run proxy 300 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --out "$OUT/proxy" \
+            --draft int4 int4+second lookup+int4 lookup+int4+second
+    fi
     install_test_wheels
-    run proxy 300 python3 bench/benchmark.py --proxy /tmp/smollm2 --skip-hf --out "$OUT/proxy" \
-        --draft int4 int4+second lookup+int4 lookup+int4+second
-    run gpu-tier 200 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 --durations=5 tests
+    run gpu-tier 150 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 --durations=5 tests
     ;;
 esac

@@ -171,7 +171,7 @@ def test_model_steps_match_the_sdpa_path(position_encoding, num_heads, dtype, to
     torch.testing.assert_close(fast(*prefill).float(), expected, atol=tol, rtol=tol)
     plain.attention_window = fast.attention_window = window  # a draft's window applies to its decode passes
     if window is not None:
-        with pytest.raises(ValueError, match="windowed attention pass takes at most 16 tokens"):
+        with pytest.raises(ValueError, match="windowed or slotted attention pass takes at most 16 tokens"):
             fast(tokens[:, 100:117], torch.arange(100, 117, device="cuda"))
     for pos in range(100, 250, 13):
         t = 1 + pos % 9
