@@ -290,7 +290,8 @@ def check_arguments(model, draft, input_ids, max_new_tokens, cached_tokens, th_s
     if draft_source == "lookup+int4" and draft is None:
         raise ValueError("draft_source 'lookup+int4' needs the INT4 draft")
     if second_choices and (do_sample or draft is None):
-        raise ValueError("second_choices verifies the INT4 draft's greedy drafts: it needs the draft and do_sample=False")
+        raise ValueError("second_choices verifies the INT4 draft's greedy drafts: it needs the draft and "
+                         "do_sample=False")
     limit = accel.pass_limit(model)
     if limit is not None and (draft is not None or draft_source != "int4") and max_step_draft + 1 > limit:
         raise ValueError(f"max_step_draft {max_step_draft} needs verify passes of {max_step_draft + 1} tokens; the "

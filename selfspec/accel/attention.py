@@ -2,8 +2,8 @@
 step, verify) and prefills.
 
 Per layer, two jobs replace RoPE + two cache writes + a mask + SDPA + a transpose:
-  1. `rope_and_store`: rotate q and k (RoPE models), write k and v into the cache at their positions,
-     return q as [T, heads, head_dim];
+  1. `rope_and_store`: rotate q and k (RoPE models), write k and v into the cache at their slots (their
+     positions, but for a verify pass's leaves), return q as [T, heads, head_dim];
   2. `decode_attention`: split-KV ("flash-decoding") attention over the live cache only. One program per
      (head, block of BLOCK_KV keys) computes a partial softmax for all new tokens over the keys before
      their positions; a second kernel merges the blocks, starting from the query's own key, which it reads
@@ -292,8 +292,9 @@ def decode_attention(q, k_cache, v_cache, input_pos, end: int, alibi_slopes=None
                      slots=None) -> torch.Tensor:
     """q [T, heads, head_dim] at positions input_pos [T] over the cache, each with its own key and value at
     its slot (`slots`, None: input_pos); the positions are consecutive, or those of a verify pass with leaves
-    (model.Transformer.forward). Keys beyond the largest position are never read, `end` only bounds the grid; with `window` (model.AttentionWindow) neither are the blocks of keys
-    between its sinks and the first query's recent keys. Returns [T, heads * head_dim]."""
+    (model.Transformer.forward). Keys beyond the largest position are never read, `end` only bounds the grid;
+    with `window` (model.AttentionWindow) neither are the blocks of keys between its sinks and the first query's
+    recent keys. Returns [T, heads * head_dim]."""
     if window is not None and window.sinks > BLOCK_KV:
         raise ValueError(f"the decode attention keeps at most {BLOCK_KV} sinks, got {window.sinks}")
     T, num_heads, head_dim = q.shape
