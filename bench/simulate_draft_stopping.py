@@ -34,16 +34,19 @@ from selfspec.generate import adapt_th_stop_draft, generate  # noqa: E402
 from selfspec.draft import make_draft  # noqa: E402
 
 
+ALTERNATIVES = 3  # the draft's choices after its own that a chain records, for verify passes that check them too
+
+
 @torch.inference_mode()
 def draft_chains(model, draft, ids: list[int], answer: list[int], depth: int) -> list[dict]:
-    """chains[j]: the draft's greedy tokens, their probabilities and the draft's second choices for a round whose
-    last emitted token is answer[j], reading the target's cache before it (as in generate: the draft writes its
-    own entries)."""
+    """chains[j]: the draft's greedy tokens, their probabilities and the draft's next ALTERNATIVES choices after
+    each (its second, third, ...) for a round whose last emitted token is answer[j], reading the target's cache
+    before it (as in generate: the draft writes its own entries)."""
     seq, n = ids + answer[:-1], len(ids)
     model(torch.tensor([seq]), torch.arange(len(seq)))  # the target's KV everywhere
     chains = []
     for j in range(len(answer) - 1):
-        token, chain = answer[j], {"tokens": [], "confidences": [], "seconds": []}
+        token, chain = answer[j], {"tokens": [], "confidences": [], "alternatives": []}
         for i in range(depth):
             pos = n + j + i
             probs = draft(torch.tensor([[token]]), torch.tensor([pos]), pos + 1)[0, -1].float().softmax(-1)
@@ -51,7 +54,8 @@ def draft_chains(model, draft, ids: list[int], answer: list[int], depth: int) ->
             token = int(token)
             chain["tokens"].append(token)
             chain["confidences"].append(confidence)
-            chain["seconds"].append(next(int(t) for t in probs.topk(2).indices if int(t) != token))
+            ranked = [int(t) for t in probs.topk(ALTERNATIVES + 1).indices if int(t) != token]
+            chain["alternatives"].append(ranked[:ALTERNATIVES])
         chains.append(chain)
         end = min(n + j + depth, len(seq))
         if end > n + j:  # put the target's entries back where the draft wrote

@@ -18,8 +18,9 @@ def test_replayed_default_rule_drafts_and_accepts_like_generate(position_encodin
     answer, _ = generate(model, prompt, 60)
     _, stats = generate(model, prompt, 60, draft=draft)  # defaults: adaptive threshold from 0.6, at most 8
     chains = draft_chains(model, draft, prompt, answer, depth=8)
-    for chain in chains:  # a second choice beside each draft, never the draft itself
-        assert len(chain["seconds"]) == 8 and all(s != t for s, t in zip(chain["seconds"], chain["tokens"]))
+    for chain in chains:  # the next choices beside each draft, never the draft itself
+        assert len(chain["alternatives"]) == 8
+        assert all(len(set(a)) == 3 and t not in a for a, t in zip(chain["alternatives"], chain["tokens"]))
     cost, drafted, accepted, rounds = replay(answer, chains, RULES["adaptive 0.6 (generate's default)"],
                                              draft_step=0.4, verify_step=1.0, max_new_tokens=60)
     assert (drafted, accepted, rounds) == (stats.drafted, stats.accepted, stats.verify_steps)

@@ -43,7 +43,7 @@ def replay(answer, chains, k_limit: int, leaves: bool):
         emitted = n + 1
         if n < k and j + 1 + n < len(answer):
             rejections += 1
-            if leaves and chain["seconds"][n] == answer[j + 1 + n] and j + 2 + n < len(answer):
+            if leaves and chain["alternatives"][n][0] == answer[j + 1 + n] and j + 2 + n < len(answer):
                 saved, emitted = saved + 1, n + 2
         rule.update(n, k, DEPTH)
         rounds, steps, j = rounds + 1, steps + k, j + emitted
