@@ -197,6 +197,7 @@ def generate(
     start = time.perf_counter()
     # A round never drafts more tokens than are left to generate.
     bufs = Buffers(min(max_step_draft, max_new_tokens), target.max_seq_len, device, second_choices)
+    pass_limit = accel.pass_limit(model)  # tokens a verify pass may take (None: any number)
     n_prompt = len(input_ids)
     logits = model(torch.tensor([input_ids[cached_tokens:]], device=device), bufs.positions[cached_tokens:n_prompt],
                    n_prompt, last_only=True)
@@ -231,7 +232,7 @@ def generate(
         # Leaves beside the first drafts, as many as the pass's token limit and the cache leave room for.
         leaves = 0
         if bufs.seconds is not None and m == 0:
-            leaves = min(k, (accel.pass_limit(model) or 2 * k + 1) - k - 1, target.max_seq_len - pos - k - 1)
+            leaves = min(k, (pass_limit or 2 * k + 1) - k - 1, target.max_seq_len - pos - k - 1)
         draft_tokens, n, token, leaf = verify(model, bufs, answer, sampling, generator, pos, k, leaves)
         bufs.tokens[0] = token
         stats.drafted += k
