@@ -36,15 +36,21 @@ class NgramLookup:
             for n in range(self.min_n, min(self.max_n, end) + 1):
                 self.follower[tuple(self.tokens[end - n : end])] = end
 
-    def propose(self, max_tokens: int) -> list[int]:
+    def propose(self, max_tokens: int, after=()) -> list[int]:
         """Up to max_tokens tokens that followed the longest suffix n-gram's most recent earlier occurrence
         (longest n first); fewer where that occurrence's continuation runs into the end of the context;
-        [] when no suffix n-gram occurred before."""
+        [] when no suffix n-gram occurred before.
+
+        `after`: tokens not in the context yet (the INT4 draft's drafts) taken as following it: the suffix
+        may end among them, and a continuation running into the context's end goes on through them. Only
+        the context's own n-grams are looked up."""
         if max_tokens < 1:
             return []
-        length = len(self.tokens)
-        for n in range(min(self.max_n, length), self.min_n - 1, -1):
-            start = self.follower.get(tuple(self.tokens[length - n :]))
+        after = list(after)
+        tail = self.tokens[max(0, len(self.tokens) - self.max_n) :] + after  # all that a suffix n-gram can span
+        for n in range(min(self.max_n, len(tail)), self.min_n - 1, -1):
+            start = self.follower.get(tuple(tail[len(tail) - n :]))
             if start is not None:
-                return self.tokens[start : start + max_tokens]
+                run = self.tokens[start : start + max_tokens]
+                return run + after[: max_tokens - len(run)]
         return []

@@ -5,14 +5,15 @@ import pytest
 from selfspec.lookup import NgramLookup
 
 
-def brute_force_propose(tokens, max_tokens, min_n, max_n):
-    """The definition, by scanning: longest suffix n-gram first, its most recent earlier occurrence that
-    some token follows, the tokens after it."""
-    for n in range(min(max_n, len(tokens)), min_n - 1, -1):
-        suffix = tokens[len(tokens) - n :]
+def brute_force_propose(tokens, max_tokens, min_n, max_n, after=()):
+    """The definition, by scanning: longest suffix n-gram of tokens + after first, its most recent earlier
+    occurrence in tokens that a token of tokens follows, the tokens after it in tokens + after."""
+    whole = tokens + list(after)
+    for n in range(min(max_n, len(whole)), min_n - 1, -1):
+        suffix = whole[len(whole) - n :]
         for start in range(len(tokens) - 1, n - 1, -1):  # start: the position after the occurrence
             if tokens[start - n : start] == suffix:
-                return tokens[start : start + max_tokens]
+                return whole[start : start + max_tokens]
     return []
 
 
@@ -72,6 +73,19 @@ def test_index_follows_appended_tokens():
     assert lookup.propose(4) == [5, 1, 2]
 
 
+def test_proposes_after_tokens_not_in_the_context_yet():
+    lookup = NgramLookup([5, 6, 7, 8, 9, 1, 2], min_n=2, max_n=3)
+    assert lookup.propose(4) == []
+    assert lookup.propose(4, after=[6]) == []  # [2, 6] never occurred; 1-grams are not looked up
+    assert lookup.propose(4, after=[6, 7]) == [8, 9, 1, 2]  # the suffix lies among the drafts
+    assert NgramLookup([1, 2, 3, 4, 9, 1], min_n=2, max_n=3).propose(3, after=[2]) == [3, 4, 9]  # [1, 2] spans the end
+    # A continuation running into the context's end goes on through the drafts.
+    assert NgramLookup([3, 4, 3], min_n=2, max_n=2).propose(4, after=[4]) == [3, 4]
+    assert NgramLookup([], min_n=1).propose(2, after=[1, 1]) == []  # nothing indexed
+    assert lookup.propose(0, after=[6, 7]) == []
+    assert lookup.tokens == [5, 6, 7, 8, 9, 1, 2]  # `after` is not added
+
+
 def test_invalid_sizes():
     for min_n, max_n in [(0, 3), (3, 2)]:
         with pytest.raises(ValueError, match="min_n"):
@@ -90,3 +104,5 @@ def test_matches_a_brute_force_scan(min_n, max_n):
             lookup.extend(chunk)
             k = rng.randrange(1, 9)
             assert lookup.propose(k) == brute_force_propose(tokens, k, min_n, max_n), tokens
+            after = [rng.randrange(4) for _ in range(rng.randrange(0, 6))]
+            assert lookup.propose(k, after) == brute_force_propose(tokens, k, min_n, max_n, after), (tokens, after)
