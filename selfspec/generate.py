@@ -5,7 +5,8 @@ One speculative round, with `token` the last emitted token at position `pos` (no
   1. with a lookup (draft_source "lookup" or "lookup+int4"), the tokens that followed the context's
      last n-gram earlier in the context (lookup.py) are the drafts d1..dk, copied to the device at once;
      else the INT4 draft proposes d1..dk one token at a time, reading the target's cache for the
-     verified prefix and writing its own entries at pos..pos+k-1;
+     verified prefix and writing its own entries at pos..pos+k-1 (with `lookup_after_draft`, until the
+     context followed by its drafts ends in an n-gram the lookup knows: the lookup's tokens follow);
   2. the FP16 target runs once over [token, d1..dk] at pos..pos+k, overwriting those entries;
   3. greedy: keep the longest prefix of drafts equal to the target's argmax, plus the target's next
      token; sampling: standard speculative sampling (min(1, p/q) acceptance, residual resampling).
@@ -49,7 +50,7 @@ class GenerationStats:
     accepted: int = 0  # draft tokens the target accepted
     lookup_drafted: int = 0  # of `drafted`, the tokens the prompt lookup proposed
     lookup_accepted: int = 0  # of `accepted`, the lookup's
-    lookup_steps: int = 0  # verification rounds whose drafts began with a lookup proposal
+    lookup_steps: int = 0  # verification rounds with lookup drafts
     leaves: int = 0  # second choices of the INT4 draft verified beside its drafts (second_choices)
     leaves_accepted: int = 0  # of those, the ones the target chose, each with the target's token after it
     verify_steps: int = 0  # target forward passes after the prefill (one per round, or per plain step)
@@ -144,6 +145,7 @@ def generate(
     repetition_penalty: float = 1.0,
     draft_source: str = "int4",
     draft_after_lookup: bool = False,
+    lookup_after_draft: bool = False,
     lookup_min_ngram: int = 2,
     lookup_max_ngram: int = 4,
     second_choices: bool = False,
@@ -169,7 +171,10 @@ def generate(
     decoding), "lookup" (the context's own n-grams of lookup_min_ngram..lookup_max_ngram tokens, longest
     first; `draft` must be None) or "lookup+int4" (the lookup when it proposes, else `draft`). With
     `draft_after_lookup` the INT4 draft continues after a lookup run shorter than the round allows (one
-    draft pass over the lookup tokens, then a token at a time). With sampling, a lookup token d is a
+    draft pass over the lookup tokens, then a token at a time). With `lookup_after_draft`, in a round the INT4
+    draft begins ("lookup+int4"), the host reads each draft with its confidence and looks up the context
+    followed by the drafts so far: once the lookup proposes, its tokens follow the drafts (as many as a
+    lookup round takes, within the pass's token limit) and drafting stops. With sampling, a lookup token d is a
     proposal with q = one-hot(d): kept with probability p(d), else replaced by a sample of p without d.
     The adaptive stop threshold follows the INT4 draft's own tokens only.
 
@@ -186,7 +191,7 @@ def generate(
     """
     target = getattr(model, "module", model)
     check_arguments(model, draft, input_ids, max_new_tokens, cached_tokens, th_stop_draft, max_step_draft,
-                    repetition_penalty, draft_source, second_choices, do_sample)
+                    repetition_penalty, draft_source, second_choices, do_sample, lookup_after_draft)
     device = target.model.norm.weight.device
     sampling = Sampling(do_sample, temperature, top_k, top_p)
     stats = GenerationStats(prompt_tokens=len(input_ids), final_th_stop_draft=th_stop_draft)
@@ -196,7 +201,9 @@ def generate(
 
     start = time.perf_counter()
     # A round never drafts more tokens than are left to generate.
-    bufs = Buffers(min(max_step_draft, max_new_tokens), target.max_seq_len, device, second_choices)
+    # A round drafts at most max_step_draft tokens, and as many lookup tokens after them with lookup_after_draft.
+    bufs = Buffers(min((1 + lookup_after_draft) * max_step_draft, max_new_tokens), target.max_seq_len, device,
+                   second_choices)
     pass_limit = accel.pass_limit(model)  # tokens a verify pass may take (None: any number)
     n_prompt = len(input_ids)
     logits = model(torch.tensor([input_ids[cached_tokens:]], device=device), bufs.positions[cached_tokens:n_prompt],
@@ -213,7 +220,8 @@ def generate(
 
     while not done:
         # Drafts beyond the output budget or the cache would be wasted: a round emits accepted + 1 tokens.
-        k_max = min(max_step_draft, max_new_tokens - len(answer.ids) - 1, target.max_seq_len - pos - 1)
+        room = min(max_new_tokens - len(answer.ids) - 1, target.max_seq_len - pos - 1)
+        k_max = min(max_step_draft, room)
         proposal = answer.lookup.propose(k_max) if answer.lookup is not None else []
         if not proposal and (draft is None or k_max < 1):
             logits = model(bufs.tokens[:1].view(1, 1), bufs.positions[pos : pos + 1], pos + 1)
@@ -225,14 +233,17 @@ def generate(
             continue
 
         k = m = len(proposal)  # drafts so far, of which the lookup's
+        j = 0  # of the drafts, the lookup's after the INT4 draft's (lookup_after_draft)
         if m:
             bufs.stage(proposal, do_sample)
         if draft is not None and (m == 0 or draft_after_lookup and m < k_max):
-            k = draft_more(draft, bufs, answer, sampling, generator, pos, m, k_max, min_step_draft, th_stop_draft)
-        # Leaves beside the first drafts, as many as the pass's token limit and the cache leave room for.
+            after_draft = answer.lookup if lookup_after_draft and m == 0 else None
+            k, j = draft_more(draft, bufs, answer, sampling, generator, pos, m, k_max, min_step_draft, th_stop_draft,
+                              after_draft, room if pass_limit is None else min(room, pass_limit - 1))
+        # Leaves beside the INT4 draft's drafts, as many as the pass's token limit and the cache leave room for.
         leaves = 0
         if bufs.seconds is not None and m == 0:
-            leaves = min(k, (pass_limit or 2 * k + 1) - k - 1, target.max_seq_len - pos - k - 1)
+            leaves = min(k - j, (pass_limit or 2 * k + 1) - k - 1, target.max_seq_len - pos - k - 1)
         draft_tokens, n, token, leaf = verify(model, bufs, answer, sampling, generator, pos, k, leaves)
         bufs.tokens[0] = token
         stats.drafted += k
@@ -243,6 +254,10 @@ def generate(
             stats.lookup_drafted += m
             stats.lookup_accepted += min(n, m)
             stats.lookup_steps += 1
+        if j:
+            stats.lookup_drafted += j
+            stats.lookup_accepted += max(n - (k - j), 0)
+            stats.lookup_steps += 1
         emitted = draft_tokens[:n] + [token]
         if leaf is not None:  # the target chose the leaf beside d_{n+1}: its key and value go to its position
             target.copy_cache_entry(pos + k + 1 + n, pos + n + 1)
@@ -252,8 +267,9 @@ def generate(
         done = answer.add(emitted)
 
         # The threshold steers the INT4 draft: only its own tokens, where the target reached them, count.
-        if auto_th_stop_draft and k > m and n >= m:
-            th_stop_draft, match_ema = adapt_th_stop_draft(th_stop_draft, match_ema, n - m, k - m,
+        own = k - m - j
+        if auto_th_stop_draft and own > 0 and n >= m:
+            th_stop_draft, match_ema = adapt_th_stop_draft(th_stop_draft, match_ema, min(n - m, own), own,
                                                            max_step_draft - m)
 
     synchronize(device)
@@ -266,7 +282,7 @@ def generate(
 
 
 def check_arguments(model, draft, input_ids, max_new_tokens, cached_tokens, th_stop_draft, max_step_draft,
-                    repetition_penalty, draft_source, second_choices=False, do_sample=False):
+                    repetition_penalty, draft_source, second_choices=False, do_sample=False, lookup_after_draft=False):
     """generate()'s ValueErrors for arguments it cannot honour."""
     target = getattr(model, "module", model)
     if not input_ids:
@@ -290,6 +306,9 @@ def check_arguments(model, draft, input_ids, max_new_tokens, cached_tokens, th_s
         raise ValueError("draft_source 'lookup' drafts from the context alone: pass draft=None")
     if draft_source == "lookup+int4" and draft is None:
         raise ValueError("draft_source 'lookup+int4' needs the INT4 draft")
+    if lookup_after_draft and draft_source != "lookup+int4":
+        raise ValueError("lookup_after_draft continues the INT4 draft's drafts with the lookup's: it needs "
+                         "draft_source 'lookup+int4'")
     if second_choices and (do_sample or draft is None):
         raise ValueError("second_choices verifies the INT4 draft's greedy drafts: it needs the draft and "
                          "do_sample=False")
@@ -354,19 +373,24 @@ class Buffers:
         self.staging_host = self.staging.numpy()
         self.draft_probs = None  # sampling: q [draft_slots, vocab], the drafts' proposal distributions
 
-    def stage(self, proposal: list[int], do_sample: bool):
-        """The lookup's drafts into tokens[1:]; with sampling q = one-hot(d): accepted with probability p(d)."""
-        m = len(proposal)
+    def stage(self, proposal: list[int], do_sample: bool, first: int = 0):
+        """The lookup's drafts into tokens[first + 1:], after `first` drafts; with sampling q = one-hot(d):
+        accepted with probability p(d)."""
+        m, drafts = len(proposal), slice(first + 1, first + len(proposal) + 1)
         self.staging_host[:m] = proposal
-        self.tokens[1 : m + 1].copy_(self.staging[:m], non_blocking=True)
+        self.tokens[drafts].copy_(self.staging[:m], non_blocking=True)
         if do_sample:
-            self.draft_probs[:m].zero_().scatter_(1, self.tokens[1 : m + 1, None], 1.0)
+            self.draft_probs[first : first + m].zero_().scatter_(1, self.tokens[drafts, None], 1.0)
 
 
 def draft_more(draft, bufs: Buffers, answer: Answer, sampling: Sampling, generator, pos: int, k: int, k_max: int,
-               min_step_draft: int, th_stop_draft: float) -> int:
+               min_step_draft: int, th_stop_draft: float, lookup: NgramLookup | None = None,
+               pass_drafts: int = 0) -> tuple[int, int]:
     """The INT4 draft proposes tokens after the k in bufs.tokens[1:k+1], one at a time, until k_max or until
-    its confidence falls under th_stop_draft (from step min_step_draft on); returns the number of drafts."""
+    its confidence falls under th_stop_draft (from step min_step_draft on). With `lookup`, from step
+    min_step_draft on the host also reads the drafts and looks up the context followed by them: once the
+    lookup proposes, up to k_max of its tokens follow (the pass taking at most `pass_drafts` drafts, and
+    leaving a row for each second choice) and drafting stops. Returns (drafts, of which the lookup's)."""
     tokens, positions = bufs.tokens, bufs.positions
     draft_seen = None if answer.seen is None else answer.seen.clone()
     if draft_seen is not None and k:
@@ -388,9 +412,16 @@ def draft_more(draft, bufs: Buffers, answer: Answer, sampling: Sampling, generat
         if draft_seen is not None:
             draft_seen.index_fill_(0, tokens[k + 1 : k + 2], True)
         k += 1
+        if lookup is not None and min_step_draft <= k:
+            *drafts, confidence = torch.cat((tokens[1 : k + 1].double(), confidence.view(1).double())).tolist()
+            leaf_rows = k if bufs.seconds is not None else 0
+            proposal = lookup.propose(min(k_max, pass_drafts - k - leaf_rows), after=map(int, drafts))
+            if proposal:
+                bufs.stage(proposal, sampling.do_sample, first=k)
+                return k + len(proposal), len(proposal)
         if min_step_draft <= k < k_max and float(confidence) < th_stop_draft:
             break
-    return k
+    return k, 0
 
 
 def verify(model, bufs: Buffers, answer: Answer, sampling: Sampling, generator, pos: int, k: int, leaves: int = 0):

@@ -6,8 +6,11 @@ import torch
 
 from selfspec import accel
 from selfspec.draft import make_draft
-from selfspec.generate import GenerationStats, TextStreamer, adapt_th_stop_draft, generate
+from selfspec.generate import (Answer, Buffers, GenerationStats, TextStreamer, adapt_th_stop_draft, draft_more,
+                               generate)
+from selfspec.lookup import NgramLookup
 from selfspec.model import AttentionWindow
+from selfspec.sampling import Sampling
 from selfspec.tokenizer import HFTokenizer, Tokenizer
 from smollm2 import smollm2_folder
 from helpers import random_model
@@ -139,7 +142,16 @@ def test_second_choices_near_the_end_of_the_context():
     assert spec == plain and len(plain) == 45 and stats.leaves > 0
 
 
-LOOKUP_VARIANTS = [("lookup", False), ("lookup+int4", False), ("lookup+int4", True)]  # (source, draft_after_lookup)
+# generate()'s options for each way of drafting with the lookup
+LOOKUP_VARIANTS = [dict(draft_source="lookup"), dict(draft_source="lookup+int4"),
+                   dict(draft_source="lookup+int4", draft_after_lookup=True),
+                   dict(draft_source="lookup+int4", lookup_after_draft=True),
+                   dict(draft_source="lookup+int4", draft_after_lookup=True, lookup_after_draft=True)]
+LOOKUP_IDS = ["lookup", "lookup+int4", "draft-after-lookup", "lookup-after-draft", "both"]
+
+
+def lookup_options(variant, draft) -> dict:
+    return dict(draft=None if variant["draft_source"] == "lookup" else draft, **variant)
 
 
 def repeating_prompt(rng, vocab_size):
@@ -159,17 +171,17 @@ def test_lookup_greedy_equals_plain_greedy_float32(model_and_draft, penalty):
         prompt = repeating_prompt(rng, model.args.vocab_size)
         n = rng.randrange(20, 60)
         plain, _ = generate(model, prompt, n, repetition_penalty=penalty)
-        for source, after in LOOKUP_VARIANTS:
+        for variant in LOOKUP_VARIANTS:
             spec, stats = generate(
-                model, prompt, n, draft=None if source == "lookup" else draft, draft_source=source,
-                draft_after_lookup=after, repetition_penalty=penalty, max_step_draft=rng.randrange(1, 10),
+                model, prompt, n, repetition_penalty=penalty, max_step_draft=rng.randrange(1, 10),
                 th_stop_draft=rng.random(), lookup_min_ngram=rng.choice([1, 2]), lookup_max_ngram=rng.choice([2, 4]),
+                min_step_draft=rng.randrange(1, 3), **lookup_options(variant, draft),
             )
-            assert spec == plain, (trial, source, after)
+            assert spec == plain, (trial, variant)
             assert stats.tokens_generated == len(plain)
             assert stats.lookup_accepted <= stats.lookup_drafted <= stats.drafted and stats.accepted <= stats.drafted
             assert stats.lookup_steps <= stats.verify_steps and stats.lookup_accepted <= stats.accepted
-            if source == "lookup":
+            if variant["draft_source"] == "lookup":
                 assert stats.drafted == stats.lookup_drafted
             totals["lookup_drafted"] += stats.lookup_drafted
             totals["lookup_accepted"] += stats.lookup_accepted
@@ -178,6 +190,61 @@ def test_lookup_greedy_equals_plain_greedy_float32(model_and_draft, penalty):
     # draft drafted in the other rounds.
     assert totals["lookup_accepted"] < totals["lookup_drafted"] and totals["int4_drafted"] > 0
     assert totals["lookup_accepted"] > 0 or penalty > 1
+
+
+class ScriptedDraft:
+    """A draft over a vocabulary of 16 whose greedy picks are `picks`, in turn."""
+
+    def __init__(self, picks):
+        self.picks = iter(picks)
+
+    def __call__(self, tokens, positions, end, last_only=False):
+        logits = torch.zeros(1, 1, 16)
+        logits[0, 0, next(self.picks)] = 16.0
+        return logits
+
+
+@pytest.mark.parametrize("second_choices", [False, True])
+def test_lookup_takes_over_once_the_drafts_lead_into_a_match(second_choices):
+    # The context [7, 1, 2, 3, 4, 5, 9] ends in no known n-gram; after the drafts 1, 2 it ends in [1, 2], which 3
+    # followed: the lookup proposes what followed, through the context's end and on through the drafts.
+    context = [7, 1, 2, 3, 4, 5, 9]
+
+    def run(pass_drafts, min_step_draft=1):
+        bufs = Buffers(16, 64, torch.device("cpu"), second_choices)
+        answer = Answer(context, 100, None, 1.0, 16, "cpu", None)
+        lookup = NgramLookup(context, min_n=2, max_n=3)
+        k, j = draft_more(ScriptedDraft([1, 2] + [8] * 6), bufs, answer, Sampling(), None, len(context), 0, 8,
+                          min_step_draft, 0.0, lookup, pass_drafts)
+        return k, j, bufs.tokens[1 : k + 1].tolist()
+
+    assert run(15) == (8, 6, [1, 2, 3, 4, 5, 9, 1, 2])
+    # The pass's limit cuts the lookup's tokens, and keeps a row for each second choice.
+    assert run(8) == ((6, 4, [1, 2, 3, 4, 5, 9]) if second_choices else (8, 6, [1, 2, 3, 4, 5, 9, 1, 2]))
+    # Looked up from step 3 on only, the [1, 2] is behind: the draft's 8s lead nowhere; it drafts to its limit.
+    assert run(15, min_step_draft=3) == (8, 0, [1, 2] + [8] * 6)
+
+
+def test_lookup_after_draft_with_second_choices_equals_plain(model_and_draft, monkeypatch):
+    import selfspec.generate as generation
+
+    model, draft = model_and_draft
+    continued = []  # the lookup's tokens after the INT4 draft's, each round
+
+    def recording(*args):
+        k, j = draft_more(*args)
+        continued.append(j)
+        return k, j
+
+    monkeypatch.setattr(generation, "draft_more", recording)
+    rng = random.Random(6)
+    for _ in range(6):
+        prompt = repeating_prompt(rng, model.args.vocab_size)
+        plain, _ = generate(model, prompt, 50)
+        spec, stats = generate(model, prompt, 50, draft=draft, draft_source="lookup+int4", lookup_after_draft=True,
+                               second_choices=True, lookup_min_ngram=1, th_stop_draft=rng.random())
+        assert spec == plain and stats.leaves <= stats.drafted - stats.lookup_drafted
+    assert any(continued)  # rounds that began with the INT4 draft and ended with the lookup
 
 
 def lookup_rounds(model, prompt, n):
@@ -196,8 +263,8 @@ def lookup_rounds(model, prompt, n):
     return rounds, out
 
 
-@pytest.mark.parametrize("source,after", LOOKUP_VARIANTS)
-def test_lookup_runs_cut_by_eos_and_by_the_budget(model_and_draft, source, after):
+@pytest.mark.parametrize("variant", LOOKUP_VARIANTS, ids=LOOKUP_IDS)
+def test_lookup_runs_cut_by_eos_and_by_the_budget(model_and_draft, variant):
     """EOS among the accepted tokens of a lookup run ends the output there, and a budget that ends inside a
     run cuts its proposal; both as plain decoding does."""
     model, draft = model_and_draft
@@ -210,8 +277,7 @@ def test_lookup_runs_cut_by_eos_and_by_the_budget(model_and_draft, source, after
         for r in rounds:
             if len(r) >= 3:  # lookup tokens r[0], r[1] accepted: a budget that leaves room for one or two drafts
                 for cut in (start + 2, start + 3):
-                    options = dict(draft=None if source == "lookup" else draft, draft_source=source,
-                                   draft_after_lookup=after)
+                    options = lookup_options(variant, draft)
                     out, stats = generate(model, prompt, cut, **options)
                     assert out == plain[:cut] and stats.tokens_generated == cut
                     if plain.index(plain[cut - 1]) == cut - 1:  # plain[cut - 1] first appears here: make it EOS
@@ -246,14 +312,16 @@ def test_stop_threshold_adapts_to_int4_rounds_only(model_and_draft, monkeypatch)
 
     monkeypatch.setattr(generation, "adapt_th_stop_draft", recording)
     rng = random.Random(2)
-    for after in (False, True):
+    for variant in LOOKUP_VARIANTS[1:]:
         for _ in range(3):
             calls.clear()
             prompt = prompt_where_lookup_is_accepted(model, rng, 50)
-            _, stats = generate(model, prompt, 50, draft=draft, draft_source="lookup+int4", draft_after_lookup=after)
+            _, stats = generate(model, prompt, 50, **lookup_options(variant, draft))
             assert stats.lookup_drafted > 0 and calls
             int4_drafted, int4_accepted = stats.drafted - stats.lookup_drafted, stats.accepted - stats.lookup_accepted
-            if after:  # rounds whose INT4 drafts the target never reached (a lookup token was rejected) do not count
+            # With the draft after the lookup, rounds whose INT4 drafts the target never reached (a lookup token was
+            # rejected) do not count.
+            if variant.get("draft_after_lookup"):
                 assert sum(d for _, d in calls) <= int4_drafted and sum(a for a, _ in calls) <= int4_accepted
             else:
                 assert sum(d for _, d in calls) == int4_drafted and sum(a for a, _ in calls) == int4_accepted
@@ -273,9 +341,9 @@ def test_lookup_sampling_with_top_k_1_is_greedy(model_and_draft):
     model, draft = model_and_draft
     prompt = prompt_where_lookup_is_accepted(model, random.Random(8))
     plain, _ = generate(model, prompt, 40)
-    for source, after in LOOKUP_VARIANTS:
-        sampled, stats = generate(model, prompt, 40, draft=None if source == "lookup" else draft, draft_source=source,
-                                  draft_after_lookup=after, do_sample=True, temperature=0.7, top_k=1)
+    for variant in LOOKUP_VARIANTS:
+        sampled, stats = generate(model, prompt, 40, do_sample=True, temperature=0.7, top_k=1,
+                                  **lookup_options(variant, draft))
         assert sampled == plain and stats.lookup_drafted > 0
 
 
@@ -297,6 +365,8 @@ def test_rejects_bad_draft_sources():
         generate(model, [1], 5, draft_source="lookup+int4")
     with pytest.raises(ValueError, match="min_n"):
         generate(model, [1], 5, draft_source="lookup", lookup_min_ngram=0)
+    with pytest.raises(ValueError, match="lookup_after_draft"):
+        generate(model, [1], 5, draft=make_draft(model), lookup_after_draft=True)
 
 
 def test_perfect_draft_accepts_everything():

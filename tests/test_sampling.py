@@ -117,13 +117,14 @@ def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return 0.5 * erfc(z / sqrt(2))
 
 
-@pytest.mark.parametrize("proposal", ["int4", "lookup", "lookup+int4"])
+@pytest.mark.parametrize("proposal", ["int4", "lookup", "lookup+int4", "int4+lookup"])
 @pytest.mark.parametrize("support", [None, 4])
 def test_speculative_sampling_reproduces_the_target_distribution(support, proposal):
     """The first emitted token, and the second given the first was the draft's, follow the target's p; p
     over the whole vocabulary, or (as top-k gives it) over `support` token ids per row. Drafts sampled from
     the INT4 draft's q, or fixed lookup tokens d with q = one-hot(d) (both rows, or the first row followed
-    by a sampled one, as when the draft continues after a lookup run)."""
+    by a sampled one, as when the draft continues after a lookup run; or a sampled first row followed by a
+    lookup token that depends on it, as when the lookup continues after the draft's drafts)."""
     g = torch.Generator().manual_seed(0)
     vocab, trials = 6, 20000
     p = torch.rand(3, vocab, generator=g) ** 3
@@ -134,18 +135,23 @@ def test_speculative_sampling_reproduces_the_target_distribution(support, propos
     p /= p.sum(-1, keepdim=True)
     q = torch.rand(2, vocab, generator=g) ** 3
     q /= q.sum(-1, keepdim=True)
-    lookup_rows = {"int4": 0, "lookup": 2, "lookup+int4": 1}[proposal]
+    lookup_rows = {"int4": 0, "lookup": 2, "lookup+int4": 1, "int4+lookup": 0}[proposal]
     for row in range(lookup_rows):  # a lookup token the target gives some probability (never all)
         q[row] = torch.nn.functional.one_hot(p[row].argmax(), vocab).float()
+    one_hot = torch.eye(vocab)
     likely = int(torch.minimum(p[0], q[0]).argmax())  # the draft token accepted most often
     first = torch.zeros(vocab)
     second_given_d1 = torch.zeros(vocab)
     for _ in range(trials):
         drafts = [int(torch.multinomial(q[0], 1, generator=g)), int(torch.multinomial(q[1], 1, generator=g))]
+        q_drafts = q
+        if proposal == "int4+lookup":  # the lookup's token after d0: what followed d0 in a context
+            drafts[1] = int(p[1].argmax()) if drafts[0] == likely else (drafts[0] * 3 + 1) % vocab
+            q_drafts = torch.stack([q[0], one_hot[drafts[1]]])
         if p_ids is None:
-            n, nxt = speculative_accept(p, q, torch.tensor(drafts), generator=g)
+            n, nxt = speculative_accept(p, q_drafts, torch.tensor(drafts), generator=g)
         else:
-            n, nxt = speculative_accept(p.gather(-1, p_ids), q, torch.tensor(drafts), generator=g, p_ids=p_ids)
+            n, nxt = speculative_accept(p.gather(-1, p_ids), q_drafts, torch.tensor(drafts), generator=g, p_ids=p_ids)
         n, nxt = int(n), int(nxt)
         emitted = drafts[:n] + [nxt]
         first[emitted[0]] += 1

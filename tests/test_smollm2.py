@@ -67,9 +67,9 @@ def test_speculative_equals_plain_and_acceptance(smollm2):
 
 
 def test_lookup_equals_plain_on_passage_and_code_prompts(smollm2):
-    """Prompt lookup alone, before the INT4 draft, and with the draft continuing after it: greedy output equals
-    plain output (float32), with and without a repetition penalty, on prompts whose answers quote them; the
-    lookup's drafts are accepted there."""
+    """Prompt lookup alone, before the INT4 draft, with the draft continuing after it, and continuing the draft's
+    drafts: greedy output equals plain output (float32), with and without a repetition penalty, on prompts whose
+    answers quote them; the lookup's drafts are accepted there."""
     from selfspec.generate import generate
 
     _, ckpt, model, tokenizer = smollm2
@@ -80,9 +80,10 @@ def test_lookup_equals_plain_on_passage_and_code_prompts(smollm2):
         for penalty in (1.0, 1.1):
             options = dict(eos_token_id=ckpt.eos_token_id, repetition_penalty=penalty)
             plain, _ = generate(model, ids, 48, **options)
-            for source, after in (("lookup", False), ("lookup+int4", False), ("lookup+int4", True)):
+            for source, after, lookup_after in (("lookup", False, False), ("lookup+int4", False, False),
+                                                ("lookup+int4", True, False), ("lookup+int4", False, True)):
                 spec, stats = generate(model, ids, 48, draft=None if source == "lookup" else draft, draft_source=source,
-                                       draft_after_lookup=after, **options)
-                assert spec == plain, (prompt[:30], penalty, source, after)
+                                       draft_after_lookup=after, lookup_after_draft=lookup_after, **options)
+                assert spec == plain, (prompt[:30], penalty, source, after, lookup_after)
                 lookup_accepted += stats.lookup_accepted
     assert lookup_accepted > 0

@@ -196,7 +196,8 @@ def test_speculative_sampling_with_graphs(position_encoding, num_heads):
 def test_lookup_with_graphs_equals_plain(position_encoding, num_heads, dtype):
     """Prompt lookup through the graphs: its drafts reach the device by one copy from pinned memory and the
     verify pass is the same pass; with the INT4 draft continuing after a lookup run, the draft's graphs take
-    several tokens. Greedy (and top-k 1 sampling) equal plain decoding, with and without a penalty."""
+    several tokens; the lookup continuing the draft's drafts stages its tokens after them. Greedy (and top-k 1
+    sampling) equal plain decoding, with and without a penalty."""
     model = random_model(position_encoding, num_heads=num_heads, max_seq_len=300, dtype=dtype).cuda()
     model.setup_caches(300)
     model_g, draft_g = graph_models(model, make_draft(model, group_size=32), bucket=64)
@@ -207,9 +208,10 @@ def test_lookup_with_graphs_equals_plain(position_encoding, num_heads, dtype):
         prompt = phrase * rng.randrange(2, 5)
         penalty = rng.choice([1.0, 0.8])
         plain, _ = generate(model_g, prompt, 60, repetition_penalty=penalty)
-        for source, after in (("lookup", False), ("lookup+int4", False), ("lookup+int4", True)):
+        for source, after, lookup_after in (("lookup", False, False), ("lookup+int4", False, False),
+                                            ("lookup+int4", True, False), ("lookup+int4", False, True)):
             options = dict(draft=None if source == "lookup" else draft_g, draft_source=source, draft_after_lookup=after,
-                           repetition_penalty=penalty, lookup_min_ngram=1)
+                           lookup_after_draft=lookup_after, repetition_penalty=penalty, lookup_min_ngram=1)
             spec, stats = generate(model_g, prompt, 60, **options)
             assert spec == plain
             lookup_accepted += stats.lookup_accepted
