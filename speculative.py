@@ -80,6 +80,10 @@ def parse_args(argv=None):
                    help="greedy decoding with the INT4 draft: each verification also checks the draft's second choice "
                         "beside each draft, which gives one more token where the target chose it (default: on where "
                         "it applies)")
+    p.add_argument("--lookup-after-draft", action=argparse.BooleanOptionalAction,
+                   help="with --draft lookup+int4: once the INT4 draft's drafts end in a few tokens that stand earlier "
+                        "in the context, what followed them there is verified after them in the same pass (default: "
+                        "on where it applies)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float,
                    help="with --do-sample (default: the checkpoint's generation_config.json, else 1)")
@@ -201,6 +205,10 @@ def run(args) -> int:
         raise InputError("--second-choices checks the INT4 draft's greedy drafts: it needs speculative decoding with "
                          "--draft int4 or lookup+int4, without --do-sample")
     second_choices = applies if args.second_choices is None else args.second_choices
+    if args.lookup_after_draft and draft_source != "lookup+int4":
+        raise InputError("--lookup-after-draft continues the INT4 draft's drafts with the lookup's: it needs "
+                         "speculative decoding with --draft lookup+int4")
+    lookup_after_draft = draft_source == "lookup+int4" and args.lookup_after_draft is not False
     if draft_source and device.type == "cuda" and args.max_step_draft + 1 > accel.MAX_VERIFY_TOKENS:
         raise InputError(f"--max-step-draft {args.max_step_draft} is more than the CUDA path verifies in one pass: "
                          f"at most {accel.MAX_VERIFY_TOKENS - 1}")
@@ -231,10 +239,10 @@ def run(args) -> int:
     options = dict(
         draft=draft, draft_source=draft_source or "int4", do_sample=args.do_sample, **sampling,
         repetition_penalty=repetition_penalty, th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft,
-        eos_token_id=ckpt.eos_token_id, second_choices=second_choices,
+        eos_token_id=ckpt.eos_token_id, second_choices=second_choices, lookup_after_draft=lookup_after_draft,
     )
     fields = {"speculative": draft_source is not None, "draft_source": draft_source,
-              "second_choices": second_choices, "sampling": sampling or None,
+              "second_choices": second_choices, "lookup_after_draft": lookup_after_draft, "sampling": sampling or None,
               "repetition_penalty": repetition_penalty, "device": device.type,
               "dtype": str(dtype).removeprefix("torch.")}
 

@@ -45,8 +45,8 @@ def parse_args():
     p.add_argument("--proxy", help="a Llama checkpoint folder (e.g. SmolLM2 from scripts/convert_gguf.py) embedded "
                    "exactly into the 7B shape on the GPU (scripts/make_proxy.py): real acceptance at 7B cost, on the "
                    "chat prompts of bench/measure_acceptance.py")
-    p.add_argument("--draft", nargs="+", default=["int4", "int4+second", "lookup+int4", "lookup+int4+second"],
-                   choices=list(VARIANTS),
+    p.add_argument("--draft", nargs="+", choices=list(VARIANTS),
+                   default=["int4", "int4+second", "lookup+int4+second", "lookup+int4+extend+second"],
                    help="with --proxy: the draft variants timed against plain decoding, each on every prompt "
                         "(bench/measure_acceptance.py's VARIANTS; default: %(default)s)")
     p.add_argument("--prompt-tokens", type=int, default=1024)

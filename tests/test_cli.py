@@ -80,6 +80,22 @@ def test_second_choices_are_lossless_and_reported(tiny_7b):
     assert_clean_error(run_cli(*common[:-1], "lookup", "--second-choices"), "--second-choices")
 
 
+def test_lookup_after_draft_is_lossless_and_on_by_default_with_lookup_and_int4(tiny_7b):
+    common = ["--repo-id-or-model-path", tiny_7b, "--prompt", "the river, the river, the river", "--n-predict", 40,
+              "--dtype", "float32", "--warmup", 0, "--json"]
+    on = json.loads(run_cli(*common, "--draft", "lookup+int4", check_exit=0).stdout.splitlines()[-1])
+    off = json.loads(run_cli(*common, "--draft", "lookup+int4", "--no-lookup-after-draft",
+                             check_exit=0).stdout.splitlines()[-1])
+    sampled = json.loads(run_cli(*common, "--draft", "lookup+int4", "--do-sample", "--top-k", 1,
+                                 check_exit=0).stdout.splitlines()[-1])
+    plain = json.loads(run_cli(*common, "--no-speculative", check_exit=0).stdout.splitlines()[-1])
+    assert on["token_ids"] == off["token_ids"] == sampled["token_ids"] == plain["token_ids"]
+    assert on["lookup_after_draft"] and sampled["lookup_after_draft"]
+    assert not off["lookup_after_draft"] and not plain["lookup_after_draft"]
+    assert_clean_error(run_cli(*common, "--draft", "int4", "--lookup-after-draft"), "--lookup-after-draft")
+    assert_clean_error(run_cli(*common, "--no-speculative", "--lookup-after-draft"), "--lookup-after-draft")
+
+
 def test_bad_draft_source_and_ignored_draft(tiny_7b):
     result = run_cli("--repo-id-or-model-path", tiny_7b, "--draft", "ngram", "--n-predict", 4)
     assert_clean_error(result, "--draft")

@@ -228,6 +228,18 @@ def test_measure_acceptance_of_several_draft_windows(tiny_7b):
     assert_clean_error(run_bench("benchmark.py", "--draft-window", -1), "--draft-window")
 
 
+def test_measure_acceptance_with_passes_capped_as_on_cuda(tiny_7b):
+    # With second choices beside every draft and the lookup after them, passes of 8 drafts would take 17 tokens.
+    result = run_bench("measure_acceptance.py", "--model", tiny_7b, "--n-predict", 12, "--th-stop-draft", 0,
+                       "--draft", "lookup+int4+extend+second", "--pass-limit", 9)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["pass_limit"] == 9
+    for record in report["variants"]["lookup+int4+extend+second"]["prompts"]:
+        assert record["spec_equals_plain"] and record["leaves"] < record["drafted"]
+    assert_clean_error(run_bench("measure_acceptance.py", "--model", tiny_7b, "--pass-limit", 8), "--pass-limit")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")
 def test_measure_acceptance_on_a_missing_gpu(tiny_7b):
     assert_clean_error(run_bench("measure_acceptance.py", "--model", tiny_7b, "--device", "cuda"), "'cuda' is not available")
