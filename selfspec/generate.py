@@ -200,8 +200,8 @@ def generate(
     match_ema = 0.0
 
     start = time.perf_counter()
-    # A round never drafts more tokens than are left to generate.
-    # A round drafts at most max_step_draft tokens, and as many lookup tokens after them with lookup_after_draft.
+    # A round drafts at most max_step_draft tokens (and as many lookup tokens after them with lookup_after_draft),
+    # never more than are left to generate.
     bufs = Buffers(min((1 + lookup_after_draft) * max_step_draft, max_new_tokens), target.max_seq_len, device,
                    second_choices)
     pass_limit = accel.pass_limit(model)  # tokens a verify pass may take (None: any number)

@@ -39,7 +39,7 @@ def round_ms(model_g, draft_g, pos: int, read_every_step: bool, second_choices: 
     for i in range(ROUNDS + 3):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        k = draft_more(draft_g, bufs, answer, sampling, None, pos, 0, K, min_step, -1.0)
+        k, _ = draft_more(draft_g, bufs, answer, sampling, None, pos, 0, K, min_step, -1.0)
         verify(model_g, bufs, answer, sampling, None, pos, k, leaves)  # ends by reading the device
         if i >= 3:
             times.append((time.perf_counter() - start) * 1e3)
