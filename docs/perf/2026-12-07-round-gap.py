@@ -2,7 +2,8 @@
 and 1,088, rounds of 8 INT4 drafts and their verify pass run by generate's own draft_more and verify, timed on the
 wall clock, against the same graphs' replays timed alone (CUDA events). The drafts read the host every step (as
 generate does from the first step), or never (min_step_draft past the round: the steps queue back to back), so the
-difference is what reading the draft's confidence each step costs; with and without the second choices.
+difference is what reading the draft's confidence each step costs; with and without the second choices; and reading
+the drafts too, each looked up in an index that never matches (what the lookup after the draft adds).
 
     python docs/perf/2026-12-07-round-gap.py OUT.json
 """
@@ -20,13 +21,14 @@ from bench.harness import cuda_ms, free_cuda, random_model, write_json  # noqa: 
 from selfspec.accel import graph_models  # noqa: E402
 from selfspec.draft import make_draft  # noqa: E402
 from selfspec.generate import Answer, Buffers, draft_more, verify  # noqa: E402
+from selfspec.lookup import NgramLookup  # noqa: E402
 from selfspec.sampling import Sampling  # noqa: E402
 
 K = 8  # drafts a round
 ROUNDS = 50
 
 
-def round_ms(model_g, draft_g, pos: int, read_every_step: bool, second_choices: bool) -> float:
+def round_ms(model_g, draft_g, pos: int, read_every_step: bool, second_choices: bool, lookup: bool = False) -> float:
     """Median wall-clock ms of a round of K drafts and the verify pass, host work included."""
     vocab = model_g.module.args.vocab_size
     bufs = Buffers(K, model_g.module.max_seq_len, torch.device("cuda"), second_choices)
@@ -39,7 +41,8 @@ def round_ms(model_g, draft_g, pos: int, read_every_step: bool, second_choices: 
     for i in range(ROUNDS + 3):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        k, _ = draft_more(draft_g, bufs, answer, sampling, None, pos, 0, K, min_step, -1.0)
+        index = NgramLookup() if lookup else None  # empty: it looks up every step and never proposes
+        k, _ = draft_more(draft_g, bufs, answer, sampling, None, pos, 0, K, min_step, -1.0, index, 15)
         verify(model_g, bufs, answer, sampling, None, pos, k, leaves)  # ends by reading the device
         if i >= 3:
             times.append((time.perf_counter() - start) * 1e3)
@@ -64,6 +67,7 @@ def main():
                 for second in (False, True):
                     name = f"round_ms_{'read_each_step' if read else 'no_reads'}{'_second' if second else ''}"
                     run[name] = round_ms(model_g, draft_g, pos, read, second)
+            run["round_ms_read_each_step_lookup"] = round_ms(model_g, draft_g, pos, True, False, lookup=True)
             run["gap_a_draft_step_ms"] = (run["round_ms_read_each_step"] - run["kernels_a_round_ms"]) / K
             run["reads_a_draft_step_ms"] = (run["round_ms_read_each_step"] - run["round_ms_no_reads"]) / K
             out["runs"][f"{shape}@{pos}"] = run
