@@ -22,7 +22,8 @@ PROMPT_FORMAT = "<reserved_106> {prompt} <reserved_107>"  # as the IPEX-LLM Baic
 INSTALL_HINT = "install it with: pip install -r requirements-xpu.txt (see the comments there)"
 # Options of the native engine that IPEX-LLM's path does not use; refused rather than silently ignored.
 NATIVE_ONLY = ("no_speculative", "interactive", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
-               "seed", "system", "raw_prompt", "max_step_draft", "group_size", "draft")
+               "seed", "system", "raw_prompt", "max_step_draft", "group_size", "draft", "second_choices",
+               "lookup_after_draft")
 
 
 def check_options(args, defaults) -> None:

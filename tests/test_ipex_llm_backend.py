@@ -163,6 +163,8 @@ def test_json_record(stats, fake_ipex, capsys, monkeypatch):
     (["--dtype", "bfloat16"], "--dtype"),
     (["--max-step-draft", 4], "--max-step-draft"),
     (["--repetition-penalty", 1.05], "--repetition-penalty"),
+    (["--no-second-choices"], "--second-choices"),
+    (["--lookup-after-draft"], "--lookup-after-draft"),
 ])
 def test_refused_before_ipex_llm_is_needed(args, word, capsys):
     """Checked first, so the answer is the same whether or not ipex_llm is installed."""
