@@ -376,7 +376,8 @@ class Buffers:
     def stage(self, proposal: list[int], do_sample: bool, first: int = 0):
         """The lookup's drafts into tokens[first + 1:], after `first` drafts; with sampling q = one-hot(d):
         accepted with probability p(d)."""
-        m, drafts = len(proposal), slice(first + 1, first + len(proposal) + 1)
+        m = len(proposal)
+        drafts = slice(first + 1, first + m + 1)
         self.staging_host[:m] = proposal
         self.tokens[drafts].copy_(self.staging[:m], non_blocking=True)
         if do_sample:
@@ -396,6 +397,7 @@ def draft_more(draft, bufs: Buffers, answer: Answer, sampling: Sampling, generat
     if draft_seen is not None and k:
         draft_seen.index_fill_(0, tokens[1 : k + 1], True)
     unread = 0  # tokens[unread : k + 1] have no draft cache entries yet: one pass reads them all
+    read = []  # with `lookup`: the drafts read back to the host so far, tokens[1 : len(read) + 1]
     while k < k_max:
         logits = draft(tokens[unread : k + 1].view(1, -1), positions[pos + unread : pos + k + 1], pos + k + 1,
                        last_only=True)[0, -1]
@@ -413,9 +415,11 @@ def draft_more(draft, bufs: Buffers, answer: Answer, sampling: Sampling, generat
             draft_seen.index_fill_(0, tokens[k + 1 : k + 2], True)
         k += 1
         if lookup is not None and min_step_draft <= k:
-            *drafts, confidence = torch.cat((tokens[1 : k + 1].double(), confidence.view(1).double())).tolist()
+            # the drafts not read yet and the confidence, in one read
+            *new, confidence = torch.cat((tokens[len(read) + 1 : k + 1].double(), confidence.view(1).double())).tolist()
+            read += map(int, new)
             leaf_rows = k if bufs.seconds is not None else 0
-            proposal = lookup.propose(min(k_max, pass_drafts - k - leaf_rows), after=map(int, drafts))
+            proposal = lookup.propose(min(k_max, pass_drafts - k - leaf_rows), after=read)
             if proposal:
                 bufs.stage(proposal, sampling.do_sample, first=k)
                 return k + len(proposal), len(proposal)
