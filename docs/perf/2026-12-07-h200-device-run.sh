@@ -17,11 +17,11 @@ case $stage in
 a)
     smollm2_first_half
     install_test_wheels
-    run gpu-tier 150 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 --durations=5 tests
     run shapes 150 python3 bench/benchmark.py --shapes 7b 13b --skip-hf --out "$OUT/shapes"
+    run gpu-tier 150 python3 -m pytest -q -p no:cacheprovider -m gpu -n 4 --durations=5 tests
+    run round-gap 120 python3 docs/perf/2026-12-07-round-gap.py "$OUT/round-gap.json"
     run profile-7b 40 python3 bench/profile_step.py --shape 7b --graphed
     run profile-13b 50 python3 bench/profile_step.py --shape 13b --graphed
-    run round-gap 120 python3 docs/perf/2026-12-07-round-gap.py "$OUT/round-gap.json"
     ;;
 b)
     smollm2_convert
