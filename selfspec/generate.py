@@ -250,13 +250,9 @@ def generate(
         stats.accepted += n
         stats.verify_steps += 1
         stats.leaves += leaves
-        if m:
-            stats.lookup_drafted += m
-            stats.lookup_accepted += min(n, m)
-            stats.lookup_steps += 1
-        if j:
-            stats.lookup_drafted += j
-            stats.lookup_accepted += max(n - (k - j), 0)
+        if m or j:  # the lookup's drafts lead the round (m) or follow the INT4 draft's (j), never both
+            stats.lookup_drafted += m + j
+            stats.lookup_accepted += min(n, m) + max(n - (k - j), 0)
             stats.lookup_steps += 1
         emitted = draft_tokens[:n] + [token]
         if leaf is not None:  # the target chose the leaf beside d_{n+1}: its key and value go to its position
