@@ -10,6 +10,7 @@ from pathlib import Path
 from selfspec.errors import CheckpointError, InputError, short_repr
 from selfspec.folder import checkpoint_file, read_json
 from selfspec.model import ModelArgs
+from selfspec.sampling import REPETITION_PENALTY_RANGE
 
 MAX_SIZES = {  # config.json fields; the largest public models stay well inside (hidden 16384, 126 layers)
     "vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18, "num_hidden_layers": 1024,
@@ -70,16 +71,14 @@ def model_args_from_config(config: dict, max_seq_len: int | None = None) -> Mode
     context = positive_int("max_position_embeddings" if rope else "model_max_length")
     if max_seq_len is not None and not 0 < max_seq_len <= context:
         raise InputError(f"max sequence length {max_seq_len} must be between 1 and the model's context {context}")
-    eps = config.get("rms_norm_eps", 1e-6)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
-        raise CheckpointError(f"config.json: rms_norm_eps must be a positive number, got {short_repr(eps)}")
+    eps = positive_number("rms_norm_eps", config.get("rms_norm_eps", 1e-6))
     # transformers 5 writes rope_parameters: {"rope_theta": ...}; older configs a top-level rope_theta.
     rope_parameters = config.get("rope_parameters") or {}
     if not isinstance(rope_parameters, dict):
         raise CheckpointError(f"config.json: rope_parameters must be an object, got {short_repr(rope_parameters)}")
-    theta = rope_parameters.get("rope_theta", config.get("rope_theta", 10000.0))
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 < theta < math.inf:
-        raise CheckpointError(f"config.json: rope_theta must be a positive number, got {short_repr(theta)}")
+    theta = positive_number("rope_theta", rope_parameters.get("rope_theta", config.get("rope_theta", 10000.0)))
+    if theta < 1:  # no model uses one; far below 1 the RoPE frequencies overflow to NaN
+        raise CheckpointError(f"config.json: rope_theta must be at least 1, got {theta}")
     return ModelArgs(
         vocab_size=positive_int("vocab_size"),
         hidden_size=hidden,
@@ -88,10 +87,18 @@ def model_args_from_config(config: dict, max_seq_len: int | None = None) -> Mode
         num_heads=heads,
         num_kv_heads=kv_heads,
         max_seq_len=max_seq_len or context,
-        rms_norm_eps=float(eps),
+        rms_norm_eps=eps,
         position_encoding="rope" if rope else "alibi",
-        rope_theta=float(theta),
+        rope_theta=theta,
     )
+
+
+def positive_number(key: str, value) -> float:
+    """A config.json value that must be a positive finite number, as a float."""
+    number = _typed(value, float)
+    if number is None or not 0 < number < math.inf:
+        raise CheckpointError(f"config.json: {key} must be a positive number, got {short_repr(value)}")
+    return number
 
 
 def _check_llama_features(config: dict, head_dim: int) -> None:
@@ -122,17 +129,21 @@ GENERATION_FIELDS = {
 }
 
 
-def _is_kind(value, kind) -> bool:
-    """An int, or for a float field an int or a float; never a bool (an int subclass, but a flag)."""
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, int) or (kind is float and isinstance(value, float))
+def _typed(value, kind):
+    """`value` as `kind`: an int, or for a float an int or a float; never a bool (an int subclass, but a flag).
+    None if it is none of these, or an int too large for a float."""
+    if isinstance(value, bool) or not (isinstance(value, int) or (kind is float and isinstance(value, float))):
+        return None
+    try:
+        return kind(value)
+    except OverflowError:
+        return None
 
 
 def _eos_ids(value) -> tuple[int, ...] | None:
     """eos_token_id as a tuple (Hugging Face allows one id or a list); None if malformed or absent."""
     values = value if isinstance(value, list) else [value]
-    if values and all(_is_kind(v, int) for v in values):
+    if values and all(_typed(v, int) is not None for v in values):
         return tuple(values)
     return None
 
@@ -153,9 +164,9 @@ def read_generation_config(folder: Path, config: dict) -> dict:
             )
     for key, kind in GENERATION_FIELDS.items():
         if key in generation:
-            if not _is_kind(generation[key], kind):
+            values[key] = _typed(generation[key], kind)
+            if values[key] is None:
                 raise CheckpointError(f"{generation_path}: {key} has invalid value {short_repr(generation[key])}")
-            values[key] = kind(generation[key])
     return values
 
 
@@ -166,7 +177,8 @@ SAMPLING_RULES = {  # name -> (test, what it must be); the one check of these se
     "temperature": (lambda v: 0 < v < math.inf, "positive and finite"),
     "top_k": (lambda v: v >= 0, ">= 0 (0: off)"),
     "top_p": (lambda v: 0.0 < v <= 1.0, "in (0, 1] (1: off)"),
-    "repetition_penalty": (lambda v: 0 < v < math.inf, "positive and finite"),
+    "repetition_penalty": (lambda v: REPETITION_PENALTY_RANGE[0] <= v <= REPETITION_PENALTY_RANGE[1],
+                           "in [{}, {:g}]".format(*REPETITION_PENALTY_RANGE)),
 }
 
 

@@ -56,7 +56,7 @@ def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
         data = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path} not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: not UTF-8, not JSON, or an integer of over 4,300 digits
         raise CheckpointError(f"{path} is not valid JSON: {one_line(err)}") from None
     except RecursionError:
         data = None  # nested deeper than the parser can follow: refused below

@@ -25,9 +25,10 @@ import torch
 
 from . import accel
 from .device import synchronize
+from .errors import CheckpointError
 from .lookup import NgramLookup
-from .sampling import (Sampling, count_accepted, greedy_pick, greedy_top_two, penalize, seen_by_row,
-                       speculative_accept, spread)
+from .sampling import (REPETITION_PENALTY_RANGE, Sampling, count_accepted, greedy_pick, greedy_top_two, penalize,
+                       seen_by_row, speculative_accept, spread)
 
 # IPEX-LLM's auto_th_stop_draft: an EMA of the per-round match ratio steers the stop threshold.
 MATCH_EMA = 0.5  # weight of the previous EMA value
@@ -187,7 +188,8 @@ def generate(
     rest is prefilled. At least the last id of `input_ids` must be new.
 
     On CUDA's fast path (accel.pass_limit) a verify pass takes at most accel.MAX_VERIFY_TOKENS tokens, so a
-    larger `max_step_draft` is a ValueError there rather than a slower path.
+    larger `max_step_draft` is a ValueError there rather than a slower path. Logits of the prompt that are not
+    finite (weights that overflow in the model's dtype) are a CheckpointError.
     """
     target = getattr(model, "module", model)
     check_arguments(model, draft, input_ids, max_new_tokens, cached_tokens, th_stop_draft, max_step_draft,
@@ -212,7 +214,11 @@ def generate(
         answer.lookup = NgramLookup(input_ids, lookup_min_ngram, lookup_max_ngram)
     if do_sample and (draft is not None or answer.lookup is not None):
         bufs.draft_probs = torch.empty(bufs.staging.numel(), logits.shape[-1], device=device)
-    bufs.tokens[0] = sampling.pick(answer.adjust(logits[0, -1], answer.seen), generator)
+    first = answer.adjust(logits[0, -1], answer.seen)
+    if not torch.isfinite(first).all():  # weights or settings that overflow: refused before any token is emitted
+        raise CheckpointError(f"the model's logits for this prompt are not finite (NaN or infinity): its weights or "
+                              f"config.json overflow in {target.model.norm.weight.dtype}")
+    bufs.tokens[0] = sampling.pick(first, generator)
     token = int(bufs.tokens[0])
     stats.first_token_latency_s = time.perf_counter() - start
     pos = n_prompt  # position of `token`, which is not in the cache yet
@@ -294,8 +300,9 @@ def check_arguments(model, draft, input_ids, max_new_tokens, cached_tokens, th_s
         raise ValueError("th_stop_draft must be in [0, 1]")
     if max_step_draft < 1:
         raise ValueError("max_step_draft must be at least 1")
-    if not 0 < repetition_penalty < float("inf"):
-        raise ValueError("repetition_penalty must be positive and finite")
+    low, high = REPETITION_PENALTY_RANGE
+    if not low <= repetition_penalty <= high:
+        raise ValueError(f"repetition_penalty must be in [{low}, {high:g}], got {repetition_penalty}")
     if draft_source not in DRAFT_SOURCES:
         raise ValueError(f"draft_source must be one of {', '.join(DRAFT_SOURCES)}, got {draft_source!r}")
     if draft_source == "lookup" and draft is not None:

@@ -73,6 +73,10 @@ def spread(probs: torch.Tensor, ids: torch.Tensor | None, out: torch.Tensor) -> 
     return out.zero_().scatter_add_(-1, ids, probs)
 
 
+# Repetition penalties used in practice lie near 1; far below this range a penalized logit overflows float32.
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
+
+
 def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """transformers' repetition penalty on logits [..., vocab], in float32: the logits of the tokens marked
     in `seen` (bool, broadcastable) are divided by `penalty` where positive and multiplied where negative."""

@@ -64,6 +64,14 @@ def test_sampling_settings_come_from_the_flags_then_the_generation_config(tiny_7
     assert ckpt.sampling(temperature=0.5) == {"temperature": 0.5, "top_k": 0, "top_p": 0.9}
 
 
+@pytest.mark.parametrize("key", ["temperature", "top_p", "repetition_penalty"])
+def test_generation_config_numbers_too_large_for_a_float(key, tiny_copy):
+    folder = tiny_copy()
+    (folder / "generation_config.json").write_text(f'{{"{key}": 1{"0" * 400}}}')
+    with pytest.raises(CheckpointError, match=rf"generation_config.json: {key} has invalid value 1000"):
+        open_checkpoint(str(folder))
+
+
 def test_missing_tokenizer_fails_before_reading_weights(tiny_copy, monkeypatch):
     folder = tiny_copy()
     (folder / "tokenizer.model").unlink()

@@ -263,6 +263,7 @@ def test_missing_path_and_uncached_hub_id(tmp_path):
     (["--do-sample", "--seed", 2**64], ["seed"]),
     (["--repetition-penalty", 0], ["repetition-penalty"]),
     (["--repetition-penalty", "nan"], ["repetition-penalty"]),
+    (["--do-sample", "--repetition-penalty", 1e-38], ["--repetition-penalty must be in [0.01, 100]"]),  # overflows
     (["--seed", -1], ["seed"]),
     (["--prompt", b"caf\xe9"], ["prompt", "UTF-8"]),  # Latin-1 bytes
     (["--system", b"\xff"], ["system", "UTF-8"]),

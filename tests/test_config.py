@@ -97,5 +97,5 @@ def test_one_rule_set_checks_every_sampling_setting():
     assert sampling_errors(temperature=0.3, top_k=5, top_p=0.85, repetition_penalty=1.05) == []
     assert sampling_errors(temperature=0.0, top_k=-1, top_p=1.5, repetition_penalty=float("nan")) == [
         "temperature must be positive and finite, got 0.0", "top_k must be >= 0 (0: off), got -1",
-        "top_p must be in (0, 1] (1: off), got 1.5", "repetition_penalty must be positive and finite, got nan",
+        "top_p must be in (0, 1] (1: off), got 1.5", "repetition_penalty must be in [0.01, 100], got nan",
     ]

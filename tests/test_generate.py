@@ -6,6 +6,7 @@ import torch
 
 from selfspec import accel
 from selfspec.draft import make_draft
+from selfspec.errors import CheckpointError
 from selfspec.generate import (Answer, Buffers, GenerationStats, TextStreamer, adapt_th_stop_draft, draft_more,
                                generate)
 from selfspec.lookup import NgramLookup
@@ -94,6 +95,15 @@ def test_repetition_penalty_plain_decoding_matches_a_reference_loop():
         ids.append(int(RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([ids]), logits.float()).argmax()))
     assert out == ids[len(prompt):]
     assert out != generate(model, prompt, 40)[0]  # the penalty did change the answer
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_weights_that_overflow_are_refused_before_any_token(do_sample):
+    model = random_model("rope", num_heads=4, max_seq_len=160)
+    draft = make_draft(model, group_size=32)
+    model.model.layers[0].mlp.down_proj.weight.data.fill_(3e38)  # finite, as a hostile checkpoint may hold
+    with pytest.raises(CheckpointError, match="logits for this prompt are not finite"):
+        generate(model, [7, 99, 3], 8, draft=draft, do_sample=do_sample)
 
 
 def test_speculative_with_repetition_penalty_equals_plain_float32(model_and_draft):

@@ -311,6 +311,9 @@ def never_reads_weights(monkeypatch):
     ({"num_hidden_layers": 1000}, "num_hidden_layers 1000, but the weights hold 2 layers"),
     ({"vocab_size": 4096}, "vocab_size 4096 and hidden_size 64 do not match model.embed_tokens.weight of shape"),
     ({"intermediate_size": 160}, "mlp.down_proj.weight has shape (64, 128), config.json implies (64, 160)"),
+    ({"rope_theta": 10**400}, "rope_theta must be a positive number, got 1000"),  # too large for a float
+    ({"rms_norm_eps": -10**400}, "rms_norm_eps must be a positive number"),
+    ({"rope_theta": 1e-300}, "rope_theta must be at least 1, got 1e-300"),  # its RoPE frequencies overflow to NaN
 ])
 def test_config_sizes_are_checked_before_anything_is_allocated(change, words, tiny_copy, never_reads_weights):
     folder = tiny_copy()
@@ -337,6 +340,7 @@ def test_a_kv_cache_larger_than_the_machine_is_refused_before_reading_weights(ti
     ("[1, 2]", "not a JSON object"),
     ('"config"', "not a JSON object"),
     ("{" * 3, "not valid JSON"),
+    ('{"vocab_size": 1' + "0" * 5000 + "}", "not valid JSON: Exceeds the limit"),  # more digits than Python reads
 ])
 def test_json_that_is_not_a_config(text, words, tiny_copy):
     folder = tiny_copy()
