@@ -14,6 +14,11 @@ def kv_cache_bytes(args, dtype: torch.dtype) -> int:
     return 2 * args.num_layers * args.max_seq_len * args.num_kv_heads * args.head_dim * dtype.itemsize
 
 
+def rope_tables_bytes(args) -> int:
+    """RoPE's cos and sin tables, float32, a row per position (none with ALiBi)."""
+    return 2 * args.max_seq_len * args.head_dim * 4 if args.position_encoding == "rope" else 0
+
+
 def memory_needed(ckpt, dtype: torch.dtype, draft_group_size: int | None = None) -> dict[str, int]:
     """Bytes the model will keep on its device: weights and KV cache, and the INT4 draft's with a group size.
     Activations, CUDA graphs and the allocator's slack come on top (together about 2% at 7B on an H100)."""
@@ -23,6 +28,8 @@ def memory_needed(ckpt, dtype: torch.dtype, draft_group_size: int | None = None)
         f"{name} weights": sum(math.prod(shape) for shape in checkpoint_weight_shapes(ckpt.config, a).values()) * dtype.itemsize,
         f"KV cache for {a.max_seq_len:,} tokens": kv_cache_bytes(a, dtype),
     }
+    if rope_tables_bytes(a):
+        need["RoPE tables"] = rope_tables_bytes(a)
     if draft_group_size:
         # The one place the check counts the draft: what make_draft adds with this group size and its other
         # settings (INT8 head over the whole vocabulary) at their defaults.
@@ -55,14 +62,17 @@ def check_memory(ckpt, dtype: torch.dtype, device: torch.device, draft_group_siz
 
 
 def _check_cache_fits_ram(ckpt, dtype: torch.dtype) -> None:
-    """On CPU only the KV cache is checked (weights may stay pages of a memory-mapped file): it is zero-filled
-    when allocated, so one larger than the machine's memory would swap or be killed, not fail cleanly."""
+    """On CPU only the KV cache and the RoPE tables are checked (weights may stay pages of a memory-mapped
+    file): they are written whole when allocated, so ones larger than the machine's memory would swap or be
+    killed, not fail cleanly. The tables count twice: building them takes as much again for a moment."""
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to compare with
         return
     a = ckpt.args
-    cache = kv_cache_bytes(a, dtype)
-    if cache > ram:
-        raise CheckpointError(f"{ckpt.folder}: the KV cache for a context of {a.max_seq_len:,} tokens needs "
-                              f"{cache / 2**30:.1f} GiB, more than this machine's {ram / 2**30:.1f} GiB of memory")
+    cache, tables = kv_cache_bytes(a, dtype), 2 * rope_tables_bytes(a)
+    if cache + tables > ram:
+        what = "the KV cache" + (" and the RoPE tables" if tables else "")
+        raise CheckpointError(f"{ckpt.folder}: {what} for a context of {a.max_seq_len:,} tokens need "
+                              f"{(cache + tables) / 2**30:.1f} GiB, more than this machine's {ram / 2**30:.1f} GiB "
+                              f"of memory")

@@ -329,8 +329,19 @@ def test_a_kv_cache_larger_than_the_machine_is_refused_before_reading_weights(ti
     sysconf = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": (512 << 20) // 4096}  # as on a machine of 512 MiB
     monkeypatch.setattr(memory.os, "sysconf", sysconf.__getitem__)
     monkeypatch.setattr(weights, "_read_weight_file", None)
-    with pytest.raises(CheckpointError, match=r"KV cache for a context of 1,048,576 tokens needs 1.0 GiB, more than "
-                                              r"this machine's 0.5 GiB"):
+    with pytest.raises(CheckpointError, match=r"the KV cache and the RoPE tables for a context of 1,048,576 tokens "
+                                              r"need 1.2 GiB, more than this machine's 0.5 GiB"):
+        checkpoint.load_checkpoint(str(folder), torch.float32, "cpu")
+
+
+def test_rope_tables_larger_than_the_machine_are_refused_before_reading_weights(tiny_copy, monkeypatch):
+    # One layer, one head of 384, float32: a cache of 6 GiB, and RoPE tables of 6 GiB built through as much again
+    folder = tiny_copy(max_position_embeddings=1 << 21, hidden_size=384, num_attention_heads=1, num_hidden_layers=1,
+                       intermediate_size=64)
+    sysconf = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": (8 << 30) // 4096}  # as on a machine of 8 GiB
+    monkeypatch.setattr(memory.os, "sysconf", sysconf.__getitem__)
+    monkeypatch.setattr(weights, "_read_weight_file", None)
+    with pytest.raises(CheckpointError, match=r"the KV cache and the RoPE tables .* need 18.0 GiB"):
         checkpoint.load_checkpoint(str(folder), torch.float32, "cpu")
 
 
