@@ -118,14 +118,14 @@ def read_prompt(args) -> tuple[str | None, str]:
     if args.prompt_file is None and args.prompt != "-":
         return args.prompt, "--prompt"
     flag = "--prompt -" if args.prompt_file is None else f"--prompt-file {args.prompt_file}"
-    if args.prompt_file is None:
-        data = sys.stdin.buffer.read(PROMPT_FILE_MAX_BYTES + 1)
-    else:
-        try:
+    try:
+        if args.prompt_file is None:
+            data = sys.stdin.buffer.read(PROMPT_FILE_MAX_BYTES + 1)
+        else:
             with open(args.prompt_file, "rb") as f:
                 data = f.read(PROMPT_FILE_MAX_BYTES + 1)
-        except OSError as err:
-            raise InputError(f"cannot read {flag}: {err.strerror}") from None
+    except OSError as err:
+        raise InputError(f"cannot read {flag}: {err.strerror}") from None
     if len(data) > PROMPT_FILE_MAX_BYTES:
         raise InputError(f"{flag} holds more than {PROMPT_FILE_MAX_BYTES >> 20} MiB of text")
     try:
@@ -136,6 +136,8 @@ def read_prompt(args) -> tuple[str | None, str]:
 
 
 def check_args(args):
+    if (args.interactive or args.prompt == "-") and sys.stdin is None:  # started with stdin closed (`<&-`)
+        raise InputError(f"{'--interactive' if args.interactive else '--prompt -'} reads stdin, which is closed")
     if args.interactive and args.prompt == "-":
         raise InputError("--interactive reads the conversation from stdin; give the first message with --prompt "
                          "TEXT or --prompt-file PATH instead of --prompt -")
@@ -254,6 +256,8 @@ def run(args) -> int:
 
     if args.raw_prompt:
         input_ids, truncated = tokenizer.encode(args.prompt), False
+        if not input_ids:
+            raise InputError("the prompt gives no tokens with this checkpoint's tokenizer")
     else:
         input_ids, truncated = ckpt.chat_ids(tokenizer, args.prompt, system=args.system, max_input_tokens=room)
     if truncated:
@@ -313,7 +317,10 @@ def read_message() -> str | None:
     or END_OF_CHAT)."""
     if sys.stdin.isatty():
         print("> ", end="", file=sys.stderr, flush=True)
-    line = sys.stdin.buffer.readline()
+    try:
+        line = sys.stdin.buffer.readline()
+    except OSError as err:
+        raise InputError(f"cannot read stdin: {err.strerror}") from None
     try:
         text = line.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:

@@ -68,9 +68,12 @@ class Checkpoint:
                 tokenizer, messages_or_prompt, system=system, user_token_id=self.user_token_id,
                 assistant_token_id=self.assistant_token_id, max_input_tokens=max_input_tokens,
             )
-        return build_template_chat_ids(
+        ids, truncated = build_template_chat_ids(
             tokenizer, messages_or_prompt, system=system, max_input_tokens=max_input_tokens
         )
+        if not ids:
+            raise CheckpointError(f"{self.folder}: the chat template gives no tokens for this conversation")
+        return ids, truncated
 
 
 def _llama_eos_ids(declared: tuple[int, ...], tokenizer, folder: Path) -> tuple[int, ...]:

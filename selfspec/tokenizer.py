@@ -1,5 +1,6 @@
 """Tokenizers: Baichuan2's SentencePiece tokenizer.model, or a Llama checkpoint's tokenizer.json with the
 special tokens and chat template of its tokenizer_config.json."""
+import contextlib
 from pathlib import Path
 
 import sentencepiece as spm
@@ -58,7 +59,7 @@ class HFTokenizer:
 
     SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, model_vocab_size: int | None = None):
         folder = Path(folder)
         from tokenizers import Tokenizer as FastTokenizer  # imported late: only Llama checkpoints need it
 
@@ -66,10 +67,9 @@ class HFTokenizer:
         if path is None:
             raise CheckpointError(f"tokenizer file {folder / 'tokenizer.json'} not found")
         _check_tokenizer_size(path)
-        try:
+        self.path, self.model_vocab_size = path, model_vocab_size
+        with self._failures("is not a tokenizers JSON file"):
             self.tok = FastTokenizer.from_file(str(path))
-        except Exception as err:  # the Rust side raises plain Exceptions
-            raise CheckpointError(f"tokenizer file {path} is not a tokenizers JSON file: {one_line(err)}") from None
         config_path = checkpoint_file(folder, "tokenizer_config.json", required=False)
         config = read_json(config_path) if config_path is not None else {}
         # Tokens are strings or serialized AddedTokens ({"content": ...}).
@@ -85,11 +85,31 @@ class HFTokenizer:
             self.tok.token_to_id(self.special_tokens.get(name, "")) for name in ("bos_token", "eos_token")
         )
 
+    @contextlib.contextmanager
+    def _failures(self, what: str):
+        """The library's errors as CheckpointErrors: plain Exceptions, and the Rust side's panics, which are
+        BaseExceptions (pyo3's PanicException)."""
+        try:
+            yield
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as err:
+            raise CheckpointError(f"tokenizer file {self.path} {what}: {one_line(err)}") from None
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+        """The ids of `text`; an id the model has no embedding for (a vocabulary with gaps, a special token
+        numbered past it) is a CheckpointError."""
+        with self._failures("fails on this text"):
+            ids = self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+        beyond = [i for i in ids if self.model_vocab_size is not None and i >= self.model_vocab_size]
+        if beyond:
+            raise CheckpointError(f"tokenizer file {self.path} gives token id {beyond[0]}, beyond the model's "
+                                  f"vocabulary of {self.model_vocab_size}")
+        return ids
 
     def decode(self, ids) -> str:
-        return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+        with self._failures("fails to decode"):
+            return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def ids_by_frequency(self) -> list[int]:
         """Token ids, most frequent first, taken as id order: a BPE vocabulary numbers its tokens in the
@@ -126,7 +146,7 @@ def load_tokenizer(folder: Path, arch: str, vocab_size: int) -> Tokenizer | HFTo
     """The checkpoint's tokenizer (tokenizer.model for Baichuan2, tokenizer.json for Llama), checked to fit the
     model's vocabulary."""
     name = TOKENIZER_FILES[arch]
-    tokenizer = Tokenizer(checkpoint_file(folder, name)) if arch == "baichuan" else HFTokenizer(folder)
+    tokenizer = Tokenizer(checkpoint_file(folder, name)) if arch == "baichuan" else HFTokenizer(folder, vocab_size)
     if tokenizer.vocab_size > vocab_size:
         raise CheckpointError(
             f"{folder}: {name} has {tokenizer.vocab_size} tokens, more than vocab_size {vocab_size} in config.json"

@@ -1,6 +1,7 @@
 """speculative.py end to end, through a subprocess as a user runs it."""
 import json
 import re
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -286,6 +287,14 @@ def test_ignored_options_warn_and_huge_draft_length_is_fine(tiny_7b):
                      "--max-step-draft", 10**12, "--warmup", 0, "--json", "--speculative", check_exit=0)
     assert result.stderr.startswith("warning: ") and result.stderr.count("\n") == 1, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["tokens_generated"] >= 1
+
+
+@pytest.mark.parametrize("flag", [["--prompt", "-"], ["--interactive"]])
+def test_closed_stdin_is_one_error(flag, tiny_7b):
+    result = subprocess.run([sys.executable, str(ROOT / "speculative.py"), "--repo-id-or-model-path", str(tiny_7b),
+                             *flag], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: os.close(0), timeout=300)  # as `<&-` starts it
+    assert_clean_error(result, "reads stdin, which is closed")
 
 
 def test_closed_stdout_is_not_a_traceback(tiny_7b):

@@ -436,6 +436,29 @@ def test_hostile_chat_templates_are_stopped(template, llama):
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
+def test_a_template_that_gives_no_tokens_is_refused(llama):
+    ckpt = open_checkpoint(str(llama))
+    ckpt.tokenizer.chat_template = "{{ '' }}"
+    with pytest.raises(CheckpointError, match="the chat template gives no tokens"):
+        ckpt.chat_ids(ckpt.tokenizer, "hi", max_input_tokens=64)
+
+
+def test_token_ids_beyond_the_model_vocabulary_are_refused(llama):
+    tokenizer = tokenizers_mod.HFTokenizer(llama, model_vocab_size=5)  # as a vocabulary with gaps or a special
+    with pytest.raises(CheckpointError, match="gives token id .*, beyond the model's vocabulary of 5"):  # token past it
+        tokenizer.encode("hello there")
+
+
+def test_a_tokenizer_that_panics_is_one_error(llama, tmp_path):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(llama, folder)
+    tokenizer_json = json.loads((folder / "tokenizer.json").read_text())
+    tokenizer_json["normalizer"] = {"type": "Precompiled", "precompiled_charsmap": "AAAA"}  # not a charsmap
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    with pytest.raises(CheckpointError, match="tokenizer file .*tokenizer.json (is not a tokenizers JSON file|fails)"):
+        open_checkpoint(str(folder)).tokenizer.encode("hello")
+
+
 def test_a_long_template_is_refused(llama, tmp_path):
     folder = tmp_path / "ckpt"
     shutil.copytree(llama, folder)
