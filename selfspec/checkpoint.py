@@ -124,6 +124,12 @@ def load_checkpoint(
     """Resolve -> validate -> tokenizer -> model; everything cheap fails before weights are read, including a
     model (plus the draft `make_draft` will add, given its group size) larger than the GPU's memory."""
     ckpt = open_checkpoint(path_or_id, max_seq_len)
+    if draft_group_size:
+        odd = [f"{name} {getattr(ckpt.args, name)}" for name in ("hidden_size", "intermediate_size")
+               if getattr(ckpt.args, name) % 2]
+        if odd:
+            raise CheckpointError(f"{ckpt.folder}: the INT4 draft packs two weights a byte, so its layers need even "
+                                  f"widths, not {', '.join(odd)}; --no-speculative decodes without it")
     check_memory(ckpt, dtype, device, draft_group_size)
     model = load_model(ckpt.folder, dtype, device, max_seq_len)
     return ckpt, model, ckpt.tokenizer

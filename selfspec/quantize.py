@@ -83,9 +83,12 @@ def unpack_nibbles(packed: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def choose_group_size(in_features: int, group_size: int) -> int:
-    """The requested group size, halved until it divides in_features (tiny test models need this)."""
+    """The requested group size, halved until it divides in_features (tiny test models need this); at least 2,
+    as two weights share a byte."""
     while in_features % group_size:
         group_size //= 2
+    if group_size < 2:
+        raise ValueError(f"INT4 groups pack two weights a byte: {in_features} columns do not divide into them")
     return group_size
 
 

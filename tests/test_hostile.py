@@ -324,6 +324,14 @@ def test_config_sizes_are_checked_before_anything_is_allocated(change, words, ti
     assert words in str(info.value) and len(str(info.value)) < 300, info.value
 
 
+def test_odd_layer_widths_are_refused_for_the_draft_only(tiny_copy):
+    folder = tiny_copy(intermediate_size=129)
+    with pytest.raises(CheckpointError, match="the INT4 draft packs two weights a byte, so its layers need even "
+                                              "widths, not intermediate_size 129; --no-speculative"):
+        checkpoint.load_checkpoint(str(folder), torch.float32, "cpu", draft_group_size=64)
+    checkpoint.load_checkpoint(str(folder), torch.float32, "cpu")  # plain decoding needs no INT4 groups
+
+
 def test_a_kv_cache_larger_than_the_machine_is_refused_before_reading_weights(tiny_copy, monkeypatch):
     folder = tiny_copy(max_position_embeddings=1 << 20)  # 1 GiB of float32 cache for the tiny model
     sysconf = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": (512 << 20) // 4096}  # as on a machine of 512 MiB
