@@ -212,8 +212,9 @@ def check_weights_match_config(config: dict, args: ModelArgs, files: list[Path])
 
 def _checked_tensors(source, config: dict, expected: dict, items, to_device) -> dict:
     """(key, tensor) pairs -> {key: to_device(tensor)}, refusing unknown keys, wrong shapes and values that
-    are not finite in the model's dtype."""
-    tensors = {}
+    are not finite in the model's dtype. Each tensor gets memory of its own: a .bin may store two weights in
+    one storage, or one expanded without any, and NormHead normalizes the head in place."""
+    tensors, storages = {}, set()
     for key, tensor in items:
         if not isinstance(tensor, torch.Tensor):
             raise CheckpointError(f"{source}: {short_repr(key)} is a {type(tensor).__name__}, not a tensor")
@@ -221,7 +222,11 @@ def _checked_tensors(source, config: dict, expected: dict, items, to_device) -> 
             continue
         if not tensor.is_floating_point():
             raise CheckpointError(f"{source}: {key} holds {tensor.dtype} values, not floating-point weights")
-        tensors[key] = to_device(tensor)
+        tensor = to_device(tensor)
+        if not tensor.is_contiguous() or tensor.untyped_storage().data_ptr() in storages:
+            tensor = tensor.clone(memory_format=torch.contiguous_format)
+        storages.add(tensor.untyped_storage().data_ptr())
+        tensors[key] = tensor
         if not _all_finite(tensors[key]):  # corrupted, or out of the range of the model's dtype
             dtype = str(tensors[key].dtype).removeprefix("torch.")
             raise CheckpointError(f"{source}: {key} has NaN or infinite values in {dtype}")

@@ -30,6 +30,22 @@ def test_load_gives_written_tensors(request, fixture, dtype, capsys):
     assert capsys.readouterr().err == ""  # no progress bar for small checkpoints
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bin_tensors_sharing_or_lacking_memory_load_as_their_own(tiny_copy, dtype):
+    folder = tiny_copy(fmt="bin", seed=0)
+    written = tiny_state_dict(read_config(folder), seed=0)
+    stored = {k: v.to(dtype) for k, v in written.items()}
+    stored["lm_head.weight"] = stored["model.embed_tokens.weight"]  # one storage: the head's normalization must
+    norm = "model.layers.0.input_layernorm.weight"                 # leave the embeddings as written
+    stored[norm] = stored[norm][:1].expand_as(stored[norm])  # stride 0: one number's memory for all
+    torch.save(stored, folder / "pytorch_model.bin")
+    model = load_model(folder, dtype, "cpu")
+    embed = written["model.embed_tokens.weight"]
+    assert torch.equal(model.model.embed_tokens.weight, embed.to(dtype))
+    assert torch.equal(model.lm_head.weight, F.normalize(embed.to(dtype).float(), dim=1).to(dtype))
+    assert torch.equal(model.model.layers[0].input_layernorm.weight, stored[norm])
+
+
 def test_sharded_fixtures_have_several_shards(tiny_7b_sharded, tiny_13b_sharded):
     assert [f.name for f in find_weight_files(tiny_7b_sharded)] == [
         f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)
