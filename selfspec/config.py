@@ -110,6 +110,9 @@ def _check_llama_features(config: dict, head_dim: int) -> None:
     for key in ("attention_bias", "mlp_bias"):
         if config.get(key):
             raise CheckpointError(f"config.json: {key} is not supported")
+    if not isinstance(config.get("tie_word_embeddings", True), bool):  # "false" is a true string
+        raise CheckpointError(f"config.json: tie_word_embeddings must be true or false, got "
+                              f"{short_repr(config['tie_word_embeddings'])}")
     if config.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"config.json: hidden_act {short_repr(config['hidden_act'])} is not supported (only silu)")
     scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}
