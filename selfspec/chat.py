@@ -29,7 +29,7 @@ def render_template(template: str | None, messages: list[dict], add_generation_p
     try:
         # The timer is the inner bound: it is stopped before the memory bound is lifted, so that it
         # cannot fire in between and leave the process bounded.
-        with _memory_limit(max_bytes), _time_limit(TEMPLATE_SECONDS):
+        with memory_limit(max_bytes), _time_limit(TEMPLATE_SECONDS):
             chunks, size = [], 0
             stream = _compile_template(template).generate(
                 messages=messages, add_generation_prompt=add_generation_prompt, **special_tokens
@@ -78,7 +78,7 @@ def _time_limit(seconds: float):
 
 
 @contextlib.contextmanager
-def _memory_limit(extra_bytes: int):
+def memory_limit(extra_bytes: int):
     """Let the process's address space grow by at most `extra_bytes` in the block (RLIMIT_AS, lowered and
     raised back; Linux): allocations past it raise MemoryError instead of eating the machine's memory."""
     try:

@@ -5,13 +5,28 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from selfspec.chat import render_template
+from selfspec.chat import memory_limit, render_template
 from selfspec.errors import CheckpointError, one_line
 from selfspec.folder import checkpoint_file, read_json
 
 MAX_TOKENIZER_BYTES = 256 << 20  # tokenizer.model, tokenizer.json (the largest public ones: about 35 MB)
 MAX_TEMPLATE_CHARS = 1 << 20  # a chat template's source
 TOKENIZER_FILES = {"baichuan": "tokenizer.model", "llama": "tokenizer.json"}  # per checkpoint_arch
+# Memory a text's encoding may take: tokenizer.json holds 4.8 GB at its peak for 14.4 million characters. A
+# tokenizer whose normalizer expands text without end fails instead of taking the machine's memory:
+# SentencePiece with a MemoryError, tokenizers' Rust side by aborting the process.
+ENCODE_MEMORY_BYTES, ENCODE_MEMORY_PER_CHAR = 1 << 30, 512
+
+
+def _bounded_encode(path: Path, encode, text: str) -> list[int]:
+    """encode(text) within ENCODE_MEMORY_BYTES + ENCODE_MEMORY_PER_CHAR bytes a character of new memory."""
+    limit = ENCODE_MEMORY_BYTES + ENCODE_MEMORY_PER_CHAR * len(text)
+    try:
+        with memory_limit(limit):
+            return encode(text)
+    except MemoryError:
+        raise CheckpointError(f"tokenizer file {path} needs more than {limit >> 20} MiB of memory to encode "
+                              f"{len(text):,} characters") from None
 
 
 def _check_tokenizer_size(path: Path) -> None:
@@ -32,11 +47,11 @@ class Tokenizer:
             self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
         except (OSError, RuntimeError) as err:
             raise CheckpointError(f"tokenizer file {model_file} is not a SentencePiece model: {one_line(err)}") from None
-        self.vocab_size = self.sp.vocab_size()
+        self.model_file, self.vocab_size = model_file, self.sp.vocab_size()
         self.bos_token_id, self.eos_token_id = self.sp.bos_id(), self.sp.eos_id()
 
     def encode(self, text: str) -> list[int]:
-        return self.sp.encode(text)
+        return _bounded_encode(self.model_file, self.sp.encode, text)
 
     def decode(self, ids) -> str:
         # A padded vocabulary (config vocab_size above the tokenizer's) can emit ids with no piece: no text.
@@ -91,7 +106,7 @@ class HFTokenizer:
         BaseExceptions (pyo3's PanicException)."""
         try:
             yield
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, CheckpointError):
             raise
         except BaseException as err:
             raise CheckpointError(f"tokenizer file {self.path} {what}: {one_line(err)}") from None
@@ -100,7 +115,8 @@ class HFTokenizer:
         """The ids of `text`; an id the model has no embedding for (a vocabulary with gaps, a special token
         numbered past it) is a CheckpointError."""
         with self._failures("fails on this text"):
-            ids = self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+            ids = _bounded_encode(self.path, lambda t: self.tok.encode(t, add_special_tokens=add_special_tokens).ids,
+                                  text)
         beyond = [i for i in ids if self.model_vocab_size is not None and i >= self.model_vocab_size]
         if beyond:
             raise CheckpointError(f"tokenizer file {self.path} gives token id {beyond[0]}, beyond the model's "

@@ -82,7 +82,7 @@ def assert_opened_only_inside(opened, folder: Path, reads_expected=False):
     if reads_expected:
         assert any(p.is_relative_to(inside) for p in paths), opened  # the recording works: this test can fail
     for real in paths:
-        if real.is_relative_to(inside) or str(real) == "/proc/self/statm":  # statm: the template's memory bound
+        if real.is_relative_to(inside) or real == Path("/proc/self/statm").resolve():  # the memory bounds' reading
             continue
         assert any(real.is_relative_to(d) for d in libraries), f"opened {real} outside {folder}"
 
@@ -465,6 +465,23 @@ def test_a_tokenizer_that_panics_is_one_error(llama, tmp_path):
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer_json))
     with pytest.raises(CheckpointError, match="tokenizer file .*tokenizer.json (is not a tokenizers JSON file|fails)"):
         open_checkpoint(str(folder)).tokenizer.encode("hello")
+
+
+def test_a_tokenizer_expanding_text_without_end_fails_within_its_memory_bound(tmp_path, monkeypatch):
+    rule = tmp_path / "rule.tsv"
+    rule.write_text("68\t" + " ".join(["61"] * 20000) + "\n")  # "h" -> 20,000 x "a"
+    model = tmp_path / "tokenizer.model"
+    with open(model, "wb") as f:
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(["the quick brown fox jumps over the lazy dog"] * 50), model_writer=f,
+            model_type="bpe", vocab_size=40, normalization_rule_tsv=str(rule), hard_vocab_limit=False, minloglevel=2)
+    tokenizer = tokenizers_mod.Tokenizer(model)
+    monkeypatch.setattr(tokenizers_mod, "ENCODE_MEMORY_BYTES", 64 << 20)
+    limits = resource.getrlimit(resource.RLIMIT_AS)
+    with pytest.raises(CheckpointError, match="needs more than 64 MiB of memory to encode 2,000 characters"):
+        tokenizer.encode("h" * 2000)  # 40 million characters once normalized
+    assert resource.getrlimit(resource.RLIMIT_AS) == limits
+    assert tokenizer.encode("the dog") == tokenizer.sp.encode("the dog")
 
 
 def test_a_long_template_is_refused(llama, tmp_path):
