@@ -42,7 +42,7 @@ class Sampling:
         """(a token drawn from logits [vocab], as a 0-d tensor on their device; the probabilities and ids it
         was drawn from, as `distribution` gives them). With top-k the draw is among the k candidates."""
         probs, ids = self.distribution(logits)
-        choice = torch.multinomial(probs, 1, generator=generator)
+        choice = draw(probs, generator)
         return (choice if ids is None else ids.gather(0, choice))[0], probs, ids
 
     def pick(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
@@ -50,6 +50,16 @@ class Sampling:
         if not self.do_sample:
             return greedy_pick(logits)[0]
         return self.sample(logits, generator)[0]
+
+
+def draw(weights: torch.Tensor, generator=None) -> torch.Tensor:
+    """An index i of weights [n] (>= 0, not all 0) drawn with probability weights[i] / sum(weights), as a tensor
+    [1] on their device, with no host sync: the largest weights[i] / E_i for E_i ~ Exp(1) wins with just that
+    probability. Unlike torch.multinomial it gives some index rather than an error (a device assert on CUDA)
+    where the weights are NaN or infinite, as are those of a checkpoint whose logits overflow: greedy
+    decoding goes on there too, and generate() refuses a prompt whose logits overflow."""
+    noise = torch.empty_like(weights, dtype=torch.float32).exponential_(generator=generator)
+    return torch.where(weights > 0, weights.float() / noise, -1.0).argmax().view(1)
 
 
 def greedy_pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,5 +138,5 @@ def speculative_accept(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Ten
         q_n = q_n.gather(0, ids_n)  # max(0, p - q) is 0 where p is: outside p_ids
     residual = (p_n - q_n).clamp(min=0)
     residual = torch.where(residual.sum() > 0, residual, p_n)  # p == q up to rounding: sample p
-    choice = torch.multinomial(residual, 1, generator=generator)
+    choice = draw(residual, generator)
     return n, (choice if p_ids is None else ids_n.gather(0, choice))[0]

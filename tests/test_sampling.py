@@ -4,7 +4,7 @@ distribution)."""
 import pytest
 import torch
 
-from selfspec.sampling import (Sampling, count_accepted, greedy_pick, greedy_top_two, penalize, seen_by_row,
+from selfspec.sampling import (Sampling, count_accepted, draw, greedy_pick, greedy_top_two, penalize, seen_by_row,
                                speculative_accept, spread)
 
 
@@ -77,6 +77,16 @@ def test_top_k_sampling_draws_from_its_distribution():
         counts[int(sampling.pick(logits, g))] += 1
     assert counts[4:].sum() == 0 and chi_square_p_value(counts, expected) > 1e-3
     assert chi_square_p_value(counts, logits.softmax(-1)) < 1e-6  # a wrong distribution is caught
+
+
+def test_draw_samples_its_weights_and_survives_broken_ones():
+    weights = torch.tensor([0.5, 0.0, 2.0, 1.0, 0.25])
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(torch.cat([draw(weights, g) for _ in range(20000)]), minlength=weights.numel())
+    assert counts[1] == 0 and chi_square_p_value(counts.float(), weights / weights.sum()) > 1e-3
+    assert chi_square_p_value(counts.float(), torch.full((5,), 0.2)) < 1e-6  # a wrong distribution is caught
+    for broken in (torch.full((5,), float("nan")), torch.tensor([1.0, float("inf"), 0.0, float("nan"), 2.0])):
+        assert 0 <= int(draw(broken, g)) < 5  # where torch.multinomial raises
 
 
 def test_greedy_pick_gives_the_argmax_and_its_probability():
