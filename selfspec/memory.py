@@ -72,7 +72,7 @@ def _check_cache_fits_ram(ckpt, dtype: torch.dtype) -> None:
     a = ckpt.args
     cache, tables = kv_cache_bytes(a, dtype), 2 * rope_tables_bytes(a)
     if cache + tables > ram:
-        what = "the KV cache" + (" and the RoPE tables" if tables else "")
-        raise CheckpointError(f"{ckpt.folder}: {what} for a context of {a.max_seq_len:,} tokens need "
+        what, need = ("the KV cache and the RoPE tables", "need") if tables else ("the KV cache", "needs")
+        raise CheckpointError(f"{ckpt.folder}: {what} for a context of {a.max_seq_len:,} tokens {need} "
                               f"{(cache + tables) / 2**30:.1f} GiB, more than this machine's {ram / 2**30:.1f} GiB "
                               f"of memory")

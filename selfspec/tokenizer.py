@@ -117,9 +117,8 @@ class HFTokenizer:
         with self._failures("fails on this text"):
             ids = _bounded_encode(self.path, lambda t: self.tok.encode(t, add_special_tokens=add_special_tokens).ids,
                                   text)
-        beyond = [i for i in ids if self.model_vocab_size is not None and i >= self.model_vocab_size]
-        if beyond:
-            raise CheckpointError(f"tokenizer file {self.path} gives token id {beyond[0]}, beyond the model's "
+        if self.model_vocab_size is not None and ids and max(ids) >= self.model_vocab_size:
+            raise CheckpointError(f"tokenizer file {self.path} gives token id {max(ids)}, beyond the model's "
                                   f"vocabulary of {self.model_vocab_size}")
         return ids
 
