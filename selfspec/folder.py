@@ -37,10 +37,12 @@ def checkpoint_file(folder: Path, name: str, required: bool = True) -> Path | No
         raise CheckpointError(f"{path} lies outside the checkpoint folder {folder}: only the folder's own files are read")
     try:
         mode = os.stat(real).st_mode
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         if required:
             raise CheckpointError(f"{path} not found") from None
         return None
+    except OSError as err:  # there, but out of reach: a folder without search permission, ...
+        raise CheckpointError(f"{path} cannot be opened: {err.strerror}") from None
     if not stat.S_ISREG(mode):
         raise CheckpointError(f"{path} is not a regular file")
     return path

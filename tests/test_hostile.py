@@ -239,6 +239,20 @@ def test_llama_files_linked_out_are_refused(name, llama, tmp_path, monkeypatch):
     assert_opened_only_inside(opened, folder)
 
 
+def test_a_file_out_of_reach_is_not_called_missing(tiny_copy, monkeypatch):
+    folder = tiny_copy()
+    stat, config = os.stat, str(folder.resolve() / "config.json")
+
+    def denied(path, *args, **kwargs):  # as in a folder without search permission, for a user other than root
+        if os.fspath(path) == config:
+            raise PermissionError(13, "Permission denied", config)
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(folder_files.os, "stat", denied)
+    with pytest.raises(CheckpointError, match="config.json cannot be opened: Permission denied"):
+        open_checkpoint(str(folder))
+
+
 def test_links_inside_the_folder_are_followed(tmp_path, monkeypatch):
     folder = write_tiny_checkpoint(tmp_path / "ckpt", fmt="sharded-safetensors")
     (folder / "weights").mkdir()
