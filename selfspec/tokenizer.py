@@ -1,6 +1,8 @@
 """Tokenizers: Baichuan2's SentencePiece tokenizer.model, or a Llama checkpoint's tokenizer.json with the
 special tokens and chat template of its tokenizer_config.json."""
 import contextlib
+import json
+import math
 from pathlib import Path
 
 import sentencepiece as spm
@@ -16,6 +18,7 @@ TOKENIZER_FILES = {"baichuan": "tokenizer.model", "llama": "tokenizer.json"}  # 
 # tokenizer whose normalizer expands text without end fails instead of taking the machine's memory:
 # SentencePiece with a MemoryError, tokenizers' Rust side by aborting the process.
 ENCODE_MEMORY_BYTES, ENCODE_MEMORY_PER_CHAR = 1 << 30, 512
+MAX_EXPANSION = 64  # how many times longer a tokenizer.json's Replace rules may make a text (real ones: 1-2)
 
 
 def _bounded_encode(path: Path, encode, text: str) -> list[int]:
@@ -85,6 +88,10 @@ class HFTokenizer:
         self.path, self.model_vocab_size = path, model_vocab_size
         with self._failures("is not a tokenizers JSON file"):
             self.tok = FastTokenizer.from_file(str(path))
+            rules = [json.loads(part.__getstate__()) for part in (self.tok.normalizer, self.tok.decoder) if part]
+        if _expansion(rules) > MAX_EXPANSION:
+            raise CheckpointError(f"tokenizer file {path}: its Replace rules can make a text {_expansion(rules):.3g} "
+                                  f"times longer (at most {MAX_EXPANSION})")
         config_path = checkpoint_file(folder, "tokenizer_config.json", required=False)
         config = read_json(config_path) if config_path is not None else {}
         # Tokens are strings or serialized AddedTokens ({"content": ...}).
@@ -134,6 +141,22 @@ class HFTokenizer:
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """The checkpoint's chat template, rendered as transformers' apply_chat_template does."""
         return render_template(self.chat_template, messages, add_generation_prompt, self.special_tokens)
+
+
+def _expansion(rule) -> float:
+    """How many times longer a tokenizer.json normalizer or decoder (as JSON) can make a text through its
+    Replace rules, which a Sequence chains: content / pattern length, with a regex pattern taken to match
+    nothing (content + 1: an empty match inserts the content between characters)."""
+    if isinstance(rule, list):
+        return math.prod(_expansion(r) for r in rule)
+    if not isinstance(rule, dict):
+        return 1.0
+    if rule.get("type") == "Replace":
+        pattern, content = rule.get("pattern") or {}, str(rule.get("content", ""))
+        if isinstance(pattern.get("String"), str) and pattern["String"]:
+            return max(1.0, len(content) / len(pattern["String"]))
+        return len(content) + 1.0
+    return _expansion(rule.get("normalizers", rule.get("decoders", [])))
 
 
 def _chat_template(folder: Path, config: dict) -> str | None:

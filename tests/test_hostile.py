@@ -3,6 +3,7 @@ allocates nothing a config merely asks for, runs a chat template only within bou
 in one CheckpointError (one `error:` line in the CLI)."""
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -479,6 +480,21 @@ def test_a_tokenizer_that_panics_is_one_error(llama, tmp_path):
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer_json))
     with pytest.raises(CheckpointError, match="tokenizer file .*tokenizer.json (is not a tokenizers JSON file|fails)"):
         open_checkpoint(str(folder)).tokenizer.encode("hello")
+
+
+@pytest.mark.parametrize("part,rules,times", [
+    ("normalizer", {"type": "Sequence", "normalizers": [{"type": "Replace", "pattern": {"String": "a"},
+                                                         "content": "a" * 1000}] * 3}, "1e+09"),
+    ("decoder", {"type": "Replace", "pattern": {"Regex": "x*"}, "content": "y" * 99}, "100"),
+])
+def test_tokenizer_json_rules_that_expand_text_are_refused(part, rules, times, llama, tmp_path):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(llama, folder)
+    tokenizer_json = json.loads((folder / "tokenizer.json").read_text())
+    tokenizer_json[part] = rules
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    with pytest.raises(CheckpointError, match=f"its Replace rules can make a text {re.escape(times)} times longer"):
+        open_checkpoint(str(folder))
 
 
 def test_a_tokenizer_expanding_text_without_end_fails_within_its_memory_bound(tmp_path, monkeypatch):
