@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -320,6 +321,54 @@ def test_convert_gguf_refuses_damaged_files(tmp_path):
             damaged.append(tmp_path / name)
     for path in damaged:
         assert_clean_error(run_script("convert_gguf.py", path, tmp_path / "out"), path.name, "truncated or")
+    assert not (tmp_path / "out").exists()
+
+
+LLAMA_LAYER = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def llama_gguf(path, block_count, layers: int, drop=()):
+    """A GGUF file of the llama architecture declaring `block_count` layers and holding the tensors of `layers`
+    (4 zeros each), but those in `drop`."""
+    import gguf
+    import numpy as np
+
+    names = ["token_embd.weight", "output_norm.weight"]
+    names += [f"blk.{i}.{name}.weight" for i in range(layers) for name in LLAMA_LAYER]
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_block_count(block_count)
+    for name in names:
+        if name not in drop:
+            writer.add_tensor(name, np.zeros(4, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("block_count,layers,drop,words", [
+    (2, 2, ["blk.1.ffn_down.weight"], "lacks blk.1.ffn_down.weight"),  # transformers would fill it with random numbers
+    (2, 2, ["token_embd.weight"], "lacks token_embd.weight"),
+    (3, 2, [], "lacks blk.2.attn_k.weight"),
+    (1, 2, [], "holds blk.1.attn_k.weight, beyond its 1 layers"),  # transformers would leave the layer out
+    (100_000, 2, [], "llama.block_count must be a whole number in [1, 1024], got 100000"),  # a model built for ever
+])
+def test_convert_gguf_refuses_files_without_the_tensors_they_declare(block_count, layers, drop, words, tmp_path):
+    from convert_gguf import check_gguf
+
+    check_gguf(llama_gguf(tmp_path / "whole.gguf", 2, 2))
+    with pytest.raises(InputError, match=re.escape(words)):
+        check_gguf(llama_gguf(tmp_path / "m.gguf", block_count, layers, drop))
+
+
+def test_convert_gguf_refuses_counts_past_the_file_and_fifos(tmp_path):
+    key = b"a"  # one key: an array of 2**60 uint8 values, in a file of 45 bytes (gguf's reader loops for ever)
+    (tmp_path / "array.gguf").write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+                                          + struct.pack("<IIQ", 9, 0, 2**60))
+    assert_clean_error(run_script("convert_gguf.py", tmp_path / "array.gguf", tmp_path / "out"), "runs past its end")
+    os.mkfifo(tmp_path / "fifo.gguf")  # opening it would wait for a writer
+    assert_clean_error(run_script("convert_gguf.py", tmp_path / "fifo.gguf", tmp_path / "out"), "not a regular file")
     assert not (tmp_path / "out").exists()
 
 
