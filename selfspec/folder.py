@@ -89,7 +89,10 @@ def output_folder(target, force: bool = False):
     never leaves a half-written folder and never mixes new files with old ones."""
     target = Path(target).expanduser().absolute()
     if target.is_symlink():
-        target = target.resolve()  # the folder the link names is the one to replace
+        try:
+            target = target.resolve()  # the folder the link names is the one to replace
+        except (OSError, RuntimeError) as err:  # a loop of links
+            raise InputError(f"cannot create {target}: {one_line(err)}") from None
     if target.exists():
         if not target.is_dir():
             raise InputError(f"{target} exists and is not a folder")
