@@ -54,12 +54,13 @@ class Sampling:
 
 def draw(weights: torch.Tensor, generator=None) -> torch.Tensor:
     """An index i of weights [n] (>= 0, not all 0) drawn with probability weights[i] / sum(weights), as a tensor
-    [1] on their device, with no host sync: the largest weights[i] / E_i for E_i ~ Exp(1) wins with just that
-    probability. Unlike torch.multinomial it gives some index rather than an error (a device assert on CUDA)
-    where the weights are NaN or infinite, as are those of a checkpoint whose logits overflow: greedy
-    decoding goes on there too, and generate() refuses a prompt whose logits overflow."""
-    noise = torch.empty_like(weights, dtype=torch.float32).exponential_(generator=generator)
-    return torch.where(weights > 0, weights.float() / noise, -1.0).argmax().view(1)
+    [1] on their device, with no host sync: torch.multinomial's draw. Weights that are NaN or infinite, as those
+    of a checkpoint whose logits overflow, count as 0 and 1 (all 0: uniform), so the draw gives some index as
+    greedy decoding does, where torch.multinomial fails (on CUDA with a device assert); generate() refuses a
+    prompt whose logits overflow."""
+    valid = torch.nan_to_num(weights.float(), nan=0.0, posinf=1.0, neginf=0.0).clamp_(min=0.0)
+    valid = torch.where(valid.sum() > 0, valid, 1.0)
+    return torch.multinomial(valid, 1, generator=generator)
 
 
 def greedy_pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
