@@ -1,8 +1,11 @@
 """Errors of bad input and how command-line entry points report them: one line on stderr and an exit status,
 never a traceback."""
+import contextlib
 import errno
 import os
+import signal
 import sys
+import threading
 
 
 class InputError(Exception):
@@ -42,7 +45,30 @@ def run_main(main) -> int:
     """Run a command-line entry point and return its exit status. Instead of a traceback:
     an InputError is one `error:` line on stderr and status 2; Ctrl-C is the line `interrupted` and 130;
     a reader that closed stdout (`| head`) ends the program quietly with 141, as SIGPIPE ends other tools;
-    a full disk is one `error:` line and status 1."""
+    a full disk is one `error:` line and status 1. SIGTERM (`timeout`, `kill`) ends it with 143 as an
+    exception, so that a folder being written is removed as on any other failure."""
+    with _terminate_by_exception():
+        return _run(main)
+
+
+@contextlib.contextmanager
+def _terminate_by_exception():
+    """SIGTERM raises SystemExit(143) in the block, where it may be handled (in the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(main) -> int:
     try:
         status = main() or 0
         sys.stdout.flush()  # here, so that a failed write is reported below and not at interpreter exit
