@@ -88,6 +88,10 @@ def output_folder(target, force: bool = False):
     then the old folder is replaced (removed after the new one is in place). So a failure, Ctrl-C included,
     never leaves a half-written folder and never mixes new files with old ones."""
     target = Path(target).expanduser().absolute()
+    try:  # bytes that are not UTF-8 arrive as lone surrogates, which the writers' libraries cannot encode
+        str(target).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{str(target).encode('utf-8', 'replace').decode()} is not a valid UTF-8 path") from None
     if target.is_symlink():
         try:
             target = target.resolve()  # the folder the link names is the one to replace

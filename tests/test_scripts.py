@@ -294,9 +294,11 @@ def test_make_tiny_checkpoint_force_replaces_the_whole_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
-def test_an_output_folder_in_a_loop_of_links_is_one_error(tmp_path):
+def test_an_output_folder_in_a_loop_of_links_or_not_utf8_is_one_error(tmp_path):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     assert_clean_error(run_script("make_tiny_checkpoint.py", tmp_path / "loop"), "cannot create", "loop")
+    assert_clean_error(run_script("make_tiny_checkpoint.py", f"{tmp_path}/a\udcff"), "not a valid UTF-8 path")  # byte 0xff
+    assert list(tmp_path.iterdir()) == [tmp_path / "loop"]
 
 
 def test_a_failed_writer_leaves_nothing_behind(tmp_path, monkeypatch):
