@@ -47,9 +47,9 @@ def model_args_from_config(config: dict, max_seq_len: int | None = None) -> Mode
     Llama configs always use RoPE and may group query heads (num_key_value_heads)."""
 
     def positive_int(key):
-        value = config.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise CheckpointError(f"config.json: {key} must be a positive integer, got {short_repr(value)}")
+        value = _typed(config.get(key), int)
+        if value is None or value <= 0:
+            raise CheckpointError(f"config.json: {key} must be a positive integer, got {short_repr(config.get(key))}")
         if value > MAX_SIZES[key]:
             raise CheckpointError(f"config.json: {key} {value} is beyond any real model (at most {MAX_SIZES[key]})")
         return value

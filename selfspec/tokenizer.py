@@ -89,9 +89,10 @@ class HFTokenizer:
         with self._failures("is not a tokenizers JSON file"):
             self.tok = FastTokenizer.from_file(str(path))
             rules = [json.loads(part.__getstate__()) for part in (self.tok.normalizer, self.tok.decoder) if part]
-        if _expansion(rules) > MAX_EXPANSION:
-            raise CheckpointError(f"tokenizer file {path}: its Replace rules can make a text {_expansion(rules):.3g} "
-                                  f"times longer (at most {MAX_EXPANSION})")
+        expansion = _expansion(rules)
+        if expansion > MAX_EXPANSION:
+            raise CheckpointError(f"tokenizer file {path}: its Replace rules can make a text {expansion:.3g} times "
+                                  f"longer (at most {MAX_EXPANSION})")
         config_path = checkpoint_file(folder, "tokenizer_config.json", required=False)
         config = read_json(config_path) if config_path is not None else {}
         # Tokens are strings or serialized AddedTokens ({"content": ...}).

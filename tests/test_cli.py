@@ -1,4 +1,6 @@
 """speculative.py end to end, through a subprocess as a user runs it."""
+import errno
+import io
 import json
 import re
 import os
@@ -295,6 +297,21 @@ def test_closed_stdin_is_one_error(flag, tiny_7b):
                              *flag], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: os.close(0), timeout=300)  # as `<&-` starts it
     assert_clean_error(result, "reads stdin, which is closed")
+
+
+@pytest.mark.parametrize("flag,words", [(["--prompt", "-"], "cannot read --prompt -: Input/output error"),
+                                         (["--interactive"], "cannot read stdin: Input/output error")])
+def test_stdin_that_fails_to_read_is_one_error(flag, words, tiny_7b, capsys, monkeypatch):
+    class Failing(io.RawIOBase):  # as a terminal whose session has ended
+        def readinto(self, buffer):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        def readable(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(Failing())))
+    result = run_cli_in_process(capsys, "--repo-id-or-model-path", tiny_7b, "--warmup", 0, *flag)
+    assert_clean_error(result, words)
 
 
 def test_closed_stdout_is_not_a_traceback(tiny_7b):

@@ -331,17 +331,15 @@ def test_convert_gguf_refuses_damaged_files(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-LLAMA_LAYER = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
-
-
 def llama_gguf(path, block_count, layers: int, drop=()):
     """A GGUF file of the llama architecture declaring `block_count` layers and holding the tensors of `layers`
     (4 zeros each), but those in `drop`."""
     import gguf
     import numpy as np
+    from convert_gguf import LLAMA_LAYER_TENSORS
 
     names = ["token_embd.weight", "output_norm.weight"]
-    names += [f"blk.{i}.{name}.weight" for i in range(layers) for name in LLAMA_LAYER]
+    names += [f"blk.{i}.{name}.weight" for i in range(layers) for name in LLAMA_LAYER_TENSORS]
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_block_count(block_count)
     for name in names:
