@@ -70,7 +70,20 @@ def check_gguf(gguf_file: Path) -> None:
     end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
     if not reader.tensors or end > gguf_file.stat().st_size:
         raise InputError(f"{gguf_file} is truncated or holds no tensors")
+    _check_tensor_layout(reader, gguf_file)
     _check_llama_tensors(reader, gguf_file)
+
+
+def _check_tensor_layout(reader, gguf_file: Path) -> None:
+    """Each tensor's bytes where a GGUF writer puts them: at a multiple of the file's alignment, shared with no
+    other tensor. The reader takes any offset, and two weights reading the same bytes would convert silently."""
+    end = reader.data_offset
+    for tensor in sorted(reader.tensors, key=lambda t: t.data_offset):
+        if (tensor.data_offset - reader.data_offset) % reader.alignment:
+            raise InputError(f"{gguf_file}: tensor {tensor.name} is not aligned to {reader.alignment} bytes")
+        if tensor.data_offset < end:
+            raise InputError(f"{gguf_file}: tensor {tensor.name} shares bytes with another tensor")
+        end = tensor.data_offset + tensor.n_bytes
 
 
 # GGUF value types of a fixed size (bytes): u8, i8, u16, i16, u32, i32, f32, bool, u64, i64, f64; 8: a string,

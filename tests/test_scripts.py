@@ -367,6 +367,23 @@ def test_convert_gguf_refuses_files_without_the_tensors_they_declare(block_count
         check_gguf(llama_gguf(tmp_path / "m.gguf", block_count, layers, drop))
 
 
+@pytest.mark.parametrize("offset,words", [(48, "is not aligned to 32 bytes"), (0, "shares bytes with another tensor")])
+def test_convert_gguf_refuses_tensors_out_of_place(offset, words, tmp_path):
+    """Tensors of 16 bytes at 0, 32, 64, ...: the second moved into the padding after the first, or onto it."""
+    import gguf
+    from convert_gguf import check_gguf
+
+    path = llama_gguf(tmp_path / "m.gguf", 2, 2)
+    check_gguf(path)
+    reader = gguf.GGUFReader(path, "r+")
+    assert [t.data_offset - reader.data_offset for t in reader.tensors[:3]] == [0, 32, 64]
+    reader.tensors[1].field.parts[-1][0] = offset  # the tensor's offset in its header entry
+    reader.data.flush()
+    del reader
+    with pytest.raises(InputError, match=f"{gguf.GGUFReader(path).tensors[1].name} {words}"):
+        check_gguf(path)
+
+
 def test_convert_gguf_refuses_counts_past_the_file_and_fifos(tmp_path):
     key = b"a"  # one key: an array of 2**60 uint8 values, in a file of 45 bytes (gguf's reader loops for ever)
     (tmp_path / "array.gguf").write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
