@@ -94,7 +94,9 @@ def output_folder(target, force: bool = False):
         raise InputError(f"{str(target).encode('utf-8', 'replace').decode()} is not a valid UTF-8 path") from None
     if target.is_symlink():
         try:
-            target = target.resolve()  # the folder the link names is the one to replace
+            target = target.resolve(strict=True)  # the folder the link names is the one to replace
+        except FileNotFoundError:  # writing where a dangling link points would surprise
+            raise InputError(f"{target} is a link to {os.readlink(target)}, which does not exist") from None
         except (OSError, RuntimeError) as err:  # a loop of links
             raise InputError(f"cannot create {target}: {one_line(err)}") from None
     if target.exists():
@@ -107,7 +109,9 @@ def output_folder(target, force: bool = False):
         target.parent.mkdir(parents=True, exist_ok=True)
         partial.mkdir()
     except OSError as err:
-        raise InputError(f"cannot create {target}: {err.strerror}") from None
+        blocking = next((p for p in target.parents if os.path.exists(p) and not os.path.isdir(p)), None)
+        why = f"{blocking} is not a folder" if blocking else err.strerror  # mkdir says "File exists" for it
+        raise InputError(f"cannot create {target}: {why}") from None
     try:
         yield partial
         if target.exists() and any(target.iterdir()):

@@ -278,7 +278,8 @@ def test_make_tiny_checkpoint_never_writes_into_a_folder_that_holds_files(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no partial folder left beside it
     # Where the folder cannot be created: one line too.
     (tmp_path / "a-file").write_text("")
-    assert_clean_error(run_script("make_tiny_checkpoint.py", tmp_path / "a-file" / "out"), "cannot create")
+    assert_clean_error(run_script("make_tiny_checkpoint.py", tmp_path / "a-file" / "out" / "deeper"),
+                       "cannot create", "a-file is not a folder")  # not mkdir's "File exists"
 
 
 def test_make_tiny_checkpoint_force_replaces_the_whole_folder(tmp_path):
@@ -294,11 +295,13 @@ def test_make_tiny_checkpoint_force_replaces_the_whole_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
-def test_an_output_folder_in_a_loop_of_links_or_not_utf8_is_one_error(tmp_path):
+def test_an_output_folder_in_a_loop_of_links_a_dangling_link_or_not_utf8_is_one_error(tmp_path):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     assert_clean_error(run_script("make_tiny_checkpoint.py", tmp_path / "loop"), "cannot create", "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "elsewhere")
+    assert_clean_error(run_script("make_tiny_checkpoint.py", tmp_path / "dangling"), "elsewhere, which does not exist")
     assert_clean_error(run_script("make_tiny_checkpoint.py", f"{tmp_path}/a\udcff"), "not a valid UTF-8 path")  # byte 0xff
-    assert list(tmp_path.iterdir()) == [tmp_path / "loop"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "loop"]  # nothing written where the link points
 
 
 def test_a_failed_writer_leaves_nothing_behind(tmp_path, monkeypatch):
