@@ -63,6 +63,10 @@ def model_args_from_config(config: dict, max_seq_len: int | None = None) -> Mode
         raise CheckpointError(
             f"config.json: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
         )
+    # transformers 5 writes rope_parameters: {"rope_theta": ...}; older configs a top-level rope_theta.
+    rope_parameters = config.get("rope_parameters") or {}
+    if not isinstance(rope_parameters, dict):
+        raise CheckpointError(f"config.json: rope_parameters must be an object, got {short_repr(rope_parameters)}")
     if llama:
         _check_llama_features(config, hidden // heads)
     rope = llama or "max_position_embeddings" in config
@@ -72,10 +76,6 @@ def model_args_from_config(config: dict, max_seq_len: int | None = None) -> Mode
     if max_seq_len is not None and not 0 < max_seq_len <= context:
         raise InputError(f"max sequence length {max_seq_len} must be between 1 and the model's context {context}")
     eps = positive_number("rms_norm_eps", config.get("rms_norm_eps", 1e-6))
-    # transformers 5 writes rope_parameters: {"rope_theta": ...}; older configs a top-level rope_theta.
-    rope_parameters = config.get("rope_parameters") or {}
-    if not isinstance(rope_parameters, dict):
-        raise CheckpointError(f"config.json: rope_parameters must be an object, got {short_repr(rope_parameters)}")
     theta = positive_number("rope_theta", rope_parameters.get("rope_theta", config.get("rope_theta", 10000.0)))
     if theta < 1:  # no model uses one; far below 1 the RoPE frequencies overflow to NaN
         raise CheckpointError(f"config.json: rope_theta must be at least 1, got {theta}")
@@ -105,7 +105,7 @@ def _check_llama_features(config: dict, head_dim: int) -> None:
     """Refuse Llama variants the model does not implement, rather than compute something else."""
     if config.get("head_dim") not in (None, head_dim):
         raise CheckpointError(
-            f"config.json: head_dim {config['head_dim']} != hidden_size / num_attention_heads ({head_dim})"
+            f"config.json: head_dim {short_repr(config['head_dim'])} != hidden_size / num_attention_heads ({head_dim})"
         )
     for key in ("attention_bias", "mlp_bias"):
         if config.get(key):

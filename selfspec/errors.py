@@ -29,9 +29,10 @@ def one_line(err: Exception) -> str:
 
 
 def short_repr(value, limit: int = 60) -> str:
-    """repr for messages, cut: config values may be anything (long strings, deep lists)."""
+    """repr for messages, cut: config values may be anything (long strings, deep lists). Strings keep their
+    quotes, so "1e-6" does not read as the number 1e-6."""
     try:
-        text = value if isinstance(value, str) and value.isprintable() else repr(value)
+        text = repr(value)
     except RecursionError:
         text = f"a deeply nested {type(value).__name__}"
     return text if len(text) <= limit else text[:limit] + "..."

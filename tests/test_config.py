@@ -89,7 +89,7 @@ def test_bad_generation_config(tiny_copy):
 def test_not_baichuan(tiny_copy):
     folder = tiny_copy()
     write_config(folder, {**read_config(folder), "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
-    with pytest.raises(CheckpointError, match=r"config.json describes a gpt2 model, not Baichuan2 or Llama"):
+    with pytest.raises(CheckpointError, match=r"config.json describes a 'gpt2' model, not Baichuan2 or Llama"):
         open_checkpoint(str(folder))
 
 

@@ -320,8 +320,8 @@ def never_reads_weights(monkeypatch):
     ({"num_hidden_layers": -1}, "num_hidden_layers must be a positive integer, got -1"),
     ({"num_hidden_layers": True}, "num_hidden_layers must be a positive integer, got True"),
     ({"num_hidden_layers": 2.0}, "num_hidden_layers must be a positive integer, got 2.0"),
-    ({"hidden_size": "64"}, "hidden_size must be a positive integer, got 64"),
-    ({"hidden_size": "x" * 10**5}, "hidden_size must be a positive integer, got xxx"),
+    ({"hidden_size": "64"}, "hidden_size must be a positive integer, got '64'"),
+    ({"hidden_size": "x" * 10**5}, "hidden_size must be a positive integer, got 'xxx"),
     ({"hidden_size": 12, "num_attention_heads": 4}, "RoPE needs an even head size"),
     ({"num_hidden_layers": 1000}, "num_hidden_layers 1000, but the weights hold 2 layers"),
     ({"vocab_size": 4096}, "vocab_size 4096 and hidden_size 64 do not match model.embed_tokens.weight of shape"),
@@ -413,7 +413,7 @@ def test_bin_files_that_are_not_checkpoints(data, tiny_copy):
 def test_bin_holding_something_other_than_tensors(tiny_copy):
     folder = tiny_copy(fmt="bin")
     torch.save({"model.norm.weight": 3}, folder / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match="model.norm.weight is a int, not a tensor"):
+    with pytest.raises(CheckpointError, match="'model.norm.weight' is a int, not a tensor"):
         load_model(folder, torch.float32, "cpu")
 
 

@@ -162,7 +162,9 @@ def test_model_from_state_dict(tied_gqa):
     ({"hidden_act": "gelu"}, "hidden_act"),
     ({"head_dim": 32}, "head_dim"),
     ({"num_key_value_heads": 3}, "multiple of num_key_value_heads"),
-    ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, got false"),
+    ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, got 'false'"),
+    ({"rope_parameters": ["x"]}, r"rope_parameters must be an object, got \['x'\]"),
+    ({"head_dim": "16"}, "head_dim '16' != hidden_size"),  # a string: quoted, so it does not read as 16
 ])
 def test_unsupported_llama_configs(tmp_path, change, message):
     folder = write_tiny_llama(tmp_path / "ckpt")
