@@ -35,8 +35,8 @@ def checkpoint_file(folder: Path, name: str, required: bool = True) -> Path | No
         raise CheckpointError(f"{path} cannot be opened: {one_line(err)}") from None
     if not any(real.is_relative_to(root) for root in _allowed_roots(folder)):
         raise CheckpointError(f"{path} lies outside the checkpoint folder {folder}: only the folder's own files are read")
-    try:
-        mode = os.stat(real).st_mode
+    try:  # `path`, not `real`: resolve() passes "missing/../x" lexically, where opening it fails
+        mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
         if required:
             raise CheckpointError(f"{path} not found") from None
@@ -45,6 +45,10 @@ def checkpoint_file(folder: Path, name: str, required: bool = True) -> Path | No
         raise CheckpointError(f"{path} cannot be opened: {err.strerror}") from None
     if not stat.S_ISREG(mode):
         raise CheckpointError(f"{path} is not a regular file")
+    try:  # readers' own messages for an unreadable file mislead ("No such file", "not valid JSON")
+        open(path, "rb").close()
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be read: {err.strerror}") from None
     return path
 
 
@@ -58,7 +62,9 @@ def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
         data = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path} not found") from None
-    except (OSError, ValueError) as err:  # ValueError: not UTF-8, not JSON, or an integer of over 4,300 digits
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be read: {err.strerror}") from None
+    except ValueError as err:  # not UTF-8, not JSON, or an integer of over 4,300 digits
         raise CheckpointError(f"{path} is not valid JSON: {one_line(err)}") from None
     except RecursionError:
         data = None  # nested deeper than the parser can follow: refused below

@@ -55,6 +55,9 @@ def find_weight_files(folder: Path) -> list[Path]:
             if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
                 raise CheckpointError(f"{index} has no weight_map from tensor names to file names")
             names = list(dict.fromkeys(weight_map.values()))
+            for name in names:  # not "" or "." (the folder itself), not "config.json" (read as weights)
+                if not name.endswith(Path(single).suffix):
+                    raise CheckpointError(f"{index} names {short_repr(name)}, which is not a {Path(single).suffix} file")
             files = [checkpoint_file(folder, name, required=False) for name in names]
             missing = [short_repr(name) for name, f in zip(names, files) if f is None]
             if missing:

@@ -159,11 +159,17 @@ def crafted(kind: str, tmp_path: Path, outside: Path) -> Path:
     elif kind == "index NUL byte":
         set_weight_map(folder, "model\x00.safetensors")
     elif kind == "index directory":
-        (folder / "sub").mkdir()
-        set_weight_map(folder, "sub")
+        (folder / "sub.safetensors").mkdir()
+        set_weight_map(folder, "sub.safetensors")
     elif kind == "index fifo":
-        os.mkfifo(folder / "fifo")
-        set_weight_map(folder, "fifo")
+        os.mkfifo(folder / "fifo.safetensors")
+        set_weight_map(folder, "fifo.safetensors")
+    elif kind == "index empty name":  # the folder itself
+        set_weight_map(folder, "")
+    elif kind == "index config.json":
+        set_weight_map(folder, "config.json")
+    elif kind == "index missing/../shard":  # resolves lexically to the shard, but cannot be opened
+        set_weight_map(folder, f"missing/../{SHARD}")
     elif kind == "index link out":
         link(folder, INDEX, outside / INDEX)
     elif kind == "subfolder link out":
@@ -201,11 +207,14 @@ def crafted(kind: str, tmp_path: Path, outside: Path) -> Path:
 CRAFTED = {  # kind -> words the error says
     "index ../ shard": "outside the checkpoint folder",
     "index absolute path": "outside the checkpoint folder",
-    "index /etc/passwd": "outside the checkpoint folder",
-    "index /dev/zero": "outside the checkpoint folder",
+    "index /etc/passwd": "which is not a .safetensors file",
+    "index /dev/zero": "which is not a .safetensors file",
     "index NUL byte": "cannot be opened",
     "index directory": "not a regular file",
     "index fifo": "not a regular file",
+    "index empty name": "names '', which is not a .safetensors file",
+    "index config.json": "names 'config.json', which is not a .safetensors file",
+    "index missing/../shard": "lists missing weight files: 'missing/../",
     "index link out": "outside the checkpoint folder",
     "subfolder link out": "outside the checkpoint folder",
     "weights link out": "outside the checkpoint folder",
@@ -240,18 +249,29 @@ def test_llama_files_linked_out_are_refused(name, llama, tmp_path, monkeypatch):
     assert_opened_only_inside(opened, folder)
 
 
+def denied_for(name: str, function):
+    """`function`, failing with EACCES for a path whose last part is `name` (as for a user other than root)."""
+    def denied(path, *args, **kwargs):
+        if Path(path).name == name:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return function(path, *args, **kwargs)
+    return denied
+
+
 def test_a_file_out_of_reach_is_not_called_missing(tiny_copy, monkeypatch):
     folder = tiny_copy()
-    stat, config = os.stat, str(folder.resolve() / "config.json")
-
-    def denied(path, *args, **kwargs):  # as in a folder without search permission, for a user other than root
-        if os.fspath(path) == config:
-            raise PermissionError(13, "Permission denied", config)
-        return stat(path, *args, **kwargs)
-
-    monkeypatch.setattr(folder_files.os, "stat", denied)
+    monkeypatch.setattr(folder_files.os, "stat", denied_for("config.json", os.stat))  # a folder without search permission
     with pytest.raises(CheckpointError, match="config.json cannot be opened: Permission denied"):
         open_checkpoint(str(folder))
+
+
+@pytest.mark.parametrize("name", ["config.json", "generation_config.json", "tokenizer.model", "model.safetensors"])
+def test_an_unreadable_file_is_called_unreadable(name, tiny_copy, monkeypatch):
+    """Not "No such file" (safetensors), "not valid JSON" or "not a SentencePiece model" (the readers' words)."""
+    folder = tiny_copy()
+    monkeypatch.setattr(folder_files, "open", denied_for(name, open), raising=False)  # as after chmod 000
+    with pytest.raises(CheckpointError, match=rf"{name} cannot be read: Permission denied"):
+        load_everything(folder)
 
 
 def test_links_inside_the_folder_are_followed(tmp_path, monkeypatch):
