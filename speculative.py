@@ -233,8 +233,9 @@ def run(args) -> int:
     if args.do_sample:  # flags first, then the checkpoint's generation_config.json
         sampling = ckpt.sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
         if ckpt.repetition_penalty not in (None, 1.0) and args.repetition_penalty is None:
-            print(f"warning: the checkpoint's repetition_penalty {ckpt.repetition_penalty} is not applied "
-                  f"(--repetition-penalty {ckpt.repetition_penalty} applies it)", file=sys.stderr)
+            usable = not sampling_errors(repetition_penalty=ckpt.repetition_penalty)
+            print(f"warning: the checkpoint's repetition_penalty {ckpt.repetition_penalty} is not applied"
+                  + (f" (--repetition-penalty {ckpt.repetition_penalty} applies it)" if usable else ""), file=sys.stderr)
     draft = build_draft(model, args.group_size, quiet=args.json) if uses_int4 else None
     # The device's kernels; on CUDA decode steps replay as CUDA graphs (captured during the warm-up).
     model, draft = accel.apply(model, draft)

@@ -2,8 +2,9 @@
 import errno
 import io
 import json
-import re
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,16 @@ def test_sampling_defaults_come_from_the_generation_config(tiny_7b):
     greedy = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--n-predict", 8, "--warmup", 0, "--json",
                      check_exit=0)
     assert json.loads(greedy.stdout.splitlines()[-1])["sampling"] is None and greedy.stderr == ""
+
+
+def test_a_checkpoint_penalty_out_of_range_is_not_offered_as_a_flag(tiny_7b, tmp_path):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_7b, folder)
+    generation = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**generation, "repetition_penalty": float("nan")}))
+    result = run_cli("--repo-id-or-model-path", folder, "--prompt", "hi", "--n-predict", 4, "--do-sample",
+                     "--warmup", 0, "--json", check_exit=0)
+    assert result.stderr == "warning: the checkpoint's repetition_penalty nan is not applied\n"  # no refused flag
 
 
 def test_repetition_penalty_through_the_cli(tiny_7b):
