@@ -1,5 +1,6 @@
 """Tokenizers: Baichuan2's SentencePiece tokenizer.model, or a Llama checkpoint's tokenizer.json with the
 special tokens and chat template of its tokenizer_config.json."""
+import base64
 import contextlib
 import json
 import math
@@ -18,7 +19,10 @@ TOKENIZER_FILES = {"baichuan": "tokenizer.model", "llama": "tokenizer.json"}  # 
 # tokenizer whose normalizer expands text without end fails instead of taking the machine's memory:
 # SentencePiece with a MemoryError, tokenizers' Rust side by aborting the process.
 ENCODE_MEMORY_BYTES, ENCODE_MEMORY_PER_CHAR = 1 << 30, 512
-MAX_EXPANSION = 64  # how many times longer a tokenizer.json's Replace rules may make a text (real ones: 1-2)
+MAX_EXPANSION = 64  # how many times longer a tokenizer.json's normalizer or decoder may make a text (real: 1-18)
+# The longest text one token may stand for (real vocabularies: a few hundred characters at most). It bounds
+# what decoding an answer makes: a hostile vocabulary of a few huge pieces would otherwise fill the memory.
+MAX_TOKEN_CHARS = 1024
 
 
 def _bounded_encode(path: Path, encode, text: str) -> list[int]:
@@ -38,6 +42,12 @@ def _check_tokenizer_size(path: Path) -> None:
         raise CheckpointError(f"tokenizer file {path} is larger than {MAX_TOKENIZER_BYTES >> 20} MiB")
 
 
+def _check_token_lengths(path: Path, tokens) -> None:
+    longest = max(map(len, tokens), default=0)
+    if longest > MAX_TOKEN_CHARS:
+        raise CheckpointError(f"tokenizer file {path} holds a token of {longest:,} characters (at most {MAX_TOKEN_CHARS:,})")
+
+
 class Tokenizer:
     """SentencePiece tokenizer.model (Baichuan2); encode adds no BOS/EOS, as Baichuan2's tokenizer."""
 
@@ -51,6 +61,11 @@ class Tokenizer:
         except (OSError, RuntimeError) as err:
             raise CheckpointError(f"tokenizer file {model_file} is not a SentencePiece model: {one_line(err)}") from None
         self.model_file, self.vocab_size = model_file, self.sp.vocab_size()
+        _check_token_lengths(model_file, map(self.sp.id_to_piece, range(self.vocab_size)))
+        expansion = max(map(_longest_replacement, _normalization_tables(self.sp.serialized_model_proto())), default=1)
+        if expansion > MAX_EXPANSION:  # SentencePiece applies no other rule that makes text longer
+            raise CheckpointError(f"tokenizer file {model_file}: its normalization rules can make a text "
+                                  f"{expansion:,} times longer (at most {MAX_EXPANSION})")
         self.bos_token_id, self.eos_token_id = self.sp.bos_id(), self.sp.eos_id()
 
     def encode(self, text: str) -> list[int]:
@@ -91,8 +106,9 @@ class HFTokenizer:
             rules = [json.loads(part.__getstate__()) for part in (self.tok.normalizer, self.tok.decoder) if part]
         expansion = _expansion(rules)
         if expansion > MAX_EXPANSION:
-            raise CheckpointError(f"tokenizer file {path}: its Replace rules can make a text {expansion:.3g} times "
-                                  f"longer (at most {MAX_EXPANSION})")
+            raise CheckpointError(f"tokenizer file {path}: its normalizer or decoder can make a text {expansion:.3g} "
+                                  f"times longer (at most {MAX_EXPANSION})")
+        _check_token_lengths(path, self.tok.get_vocab(with_added_tokens=True))
         config_path = checkpoint_file(folder, "tokenizer_config.json", required=False)
         config = read_json(config_path) if config_path is not None else {}
         # Tokens are strings or serialized AddedTokens ({"content": ...}).
@@ -145,9 +161,10 @@ class HFTokenizer:
 
 
 def _expansion(rule) -> float:
-    """How many times longer a tokenizer.json normalizer or decoder (as JSON) can make a text through its
-    Replace rules, which a Sequence chains: content / pattern length, with a regex pattern taken to match
-    nothing (content + 1: an empty match inserts the content between characters)."""
+    """How many times longer a tokenizer.json normalizer or decoder (as JSON) can make a text, through the rules
+    that replace text, which a Sequence chains. Replace: content / pattern length, with a regex pattern taken
+    to match nothing (content + 1: an empty match inserts the content between characters). Precompiled (a
+    SentencePiece normalization table): its longest replacement, as one character may match."""
     if isinstance(rule, list):
         return math.prod(_expansion(r) for r in rule)
     if not isinstance(rule, dict):
@@ -157,7 +174,48 @@ def _expansion(rule) -> float:
         if isinstance(pattern.get("String"), str) and pattern["String"]:
             return max(1.0, len(content) / len(pattern["String"]))
         return len(content) + 1.0
+    if rule.get("type") == "Precompiled":  # `rule` is the library's own JSON: the table in base64
+        return float(max(1, _longest_replacement(base64.b64decode(rule["precompiled_charsmap"]))))
     return _expansion(rule.get("normalizers", rule.get("decoders", [])))
+
+
+def _normalization_tables(model_proto: bytes) -> list[bytes]:
+    """The normalization tables of a serialized SentencePiece model: the precompiled_charsmap (field 2) of its
+    normalizer_spec (field 3, for encoding) and denormalizer_spec (field 5, for decoding)."""
+    return [table for spec in _protobuf_fields(model_proto, (3, 5)) for table in _protobuf_fields(spec, (2,))]
+
+
+def _protobuf_fields(message: bytes, numbers) -> list[bytes]:
+    """The values of a protobuf message's length-delimited fields `numbers`, read from the wire format
+    (SentencePiece parsed the message already: it is well formed)."""
+    def varint(i: int) -> tuple[int, int]:
+        value = shift = 0
+        while message[i] & 0x80:
+            value, shift, i = value | (message[i] & 0x7F) << shift, shift + 7, i + 1
+        return value | message[i] << shift, i + 1
+
+    values, i = [], 0
+    while i < len(message):
+        key, i = varint(i)
+        wire = key & 7
+        if wire == 0:  # a varint
+            _, i = varint(i)
+        elif wire == 2:  # length-delimited: bytes, strings, messages
+            size, i = varint(i)
+            if key >> 3 in numbers:
+                values.append(message[i:i + size])
+            i += size
+        elif wire in (1, 5):  # 64 and 32 bits
+            i += 8 if wire == 1 else 4
+        # 3 and 4 start and end a group, which holds fields of its own
+    return values
+
+
+def _longest_replacement(table: bytes) -> int:
+    """The longest text (characters) in a SentencePiece normalization table: a trie's size (4 bytes, little
+    endian), the trie, then the replacement texts, each ending with a NUL byte."""
+    trie_bytes = int.from_bytes(table[:4], "little")
+    return max(len(text.decode("utf-8", "replace")) for text in table[4 + trie_bytes:].split(b"\0"))
 
 
 def _chat_template(folder: Path, config: dict) -> str | None:

@@ -1,6 +1,8 @@
 """Crafted checkpoint folders, as an attacker would write them: the loader reads no file outside the folder,
 allocates nothing a config merely asks for, runs a chat template only within bounds, and says what is wrong
 in one CheckpointError (one `error:` line in the CLI)."""
+import base64
+import io
 import json
 import os
 import re
@@ -492,28 +494,78 @@ def test_token_ids_beyond_the_model_vocabulary_are_refused(llama):
         tokenizer.encode("hello there")
 
 
-def test_a_tokenizer_that_panics_is_one_error(llama, tmp_path):
+def llama_with_tokenizer(llama: Path, tmp_path: Path, edit) -> Path:
+    """A copy of the tiny Llama checkpoint whose tokenizer.json (as a dict) went through `edit`."""
     folder = tmp_path / "ckpt"
     shutil.copytree(llama, folder)
     tokenizer_json = json.loads((folder / "tokenizer.json").read_text())
-    tokenizer_json["normalizer"] = {"type": "Precompiled", "precompiled_charsmap": "AAAA"}  # not a charsmap
+    edit(tokenizer_json)
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    return folder
+
+
+def test_a_tokenizer_that_panics_is_one_error(llama, tmp_path):
+    not_a_table = {"type": "Precompiled", "precompiled_charsmap": "AAAA"}
+    folder = llama_with_tokenizer(llama, tmp_path, lambda t: t.update(normalizer=not_a_table))
     with pytest.raises(CheckpointError, match="tokenizer file .*tokenizer.json (is not a tokenizers JSON file|fails)"):
         open_checkpoint(str(folder)).tokenizer.encode("hello")
+
+
+def sentencepiece_model(**options) -> bytes:
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(["the quick brown fox jumps over the lazy dog"] * 50), model_writer=model,
+        model_type="bpe", vocab_size=40, hard_vocab_limit=False, minloglevel=2, **options)
+    return model.getvalue()
+
+
+def expanding_rule(tmp_path) -> str:
+    """A SentencePiece rule file that replaces "h" by 2,000 "a"s."""
+    (tmp_path / "rule.tsv").write_text("68\t" + " ".join(["61"] * 2000) + "\n")
+    return str(tmp_path / "rule.tsv")
 
 
 @pytest.mark.parametrize("part,rules,times", [
     ("normalizer", {"type": "Sequence", "normalizers": [{"type": "Replace", "pattern": {"String": "a"},
                                                          "content": "a" * 1000}] * 3}, "1e+09"),
     ("decoder", {"type": "Replace", "pattern": {"Regex": "x*"}, "content": "y" * 99}, "100"),
+    ("normalizer", {"type": "Precompiled", "precompiled_charsmap": "the table below"}, "2e+03"),
 ])
 def test_tokenizer_json_rules_that_expand_text_are_refused(part, rules, times, llama, tmp_path):
-    folder = tmp_path / "ckpt"
-    shutil.copytree(llama, folder)
-    tokenizer_json = json.loads((folder / "tokenizer.json").read_text())
-    tokenizer_json[part] = rules
-    (folder / "tokenizer.json").write_text(json.dumps(tokenizer_json))
-    with pytest.raises(CheckpointError, match=f"its Replace rules can make a text {re.escape(times)} times longer"):
+    if rules["type"] == "Precompiled":
+        [table] = tokenizers_mod._normalization_tables(sentencepiece_model(normalization_rule_tsv=expanding_rule(tmp_path)))
+        rules = {**rules, "precompiled_charsmap": base64.b64encode(table).decode()}
+    folder = llama_with_tokenizer(llama, tmp_path, lambda t: t.update({part: rules}))
+    with pytest.raises(CheckpointError, match=f"can make a text {re.escape(times)} times longer"):
+        open_checkpoint(str(folder))
+
+
+@pytest.mark.parametrize("rule", ["normalization_rule_tsv", "denormalization_rule_tsv"])
+def test_sentencepiece_rules_that_expand_text_are_refused(rule, tmp_path):
+    (tmp_path / "tokenizer.model").write_bytes(sentencepiece_model(**{rule: expanding_rule(tmp_path)}))
+    with pytest.raises(CheckpointError, match="tokenizer.model: its normalization rules can make a text 2,000 times"):
+        tokenizers_mod.Tokenizer(tmp_path / "tokenizer.model")
+
+
+def test_real_normalization_tables_are_accepted(tmp_path):
+    model = sentencepiece_model(normalization_rule_name="nmt_nfkc")
+    [table] = tokenizers_mod._normalization_tables(model)
+    assert tokenizers_mod._longest_replacement(table) == 18 <= tokenizers_mod.MAX_EXPANSION  # NFKC of U+FDFA
+    assert tokenizers_mod._expansion({"type": "Precompiled", "precompiled_charsmap": base64.b64encode(table).decode()}) == 18
+    (tmp_path / "tokenizer.model").write_bytes(model)
+    assert tokenizers_mod.Tokenizer(tmp_path / "tokenizer.model").encode("\ufdfa") != []
+
+
+def test_a_token_too_long_to_decode_safely_is_refused(llama, tmp_path):
+    """A vocabulary holding a huge piece would make an answer of that token repeated gigabytes long."""
+    piece = "x" * (tokenizers_mod.MAX_TOKEN_CHARS + 1)
+    (tmp_path / "tokenizer.model").write_bytes(sentencepiece_model(user_defined_symbols=[piece]))
+    with pytest.raises(CheckpointError, match="tokenizer.model holds a token of 1,025 characters"):
+        tokenizers_mod.Tokenizer(tmp_path / "tokenizer.model")
+    added = {"id": 1000, "content": piece, "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": True}
+    folder = llama_with_tokenizer(llama, tmp_path, lambda t: t["added_tokens"].append(added))
+    with pytest.raises(CheckpointError, match="tokenizer.json holds a token of 1,025 characters"):
         open_checkpoint(str(folder))
 
 
@@ -521,10 +573,8 @@ def test_a_tokenizer_expanding_text_without_end_fails_within_its_memory_bound(tm
     rule = tmp_path / "rule.tsv"
     rule.write_text("68\t" + " ".join(["61"] * 20000) + "\n")  # "h" -> 20,000 x "a"
     model = tmp_path / "tokenizer.model"
-    with open(model, "wb") as f:
-        sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=iter(["the quick brown fox jumps over the lazy dog"] * 50), model_writer=f,
-            model_type="bpe", vocab_size=40, normalization_rule_tsv=str(rule), hard_vocab_limit=False, minloglevel=2)
+    model.write_bytes(sentencepiece_model(normalization_rule_tsv=str(rule)))
+    monkeypatch.setattr(tokenizers_mod, "MAX_EXPANSION", 10**5)  # past the bound on its rules: this one is on memory
     tokenizer = tokenizers_mod.Tokenizer(model)
     monkeypatch.setattr(tokenizers_mod, "ENCODE_MEMORY_BYTES", 64 << 20)
     limits = resource.getrlimit(resource.RLIMIT_AS)
