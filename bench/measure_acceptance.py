@@ -170,7 +170,7 @@ def top1_agreement(model, draft, input_ids: list[int], output_ids: list[int]) ->
 
 def measure(model, draft, ckpt, tokenizer, prompts=PROMPTS, n_predict=128, th_stop_draft=0.6, max_step_draft=8,
             variant="int4", cache=None, draft_step=DRAFT_STEP, verify_step=VERIFY_STEP, lookup_ngram=None,
-            sample=False):
+            sample=False, pass_limit=None):
     """One record per prompt: greedy plain and speculative generation (draft variant `variant`, a key of
     VARIANTS) from the same chat prompt; with `sample`, speculative sampling with HUB_SAMPLING, seeded per
     prompt, and spec_equals_plain None. `cache` (a dict) keeps the plain outputs per prompt, and the draft's
@@ -180,7 +180,8 @@ def measure(model, draft, ckpt, tokenizer, prompts=PROMPTS, n_predict=128, th_st
     records = []
     for prompt in prompts:
         ids, _ = ckpt.chat_ids(tokenizer, prompt, max_input_tokens=model.max_seq_len - n_predict)
-        options = dict(eos_token_id=ckpt.eos_token_id, th_stop_draft=th_stop_draft, max_step_draft=max_step_draft)
+        options = dict(eos_token_id=ckpt.eos_token_id, th_stop_draft=th_stop_draft, max_step_draft=max_step_draft,
+                       max_pass_tokens=pass_limit)
         if prompt not in plain_outputs:
             plain_outputs[prompt] = generate(model, ids, n_predict, **options)[0]
         plain = plain_outputs[prompt]
@@ -297,11 +298,8 @@ def main():
     args = p.parse_args()
     if args.sample and any(VARIANTS[v].get("second_choices") for v in args.draft):
         raise InputError("the second choices verify greedy drafts: leave the +second variants out with --sample")
-    if args.pass_limit is not None:
-        if not args.max_step_draft < args.pass_limit:
-            raise InputError(f"--pass-limit must exceed --max-step-draft ({args.max_step_draft}), got "
-                             f"{args.pass_limit}")
-        accel.pass_limit = lambda model: args.pass_limit  # generate() asks accel.pass_limit
+    if args.pass_limit is not None and not args.max_step_draft < args.pass_limit:
+        raise InputError(f"--pass-limit must exceed --max-step-draft ({args.max_step_draft}), got {args.pass_limit}")
     if args.lookup_ngram and not 1 <= args.lookup_ngram[0] <= args.lookup_ngram[1]:
         raise InputError(f"--lookup-ngram needs 1 <= MIN <= MAX, got {args.lookup_ngram}")
     windows = {recent: draft_window(recent) for recent in args.draft_window}
@@ -324,7 +322,7 @@ def main():
             records = measure(model, draft, ckpt, tokenizer, PROMPT_SETS[args.prompt_set], n_predict=args.n_predict,
                               th_stop_draft=args.th_stop_draft, max_step_draft=args.max_step_draft, variant=variant,
                               cache=cache, draft_step=args.draft_step, verify_step=args.verify_step,
-                              lookup_ngram=args.lookup_ngram, sample=args.sample)
+                              lookup_ngram=args.lookup_ngram, sample=args.sample, pass_limit=args.pass_limit)
             name = variant if len(args.draft_window) == 1 else f"{variant}, draft window {window or 'none'}"
             results[name] = {"summary": summary(records), "prompts": records}
             print(f"### {name}\n\n{markdown(records)}\n", flush=True)

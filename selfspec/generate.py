@@ -150,6 +150,7 @@ def generate(
     lookup_min_ngram: int = 2,
     lookup_max_ngram: int = 4,
     second_choices: bool = False,
+    max_pass_tokens: int | None = None,
     streamer=None,
     generator: torch.Generator | None = None,
     cached_tokens: int = 0,
@@ -188,12 +189,15 @@ def generate(
     rest is prefilled. At least the last id of `input_ids` must be new.
 
     On CUDA's fast path (accel.pass_limit) a verify pass takes at most accel.MAX_VERIFY_TOKENS tokens, so a
-    larger `max_step_draft` is a ValueError there rather than a slower path. Logits of the prompt that are not
+    larger `max_step_draft` is a ValueError there rather than a slower path. `max_pass_tokens` sets such a
+    limit where the device has none (or a lower one), so that a CPU run drafts as CUDA's fast path does. Logits of the prompt that are not
     finite (weights that overflow in the model's dtype) are a CheckpointError.
     """
     target = getattr(model, "module", model)
+    # tokens a verify pass may take (None: any number)
+    pass_limit = min((n for n in (accel.pass_limit(model), max_pass_tokens) if n is not None), default=None)
     check_arguments(model, draft, input_ids, max_new_tokens, cached_tokens, th_stop_draft, max_step_draft,
-                    repetition_penalty, draft_source, second_choices, do_sample, lookup_after_draft)
+                    repetition_penalty, draft_source, second_choices, do_sample, lookup_after_draft, pass_limit)
     device = target.model.norm.weight.device
     sampling = Sampling(do_sample, temperature, top_k, top_p)
     stats = GenerationStats(prompt_tokens=len(input_ids), final_th_stop_draft=th_stop_draft)
@@ -206,7 +210,6 @@ def generate(
     # never more than are left to generate.
     bufs = Buffers(min((1 + lookup_after_draft) * max_step_draft, max_new_tokens), target.max_seq_len, device,
                    second_choices)
-    pass_limit = accel.pass_limit(model)  # tokens a verify pass may take (None: any number)
     n_prompt = len(input_ids)
     logits = model(torch.tensor([input_ids[cached_tokens:]], device=device), bufs.positions[cached_tokens:n_prompt],
                    n_prompt, last_only=True)
@@ -284,7 +287,8 @@ def generate(
 
 
 def check_arguments(model, draft, input_ids, max_new_tokens, cached_tokens, th_stop_draft, max_step_draft,
-                    repetition_penalty, draft_source, second_choices=False, do_sample=False, lookup_after_draft=False):
+                    repetition_penalty, draft_source, second_choices=False, do_sample=False, lookup_after_draft=False,
+                    pass_limit=None):
     """generate()'s ValueErrors for arguments it cannot honour."""
     target = getattr(model, "module", model)
     if not input_ids:
@@ -315,10 +319,9 @@ def check_arguments(model, draft, input_ids, max_new_tokens, cached_tokens, th_s
     if second_choices and (do_sample or draft is None):
         raise ValueError("second_choices verifies the INT4 draft's greedy drafts: it needs the draft and "
                          "do_sample=False")
-    limit = accel.pass_limit(model)
-    if limit is not None and (draft is not None or draft_source != "int4") and max_step_draft + 1 > limit:
-        raise ValueError(f"max_step_draft {max_step_draft} needs verify passes of {max_step_draft + 1} tokens; the "
-                         f"fast path of this device takes at most {limit} (max_step_draft {limit - 1})")
+    if pass_limit is not None and (draft is not None or draft_source != "int4") and max_step_draft + 1 > pass_limit:
+        raise ValueError(f"max_step_draft {max_step_draft} needs verify passes of {max_step_draft + 1} tokens; "
+                         f"passes here take at most {pass_limit} (max_step_draft {pass_limit - 1})")
     if draft is not None:
         draft_module = getattr(draft, "module", draft)
         if draft_module.model.layers[0].self_attn.kv_cache is not target.model.layers[0].self_attn.kv_cache:

@@ -133,15 +133,18 @@ class PassSizes:
         return self.module(tokens, *args, **kwargs)
 
 
-def test_second_choices_fill_a_pass_up_to_its_limit(model_and_draft, monkeypatch):
+def test_second_choices_fill_a_pass_up_to_its_limit(model_and_draft):
     model, draft = model_and_draft
-    monkeypatch.setattr("selfspec.generate.accel.pass_limit", lambda m: 10)  # as CUDA's fast path limits passes to 16
     counted = PassSizes(model)
     prompt = list(range(3, 30))
-    spec, stats = generate(counted, prompt, 80, draft=draft, second_choices=True, max_step_draft=6, th_stop_draft=0.0)
+    spec, stats = generate(counted, prompt, 80, draft=draft, second_choices=True, max_step_draft=6, th_stop_draft=0.0,
+                           max_pass_tokens=10)  # as CUDA's fast path limits passes to 16
     assert spec == generate(model, prompt, 80)[0]
     # Rounds of 6 drafts (the threshold never stops the draft) take 3 leaves; [0] is the prefill.
     assert max(counted.sizes[1:]) == 10 and 0 < stats.leaves < stats.drafted
+    with pytest.raises(ValueError, match=r"max_step_draft 10 needs verify passes of 11 tokens; passes here take at "
+                                         r"most 10 \(max_step_draft 9\)"):
+        generate(model, prompt, 8, draft=draft, max_step_draft=10, max_pass_tokens=10)
 
 
 def test_second_choices_near_the_end_of_the_context():
