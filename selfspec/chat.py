@@ -2,12 +2,12 @@
 bounded sandbox; the newest rounds that fit the context are kept."""
 import contextlib
 import json
-import os
 import signal
 import threading
 from datetime import datetime
 
 from selfspec.errors import CheckpointError, InputError, one_line
+from selfspec.limits import memory_limit
 
 # A chat template is a program from the checkpoint: its time, memory and output are bounded (its source:
 # selfspec.tokenizer).
@@ -75,30 +75,6 @@ def _time_limit(seconds: float):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-@contextlib.contextmanager
-def memory_limit(extra_bytes: int):
-    """Let the process's address space grow by at most `extra_bytes` in the block (RLIMIT_AS, lowered and
-    raised back; Linux): allocations past it raise MemoryError instead of eating the machine's memory."""
-    try:
-        import resource
-
-        with open("/proc/self/statm") as f:
-            used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    except (ImportError, OSError, ValueError):
-        yield
-        return
-    limit = used + extra_bytes
-    if (soft != resource.RLIM_INFINITY and soft <= limit) or (hard != resource.RLIM_INFINITY and hard < limit):
-        yield  # already limited at least as tightly
-        return
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def _bounded_binop(operator: str, left, right):

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from selfspec.chat import memory_limit, render_template
+from selfspec.chat import render_template
 from selfspec.errors import CheckpointError, one_line
 from selfspec.folder import checkpoint_file, read_json
+from selfspec.limits import memory_limit
 
 MAX_TOKENIZER_BYTES = 256 << 20  # tokenizer.model, tokenizer.json (the largest public ones: about 35 MB)
 MAX_TEMPLATE_CHARS = 1 << 20  # a chat template's source
