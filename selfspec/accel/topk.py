@@ -51,7 +51,8 @@ if triton is not None:
         # One program per row picks its k largest among the blocks' candidates (block by block, so the
         # first of equal values is still the lower index) and rescales the blocks' sums to the row's
         # maximum, as online softmax does. Once only -inf is left (a row with fewer than k finite logits),
-        # a pick may repeat an index, with value -inf.
+        # a pick may repeat an index, with value -inf. NaN logits (a model whose activations overflow) fail
+        # every comparison, so argmax may land on a masked slot: clamped, the index read stays in the row.
         row = tl.program_id(0).to(tl.int64)
         c = tl.arange(0, CANDIDATES)
         values = tl.load(value_ptr + row * blocks * K + c, mask=c < blocks * K, other=-float("inf"))
@@ -61,7 +62,7 @@ if triton is not None:
         best = tl.max(maxima, axis=0)
         tl.store(prob_ptr + row, 1.0 / tl.sum(tl.where(b < blocks, totals * tl.exp(maxima - best), 0.0), axis=0))
         for j in tl.static_range(K):
-            top = tl.argmax(values, axis=0)
+            top = tl.minimum(tl.argmax(values, axis=0), blocks * K - 1)
             tl.store(top_value_ptr + row * K + j, tl.max(values, axis=0))
             tl.store(top_index_ptr + row * K + j, tl.load(index_ptr + row * blocks * K + top).to(tl.int64))
             values = tl.where(c == top, -float("inf"), values)

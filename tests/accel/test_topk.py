@@ -3,6 +3,7 @@ equals (a stable descending sort), and the softmax probability of the largest; k
 (torch.argmax's first index on ties).
 
 Compiled on CUDA; without CUDA their logic runs under Triton's CPU interpreter (helpers.kernel_tests)."""
+import pytest
 import torch
 
 from helpers import kernel_tests
@@ -45,3 +46,18 @@ def check_kernels(device: str):
 
 
 test_compiled_kernels, test_kernel_logic_in_the_interpreter = kernel_tests(__name__, check_kernels)
+
+
+@pytest.mark.gpu
+def test_nan_logits_give_ids_in_the_vocabulary():
+    """NaN fails every comparison, so the compiled argmax may pick any slot, masked ones too (the interpreter
+    skips NaN instead: this runs compiled only). An id past the vocabulary would be a device assert in the
+    embedding; NaN logits come from a checkpoint whose activations overflow mid-answer."""
+    from selfspec.accel import topk
+
+    for vocab, block, k in [(125696, 2048, 1), (125696, 2048, 2), (1000, 256, 5), (9, 2048, 3)]:
+        x = torch.randn(4, vocab, device="cuda")
+        x[0], x[1, ::3], x[2, -1] = float("nan"), float("nan"), float("nan")
+        for dtype in (torch.float32, torch.float16):
+            _, indices, _ = topk.top_k(x.to(dtype), k, block=block)
+            assert ((indices >= 0) & (indices < vocab)).all(), (vocab, block, k, dtype, indices)
