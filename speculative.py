@@ -319,9 +319,11 @@ def read_message() -> str | None:
     if sys.stdin.isatty():
         print("> ", end="", file=sys.stderr, flush=True)
     try:
-        line = sys.stdin.buffer.readline()
+        line = sys.stdin.buffer.readline(PROMPT_FILE_MAX_BYTES + 1)  # bounded: /dev/zero has no line end
     except OSError as err:
         raise InputError(f"cannot read stdin: {err.strerror}") from None
+    if len(line) > PROMPT_FILE_MAX_BYTES:
+        raise InputError(f"a line on stdin holds more than {PROMPT_FILE_MAX_BYTES >> 20} MiB of text")
     try:
         text = line.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:

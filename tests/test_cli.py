@@ -325,6 +325,15 @@ def test_stdin_that_fails_to_read_is_one_error(flag, words, tiny_7b, capsys, mon
     assert_clean_error(result, words)
 
 
+@pytest.mark.parametrize("flag,words", [(["--prompt", "-"], "--prompt - holds more than 16 MiB"),
+                                         (["--interactive"], "a line on stdin holds more than 16 MiB")])
+def test_endless_stdin_is_one_error(flag, words, tiny_7b):
+    with open("/dev/zero", "rb") as zeros:  # no end, and no line end: reading it whole would take all the memory
+        result = subprocess.run([sys.executable, str(ROOT / "speculative.py"), "--repo-id-or-model-path", str(tiny_7b),
+                                 "--warmup", "0", *flag], stdin=zeros, capture_output=True, text=True, timeout=300)
+    assert_clean_error(result, words)
+
+
 def test_closed_stdout_is_not_a_traceback(tiny_7b):
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "speculative.py"), "--repo-id-or-model-path", str(tiny_7b), "--prompt", "hi",
