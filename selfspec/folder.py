@@ -87,6 +87,22 @@ def _json_depth(data) -> int:
     return depth
 
 
+def _checked_output_target(target: Path, force: bool) -> Path:
+    """output_folder's target, links followed: missing, or an empty folder (any folder with `force`). A link
+    is followed to the folder it names; a dangling one is refused."""
+    if target.is_symlink() and not target.exists():  # dangling, or a loop of links
+        try:
+            target.resolve(strict=True)  # a loop raises its own error
+        except FileNotFoundError:  # writing where a dangling link points would surprise
+            raise InputError(f"{target} is a link to {os.readlink(target)}, which does not exist") from None
+    if target.exists():
+        if not target.is_dir():
+            raise InputError(f"{target} exists and is not a folder")
+        if not force and any(target.iterdir()):
+            raise InputError(f"{target} is not empty; choose a new folder, or pass --force to replace it")
+    return target.resolve()
+
+
 @contextlib.contextmanager
 def output_folder(target, force: bool = False):
     """Yield a new empty folder beside `target`, to be written; when the block ends without an exception it
@@ -98,18 +114,12 @@ def output_folder(target, force: bool = False):
         str(target).encode("utf-8")
     except UnicodeEncodeError:
         raise InputError(f"{str(target).encode('utf-8', 'replace').decode()} is not a valid UTF-8 path") from None
-    if target.is_symlink():
-        try:
-            target = target.resolve(strict=True)  # the folder the link names is the one to replace
-        except FileNotFoundError:  # writing where a dangling link points would surprise
-            raise InputError(f"{target} is a link to {os.readlink(target)}, which does not exist") from None
-        except (OSError, RuntimeError) as err:  # a loop of links
-            raise InputError(f"cannot create {target}: {one_line(err)}") from None
-    if target.exists():
-        if not target.is_dir():
-            raise InputError(f"{target} exists and is not a folder")
-        if not force and any(target.iterdir()):
-            raise InputError(f"{target} is not empty; choose a new folder, or pass --force to replace it")
+    if target.name in ("", ".."):  # "/", "x/..": replacing a folder above the one named would surprise
+        raise InputError(f"{target} does not name a folder of its own; name the folder itself")
+    try:
+        target = _checked_output_target(target, force)
+    except (OSError, RuntimeError) as err:  # a name too long, a folder out of reach, a loop of links
+        raise InputError(f"cannot create {target}: {getattr(err, 'strerror', None) or err}") from None
     partial = target.parent / f".{target.name}.partial-{secrets.token_hex(4)}"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

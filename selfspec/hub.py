@@ -12,8 +12,12 @@ HUB_PATTERNS = ["*.json", "*.jinja", "*.model", "*.safetensors", "*.bin"]  # nev
 
 def resolve_model_path(path_or_id: str) -> Path:
     """Local folder as is; otherwise an "org/name" hub id from the cache, else downloaded (data files only)."""
-    path = Path(path_or_id).expanduser()
-    if path.exists():
+    try:
+        path = Path(path_or_id).expanduser()
+        exists = path.exists()
+    except (OSError, RuntimeError) as err:  # a name too long, a folder out of reach, "~" without a home
+        raise CheckpointError(f"model path {path_or_id} cannot be used: {getattr(err, 'strerror', None) or err}") from None
+    if exists:
         if not path.is_dir():
             raise CheckpointError(f"model path {path} is not a folder")
         return path

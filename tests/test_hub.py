@@ -16,6 +16,15 @@ def test_missing_path(tmp_path):
             resolve_model_path(str(path))
 
 
+def test_a_path_that_cannot_be_looked_at_is_one_error(tmp_path, monkeypatch):
+    with pytest.raises(CheckpointError, match="cannot be used: File name too long"):
+        resolve_model_path(str(tmp_path / ("a" * 300)))
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr("pwd.getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))  # a user without a home
+    with pytest.raises(CheckpointError, match="cannot be used: Could not determine home directory"):
+        resolve_model_path("~/model")
+
+
 def test_path_is_a_file(tiny_7b):
     with pytest.raises(CheckpointError, match="not a folder"):
         open_checkpoint(str(tiny_7b / "config.json"))

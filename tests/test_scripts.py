@@ -295,13 +295,18 @@ def test_make_tiny_checkpoint_force_replaces_the_whole_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
-def test_an_output_folder_in_a_loop_of_links_a_dangling_link_or_not_utf8_is_one_error(tmp_path):
+def test_an_output_folder_that_cannot_be_used_is_one_error(tmp_path):  # links, names, ..
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     assert_clean_error(run_script("make_tiny_checkpoint.py", tmp_path / "loop"), "cannot create", "loop")
     (tmp_path / "dangling").symlink_to(tmp_path / "elsewhere")
     assert_clean_error(run_script("make_tiny_checkpoint.py", tmp_path / "dangling"), "elsewhere, which does not exist")
     assert_clean_error(run_script("make_tiny_checkpoint.py", f"{tmp_path}/a\udcff"), "not a valid UTF-8 path")  # byte 0xff
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "loop"]  # nothing written where the link points
+    assert_clean_error(run_script("make_tiny_checkpoint.py", tmp_path / ("a" * 300)), "cannot create", "File name too long")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep").write_text("the user's")
+    assert_clean_error(run_script("make_tiny_checkpoint.py", tmp_path / "mine" / "..", "--force"),  # tmp_path itself
+                       "does not name a folder of its own")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "loop", "mine"]  # nothing written where the link points
 
 
 def test_a_failed_writer_leaves_nothing_behind(tmp_path, monkeypatch):
