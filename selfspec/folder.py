@@ -109,6 +109,8 @@ def output_folder(target, force: bool = False):
     becomes `target`, else it is removed. A `target` that exists must be an empty folder, unless `force`:
     then the old folder is replaced (removed after the new one is in place). So a failure, Ctrl-C included,
     never leaves a half-written folder and never mixes new files with old ones."""
+    if Path(target) == Path("."):  # "" (an unset variable) or ".": replacing the working folder would surprise
+        raise InputError(f"the output folder must be named, got {str(target)!r}")
     target = Path(target).expanduser().absolute()
     try:  # bytes that are not UTF-8 arrive as lone surrogates, which the writers' libraries cannot encode
         str(target).encode("utf-8")

@@ -12,6 +12,8 @@ HUB_PATTERNS = ["*.json", "*.jinja", "*.model", "*.safetensors", "*.bin"]  # nev
 
 def resolve_model_path(path_or_id: str) -> Path:
     """Local folder as is; otherwise an "org/name" hub id from the cache, else downloaded (data files only)."""
+    if not path_or_id:  # an unset variable: not the working folder
+        raise CheckpointError("the model path is empty")
     try:
         path = Path(path_or_id).expanduser()
         exists = path.exists()

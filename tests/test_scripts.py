@@ -306,6 +306,10 @@ def test_an_output_folder_that_cannot_be_used_is_one_error(tmp_path):  # links, 
     (tmp_path / "mine" / "keep").write_text("the user's")
     assert_clean_error(run_script("make_tiny_checkpoint.py", tmp_path / "mine" / "..", "--force"),  # tmp_path itself
                        "does not name a folder of its own")
+    for unnamed in ("", "."):  # "$OUT" unset: never the working folder, whose files --force would replace
+        assert_clean_error(run_script("make_tiny_checkpoint.py", unnamed, "--force", cwd=tmp_path / "mine"),
+                           "the output folder must be named")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["keep"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "loop", "mine"]  # nothing written where the link points
 
 
