@@ -19,6 +19,8 @@ def resolve_model_path(path_or_id: str) -> Path:
         exists = path.exists()
     except (OSError, RuntimeError) as err:  # a name too long, a folder out of reach, "~" without a home
         raise CheckpointError(f"model path {path_or_id} cannot be used: {getattr(err, 'strerror', None) or err}") from None
+    if not exists and path.is_symlink():
+        raise CheckpointError(f"model path {path_or_id} is a link that leads nowhere (a missing path or a loop of links)")
     if exists:
         if not path.is_dir():
             raise CheckpointError(f"model path {path} is not a folder")

@@ -19,6 +19,9 @@ def test_missing_path(tmp_path):
 def test_a_path_that_cannot_be_looked_at_is_one_error(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="the model path is empty"):
         resolve_model_path("")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(CheckpointError, match="is a link that leads nowhere"):
+        resolve_model_path(str(tmp_path / "loop"))
     with pytest.raises(CheckpointError, match="cannot be used: File name too long"):
         resolve_model_path(str(tmp_path / ("a" * 300)))
     monkeypatch.delenv("HOME", raising=False)
