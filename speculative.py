@@ -160,8 +160,8 @@ def check_args(args):
         raise InputError("--" + errors[0].replace("_", "-", 1))
     if args.seed is not None and not 0 <= args.seed < 2**64:
         raise InputError(f"--seed must be in [0, 2**64), got {args.seed}")
-    if args.warmup < 0:
-        raise InputError(f"--warmup must be >= 0, got {args.warmup}")
+    if not 0 <= args.warmup <= 100:  # more only spends time: nothing is measured of them
+        raise InputError(f"--warmup must be in [0, 100], got {args.warmup}")
     for flag, text in ((prompt_flag, args.prompt or ""), ("--system", args.system)):
         try:
             text.encode("utf-8")

@@ -70,6 +70,8 @@ def _terminate_by_exception():
 
 
 def _run(main) -> int:
+    if sys.stdout is None:  # started with stdout closed (`>&-`)
+        return _fail("error: standard output is closed", EXIT_BAD_INPUT)
     try:
         status = main() or 0
         sys.stdout.flush()  # here, so that a failed write is reported below and not at interpreter exit
@@ -90,11 +92,13 @@ def _run(main) -> int:
 
 def _fail(line: str, status: int) -> int:
     try:
-        sys.stdout.flush()  # what was printed comes before the error line
+        if sys.stdout is not None:  # None: closed when the program started
+            sys.stdout.flush()  # what was printed comes before the error line
     except (OSError, ValueError):  # it cannot be written (full disk, closed pipe): dropped, not retried at exit
         _discard_stdout()
     try:
-        print(line, file=sys.stderr, flush=True)
+        if sys.stderr is not None:  # else print would write to stdout
+            print(line, file=sys.stderr, flush=True)
     except OSError:
         pass  # stderr is gone too: the status still says what happened
     return status

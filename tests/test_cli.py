@@ -279,6 +279,7 @@ def test_missing_path_and_uncached_hub_id(tmp_path):
     (["--repetition-penalty", "nan"], ["repetition-penalty"]),
     (["--do-sample", "--repetition-penalty", 1e-38], ["--repetition-penalty must be in [0.01, 100]"]),  # overflows
     (["--seed", -1], ["seed"]),
+    (["--warmup", 10**30], ["--warmup must be in [0, 100]"]),  # it would run for ever
     (["--prompt", b"caf\xe9"], ["prompt", "UTF-8"]),  # Latin-1 bytes
     (["--system", b"\xff"], ["system", "UTF-8"]),
 ])

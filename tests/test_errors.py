@@ -24,3 +24,18 @@ def test_sigterm_ends_an_entry_point_and_removes_what_it_was_writing(tmp_path):
         run_main(main)
     assert info.value.code == 143 and list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) == previous  # the handler is put back
+
+
+def test_a_closed_stdout_or_stderr_is_no_traceback(monkeypatch, capsys):
+    ran = []
+    monkeypatch.setattr("sys.stdout", None)  # as `>&-` starts a program
+    assert run_main(lambda: ran.append(1)) == 2 and ran == []  # nothing could be printed: nothing is run
+    assert capsys.readouterr().err == "error: standard output is closed\n"
+    monkeypatch.undo()
+
+    def bad_input():
+        raise InputError("bad")
+
+    monkeypatch.setattr("sys.stderr", None)  # `2>&-`: the error line is dropped, not printed into stdout
+    assert run_main(bad_input) == 2
+    assert capsys.readouterr().out == ""
