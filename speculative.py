@@ -25,6 +25,7 @@ from selfspec.config import SAMPLING_DEFAULTS, SAMPLING_RULES, sampling_errors  
 from selfspec.device import pick_device  # noqa: E402
 from selfspec.draft import make_draft  # noqa: E402
 from selfspec.errors import InputError, run_main  # noqa: E402
+from selfspec.folder import read_bounded  # noqa: E402
 from selfspec.generate import DRAFT_SOURCES, TextStreamer, generate  # noqa: E402
 
 signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -122,8 +123,7 @@ def read_prompt(args) -> tuple[str | None, str]:
         if args.prompt_file is None:
             data = sys.stdin.buffer.read(PROMPT_FILE_MAX_BYTES + 1)
         else:
-            with open(args.prompt_file, "rb") as f:
-                data = f.read(PROMPT_FILE_MAX_BYTES + 1)
+            data = read_bounded(args.prompt_file, PROMPT_FILE_MAX_BYTES)  # a fifo without a writer reads as empty
     except OSError as err:
         raise InputError(f"cannot read {flag}: {err.strerror}") from None
     if len(data) > PROMPT_FILE_MAX_BYTES:

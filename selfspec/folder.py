@@ -52,11 +52,19 @@ def checkpoint_file(folder: Path, name: str, required: bool = True) -> Path | No
     return path
 
 
+def read_bounded(path, max_bytes: int) -> bytes:
+    """At most max_bytes + 1 bytes of a file. A fifo that nobody writes to reads as empty instead of blocking
+    for ever: it is opened without waiting for a writer, then read as usual (`<(command)` has one)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as f:
+        os.set_blocking(fd, True)
+        return f.read(max_bytes + 1)
+
+
 def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
     """A JSON object from a file of at most `max_bytes`, nested at most MAX_JSON_DEPTH deep."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(max_bytes + 1)
+        raw = read_bounded(path, max_bytes)
         if len(raw) > max_bytes:
             raise CheckpointError(f"{path} is larger than {max_bytes >> 20} MiB")
         data = json.loads(raw.decode("utf-8"))

@@ -501,6 +501,8 @@ def test_bad_prompt_files(tiny_7b, tmp_path):
     assert_clean_error(run_cli(*common, "--prompt-file", tmp_path), "--prompt-file", "directory")
     assert_clean_error(run_cli(*common, "--prompt-file", tmp_path / "latin1.txt"), "--prompt-file", "UTF-8")
     assert_clean_error(run_cli(*common, "--prompt-file", tmp_path / "empty.txt"), "--prompt-file", "empty")
+    os.mkfifo(tmp_path / "fifo")  # nobody writes to it: opening it as usual would wait for ever
+    assert_clean_error(run_cli(*common, "--prompt-file", tmp_path / "fifo", timeout=60), "--prompt-file", "empty")
     assert_clean_error(run_cli(*common, "--prompt", "-", stdin=""), "--prompt -", "empty")
     assert_clean_error(run_cli(*common, "--prompt", "hi", "--prompt-file", tmp_path / "latin1.txt"), "not allowed")
     assert_clean_error(run_cli(*common, "--interactive", "--prompt", "-"), "--interactive", "stdin")
