@@ -24,7 +24,7 @@ from selfspec.checkpoint import load_checkpoint  # noqa: E402
 from selfspec.config import SAMPLING_DEFAULTS, SAMPLING_RULES, sampling_errors  # noqa: E402
 from selfspec.device import pick_device  # noqa: E402
 from selfspec.draft import make_draft  # noqa: E402
-from selfspec.errors import InputError, run_main  # noqa: E402
+from selfspec.errors import InputError, one_line_usage_errors, run_main  # noqa: E402
 from selfspec.folder import read_bounded  # noqa: E402
 from selfspec.generate import DRAFT_SOURCES, TextStreamer, generate  # noqa: E402
 
@@ -104,13 +104,7 @@ def parse_args(argv=None):
                    help="native (the default): this engine, which never runs code from the checkpoint; ipex-llm: the original "
                         "IPEX-LLM example on Intel GPUs (pip install -r requirements-xpu.txt), which loads the "
                         "checkpoint with trust_remote_code=True, i.e. runs the checkpoint's own Python code")
-
-    def one_line_error(message):  # argparse prints usage too; bad input gets one line
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-    p.error = one_line_error
-    return p.parse_args(argv)
+    return one_line_usage_errors(p).parse_args(argv)
 
 
 def read_prompt(args) -> tuple[str | None, str]:

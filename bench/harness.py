@@ -9,12 +9,14 @@ import ast
 import gc
 import importlib
 import json
+import math
+import os
 import statistics
 from pathlib import Path
 
 import torch
 
-from selfspec.errors import InputError
+from selfspec.errors import InputError, one_line_usage_errors
 from selfspec.model import AttentionWindow, ModelArgs, Transformer
 
 SHAPES = {
@@ -25,8 +27,9 @@ VOCAB = 125696
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
-    """An argument parser whose --help prints the tool's docstring as written."""
-    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """An argument parser whose --help prints the tool's docstring as written, its usage errors one line."""
+    return one_line_usage_errors(argparse.ArgumentParser(description=doc,
+                                                         formatter_class=argparse.RawDescriptionHelpFormatter))
 
 
 DRAFT_WINDOW_SINKS = 4  # positions a --draft-window keeps from the start (StreamingLLM's attention sinks)
@@ -36,7 +39,7 @@ DRAFT_WINDOW_HELP = (f"the draft attends to the first {DRAFT_WINDOW_SINKS} posit
 
 def draft_window(recent: int) -> AttentionWindow | None:
     """A --draft-window value as make_draft's attention_window; 0: None, the whole cache."""
-    if recent < 0:
+    if not 0 <= recent < 2**31:
         raise InputError(f"--draft-window must be 0 (the whole cache) or a number of positions, got {recent}")
     return AttentionWindow(DRAFT_WINDOW_SINKS, recent) if recent else None
 
@@ -78,6 +81,19 @@ def _apply_setting(setting: str) -> tuple:
 def restore_settings(undo: list) -> None:
     for module, name, value in reversed(undo):
         setattr(module, name, value)
+
+
+def check_positive(flag: str, *values) -> None:
+    """Counts and step costs must be above 0 and finite: 0, NaN or a negative cost gives figures without meaning."""
+    for value in values:
+        if not 0 < value < math.inf:
+            raise InputError(f"{flag} must be positive and finite, got {value}")
+
+
+def check_output_file(path) -> None:
+    """An --out file is checked before the work, which may take minutes, rather than when it is written."""
+    if path is not None and (os.path.isdir(path) or not os.path.isdir(os.path.dirname(os.path.abspath(path)))):
+        raise InputError(f"--out {path} cannot be written: {'a folder' if os.path.isdir(path) else 'no such folder'}")
 
 
 def write_json(path, data) -> None:

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from selfspec.accel import int4 as int4_triton, int4_cuda, launch, pointwise  # noqa: E402
-from selfspec.errors import InputError, run_main  # noqa: E402
+from selfspec.errors import InputError, one_line_usage_errors, run_main  # noqa: E402
 from selfspec.accel.int4_cuda import Tiling  # noqa: E402
 
 TOLERANCE = 2e-3
@@ -208,7 +208,8 @@ def time_step(model) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = one_line_usage_errors(argparse.ArgumentParser(description=__doc__,
+                                                           formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("--out", required=True, type=Path, help="folder for int4_cuda_lab.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():

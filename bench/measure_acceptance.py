@@ -37,7 +37,8 @@ import torch
 if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import DRAFT_WINDOW_HELP, draft_window, model_folder, parser, proxy_model  # noqa: E402
+from bench.harness import (DRAFT_WINDOW_HELP, check_positive, draft_window, model_folder, parser,  # noqa: E402
+                           proxy_model)
 from selfspec import accel  # noqa: E402
 from selfspec.checkpoint import load_checkpoint, open_checkpoint  # noqa: E402
 from selfspec.device import pick_device  # noqa: E402
@@ -296,6 +297,12 @@ def main():
     p.add_argument("--sample", action="store_true",
                    help="speculative sampling with the hub's settings (temperature 0.3, top-k 5, top-p 0.85), seeded")
     args = p.parse_args()
+    for flag in ("--n-predict", "--max-step-draft", "--draft-step", "--verify-step"):
+        check_positive(flag, getattr(args, flag[2:].replace("-", "_")))
+    if not 0 <= args.th_stop_draft <= 1:
+        raise InputError(f"--th-stop-draft must be in [0, 1], got {args.th_stop_draft}")
+    if not all(0 < r <= 1 for r in args.clip_ratios):  # the share of a group's largest weight kept: 1 clips nothing
+        raise InputError(f"--clip-ratios must be in (0, 1], got {args.clip_ratios}")
     if args.sample and any(VARIANTS[v].get("second_choices") for v in args.draft):
         raise InputError("the second choices verify greedy drafts: leave the +second variants out with --sample")
     if args.pass_limit is not None and not args.max_step_draft < args.pass_limit:
@@ -308,6 +315,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         folder = model_folder(args.model, tmp)
         max_seq_len = default_max_seq_len(folder, args.max_seq_len)
+        if args.n_predict >= max_seq_len:
+            raise InputError(f"--n-predict {args.n_predict} leaves no room for a prompt in {max_seq_len} positions")
         if args.proxy:
             ckpt = open_checkpoint(str(folder))
             tokenizer = ckpt.tokenizer

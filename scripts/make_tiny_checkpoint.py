@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from selfspec.errors import run_main  # noqa: E402
+from selfspec.errors import one_line_usage_errors, run_main  # noqa: E402
 from selfspec.folder import output_folder  # noqa: E402
 
 FORMATS = ("bin", "sharded-bin", "safetensors", "sharded-safetensors")
@@ -246,7 +246,7 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = one_line_usage_errors(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--arch", choices=["7b", "13b"], default="7b")
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="safetensors")

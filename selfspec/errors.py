@@ -38,6 +38,17 @@ def short_repr(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def one_line_usage_errors(parser):
+    """`parser` (an argparse.ArgumentParser) with its usage errors as one `error:` line and status 2; argparse
+    prints the usage too. Returns the parser."""
+    def error(message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+    parser.error = error
+    return parser
+
+
 EXIT_BAD_INPUT, EXIT_WRITE_FAILED, EXIT_INTERRUPTED, EXIT_CLOSED_PIPE = 2, 1, 130, 141  # 130, 141: 128 + SIGINT, SIGPIPE
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}  # a full or failing disk, not bad input
 

@@ -52,6 +52,49 @@ def test_simulate_lookup_bad_chains(tmp_path):
     assert_clean_error(run_bench("simulate_lookup.py", "--chains", no_ids, "--max-lookup", 16), "--max-lookup")
 
 
+def write_chains(path):
+    answer = list(range(12))
+    chains = [{"tokens": [t + 1, t + 2], "confidences": [0.9, 0.8]} for t in answer[:-1]]
+    path.write_text(json.dumps({"records": [{"prompt": "p", "ids": [1, 2], "answer": answer, "chains": chains}]}))
+    return path
+
+
+@pytest.mark.parametrize("script,args,words", [
+    ("measure_acceptance.py", ["--n-predict", 0], "--n-predict must be positive"),
+    ("measure_acceptance.py", ["--n-predict", 300], "--n-predict 300 leaves no room"),
+    ("measure_acceptance.py", ["--th-stop-draft", "nan"], "--th-stop-draft must be in [0, 1]"),
+    ("measure_acceptance.py", ["--verify-step", "inf"], "--verify-step must be positive and finite"),
+    ("measure_acceptance.py", ["--clip-ratios", "nan"], "--clip-ratios must be in (0, 1]"),
+    ("measure_acceptance.py", ["--draft-window", 10**30], "--draft-window must be"),
+    ("simulate_draft_stopping.py", ["--max-step-draft", 0], "--max-step-draft must be positive"),
+    ("simulate_draft_stopping.py", ["--draft-lm-head", "int2"], "invalid choice"),
+    ("simulate_draft_stopping.py", ["--out", "."], "--out . cannot be written: a folder"),
+    ("simulate_lookup.py", ["--verify-step", 0], "--verify-step must be positive"),
+    ("simulate_lookup.py", ["--out", "missing/x.json"], "no such folder"),
+])
+def test_bench_tools_refuse_numbers_without_meaning(script, args, words, tiny_7b, tmp_path):
+    source = ["--model", tiny_7b] if script == "measure_acceptance.py" else ["--chains", write_chains(tmp_path / "c.json")]
+    assert_clean_error(run_bench(script, *source, *args), words)
+
+
+@pytest.mark.parametrize("script", ["make_tiny_checkpoint.py", "make_proxy.py", "convert_gguf.py"])
+def test_usage_errors_are_one_line(script):
+    assert_clean_error(run_script(script), "the following arguments are required", "(see --help)")
+
+
+@pytest.mark.parametrize("record", [
+    {"prompt": "p", "answer": "abc", "chains": []},  # the answer as text
+    {"prompt": "p", "answer": [1, 2, 3], "chains": [{"tokens": [2], "confidences": [0.5]}]},  # a chain short
+    {"prompt": "p", "answer": [1, 2], "chains": [{"tokens": [2], "confidences": ["x"]}]},
+    {"prompt": 5, "answer": [1, 2], "chains": [{"tokens": [2], "confidences": [0.5]}]},
+    {"prompt": "p", "answer": [1, 2], "chains": [{}]},
+])
+def test_chains_files_of_another_shape_are_one_error(record, tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"records": [record]}))
+    for script in ("simulate_draft_stopping.py", "simulate_lookup.py"):
+        assert_clean_error(run_bench(script, "--chains", tmp_path / "c.json", "--max-step-draft", 1), "holds no chains")
+
+
 def test_make_proxy_bad_sources(tmp_path, tiny_7b):
     assert_clean_error(run_script("make_proxy.py", tmp_path / "missing", tmp_path / "out"), "does not exist")
     assert_clean_error(run_script("make_proxy.py", tiny_7b, tmp_path / "out"), "Llama")
