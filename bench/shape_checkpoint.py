@@ -8,7 +8,8 @@ the hub's 13B ships, or safetensors.
     python bench/shape_checkpoint.py OUT_DIR --arch 13b --device cuda --format sharded-bin
     python bench/shape_checkpoint.py OUT_DIR --device cpu --format sharded-safetensors
 
---layers writes fewer layers than the shape has (a quicker, smaller file for trying the tool).
+--layers writes fewer layers than the shape has (a quicker, smaller file for trying the tool). OUT_DIR must be
+new or empty (--force replaces it); it appears only when the whole checkpoint is written.
 """
 import json
 import sys
@@ -23,7 +24,9 @@ if not __package__:  # run as a file: the packages live in the repository root
 
 from bench.harness import SHAPES, VOCAB, parser  # noqa: E402
 from scripts.make_tiny_checkpoint import layer_weights, write_tiny_checkpoint, write_weights  # noqa: E402
-from selfspec.errors import run_main  # noqa: E402
+from selfspec.device import pick_device  # noqa: E402
+from selfspec.errors import InputError, run_main  # noqa: E402
+from selfspec.folder import output_folder  # noqa: E402
 
 LAYERS_PER_SHARD = 4
 
@@ -84,18 +87,24 @@ def main():
     p = parser(__doc__)
     p.add_argument("out", type=Path)
     p.add_argument("--arch", choices=sorted(SHAPES), default="7b")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", choices=["cpu", "cuda", "xpu"], default="cpu", help="where the random weights are made")
     p.add_argument("--format", choices=["bin", "sharded-bin", "sharded-safetensors"], default="sharded-safetensors")
     p.add_argument("--layers", type=int, help="decoder layers to write (default: the shape's)")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it is not empty (its files are deleted)")
     args = p.parse_args()
-    layers = args.layers or SHAPES[args.arch]["num_layers"]
+    full = SHAPES[args.arch]["num_layers"]
+    layers = full if args.layers is None else args.layers
+    if not 1 <= layers <= full:
+        raise InputError(f"--layers must be in [1, {full}] for the {args.arch} shape, got {layers}")
+    device = pick_device(args.device)
     t0 = time.perf_counter()
-    write_config(args.out, args.arch, layers)
-    shards = shard_makers(args.arch, layers, args.device)
-    if args.format == "bin":
-        write_weights(args.out, {k: v for make in shards for k, v in make().items()}, "bin")
-    else:
-        write_shards(args.out, shards, args.format == "sharded-safetensors")
+    with output_folder(args.out, args.force) as out:  # appears only when complete
+        write_config(out, args.arch, layers)
+        shards = shard_makers(args.arch, layers, device)
+        if args.format == "bin":
+            write_weights(out, {k: v for make in shards for k, v in make().items()}, "bin")
+        else:
+            write_shards(out, shards, args.format == "sharded-safetensors")
     print(json.dumps({"stage": "write checkpoint", "s": round(time.perf_counter() - t0, 1)}))
     return 0
 

@@ -77,6 +77,14 @@ def test_bench_tools_refuse_numbers_without_meaning(script, args, words, tiny_7b
     assert_clean_error(run_bench(script, *source, *args), words)
 
 
+def test_shape_checkpoint_refuses_before_writing(tmp_path):
+    out = tmp_path / "ckpt"
+    assert_clean_error(run_bench("shape_checkpoint.py", out, "--layers", 0), "--layers must be in [1, 32]")  # not "all"
+    if not torch.cuda.is_available():  # the weights are made there: refused before any file is written
+        assert_clean_error(run_bench("shape_checkpoint.py", out, "--device", "cuda", "--layers", 1), "'cuda' is not available")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("script", ["make_tiny_checkpoint.py", "make_proxy.py", "convert_gguf.py"])
 def test_usage_errors_are_one_line(script):
     assert_clean_error(run_script(script), "the following arguments are required", "(see --help)")
