@@ -38,6 +38,7 @@ How each part is embedded (d -> D hidden, hd -> HD head width, m = HD / hd):
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -46,7 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from selfspec.config import load_config, model_args_from_config  # noqa: E402
+from selfspec.config import MAX_SIZES, load_config, model_args_from_config  # noqa: E402
 from selfspec.errors import InputError, one_line_usage_errors, run_main  # noqa: E402
 from selfspec.folder import checkpoint_file, output_folder  # noqa: E402
 from selfspec.weights import _read_weight_file, find_weight_files  # noqa: E402
@@ -223,13 +224,23 @@ def main():
         p.add_argument("--" + key.replace("_", "-"), type=int, default=value)
     p.add_argument("--force", action="store_true", help="replace OUT if it is not empty (its files are deleted)")
     args = p.parse_args()
+    shape = {key: getattr(args, key) for key in BAICHUAN2_7B_SHAPE}
+    for key, value in shape.items():
+        if not 1 <= value <= MAX_SIZES[key]:
+            raise InputError(f"--{key.replace('_', '-')} must be in [1, {MAX_SIZES[key]:,}], got {value}")
+    h = shape["hidden_size"]  # the weights, held in memory whole before they are written
+    weights = (2 * shape["vocab_size"] * h + shape["num_hidden_layers"] * h * (4 * h + 3 * shape["intermediate_size"]))
+    weights *= getattr(torch, args.dtype).itemsize
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if weights > ram:
+        raise InputError(f"a proxy of this shape holds {weights / 2**30:,.1f} GiB of weights, more than this machine's "
+                         f"{ram / 2**30:.1f} GiB of memory")
     if not args.src.exists():  # load_config's "has no config.json" would hide the typo
         raise InputError(f"checkpoint folder {args.src} does not exist")
     from safetensors.torch import save_file
 
     with output_folder(args.out, args.force) as out:  # appears only when complete
         state, config = read_llama(args.src)
-        shape = {key: getattr(args, key) for key in BAICHUAN2_7B_SHAPE}
         state, config = embed_llama(state, config, shape, dtype=getattr(torch, args.dtype))
         state = {k: t.contiguous() for k, t in state.items()}
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from selfspec.errors import one_line_usage_errors, run_main  # noqa: E402
+from selfspec.errors import InputError, one_line_usage_errors, run_main  # noqa: E402
 from selfspec.folder import output_folder  # noqa: E402
 
 FORMATS = ("bin", "sharded-bin", "safetensors", "sharded-safetensors")
@@ -253,6 +253,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="replace OUT_DIR if it is not empty (its files are deleted)")
     args = parser.parse_args()
+    if not 0 <= args.seed < 2**64:  # torch's generators take seeds of 64 bits
+        raise InputError(f"--seed must be in [0, 2**64), got {args.seed}")
     out = write_tiny_checkpoint(args.out_dir, arch=args.arch, fmt=args.fmt, seed=args.seed, force=args.force)
     print(f"wrote tiny {args.arch} checkpoint ({args.fmt}) to {out}")
 

@@ -85,6 +85,11 @@ def test_shape_checkpoint_refuses_before_writing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_make_tiny_checkpoint_seed_beyond_64_bits(tmp_path):
+    assert_clean_error(run_script("make_tiny_checkpoint.py", tmp_path / "out", "--seed", 2**64), "--seed must be in")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("script", ["make_tiny_checkpoint.py", "make_proxy.py", "convert_gguf.py"])
 def test_usage_errors_are_one_line(script):
     assert_clean_error(run_script(script), "the following arguments are required", "(see --help)")
@@ -110,6 +115,10 @@ def test_make_proxy_bad_sources(tmp_path, tiny_7b):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     assert_clean_error(run_script("make_proxy.py", tiny_7b, tmp_path / "full"), "not empty", "--force")
+    assert_clean_error(run_script("make_proxy.py", tiny_7b, tmp_path / "out", "--hidden-size", 10**30),
+                       "--hidden-size must be in [1, 65,536]")
+    assert_clean_error(run_script("make_proxy.py", tiny_7b, tmp_path / "out", "--hidden-size", 65536, "--vocab-size",
+                                  1 << 22), "GiB of weights, more than this machine's")  # 1 TiB
 
 
 def test_convert_gguf_bad_files(tmp_path, tiny_7b):
