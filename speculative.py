@@ -256,8 +256,8 @@ def run(args) -> int:
     else:
         input_ids, truncated = ckpt.chat_ids(tokenizer, args.prompt, system=args.system, max_input_tokens=room)
     if truncated:
-        print(f"warning: prompt truncated from the left to {len(input_ids)} tokens to leave room for "
-              f"{args.n_predict} new tokens", file=sys.stderr)
+        print(f"warning: the prompt was cut from the left, the system text first, to {len(input_ids)} tokens to "
+              f"leave room for {args.n_predict} new tokens", file=sys.stderr)
 
     for _ in range(args.warmup):
         generate(model, input_ids, args.n_predict, generator=seeded(), **options)
@@ -364,8 +364,8 @@ def chat(args, ckpt, model, tokenizer, options: dict, fields: dict, generator) -
             print(f"warning: dropped the {dropped} oldest turn(s) of the conversation to leave room for "
                   f"{args.n_predict} new tokens", file=sys.stderr)
         if truncated:
-            print(f"warning: message truncated from the left to {len(input_ids)} tokens to leave room for "
-                  f"{args.n_predict} new tokens", file=sys.stderr)
+            print(f"warning: the conversation was cut from the left, the system text first, to {len(input_ids)} "
+                  f"tokens to leave room for {args.n_predict} new tokens", file=sys.stderr)
         reused = common_prefix_length(cached, input_ids[:-1])  # at least one id must be new
         streamer = None if args.json else TextStreamer(tokenizer)
         output_ids, stats = generate(model, input_ids, args.n_predict, cached_tokens=reused, streamer=streamer,

@@ -176,7 +176,7 @@ def test_a_prompt_that_does_not_fit_is_an_error_and_a_long_system_text_is_cut(ti
     # The user's message fits; the system text before it is cut from the left to make room.
     result = run_cli("--repo-id-or-model-path", tiny_7b, "--prompt", "hi", "--system", "Be brief. " * 100,
                      "--n-predict", 200, "--warmup", 0, "--json", check_exit=0)
-    assert result.stderr.count("\n") == 1 and "truncated" in result.stderr
+    assert result.stderr.count("\n") == 1 and "cut from the left, the system text first" in result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["prompt_tokens"] == 256 - 200
 
 
