@@ -28,6 +28,12 @@ def one_line(err: Exception) -> str:
     return line or type(err).__name__
 
 
+def reason(err: Exception) -> str:
+    """Why an operation on a path failed: an OSError's own words without the path ("File name too long"),
+    else the message's first line."""
+    return getattr(err, "strerror", None) or one_line(err)
+
+
 def short_repr(value, limit: int = 60) -> str:
     """repr for messages, cut: config values may be anything (long strings, deep lists). Strings keep their
     quotes, so "1e-6" does not read as the number 1e-6."""

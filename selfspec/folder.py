@@ -7,7 +7,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from selfspec.errors import CheckpointError, InputError, one_line
+from selfspec.errors import CheckpointError, InputError, one_line, reason
 
 # Bounds on what a checkpoint folder may ask for, far above any real checkpoint: beyond them the folder is
 # refused before anything is allocated (folders are untrusted input).
@@ -129,7 +129,7 @@ def output_folder(target, force: bool = False):
     try:
         target = _checked_output_target(target, force)
     except (OSError, RuntimeError) as err:  # a name too long, a folder out of reach, a loop of links
-        raise InputError(f"cannot create {target}: {getattr(err, 'strerror', None) or err}") from None
+        raise InputError(f"cannot create {target}: {reason(err)}") from None
     partial = target.parent / f".{target.name}.partial-{secrets.token_hex(4)}"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

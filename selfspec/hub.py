@@ -4,7 +4,7 @@ trust_remote_code."""
 import re
 from pathlib import Path
 
-from selfspec.errors import CheckpointError, one_line
+from selfspec.errors import CheckpointError, one_line, reason
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "org/name": no leading / or ., one slash
 HUB_PATTERNS = ["*.json", "*.jinja", "*.model", "*.safetensors", "*.bin"]  # never *.py
@@ -18,7 +18,7 @@ def resolve_model_path(path_or_id: str) -> Path:
         path = Path(path_or_id).expanduser()
         exists = path.exists()
     except (OSError, RuntimeError) as err:  # a name too long, a folder out of reach, "~" without a home
-        raise CheckpointError(f"model path {path_or_id} cannot be used: {getattr(err, 'strerror', None) or err}") from None
+        raise CheckpointError(f"model path {path_or_id} cannot be used: {reason(err)}") from None
     if not exists and path.is_symlink():
         raise CheckpointError(f"model path {path_or_id} is a link that leads nowhere (a missing path or a loop of links)")
     if exists:
