@@ -83,11 +83,14 @@ def restore_settings(undo: list) -> None:
         setattr(module, name, value)
 
 
-def check_positive(flag: str, *values) -> None:
-    """Counts and step costs must be above 0 and finite: 0, NaN or a negative cost gives figures without meaning."""
-    for value in values:
-        if not 0 < value < math.inf:
-            raise InputError(f"{flag} must be positive and finite, got {value}")
+def check_positive(args, *flags) -> None:
+    """The values of these flags (a number or a list each), counts and step costs, must be above 0 and finite:
+    0, NaN or a negative cost gives figures without meaning."""
+    for flag in flags:
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        for number in value if isinstance(value, list) else [value]:
+            if not 0 < number < math.inf:
+                raise InputError(f"{flag} must be positive and finite, got {number}")
 
 
 def check_output_file(path) -> None:

@@ -297,8 +297,7 @@ def main():
     p.add_argument("--sample", action="store_true",
                    help="speculative sampling with the hub's settings (temperature 0.3, top-k 5, top-p 0.85), seeded")
     args = p.parse_args()
-    for flag in ("--n-predict", "--max-step-draft", "--draft-step", "--verify-step"):
-        check_positive(flag, getattr(args, flag[2:].replace("-", "_")))
+    check_positive(args, "--n-predict", "--max-step-draft", "--draft-step", "--verify-step")
     if not 0 <= args.th_stop_draft <= 1:
         raise InputError(f"--th-stop-draft must be in [0, 1], got {args.th_stop_draft}")
     if not all(0 < r <= 1 for r in args.clip_ratios):  # the share of a group's largest weight kept: 1 clips nothing

@@ -170,10 +170,8 @@ def main():
     p.add_argument("--max-lookup", type=int, help="lookup drafts a round at most (default: --max-step-draft; at most 15)")
     p.add_argument("--out", type=Path, help="write the results as JSON")
     args = p.parse_args()
-    for flag in ("--draft-step", "--verify-step", "--tree-verify-step", "--guide-step", "--tree-drafts",
-                 "--max-step-draft"):
-        value = getattr(args, flag[2:].replace("-", "_"))
-        check_positive(flag, *(value if isinstance(value, list) else [value]))
+    check_positive(args, "--draft-step", "--verify-step", "--tree-verify-step", "--guide-step", "--tree-drafts",
+                   "--max-step-draft")
     check_output_file(args.out)
     if args.max_lookup is not None and not 1 <= args.max_lookup < MAX_TREE_TOKENS:
         raise InputError(f"--max-lookup must be in [1, {MAX_TREE_TOKENS - 1}], got {args.max_lookup}")
