@@ -38,7 +38,6 @@ How each part is embedded (d -> D hidden, hd -> HD head width, m = HD / hd):
 import argparse
 import json
 import math
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -50,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from selfspec.config import MAX_SIZES, load_config, model_args_from_config  # noqa: E402
 from selfspec.errors import InputError, one_line_usage_errors, run_main  # noqa: E402
 from selfspec.folder import checkpoint_file, output_folder  # noqa: E402
+from selfspec.memory import machine_memory_bytes  # noqa: E402
 from selfspec.weights import _read_weight_file, find_weight_files  # noqa: E402
 
 BAICHUAN2_7B_SHAPE = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
@@ -231,8 +231,8 @@ def main():
     h = shape["hidden_size"]  # the weights, held in memory whole before they are written
     weights = (2 * shape["vocab_size"] * h + shape["num_hidden_layers"] * h * (4 * h + 3 * shape["intermediate_size"]))
     weights *= getattr(torch, args.dtype).itemsize
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if weights > ram:
+    ram = machine_memory_bytes()
+    if ram is not None and weights > ram:
         raise InputError(f"a proxy of this shape holds {weights / 2**30:,.1f} GiB of weights, more than this machine's "
                          f"{ram / 2**30:.1f} GiB of memory")
     if not args.src.exists():  # load_config's "has no config.json" would hide the typo

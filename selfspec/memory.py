@@ -61,13 +61,20 @@ def check_memory(ckpt, dtype: torch.dtype, device: torch.device, draft_group_siz
                           f"and the device has {total / gib:.1f} GiB{hint}")
 
 
+def machine_memory_bytes() -> int | None:
+    """The machine's physical memory; None where the system does not say (no sysconf: Windows)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def _check_cache_fits_ram(ckpt, dtype: torch.dtype) -> None:
     """On CPU only the KV cache and the RoPE tables are checked (weights may stay pages of a memory-mapped
     file): they are written whole when allocated, so ones larger than the machine's memory would swap or be
     killed, not fail cleanly. The tables count twice: building them takes as much again for a moment."""
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to compare with
+    ram = machine_memory_bytes()
+    if ram is None:  # nothing to compare with
         return
     a = ckpt.args
     cache, tables = kv_cache_bytes(a, dtype), 2 * rope_tables_bytes(a)
