@@ -170,9 +170,8 @@ def check_args(args):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-
     def run_explaining_out_of_memory():
+        args = parse_args(argv)  # in here too: --help into a full disk is a write error like any other
         try:
             return run(args)
         except torch.OutOfMemoryError as e:  # the check before loading only refuses what can never fit

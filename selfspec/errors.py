@@ -45,13 +45,18 @@ def short_repr(value, limit: int = 60) -> str:
 
 
 def one_line_usage_errors(parser):
-    """`parser` (an argparse.ArgumentParser) with its usage errors as one `error:` line and status 2; argparse
-    prints the usage too. Returns the parser."""
+    """`parser` (an argparse.ArgumentParser) with its usage errors as one `error:` line and status 2 (argparse
+    prints the usage too), and what --help and --version print failing as any write does (argparse drops the
+    error: `--help > /dev/full` said nothing and exited 0). Returns the parser."""
     def error(message):
         print(f"error: {message} (see --help)", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
 
-    parser.error = error
+    def print_message(message, file=None):
+        if message:
+            (file or sys.stderr).write(message)
+
+    parser.error, parser._print_message = error, print_message
     return parser
 
 

@@ -451,11 +451,14 @@ def test_ctrl_c_while_importing_torch(tiny_7b, tmp_path):
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-def test_stdout_on_a_full_disk(tiny_7b):
-    with open("/dev/full", "w") as full:
-        result = subprocess.run([sys.executable, str(ROOT / "speculative.py"), "--repo-id-or-model-path", str(tiny_7b),
-                                 "--prompt", "hi", "--n-predict", "8", "--warmup", "0"],
-                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+@pytest.mark.parametrize("command", [["speculative.py", "--prompt", "hi", "--n-predict", "8", "--warmup", "0"],
+                                     ["speculative.py", "--help"], ["speculative.py", "--version"],
+                                     ["scripts/make_tiny_checkpoint.py", "--help"]])
+def test_stdout_on_a_full_disk(command, tiny_7b):
+    model = ["--repo-id-or-model-path", str(tiny_7b)] if command[0] == "speculative.py" else []
+    with open("/dev/full", "w") as full:  # argparse dropped the error of --help: status 0, nothing said
+        result = subprocess.run([sys.executable, str(ROOT / command[0]), *model, *command[1:]], stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=300)
     assert (result.returncode, result.stderr) == (1, "error: cannot write the output: No space left on device\n")
 
 
