@@ -190,8 +190,8 @@ def generate(
 
     On CUDA's fast path (accel.pass_limit) a verify pass takes at most accel.MAX_VERIFY_TOKENS tokens, so a
     larger `max_step_draft` is a ValueError there rather than a slower path. `max_pass_tokens` sets such a
-    limit where the device has none (or a lower one), so that a CPU run drafts as CUDA's fast path does. Logits of the prompt that are not
-    finite (weights that overflow in the model's dtype) are a CheckpointError.
+    limit where the device has none (or a lower one), so that a CPU run drafts as CUDA's fast path does.
+    Logits of the prompt that are not finite (weights that overflow in the model's dtype) are a CheckpointError.
     """
     target = getattr(model, "module", model)
     # tokens a verify pass may take (None: any number)

@@ -46,7 +46,8 @@ def _check_tokenizer_size(path: Path) -> None:
 def _check_token_lengths(path: Path, tokens) -> None:
     longest = max(map(len, tokens), default=0)
     if longest > MAX_TOKEN_CHARS:
-        raise CheckpointError(f"tokenizer file {path} holds a token of {longest:,} characters (at most {MAX_TOKEN_CHARS:,})")
+        raise CheckpointError(f"tokenizer file {path} holds a token of {longest:,} characters "
+                              f"(at most {MAX_TOKEN_CHARS:,})")
 
 
 class Tokenizer:
