@@ -64,7 +64,11 @@ class Tokenizer:
             raise CheckpointError(f"tokenizer file {model_file} is not a SentencePiece model: {one_line(err)}") from None
         self.model_file, self.vocab_size = model_file, self.sp.vocab_size()
         _check_token_lengths(model_file, map(self.sp.id_to_piece, range(self.vocab_size)))
-        expansion = max(map(_longest_replacement, _normalization_tables(self.sp.serialized_model_proto())), default=1)
+        try:
+            tables = _normalization_tables(self.sp.serialized_model_proto())
+        except IndexError:  # SentencePiece parsed the message: a walk off its end would be this reader's fault
+            raise CheckpointError(f"tokenizer file {model_file} holds a model this reader cannot walk") from None
+        expansion = max(map(_longest_replacement, tables), default=1)
         if expansion > MAX_EXPANSION:  # SentencePiece applies no other rule that makes text longer
             raise CheckpointError(f"tokenizer file {model_file}: its normalization rules can make a text "
                                   f"{expansion:,} times longer (at most {MAX_EXPANSION})")

@@ -547,6 +547,15 @@ def test_sentencepiece_rules_that_expand_text_are_refused(rule, tmp_path):
         tokenizers_mod.Tokenizer(tmp_path / "tokenizer.model")
 
 
+def test_a_model_the_protobuf_walk_cannot_follow_is_one_error(tmp_path, monkeypatch):
+    with pytest.raises(IndexError):
+        tokenizers_mod._normalization_tables(b"\x1a\xff")  # field 3 whose length runs off the end
+    (tmp_path / "tokenizer.model").write_bytes(sentencepiece_model())
+    monkeypatch.setattr(sentencepiece.SentencePieceProcessor, "serialized_model_proto", lambda self: b"\x1a\xff")
+    with pytest.raises(CheckpointError, match="holds a model this reader cannot walk"):
+        tokenizers_mod.Tokenizer(tmp_path / "tokenizer.model")
+
+
 def test_real_normalization_tables_are_accepted(tmp_path):
     model = sentencepiece_model(normalization_rule_name="nmt_nfkc")
     [table] = tokenizers_mod._normalization_tables(model)
